@@ -1,0 +1,23 @@
+"""Attacks: pure functions over `logits_fn(x) -> logits` on [0,1] pixels."""
+
+from tfadv.attacks.losses import LOSS_NAMES, cross_entropy, cw_margin, dlr, objective, targeted_dlr
+from tfadv.attacks.pgd import (
+    NORMS,
+    clip_to_box,
+    fgsm,
+    input_gradient,
+    perturbation_norm,
+    pgd,
+    project,
+    random_init,
+    repeat,
+    steepest_step,
+    success,
+)
+from tfadv.attacks.targets import least_likely, most_confusing
+
+__all__ = [
+    "LOSS_NAMES", "NORMS", "clip_to_box", "cross_entropy", "cw_margin", "dlr", "fgsm", "input_gradient",
+    "least_likely", "most_confusing", "objective", "perturbation_norm", "pgd", "project", "random_init", "repeat",
+    "steepest_step", "success", "targeted_dlr",
+]

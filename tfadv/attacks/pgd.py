@@ -1,0 +1,196 @@
+"""FGSM and PGD/BIM for the l-inf, l2 and l1 threat models, composed of small parts.
+
+Every function is pure over `logits_fn(x) -> logits`; the caller binds the BatchNorm mode, e.g.
+`lambda x: net(x, training=False)`. Inputs and outputs are [0,1] pixels; every returned image lies inside
+the eps-ball around `x` and inside [0,1] (clipping to the box only shrinks |delta|, so it never leaves the
+ball). Objectives and perturbations are float32 whatever the network's compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from tfadv.attacks.losses import objective
+
+NORMS = ("linf", "l2", "l1")
+_TINY = 1e-12
+
+
+def _check_norm(norm):
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+
+
+def _flat_norm(delta, norm):
+    flat = tf.reshape(delta, [tf.shape(delta)[0], -1])
+    if norm == "linf":
+        value = tf.reduce_max(tf.abs(flat), axis=1)
+    elif norm == "l2":
+        value = tf.sqrt(tf.reduce_sum(tf.square(flat), axis=1))
+    else:
+        value = tf.reduce_sum(tf.abs(flat), axis=1)
+    return value
+
+
+def _per_example(values, like):
+    """Reshapes a [B] vector to broadcast against a [B, ...] tensor."""
+    return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], axis=0))
+
+
+def perturbation_norm(delta, norm):
+    """The per-example norm of a perturbation [B, ...] -> [B]."""
+    _check_norm(norm)
+    return _flat_norm(delta, norm)
+
+
+def _project_l1(delta, eps):
+    """Euclidean projection onto the l1 ball (Duchi et al., 2008), per example."""
+    shape = tf.shape(delta)
+    flat = tf.reshape(delta, [shape[0], -1])
+    magnitude = tf.abs(flat)
+    inside = tf.reduce_sum(magnitude, axis=1) <= eps
+    ordered = tf.sort(magnitude, axis=1, direction="DESCENDING")
+    cumulative = tf.cumsum(ordered, axis=1)
+    index = tf.cast(tf.range(1, tf.shape(flat)[1] + 1), flat.dtype)
+    condition = ordered * index > (cumulative - eps)
+    rho = tf.reduce_max(tf.where(condition, tf.cast(tf.range(tf.shape(flat)[1]), tf.int32)[None, :], 0), axis=1)
+    theta = (tf.gather(cumulative, rho, axis=1, batch_dims=1) - eps) / tf.cast(rho + 1, flat.dtype)
+    projected = tf.sign(flat) * tf.nn.relu(magnitude - theta[:, None])
+    flat = tf.where(inside[:, None], flat, projected)
+    return tf.reshape(flat, shape)
+
+
+def project(delta, eps, norm):
+    """Projects perturbations onto the eps-ball of `norm`."""
+    _check_norm(norm)
+    if norm == "linf":
+        return tf.clip_by_value(delta, -eps, eps)
+    if norm == "l2":
+        size = _flat_norm(delta, "l2")
+        factor = tf.minimum(1.0, eps / (size + _TINY))
+        return delta * _per_example(factor, delta)
+    return _project_l1(delta, eps)
+
+
+def clip_to_box(x, delta):
+    """Keeps x + delta inside [0, 1] by adjusting delta."""
+    return tf.clip_by_value(x + delta, 0.0, 1.0) - x
+
+
+def random_init(x, eps, norm, seed: Optional[int] = None):
+    """A uniform random point of the eps-ball (uniform per coordinate for l-inf; uniform radius^d for l2/l1)."""
+    _check_norm(norm)
+    if norm == "linf":
+        return tf.random.uniform(tf.shape(x), -eps, eps, dtype=tf.float32, seed=seed)
+    dims = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
+    if norm == "l2":
+        direction = tf.random.normal(tf.shape(x), dtype=tf.float32, seed=seed)
+    else:  # Laplace direction, uniform on the l1 sphere after normalisation
+        direction = tf.random.uniform(tf.shape(x), 1e-7, 1.0, seed=seed)
+        direction = -tf.math.log(direction) * tf.sign(tf.random.uniform(tf.shape(x), -1.0, 1.0))
+    direction = direction / _per_example(_flat_norm(direction, norm) + _TINY, x)
+    radius = eps * tf.pow(tf.random.uniform([tf.shape(x)[0]], dtype=tf.float32), 1.0 / dims)
+    return direction * _per_example(radius, x)
+
+
+def steepest_step(gradient, step_size, norm, x_adv=None, l1_sparsity: float = 0.95):
+    """The steepest-ascent step of length `step_size` in `norm` for `gradient`.
+
+    l1 uses the sparse step of Tramer & Boneh (SLIDE): the top (1 - l1_sparsity) share of coordinates by
+    |gradient| (at least one), skipping coordinates already pushed against the [0,1] box.
+    """
+    if norm == "linf":
+        return step_size * tf.sign(gradient)
+    if norm == "l2":
+        return step_size * gradient / _per_example(_flat_norm(gradient, "l2") + _TINY, gradient)
+    if x_adv is not None:
+        blocked = ((x_adv <= 0.0) & (gradient < 0.0)) | ((x_adv >= 1.0) & (gradient > 0.0))
+        gradient = tf.where(blocked, tf.zeros_like(gradient), gradient)
+    shape = tf.shape(gradient)
+    flat = tf.reshape(gradient, [shape[0], -1])
+    dims = tf.shape(flat)[1]
+    keep = tf.maximum(1, tf.cast(tf.math.ceil((1.0 - l1_sparsity) * tf.cast(dims, tf.float32)), tf.int32))
+    threshold = tf.math.top_k(tf.abs(flat), k=keep).values[:, -1:]
+    mask = tf.cast((tf.abs(flat) >= threshold) & (tf.abs(flat) > 0), flat.dtype)
+    count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+    step = tf.sign(flat) * mask * step_size / count
+    return tf.reshape(step, shape)
+
+
+def input_gradient(logits_fn, x, labels, loss="ce", targets=None):
+    """(objective [B], gradient d objective / d x), the objective summed over the batch for the gradient."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        values = objective(loss, logits_fn(x), labels, targets)
+        total = tf.reduce_sum(values)
+    return values, tape.gradient(total, x)
+
+
+def fgsm(logits_fn: Callable, x, labels, *, eps, loss="ce", targets=None, norm="linf"):
+    """Fast gradient (sign) method: one step of size eps from the clean input."""
+    _check_norm(norm)
+    x = tf.convert_to_tensor(x, tf.float32)
+    _, gradient = input_gradient(logits_fn, x, labels, loss, targets)
+    delta = project(steepest_step(gradient, eps, norm, x), eps, norm)
+    return x + clip_to_box(x, delta)
+
+
+def _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, random_start, l1_sparsity):
+    if random_start:
+        delta = clip_to_box(x, random_init(x, eps, norm))
+    else:
+        delta = tf.zeros_like(x)
+
+    def ascend(delta):
+        _, gradient = input_gradient(logits_fn, x + delta, labels, loss, targets)
+        delta = delta + steepest_step(gradient, step_size, norm, x + delta, l1_sparsity)
+        return clip_to_box(x, project(delta, eps, norm))
+
+    return x + repeat(ascend, delta, steps)
+
+
+def repeat(body, value, times):
+    """`value = body(value)` `times` times, as a graph loop (Keras compiles train_step without AutoGraph)."""
+    return tf.while_loop(lambda i, _: i < times, lambda i, v: (i + 1, body(v)), (tf.constant(0), value),
+                         parallel_iterations=1)[1]
+
+
+def success(logits, labels, targets=None):
+    """Per-example attack success: misclassified (untargeted) or classified as the target (targeted)."""
+    predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    if targets is None:
+        return tf.not_equal(predictions, labels)
+    return tf.equal(predictions, targets)
+
+
+def pgd(logits_fn: Callable, x, labels, *, eps, step_size, steps, norm="linf", loss="ce", targets=None,
+        random_start=True, restarts=1, l1_sparsity=0.95):
+    """Projected gradient descent (BIM without random start) with restarts keeping the worst case per example.
+
+    Across restarts an example keeps the first successful perturbation; among unsuccessful ones, the one with
+    the highest objective.
+    """
+    _check_norm(norm)
+    if restarts < 1:
+        raise ValueError(f"restarts must be at least 1, got {restarts}")
+    x = tf.convert_to_tensor(x, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    best = None
+    for _ in range(restarts):
+        candidate = _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, random_start,
+                              l1_sparsity)
+        if restarts == 1:
+            return candidate
+        logits = logits_fn(candidate)
+        value = objective(loss, logits, labels, targets)
+        won = success(logits, labels, targets)
+        if best is None:
+            best, best_value, best_won = candidate, value, won
+            continue
+        better = (won & ~best_won) | ((won == best_won) & (value > best_value))
+        best = tf.where(_per_example(better, x), candidate, best)
+        best_value = tf.where(better, value, best_value)
+        best_won = best_won | won
+    return best

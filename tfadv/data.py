@@ -1,0 +1,247 @@
+"""Datasets as `tf.data` pipelines: pixels float32 in [0, 1], NHWC.
+
+`digits` (scikit-learn's `load_digits`, shipped inside the package) is the embedded default; `mnist`,
+`fashion_mnist`, `cifar10`, `cifar100` and `svhn` come from tensorflow-datasets under `--data_dir`.
+
+Randomness (shuffling, augmentation, Gaussian noise) is stateless and keyed on `(seed, epoch, index)`, so a
+run is reproducible under `--seed` and a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """Static facts about a dataset."""
+
+    name: str
+    image_shape: tuple
+    num_classes: int
+    # The value of a white pixel in the dataset's own units: eps and step sizes on the command line are in
+    # these levels (eps=8 means 8/255 on 8-bit images; digits pixels run 0..16).
+    pixel_max: float
+    mean: tuple
+    std: tuple
+    augmentation: str  # "none", "crop_flip" (CIFAR), "crop" (SVHN)
+    tfds_name: Optional[str] = None
+    test_split: str = "test"
+
+    def to_fraction(self, levels: float) -> float:
+        """Converts a size in pixel levels (the command-line unit) to a fraction of the [0, 1] range."""
+        return float(levels) / self.pixel_max
+
+
+DATASETS = {
+    "digits": DatasetSpec("digits", (8, 8, 1), 10, 16.0, (0.3065,), (0.3758,), "none"),
+    "mnist": DatasetSpec("mnist", (28, 28, 1), 10, 255.0, (0.1307,), (0.3081,), "none", "mnist"),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", (28, 28, 1), 10, 255.0, (0.2860,), (0.3530,), "none", "fashion_mnist"
+    ),
+    "cifar10": DatasetSpec(
+        "cifar10", (32, 32, 3), 10, 255.0, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616),
+        "crop_flip", "cifar10",
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", (32, 32, 3), 100, 255.0, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        "crop_flip", "cifar100",
+    ),
+    "svhn": DatasetSpec(
+        "svhn", (32, 32, 3), 10, 255.0, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
+        "crop", "svhn_cropped",
+    ),
+}
+
+DIGITS_TEST_FRACTION = 0.25
+DIGITS_SPLIT_SEED = 0
+
+
+class DataUnavailableError(RuntimeError):
+    """A dataset is not on disk and could not be downloaded; the message says how to prepare it."""
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+@dataclasses.dataclass
+class Splits:
+    """In-memory arrays: x float32 [N,H,W,C] in [0,1], y int32 [N]. `val` is None without --val_fraction."""
+
+    spec: DatasetSpec
+    train: tuple
+    test: tuple
+    val: Optional[tuple] = None
+
+
+def _load_digits_arrays():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[..., None]
+    y = bunch.target.astype(np.int32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=y
+    )
+    return (x_train, y_train), (x_test, y_test)
+
+
+def _tfds_prepare_hint(spec: DatasetSpec, data_dir: Optional[str]) -> str:
+    where = f"--data_dir={data_dir}" if data_dir else "--data_dir=DIR"
+    return (
+        f"dataset {spec.name!r} (tensorflow-datasets name {spec.tfds_name!r}) was not found in "
+        f"{data_dir or tfds_default_dir()!r} and could not be downloaded; prepare it on a machine with internet "
+        f"access with `python -c \"import tensorflow_datasets as tfds; tfds.builder('{spec.tfds_name}', "
+        f"data_dir='DIR').download_and_prepare()\"`, copy DIR here and pass {where}"
+    )
+
+
+def tfds_default_dir() -> str:
+    return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+
+
+def _load_tfds_arrays(spec: DatasetSpec, data_dir: Optional[str], download: bool):
+    import tensorflow_datasets as tfds
+
+    def load(split):
+        ds = tfds.load(
+            spec.tfds_name, split=split, data_dir=data_dir, as_supervised=True, batch_size=-1,
+            download=download,
+        )
+        x, y = tfds.as_numpy(ds)
+        return (x.astype(np.float32) / 255.0), y.astype(np.int32)
+
+    try:
+        return load("train"), load(spec.test_split)
+    except DataUnavailableError:
+        raise
+    except Exception as error:  # tfds raises assertion, not-found and network errors alike
+        raise DataUnavailableError(_tfds_prepare_hint(spec, data_dir) + f" ({type(error).__name__})") from None
+
+
+def split_validation(train, fraction: float, seed: int):
+    """A seeded, stratified split of the training arrays into (train, validation)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"--val_fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return train, None
+    from sklearn.model_selection import train_test_split
+
+    x, y = train
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, y, test_size=fraction, random_state=seed, stratify=y
+    )
+    return (x_train, y_train), (x_val, y_val)
+
+
+def load(name: str, data_dir: Optional[str] = None, val_fraction: float = 0.0, seed: int = 0,
+         download: bool = True) -> Splits:
+    """Loads a dataset into memory as float32 [0,1] NHWC arrays with an optional validation split."""
+    spec = get_spec(name)
+    if spec.tfds_name is None:
+        train, test = _load_digits_arrays()
+    else:
+        train, test = _load_tfds_arrays(spec, data_dir, download)
+    train, val = split_validation(train, val_fraction, seed)
+    return Splits(spec, train, test, val)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tf.data pipelines
+
+
+def augment(image, seed, kind: str):
+    """Per-dataset augmentation with a stateless seed: pad-4 random crop (+ horizontal flip for CIFAR)."""
+    if kind == "none":
+        return image
+    shape = tf.shape(image)
+    padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode="REFLECT" if kind == "crop" else "CONSTANT")
+    image = tf.image.stateless_random_crop(padded, shape, seed=seed)
+    if kind == "crop_flip":
+        image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
+    return image
+
+
+def add_gaussian_noise(image, sigma: float, seed):
+    """Gaussian noise augmentation (paper 004): sigma as a fraction of the pixel range, then clipped."""
+    noise = tf.random.stateless_normal(tf.shape(image), seed=seed + 2, stddev=sigma, dtype=image.dtype)
+    return tf.clip_by_value(image + noise, 0.0, 1.0)
+
+
+def train_pipeline(arrays, spec: DatasetSpec, batch_size: int, seed: int, epochs: int, initial_epoch: int = 0,
+                   augmentation: Optional[str] = None, noise_sigma: float = 0.0) -> tf.data.Dataset:
+    """An endless-per-run stream of `epochs - initial_epoch` shuffled, augmented epochs.
+
+    Each epoch's order and augmentation depend only on (seed, epoch), so resuming at `initial_epoch`
+    reproduces the batches of the uninterrupted run. Incomplete final batches are dropped (Free-AT carries a
+    fixed-size perturbation across minibatches, and mirrored training splits batches evenly).
+    """
+    x, y = arrays
+    n = len(x)
+    kind = spec.augmentation if augmentation is None else augmentation
+    x_const = tf.constant(x)
+    y_const = tf.constant(y)
+
+    def one_epoch(epoch):
+        epoch_seed = tf.stack([tf.cast(seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=epoch_seed)
+        ds = tf.data.Dataset.from_tensor_slices(order)
+
+        def fetch(index):
+            image = tf.gather(x_const, index)
+            label = tf.gather(y_const, index)
+            element_seed = tf.stack([epoch * 1_000_003 + index, tf.cast(seed, tf.int64)])
+            image = augment(image, element_seed, kind)
+            if noise_sigma > 0:
+                image = add_gaussian_noise(image, noise_sigma, element_seed)
+            return image, label
+
+        return ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(
+            batch_size, drop_remainder=True
+        )
+
+    epochs_ds = tf.data.Dataset.range(initial_epoch, epochs)
+    return epochs_ds.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return num_examples // batch_size
+
+
+def eval_pipeline(arrays, batch_size: int) -> tf.data.Dataset:
+    """Unshuffled, unaugmented batches (the last one may be smaller)."""
+    return tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def take(arrays, num_examples: int):
+    """The first `num_examples` examples (all of them for -1)."""
+    x, y = arrays
+    if num_examples is None or num_examples < 0:
+        return x, y
+    return x[:num_examples], y[:num_examples]
+
+
+def load_examples(path: str):
+    """A user's own examples: an .npz with `x` (float in [0,1], NHWC) and `y` (int)."""
+    with np.load(path, allow_pickle=False) as archive:
+        missing = {"x", "y"} - set(archive.files)
+        if missing:
+            raise ValueError(f"--examples={path} lacks array(s) {sorted(missing)}; it needs x (NHWC in [0,1]) and y")
+        x = archive["x"].astype(np.float32)
+        y = archive["y"].astype(np.int32).reshape(-1)
+    if x.ndim != 4:
+        raise ValueError(f"--examples={path}: x must be NHWC (rank 4), got shape {x.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"--examples={path}: x has {len(x)} examples but y has {len(y)}")
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
+        raise ValueError(f"--examples={path}: x must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
+    return x, y

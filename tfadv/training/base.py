@@ -1,0 +1,122 @@
+"""The shared base of every training method: a Keras Model that wraps a network and owns its train_step.
+
+A method subclass implements `training_loss(x, labels)`, which returns the mean loss over the local batch and
+the logits whose accuracy is logged; the base applies PyTorch-style (coupled) L2 weight decay, loss scaling
+for float16, the 1/replicas scaling under `tf.distribute`, and metric bookkeeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from tfadv import attacks
+
+BN_MODES = ("eval", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """The training attack. eps and step_size are fractions of the [0,1] pixel range."""
+
+    eps: float
+    step_size: float
+    steps: int
+    norm: str = "linf"
+    random_start: bool = True
+    # "eval": BatchNorm in inference mode during the attack (BAT / label-smoothing / ART default);
+    # "train": batch statistics, and moving statistics updated, as Madry / Free-AT code does.
+    bn_mode: str = "eval"
+
+    def __post_init__(self):
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"attack_bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
+        if self.norm not in attacks.NORMS:
+            raise ValueError(f"norm must be one of {attacks.NORMS}, got {self.norm!r}")
+
+
+class Trainer(keras.Model):
+    """Base class: `network` is the Keras model that is trained and exported (logits out)."""
+
+    def __init__(self, network: keras.Model, attack: AttackConfig, weight_decay: float = 5e-4, **kwargs):
+        super().__init__(name=kwargs.pop("name", type(self).__name__.lower()), **kwargs)
+        self.network = network
+        self.attack = attack
+        self.weight_decay = float(weight_decay)
+        self.num_classes = int(network.output_shape[-1])
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    # -- pieces for subclasses ---------------------------------------------------------------------------
+
+    def call(self, inputs, training=False):
+        return self.network(inputs, training=training)
+
+    def attack_logits(self, x):
+        """Logits as the training attack sees them; BatchNorm mode set by `--attack_bn_mode`."""
+        return self.network(x, training=self.attack.bn_mode == "train")
+
+    def eval_logits(self, x):
+        """Logits with BatchNorm in inference mode (targets, labels and evaluation)."""
+        return self.network(x, training=False)
+
+    def training_loss(self, x, labels):
+        """Returns (mean loss over the local batch, logits for the accuracy metric)."""
+        raise NotImplementedError
+
+    # -- Keras plumbing ----------------------------------------------------------------------------------
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    def apply_update(self, loss, tape, extra_sources=()):
+        """Gradient step on the network's weights; also returns d loss / d extra_sources (unscaled).
+
+        Loss scaling (float16) and the 1/replicas factor enter as the tape's output gradient, so nothing has
+        to be recorded after the forward pass.
+        """
+        variables = self.network.trainable_variables
+        scale = self._gradient_scale()
+        gradients = tape.gradient(loss, list(variables) + list(extra_sources), output_gradients=scale)
+        weight_gradients = gradients[: len(variables)]
+        if self.weight_decay:
+            # Coupled L2 as in torch.optim.SGD(weight_decay=...), which the papers' code uses; it carries the
+            # same scale, since the optimizer divides by the loss scale and sums over replicas.
+            weight_gradients = [
+                g + tf.cast(self.weight_decay * scale, g.dtype) * tf.cast(v, g.dtype)
+                for g, v in zip(weight_gradients, variables)
+            ]
+        self.optimizer.apply(weight_gradients, variables)
+        return [g / scale for g in gradients[len(variables):]]
+
+    def _gradient_scale(self):
+        factor = tf.constant(1.0 / tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
+        dynamic = getattr(self.optimizer, "dynamic_scale", None)
+        return factor if dynamic is None else tf.cast(dynamic, tf.float32) * factor
+
+    def train_step(self, data):
+        x, labels = data
+        x = tf.cast(x, tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        with tf.GradientTape() as tape:
+            loss, logits = self.training_loss(x, labels)
+        self.apply_update(loss, tape)
+        return self._update_metrics(loss, labels, logits)
+
+    def _update_metrics(self, loss, labels, logits):
+        self.loss_tracker.update_state(loss)
+        self.accuracy_tracker.update_state(labels, tf.cast(logits, tf.float32))
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        x, labels = data
+        logits = self.eval_logits(tf.cast(x, tf.float32))
+        loss = tf.reduce_mean(attacks.cross_entropy(tf.cast(logits, tf.float32), tf.cast(labels, tf.int32)))
+        return self._update_metrics(loss, tf.cast(labels, tf.int32), logits)
+
+    def extra_state(self) -> dict:
+        """Variables besides the network and optimizer that a checkpoint must keep (e.g. Free-AT's delta)."""
+        return {}

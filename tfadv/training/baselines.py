@@ -1,0 +1,114 @@
+"""The baselines the papers compare against: natural, PGD-AT, FGSM-RS, Free-AT and TRADES."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfadv import attacks, losses
+from tfadv.training.base import Trainer
+
+
+class NaturalTrainer(Trainer):
+    """Standard training on clean images."""
+
+    def training_loss(self, x, labels):
+        logits = self.network(x, training=True)
+        return tf.reduce_mean(losses.hard_cross_entropy(labels, logits)), logits
+
+
+class PGDTrainer(Trainer):
+    """Madry et al.: minimise the cross-entropy on k-step PGD examples (l-inf or l2)."""
+
+    def adversarial_examples(self, x, labels):
+        a = self.attack
+        x_adv = attacks.pgd(self.attack_logits, x, labels, eps=a.eps, step_size=a.step_size, steps=a.steps,
+                            norm=a.norm, random_start=a.random_start)
+        return tf.stop_gradient(x_adv)
+
+    def training_loss(self, x, labels):
+        logits = self.network(self.adversarial_examples(x, labels), training=True)
+        return tf.reduce_mean(losses.hard_cross_entropy(labels, logits)), logits
+
+
+class FGSMRSTrainer(PGDTrainer):
+    """Wong et al. "fast is better than free": uniform random start, one signed step of 1.25 eps."""
+
+    def adversarial_examples(self, x, labels):
+        a = self.attack
+        x_adv = attacks.pgd(self.attack_logits, x, labels, eps=a.eps, step_size=a.step_size, steps=1,
+                            norm=a.norm, random_start=True)
+        return tf.stop_gradient(x_adv)
+
+
+class FreeTrainer(Trainer):
+    """Shafahi et al. "adversarial training for free": each minibatch is replayed m times; one backward pass
+    per replay gives both the weight gradient and the input gradient; delta is carried across minibatches.
+    """
+
+    def __init__(self, network, attack, replays: int = 8, batch_size: int = 128, **kwargs):
+        super().__init__(network, attack, **kwargs)
+        if replays < 1:
+            raise ValueError(f"free_replays must be at least 1, got {replays}")
+        self.replays = int(replays)
+        # One perturbation per example of the per-replica batch (batches are full: drop_remainder=True).
+        per_replica = batch_size // tf.distribute.get_strategy().num_replicas_in_sync
+        shape = (per_replica,) + tuple(network.input_shape[1:])
+        self.delta = tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name="free_delta",
+                                 synchronization=tf.VariableSynchronization.ON_READ,
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def train_step(self, data):
+        x, labels = data
+        x = tf.cast(x, tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        a = self.attack
+        delta = tf.identity(self.delta)
+        for _ in range(self.replays):
+            with tf.GradientTape() as tape:
+                x_adv = x + delta
+                tape.watch(x_adv)
+                logits = self.network(x_adv, training=True)
+                loss = tf.reduce_mean(losses.hard_cross_entropy(labels, logits))
+            (input_gradient,) = self.apply_update(loss, tape, extra_sources=[x_adv])
+            step = attacks.steepest_step(tf.cast(input_gradient, tf.float32), a.step_size, a.norm, x_adv)
+            delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
+            metrics = self._update_metrics(loss, labels, logits)
+        self.delta.assign(delta)
+        return metrics
+
+    def extra_state(self):
+        return {"free_delta": self.delta}
+
+
+class TRADESTrainer(Trainer):
+    """Zhang et al.: CE(clean) + beta * KL(p(clean) || p(adv)), adv from k steps ascending that KL."""
+
+    def __init__(self, network, attack, beta: float = 6.0, **kwargs):
+        super().__init__(network, attack, **kwargs)
+        self.beta = float(beta)
+
+    def adversarial_examples(self, x):
+        a = self.attack
+        clean_logits = tf.stop_gradient(self.attack_logits(x))
+        # TRADES starts 0.001 * N(0, 1) away from the clean point.
+        delta = attacks.clip_to_box(x, attacks.project(0.001 * tf.random.normal(tf.shape(x)), a.eps, a.norm))
+
+        def ascend(delta):
+            with tf.GradientTape() as tape:
+                x_adv = x + delta
+                tape.watch(x_adv)
+                kl = tf.reduce_sum(losses.kl_divergence(clean_logits, self.attack_logits(x_adv)))
+            gradient = tape.gradient(kl, x_adv)
+            delta = delta + attacks.steepest_step(gradient, a.step_size, a.norm, x_adv)
+            return attacks.clip_to_box(x, attacks.project(delta, a.eps, a.norm))
+
+        return tf.stop_gradient(x + attacks.repeat(ascend, delta, a.steps))
+
+    def training_loss(self, x, labels):
+        x_adv = self.adversarial_examples(x)
+        # Two forward passes, as the reference code does: each has its own BatchNorm batch statistics.
+        clean_logits = self.network(x, training=True)
+        adv_logits = self.network(x_adv, training=True)
+        natural = losses.hard_cross_entropy(labels, clean_logits)
+        robust = losses.kl_divergence(clean_logits, adv_logits)
+        return tf.reduce_mean(natural + self.beta * robust), clean_logits
