@@ -1,0 +1,215 @@
+"""Learning-rate schedules and training callbacks (tfadv's own: tensorflow-addons is end-of-life).
+
+Schedules are Keras `LearningRateSchedule`s over optimizer updates, so they resume exactly with the
+optimizer's iteration counter. Callbacks: robust validation with best-checkpoint keeping, and a resumable
+checkpoint of everything a run needs to continue after a crash or `kill -9`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+LR_SCHEDULES = ("constant", "piecewise", "cosine", "cyclic")
+
+
+@keras.saving.register_keras_serializable("tfadv")
+class PiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`base_lr`, multiplied by `factor` at each epoch in `decay_epochs`."""
+
+    def __init__(self, base_lr, updates_per_epoch, decay_epochs=(), factor=0.1):
+        self.base_lr = float(base_lr)
+        self.updates_per_epoch = int(updates_per_epoch)
+        self.decay_epochs = tuple(int(e) for e in decay_epochs)
+        self.factor = float(factor)
+
+    def __call__(self, step):
+        epoch = tf.cast(step, tf.float32) / float(self.updates_per_epoch)
+        decays = tf.add_n([tf.cast(epoch >= e, tf.float32) for e in self.decay_epochs] + [tf.constant(0.0)])
+        return self.base_lr * tf.pow(self.factor, decays)
+
+    def get_config(self):
+        return dict(base_lr=self.base_lr, updates_per_epoch=self.updates_per_epoch,
+                    decay_epochs=list(self.decay_epochs), factor=self.factor)
+
+
+@keras.saving.register_keras_serializable("tfadv")
+class CosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 over `warmup_updates`, then cosine decay to 0 at `total_updates`."""
+
+    def __init__(self, base_lr, total_updates, warmup_updates=0):
+        self.base_lr = float(base_lr)
+        self.total_updates = int(total_updates)
+        self.warmup_updates = int(warmup_updates)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = float(max(self.warmup_updates, 1))
+        span = float(max(self.total_updates - self.warmup_updates, 1))
+        progress = tf.clip_by_value((step - self.warmup_updates) / span, 0.0, 1.0)
+        cosine = 0.5 * self.base_lr * (1.0 + tf.cos(math.pi * progress))
+        if self.warmup_updates <= 0:
+            return cosine
+        return tf.where(step < self.warmup_updates, self.base_lr * step / warmup, cosine)
+
+    def get_config(self):
+        return dict(base_lr=self.base_lr, total_updates=self.total_updates, warmup_updates=self.warmup_updates)
+
+
+@keras.saving.register_keras_serializable("tfadv")
+class CyclicSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Triangular one-cycle: 0 -> `max_lr` at `peak_fraction` of the run -> 0 (Wong et al., SSAT)."""
+
+    def __init__(self, max_lr, total_updates, peak_fraction=0.5):
+        if not 0.0 < peak_fraction < 1.0:
+            raise ValueError(f"peak_fraction must be in (0, 1), got {peak_fraction}")
+        self.max_lr = float(max_lr)
+        self.total_updates = int(total_updates)
+        self.peak_fraction = float(peak_fraction)
+
+    def __call__(self, step):
+        position = tf.cast(step, tf.float32) / float(max(self.total_updates, 1))
+        rising = position / self.peak_fraction
+        falling = (1.0 - position) / (1.0 - self.peak_fraction)
+        return self.max_lr * tf.clip_by_value(tf.minimum(rising, falling), 0.0, 1.0)
+
+    def get_config(self):
+        return dict(max_lr=self.max_lr, total_updates=self.total_updates, peak_fraction=self.peak_fraction)
+
+
+def make_schedule(name: str, base_lr: float, epochs: int, updates_per_epoch: int,
+                  decay_epochs: Sequence[int] = (), decay_factor: float = 0.1, warmup_epochs: float = 0.0,
+                  peak_fraction: float = 0.5):
+    """A learning-rate schedule by name; every schedule counts optimizer updates."""
+    total = epochs * updates_per_epoch
+    if name == "constant":
+        return PiecewiseSchedule(base_lr, updates_per_epoch, (), 1.0)
+    if name == "piecewise":
+        return PiecewiseSchedule(base_lr, updates_per_epoch, decay_epochs, decay_factor)
+    if name == "cosine":
+        return CosineSchedule(base_lr, total, int(round(warmup_epochs * updates_per_epoch)))
+    if name == "cyclic":
+        return CyclicSchedule(base_lr, total, peak_fraction)
+    raise ValueError(f"unknown lr_schedule {name!r}; valid: {', '.join(LR_SCHEDULES)}")
+
+
+def schedule_curve(schedule, epochs: int, updates_per_epoch: int, points: int = 400):
+    """(epoch, lr) samples of a schedule, for the run's LR plot."""
+    total = max(epochs * updates_per_epoch, 1)
+    steps = np.unique(np.linspace(0, total, num=min(points, total + 1)).astype(np.int64))
+    return steps / updates_per_epoch, np.array([float(schedule(int(s))) for s in steps])
+
+
+class RobustValidation(keras.callbacks.Callback):
+    """Every `every` epochs: clean and robust accuracy on held-out arrays, logged as `val_clean_accuracy` /
+    `val_robust_accuracy` (so History, CSVLogger and TensorBoard record them); keeps the best-robust
+    network weights. `robust_accuracy_fn(network, x, y) -> (clean, robust)` does the measuring.
+    """
+
+    def __init__(self, network, arrays, robust_accuracy_fn: Callable, best_path: str, every: int = 1,
+                 state: Optional[dict] = None, log: Callable = print):
+        super().__init__()
+        self.network = network
+        self.arrays = arrays
+        self.robust_accuracy_fn = robust_accuracy_fn
+        self.best_path = best_path
+        self.every = max(int(every), 1)
+        # tf.Variables, so the best so far is part of the resumable checkpoint.
+        self.best_robust = tf.Variable(-1.0, trainable=False, name="best_robust_accuracy")
+        self.best_clean = tf.Variable(-1.0, trainable=False, name="best_clean_accuracy")
+        self.best_epoch = tf.Variable(-1, trainable=False, name="best_epoch", dtype=tf.int64)
+        self.log = log
+        self.total_epochs = None
+
+    def state(self):
+        return {"best_robust": self.best_robust, "best_clean": self.best_clean, "best_epoch": self.best_epoch}
+
+    def on_train_begin(self, logs=None):
+        self.total_epochs = self.params.get("epochs") if self.params else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.total_epochs is not None and epoch + 1 == self.total_epochs
+        if (epoch + 1) % self.every and not last:
+            if logs is not None:  # CSVLogger fixes its columns at the first epoch: keep them present
+                logs["val_clean_accuracy"] = float("nan")
+                logs["val_robust_accuracy"] = float("nan")
+            return
+        start = time.time()
+        clean, robust = self.robust_accuracy_fn(self.network, *self.arrays)
+        if logs is not None:
+            logs["val_clean_accuracy"] = clean
+            logs["val_robust_accuracy"] = robust
+        if robust > float(self.best_robust.numpy()):
+            self.best_robust.assign(robust)
+            self.best_clean.assign(clean)
+            self.best_epoch.assign(epoch + 1)
+            self.network.save_weights(self.best_path)
+        self.log(f"epoch {epoch + 1}: validation clean {clean:.4f} robust {robust:.4f} "
+                 f"(best robust {float(self.best_robust.numpy()):.4f} at epoch {int(self.best_epoch.numpy())}; "
+                 f"{time.time() - start:.1f}s)")
+
+
+class ResumableCheckpoint(keras.callbacks.Callback):
+    """Writes network, optimizer, extra state and the finished-epoch count at every epoch end; `restore()`
+    returns the epoch to continue from. Old checkpoints are pruned; a write is atomic (index file last).
+    """
+
+    def __init__(self, directory: str, network, optimizer, extra_state: Optional[dict] = None):
+        super().__init__()
+        self.directory = directory
+        self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="completed_epochs")
+        self.checkpoint = tf.train.Checkpoint(network=network, optimizer=optimizer, epoch=self.epoch,
+                                              **(extra_state or {}))
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
+
+    def restore(self) -> int:
+        latest = self.manager.latest_checkpoint
+        if not latest:
+            return 0
+        self.checkpoint.restore(latest).expect_partial()
+        return int(self.epoch.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Adds `epoch_seconds` and `images_per_second` (training only) to the epoch logs and prints one line.
+
+    Put it first among the callbacks: the seconds then exclude validation, and later callbacks (CSVLogger,
+    TensorBoard) record them.
+    """
+
+    def __init__(self, images_per_epoch: int, log: Callable = print):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.log = log
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.time() - self._start
+        if logs is not None:
+            logs["epoch_seconds"] = seconds
+            logs["images_per_second"] = self.images_per_epoch / max(seconds, 1e-9)
+        shown = {k: round(float(v), 4) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        total = self.params.get("epochs") if self.params else "?"
+        self.log(f"epoch {epoch + 1}/{total} " + json.dumps(shown))
+
+
+def atomic_write(path: str, text: str):
+    """Writes `text` to `path` via a temporary file, so a crash never leaves a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

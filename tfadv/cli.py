@@ -1,0 +1,100 @@
+"""Command-line plumbing shared by the scripts: absl flag definitions, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+from absl import flags
+
+from tfadv import data, models, training
+from tfadv.callbacks import LR_SCHEDULES
+from tfadv.config import DISTRIBUTE_MODES, JIT_MODES, PRECISIONS, TrainConfig
+
+USAGE_ERROR = 2
+
+
+def quiet_tensorflow():
+    """Keeps TensorFlow's C++ start-up chatter out of the user's terminal (set before TF is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def quiet_logging():
+    """TensorFlow's Python INFO/WARNING chatter off; our own progress lines stay."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def fail(message: str, code: int = USAGE_ERROR):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_flags_or_exit(argv):
+    """An `app.run(flags_parser=...)` parser: a bad flag is one line on stderr and exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        fail(str(error))
+
+
+def define_train_flags():
+    d = TrainConfig()
+    f = flags
+    f.DEFINE_string("defense", d.defense, f"training method: {', '.join(training.DEFENSES)}")
+    f.DEFINE_string("dataset", d.dataset, f"dataset: {', '.join(data.DATASETS)}")
+    f.DEFINE_string("model", d.model, f"network: {', '.join(models.MODEL_NAMES)}")
+    f.DEFINE_integer("wrn_depth", d.wrn_depth, "wide_resnet depth (6n+4: 28, 34)")
+    f.DEFINE_integer("wrn_width", d.wrn_width, "wide_resnet width factor (10, 4)")
+    f.DEFINE_integer("epochs", d.epochs, "training epochs (passes over the training split)")
+    f.DEFINE_integer("batch_size", d.batch_size, "global minibatch size")
+    f.DEFINE_float("lr", d.lr, "base (piecewise, cosine) or peak (cyclic) learning rate")
+    f.DEFINE_string("lr_schedule", d.lr_schedule, f"learning-rate schedule: {', '.join(LR_SCHEDULES)}")
+    f.DEFINE_list("lr_decay_epochs", [], "piecewise: epochs at which the rate is multiplied by --lr_decay_factor")
+    f.DEFINE_float("lr_decay_factor", d.lr_decay_factor, "piecewise: the factor")
+    f.DEFINE_float("lr_warmup_epochs", d.lr_warmup_epochs, "cosine: linear warm-up epochs")
+    f.DEFINE_float("lr_peak_fraction", d.lr_peak_fraction, "cyclic: where in the run the rate peaks, in (0,1)")
+    f.DEFINE_float("momentum", d.momentum, "SGD momentum")
+    f.DEFINE_float("weight_decay", d.weight_decay, "L2 weight decay (coupled, as torch.optim.SGD)")
+    f.DEFINE_float("eps", d.eps, "perturbation radius in the dataset's pixel levels (8 = 8/255 on CIFAR)")
+    f.DEFINE_float("step_size", d.step_size, "attack step size in pixel levels (fgsm_rs: 1.25 eps; free: eps)")
+    f.DEFINE_integer("attack_steps", d.attack_steps, "steps of the training attack (PGD-k, TRADES-k)")
+    f.DEFINE_string("norm", d.norm, "threat model of the training attack: linf, l2 (l1 for free/fgsm_rs/trades)")
+    f.DEFINE_string("attack_bn_mode", d.attack_bn_mode,
+                    "BatchNorm during the training attack: eval (inference statistics) or train (Madry/Free-AT)")
+    f.DEFINE_integer("free_replays", d.free_replays, "free: replays m of each minibatch")
+    f.DEFINE_float("trades_beta", d.trades_beta, "trades: weight of the KL term")
+    f.DEFINE_float("val_fraction", d.val_fraction, "held-out share of the training split in [0,1) (0.1 = 9:1)")
+    f.DEFINE_integer("val_every", d.val_every, "robust validation every N epochs (and at the last)")
+    f.DEFINE_integer("val_examples", d.val_examples, "without --val_fraction: validate on this many test examples")
+    f.DEFINE_integer("val_attack_steps", d.val_attack_steps, "PGD steps of the robust validation")
+    f.DEFINE_integer("eval_attack_steps", d.eval_attack_steps, "PGD steps of the final test evaluation")
+    f.DEFINE_integer("eval_examples", d.eval_examples, "final evaluation on the first N test examples (-1: all)")
+    f.DEFINE_integer("seed", d.seed, "random seed (data order, augmentation, initialisation, attacks)")
+    f.DEFINE_string("output_dir", d.output_dir, "the run's directory")
+    f.DEFINE_string("data_dir", None, "tensorflow-datasets directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    f.DEFINE_boolean("download", d.download, "let tensorflow-datasets download a missing dataset")
+    f.DEFINE_boolean("overwrite", d.overwrite, "replace a finished run in --output_dir")
+    f.DEFINE_string("jit_compile", d.jit_compile, f"XLA for train_step: {', '.join(JIT_MODES)}")
+    f.DEFINE_string("distribute", d.distribute, f"distribution: {', '.join(DISTRIBUTE_MODES)}")
+    f.DEFINE_integer("num_cpu_devices", d.num_cpu_devices, "split the CPU into N logical devices (mirrored tests)")
+    f.DEFINE_string("mixed_precision", d.mixed_precision, f"compute dtype: {', '.join(PRECISIONS)}")
+
+
+def train_config_from_flags() -> TrainConfig:
+    """Builds the TrainConfig from parsed flags; a non-integer --lr_decay_epochs entry is a usage error."""
+    values = {}
+    for field in dataclasses.fields(TrainConfig):
+        value = flags.FLAGS[field.name].value
+        if field.name == "lr_decay_epochs":
+            try:
+                value = [int(v) for v in value]
+            except ValueError:
+                fail(f"--lr_decay_epochs: expected comma-separated integers, got {','.join(value)}")
+        values[field.name] = value
+    return TrainConfig(**values)

@@ -1,0 +1,154 @@
+"""The typed, validated configuration of a training run.
+
+Sizes on the command line (`eps`, `step_size`) are in the dataset's pixel levels (8 means 8/255 on 8-bit
+images; digits have 16 levels); `attack_config()` converts them once, here, to fractions of [0, 1].
+Validation happens before anything is written, and every failure names the flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import List, Optional
+
+from tfadv import data, models, training
+from tfadv.callbacks import LR_SCHEDULES
+
+JIT_MODES = ("auto", "true", "false")
+DISTRIBUTE_MODES = ("none", "mirrored")
+PRECISIONS = ("none", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A bad flag value; the message names the flag and what is allowed."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"--{flag}: {message}")
+        self.flag = flag
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    defense: str = "pgd"
+    dataset: str = "digits"
+    model: str = "mlp"
+    wrn_depth: int = 28
+    wrn_width: int = 10
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    lr_schedule: str = "piecewise"
+    lr_decay_epochs: List[int] = dataclasses.field(default_factory=list)
+    lr_decay_factor: float = 0.1
+    lr_warmup_epochs: float = 0.0
+    lr_peak_fraction: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    eps: float = 2.0
+    step_size: float = 0.5
+    attack_steps: int = 10
+    norm: str = "linf"
+    attack_bn_mode: str = "eval"
+    free_replays: int = 8
+    trades_beta: float = 6.0
+    val_fraction: float = 0.0
+    val_every: int = 1
+    val_examples: int = 500
+    val_attack_steps: int = 10
+    eval_attack_steps: int = 20
+    eval_examples: int = -1
+    seed: int = 0
+    output_dir: str = ""
+    data_dir: Optional[str] = None
+    download: bool = True
+    overwrite: bool = False
+    jit_compile: str = "auto"
+    distribute: str = "none"
+    num_cpu_devices: int = 1
+    mixed_precision: str = "none"
+
+    # ------------------------------------------------------------------------------------------------------
+    @property
+    def spec(self) -> data.DatasetSpec:
+        return data.get_spec(self.dataset)
+
+    def model_options(self) -> dict:
+        return {"depth": self.wrn_depth, "width": self.wrn_width} if self.model == "wide_resnet" else {}
+
+    def attack_config(self) -> training.AttackConfig:
+        spec = self.spec
+        return training.AttackConfig(eps=spec.to_fraction(self.eps), step_size=spec.to_fraction(self.step_size),
+                                     steps=self.attack_steps, norm=self.norm, bn_mode=self.attack_bn_mode)
+
+    def validate(self) -> "TrainConfig":
+        """Raises ConfigError for the first bad value; returns self."""
+        _one_of("defense", self.defense, training.DEFENSES)
+        _one_of("dataset", self.dataset, tuple(data.DATASETS))
+        _one_of("model", self.model, models.MODEL_NAMES)
+        _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _one_of("norm", self.norm, ("linf", "l2") if self.defense == "pgd" else ("linf", "l2", "l1"))
+        _one_of("attack_bn_mode", self.attack_bn_mode, training.BN_MODES)
+        _one_of("jit_compile", self.jit_compile, JIT_MODES)
+        _one_of("distribute", self.distribute, DISTRIBUTE_MODES)
+        _one_of("mixed_precision", self.mixed_precision, PRECISIONS)
+        for flag in ("epochs", "batch_size", "attack_steps", "free_replays", "val_every", "val_attack_steps",
+                     "eval_attack_steps", "num_cpu_devices"):
+            if getattr(self, flag) < 1:
+                raise ConfigError(flag, f"must be a positive integer, got {getattr(self, flag)}")
+        for flag in ("lr", "step_size"):
+            if not getattr(self, flag) > 0:
+                raise ConfigError(flag, f"must be positive, got {getattr(self, flag)}")
+        for flag in ("weight_decay", "trades_beta", "momentum"):
+            if getattr(self, flag) < 0:
+                raise ConfigError(flag, f"must not be negative, got {getattr(self, flag)}")
+        spec = self.spec
+        limit = spec.pixel_max if self.norm == "linf" else None
+        if self.eps < 0:
+            raise ConfigError("eps", f"must not be negative, got {self.eps}")
+        if limit is not None and self.eps > limit:
+            raise ConfigError("eps", f"{self.eps} exceeds the whole pixel range of {self.dataset} "
+                                     f"(0..{spec.pixel_max:g} levels; --eps is in pixel levels, e.g. 8 for 8/255)")
+        if self.eps == 0 and self.defense != "natural":
+            raise ConfigError("eps", f"must be positive for --defense={self.defense}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 < self.lr_peak_fraction < 1.0:
+            raise ConfigError("lr_peak_fraction", f"must be in (0, 1), got {self.lr_peak_fraction}")
+        if any(e < 1 for e in self.lr_decay_epochs):
+            raise ConfigError("lr_decay_epochs", f"epochs must be positive, got {self.lr_decay_epochs}")
+        if not self.output_dir:
+            raise ConfigError("output_dir", "is required (the run's directory)")
+        if self.data_dir is not None and spec.tfds_name is not None:
+            if not os.path.isdir(self.data_dir) or not os.access(self.data_dir, os.R_OK | os.X_OK):
+                raise ConfigError("data_dir", f"{self.data_dir!r} is not a readable directory")
+        replicas = self.num_cpu_devices if self.distribute == "mirrored" else 1
+        if self.batch_size % replicas:
+            raise ConfigError("batch_size", f"{self.batch_size} does not split evenly over {replicas} replicas")
+        if self.num_cpu_devices > 1 and self.distribute != "mirrored":
+            raise ConfigError("num_cpu_devices", "only makes sense with --distribute=mirrored")
+        try:
+            models.build(self.model, spec.image_shape, spec.num_classes, **self.model_options())
+        except ValueError as error:
+            raise ConfigError("model", f"{self.model} cannot be built for {self.dataset} "
+                                       f"{spec.image_shape}: {error}") from None
+        return self
+
+    def to_flagfile(self) -> str:
+        """A flagfile that reproduces the run (without --overwrite)."""
+        lines = ["# written by tfadv: `python scripts/train.py --flagfile=<this file>` reproduces the run"]
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "overwrite" or value is None:
+                continue
+            if isinstance(value, bool):
+                lines.append(f"--{field.name}" if value else f"--no{field.name}")
+            elif isinstance(value, list):
+                lines.append(f"--{field.name}={','.join(str(v) for v in value)}")
+            else:
+                lines.append(f"--{field.name}={value}")
+        return "\n".join(lines) + "\n"
+
+
+def _one_of(flag, value, allowed):
+    if value not in allowed:
+        raise ConfigError(flag, f"unknown value {value!r}; valid: {', '.join(allowed)}")

@@ -1,0 +1,315 @@
+"""A training run from a TrainConfig: data -> network -> method -> fit -> evaluation -> SavedModel.
+
+Order matters for a user who mistyped something: configuration and data are checked before the output
+directory is touched; a finished run is never overwritten without --overwrite; an interrupted run resumes
+from its last completed epoch (rerun the same command).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfadv import data, evaluation, export, models, training
+from tfadv.callbacks import (EpochLog, ResumableCheckpoint, RobustValidation, atomic_write, make_schedule,
+                             schedule_curve)
+from tfadv.config import ConfigError, TrainConfig
+
+FLAGS_FILE = "flags.txt"
+METRICS_FILE = "metrics.json"
+
+
+class RunError(RuntimeError):
+    """A run cannot start (e.g. a finished output_dir without --overwrite); nothing was written."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# devices, precision, distribution
+
+
+def configure_devices(config: TrainConfig, log: Callable = print):
+    """Splits the CPU into logical devices (for testing mirrored training); must run before TF starts."""
+    if config.num_cpu_devices > 1:
+        cpus = tf.config.list_physical_devices("CPU")
+        try:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.num_cpu_devices)
+        except RuntimeError:
+            existing = len(tf.config.list_logical_devices("CPU"))
+            if existing != config.num_cpu_devices:
+                raise ConfigError("num_cpu_devices", f"TensorFlow already started with {existing} CPU device(s); "
+                                                     "set it before anything else runs") from None
+
+
+def make_strategy(config: TrainConfig):
+    if config.distribute == "none":
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def resolve_jit(config: TrainConfig, log: Callable = print) -> bool:
+    """`auto`: XLA on GPUs; not on CPUs (measured ~20 % slower for a ResNet step on this 2-core CPU), and never
+    with MirroredStrategy over logical CPU devices (fails in TF 2.21: resource on another CPU device)."""
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    cpu_mirrored = config.distribute == "mirrored" and not has_gpu
+    if config.jit_compile == "true":
+        if cpu_mirrored:
+            log("warning: XLA with MirroredStrategy over CPU devices fails in TF 2.21; --jit_compile=true kept")
+        return True
+    if config.jit_compile == "false":
+        return False
+    if cpu_mirrored:
+        log("jit_compile=auto: XLA off (MirroredStrategy over logical CPU devices does not compile with XLA)")
+        return False
+    log(f"jit_compile=auto: XLA {'on (GPU)' if has_gpu else 'off (CPU: XLA measured slower here)'}")
+    return has_gpu
+
+
+def set_precision(config: TrainConfig):
+    policy = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[config.mixed_precision]
+    keras.mixed_precision.set_global_policy(policy)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pieces
+
+
+def build_network(config: TrainConfig) -> keras.Model:
+    spec = config.spec
+    return models.build(config.model, spec.image_shape, spec.num_classes, spec.mean, spec.std,
+                        **config.model_options())
+
+
+def updates_per_batch(config: TrainConfig) -> int:
+    return config.free_replays if config.defense == "free" else 1
+
+
+def build_trainer(config: TrainConfig, network: keras.Model) -> training.Trainer:
+    attack = config.attack_config()
+    options = {"weight_decay": config.weight_decay}
+    if config.defense == "free":
+        options.update(replays=config.free_replays, batch_size=config.batch_size)
+    if config.defense == "trades":
+        options.update(beta=config.trades_beta)
+    return training.TRAINERS[config.defense](network, attack, **options)
+
+
+def pgd_accuracy_fn(eps: float, steps: int, norm: str = "linf", batch_size: int = 256):
+    """(network, x, y) -> (clean accuracy, PGD-`steps` robust accuracy), BatchNorm in inference mode.
+
+    The compiled attack is kept per network, so calling it every epoch does not retrace.
+    """
+    spec = evaluation.parse_attack(f"pgd{steps}_{norm}", {norm: eps})
+    evaluators = {}
+
+    def measure(network, x, y):
+        if id(network) not in evaluators:
+            # Evaluation always uses inference-mode BatchNorm.
+            evaluators[id(network)] = evaluation.Evaluator(lambda images: network(images, training=False),
+                                                           [spec], batch_size)
+        report = evaluators[id(network)](x, y)
+        return report["clean_accuracy"], report["attacks"][spec.name]["robust_accuracy"]
+
+    return measure
+
+
+def _check_output_dir(config: TrainConfig):
+    """Refuses a finished run without --overwrite, and an interrupted one started with other flags."""
+    out = config.output_dir
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise ConfigError("output_dir", f"{out!r} exists and is not a directory")
+    if config.overwrite:
+        return
+    if os.path.exists(os.path.join(out, METRICS_FILE)):
+        raise RunError(f"--output_dir={out} holds a finished run; pass --overwrite to replace it or choose "
+                       "another directory")
+    flags_path = os.path.join(out, FLAGS_FILE)
+    if os.path.exists(flags_path):
+        with open(flags_path) as handle:
+            previous = handle.read()
+        if previous != config.to_flagfile():
+            raise RunError(f"--output_dir={out} holds an interrupted run with different flags (see {flags_path}); "
+                           "rerun with the same flags to resume, or pass --overwrite")
+    elif os.listdir(out):
+        raise RunError(f"--output_dir={out} is not empty and is not a tfadv run; choose another directory or "
+                       "pass --overwrite")
+
+
+def _history_rows(path: str):
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def _plot(history, schedule, config: TrainConfig, updates_per_epoch: int, plots_dir: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(plots_dir, exist_ok=True)
+    epochs, lrs = schedule_curve(schedule, config.epochs, updates_per_epoch)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(epochs, lrs)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{config.lr_schedule} schedule")
+    fig.tight_layout()
+    fig.savefig(os.path.join(plots_dir, "learning_rate.png"), dpi=120)
+    plt.close(fig)
+
+    rows = [r for r in history if r.get("val_robust_accuracy") not in (None, "", "nan", "NA")]
+    if rows:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        x = [int(r["epoch"]) + 1 for r in rows]
+        ax.plot(x, [float(r["val_clean_accuracy"]) for r in rows], label="clean (SA)")
+        ax.plot(x, [float(r["val_robust_accuracy"]) for r in rows], label=f"PGD-{config.val_attack_steps} (RA)")
+        ax.plot([int(r["epoch"]) + 1 for r in history], [float(r["accuracy"]) for r in history],
+                label="training batches", alpha=0.6)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.set_title(f"{config.defense} on {config.dataset}")
+        fig.tight_layout()
+        fig.savefig(os.path.join(plots_dir, "accuracy.png"), dpi=120)
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, log: Callable = print) -> dict:
+    """Runs (or resumes) a training run and returns its metrics (also in `<output_dir>/metrics.json`)."""
+    configure_devices(config, log)
+    config.validate()
+    _check_output_dir(config)
+    spec = config.spec
+    splits = data.load(config.dataset, config.data_dir, config.val_fraction, config.seed, config.download)
+
+    # Everything below writes into output_dir.
+    out = config.output_dir
+    if config.overwrite and os.path.exists(out):
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    atomic_write(os.path.join(out, FLAGS_FILE), config.to_flagfile())
+    keras.utils.set_random_seed(config.seed)
+    set_precision(config)
+    jit = resolve_jit(config, log)
+    strategy = make_strategy(config)
+
+    steps = data.steps_per_epoch(len(splits.train[0]), config.batch_size)
+    if steps < 1:
+        raise ConfigError("batch_size", f"{config.batch_size} exceeds the {len(splits.train[0])} training examples")
+    updates = steps * updates_per_batch(config)
+    with strategy.scope():
+        network = build_network(config)
+        trainer = build_trainer(config, network)
+        schedule = make_schedule(config.lr_schedule, config.lr, config.epochs, updates, config.lr_decay_epochs,
+                                 config.lr_decay_factor, config.lr_warmup_epochs, config.lr_peak_fraction)
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
+        if config.mixed_precision == "float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        trainer.compile(optimizer=optimizer, jit_compile=jit)
+        optimizer.build(network.trainable_variables)
+
+    checkpoints = os.path.join(out, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
+    if splits.val is not None:
+        val_arrays, val_name = splits.val, f"validation split ({len(splits.val[1])} examples)"
+    else:
+        val_arrays = data.take(splits.test, config.val_examples)
+        val_name = f"first {len(val_arrays[1])} test examples (no --val_fraction)"
+    eps = spec.to_fraction(config.eps)
+    validation = RobustValidation(network, val_arrays, pgd_accuracy_fn(eps, config.val_attack_steps, config.norm),
+                                  os.path.join(checkpoints, "best.weights.h5"), config.val_every, log=log)
+    resume = ResumableCheckpoint(os.path.join(checkpoints, "resume"), network, optimizer,
+                                 {**trainer.extra_state(), **validation.state()})
+    initial_epoch = resume.restore()
+    if initial_epoch >= config.epochs:
+        log(f"all {config.epochs} epochs were already trained; finishing the run")
+    elif initial_epoch:
+        log(f"resuming {out} after epoch {initial_epoch}")
+    log(f"{config.defense} on {config.dataset} with {config.model}: {len(splits.train[1])} training images, "
+        f"{steps} batches of {config.batch_size} per epoch, eps {config.eps:g}/{spec.pixel_max:g} = {eps:.4f}, "
+        f"validation on the {val_name}, {strategy.num_replicas_in_sync} replica(s), "
+        f"precision {keras.mixed_precision.global_policy().name}")
+
+    train_ds = data.train_pipeline(splits.train, spec, config.batch_size, config.seed, config.epochs,
+                                   initial_epoch)
+    callbacks = [
+        EpochLog(steps * config.batch_size, log=log),
+        validation,
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"), write_graph=False, profile_batch=0),
+        resume,  # last: an epoch counts as done once everything above has seen it
+    ]
+    if initial_epoch < config.epochs:
+        trainer.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                    callbacks=callbacks, verbose=0, shuffle=False)
+    if trainer.stop_training and not np.isfinite(_last_loss(out)):
+        raise RunError(f"training diverged (loss is not finite); see {out}/history.csv. Lower --lr?")
+    network.save_weights(os.path.join(checkpoints, "final.weights.h5"))
+
+    # Final numbers on the test split with PGD-{eval_attack_steps} at the run's eps.
+    history = _history_rows(os.path.join(out, "history.csv"))
+    test_x, test_y = data.take(splits.test, config.eval_examples)
+    attack_name = f"pgd{config.eval_attack_steps}" + ("" if config.norm == "linf" else f"_{config.norm}")
+    measure = pgd_accuracy_fn(eps, config.eval_attack_steps, config.norm)
+    final_clean, final_robust = measure(network, test_x, test_y)
+    metrics = {
+        "defense": config.defense, "dataset": config.dataset, "model": config.model,
+        "eps": eps, "eps_levels": config.eps, "norm": config.norm,
+        "final": {"epoch": config.epochs, "clean_accuracy": final_clean, "robust_accuracy": final_robust,
+                  "robust_attack": attack_name, "num_examples": int(len(test_y))},
+    }
+    best_path = os.path.join(checkpoints, "best.weights.h5")
+    if os.path.exists(best_path):
+        best_network = build_network(config)
+        best_network.load_weights(best_path)
+        best_clean, best_robust = measure(best_network, test_x, test_y)
+        metrics["best"] = {
+            "epoch": int(validation.best_epoch.numpy()), "clean_accuracy": best_clean,
+            "robust_accuracy": best_robust, "robust_attack": attack_name, "num_examples": int(len(test_y)),
+            "selected_by": f"PGD-{config.val_attack_steps} robust accuracy on the {val_name}",
+            "val_clean_accuracy": float(validation.best_clean.numpy()),
+            "val_robust_accuracy": float(validation.best_robust.numpy()),
+        }
+    seconds = [float(r["epoch_seconds"]) for r in history if r.get("epoch_seconds")]
+    metrics["train_seconds"] = round(sum(seconds), 2)
+    metrics["images_per_second"] = round(len(seconds) * steps * config.batch_size / max(sum(seconds), 1e-9), 1)
+    metrics["epochs"] = config.epochs
+    metrics["seconds_per_epoch"] = round(float(np.mean(seconds)), 3) if seconds else None
+
+    export.export(network, os.path.join(out, "saved_model", "1"), metadata={
+        "dataset": config.dataset, "image_shape": list(spec.image_shape), "num_classes": spec.num_classes,
+        "pixel_max": spec.pixel_max, "eps": eps, "defense": config.defense, "model": config.model,
+    })
+    _plot(history, schedule, config, updates, os.path.join(out, "plots"))
+    atomic_write(os.path.join(out, METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
+    log(f"final: clean accuracy {final_clean:.4f}, {attack_name} robust accuracy {final_robust:.4f} "
+        f"on {len(test_y)} test examples (eps {eps:.4f}); SavedModel in {out}/saved_model/1")
+    return metrics
+
+
+def _last_loss(out: str) -> float:
+    rows = _history_rows(os.path.join(out, "history.csv"))
+    try:
+        return float(rows[-1]["loss"]) if rows else float("nan")
+    except (KeyError, ValueError):
+        return float("nan")
