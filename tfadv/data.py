@@ -113,12 +113,13 @@ def _load_tfds_arrays(spec: DatasetSpec, data_dir: Optional[str], download: bool
     import tensorflow_datasets as tfds
 
     def load(split):
-        ds = tfds.load(
-            spec.tfds_name, split=split, data_dir=data_dir, as_supervised=True, batch_size=-1,
-            download=download,
-        )
-        x, y = tfds.as_numpy(ds)
-        return (x.astype(np.float32) / 255.0), y.astype(np.int32)
+        ds = tfds.load(spec.tfds_name, split=split, data_dir=data_dir, as_supervised=True, download=download)
+        images, labels = [], []
+        for x, y in tfds.as_numpy(ds.batch(4096)):
+            images.append(x)
+            labels.append(y)
+        x = np.concatenate(images).astype(np.float32) / 255.0
+        return x, np.concatenate(labels).astype(np.int32).reshape(-1)
 
     try:
         return load("train"), load(spec.test_split)
@@ -137,8 +138,12 @@ def split_validation(train, fraction: float, seed: int):
     from sklearn.model_selection import train_test_split
 
     x, y = train
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    # Stratified when every class can appear on both sides; a plain seeded split otherwise (tiny data).
+    feasible = counts.min() >= 2 and round(fraction * len(y)) >= len(counts)
     x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=fraction, random_state=seed, stratify=y
+        x, y, test_size=fraction, random_state=seed, stratify=y if feasible else None
     )
     return (x_train, y_train), (x_val, y_val)
 
