@@ -78,7 +78,8 @@ def define_train_flags():
     f.DEFINE_integer("seed", d.seed, "random seed (data order, augmentation, initialisation, attacks)")
     f.DEFINE_string("output_dir", d.output_dir, "the run's directory")
     f.DEFINE_string("data_dir", None, "tensorflow-datasets directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    f.DEFINE_boolean("download", d.download, "let tensorflow-datasets download a missing dataset")
+    f.DEFINE_boolean("download", d.download, "let tensorflow-datasets download a missing dataset (off by default: offline machines would wait "
+                      "minutes for network retries)")
     f.DEFINE_boolean("overwrite", d.overwrite, "replace a finished run in --output_dir")
     f.DEFINE_string("jit_compile", d.jit_compile, f"XLA for train_step: {', '.join(JIT_MODES)}")
     f.DEFINE_string("distribute", d.distribute, f"distribution: {', '.join(DISTRIBUTE_MODES)}")

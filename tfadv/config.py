@@ -60,7 +60,7 @@ class TrainConfig:
     seed: int = 0
     output_dir: str = ""
     data_dir: Optional[str] = None
-    download: bool = True
+    download: bool = False
     overwrite: bool = False
     jit_compile: str = "auto"
     distribute: str = "none"

@@ -96,12 +96,11 @@ def _load_digits_arrays():
 
 
 def _tfds_prepare_hint(spec: DatasetSpec, data_dir: Optional[str]) -> str:
-    where = f"--data_dir={data_dir}" if data_dir else "--data_dir=DIR"
     return (
-        f"dataset {spec.name!r} (tensorflow-datasets name {spec.tfds_name!r}) was not found in "
-        f"{data_dir or tfds_default_dir()!r} and could not be downloaded; prepare it on a machine with internet "
-        f"access with `python -c \"import tensorflow_datasets as tfds; tfds.builder('{spec.tfds_name}', "
-        f"data_dir='DIR').download_and_prepare()\"`, copy DIR here and pass {where}"
+        f"dataset {spec.name!r} (tensorflow-datasets name {spec.tfds_name!r}) is not prepared in "
+        f"{data_dir or tfds_default_dir()!r}; with internet access pass --download, or prepare it elsewhere with "
+        f"`python -c \"import tensorflow_datasets as tfds; tfds.builder('{spec.tfds_name}', "
+        f"data_dir='DIR').download_and_prepare()\"`, copy DIR here and pass --data_dir=DIR"
     )
 
 
@@ -149,7 +148,7 @@ def split_validation(train, fraction: float, seed: int):
 
 
 def load(name: str, data_dir: Optional[str] = None, val_fraction: float = 0.0, seed: int = 0,
-         download: bool = True) -> Splits:
+         download: bool = False) -> Splits:
     """Loads a dataset into memory as float32 [0,1] NHWC arrays with an optional validation split."""
     spec = get_spec(name)
     if spec.tfds_name is None:

@@ -39,31 +39,45 @@ def as_float32(network: keras.Model) -> keras.Model:
     return copy
 
 
-class ServingModule(tf.Module):
-    """A network behind a fixed input signature."""
-
-    def __init__(self, network: keras.Model):
-        super().__init__()
-        self.network = network
-        shape = [None] + list(network.input_shape[1:])
-        self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
-
-    def _serve(self, images):
-        logits = tf.cast(self.network(images, training=False), tf.float32)
-        return {
-            "logits": logits,
-            "probabilities": tf.nn.softmax(logits, axis=-1),
-            "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
-        }
+def serving_outputs(logits):
+    """The standard outputs of a classifier signature."""
+    logits = tf.cast(logits, tf.float32)
+    return {
+        "logits": logits,
+        "probabilities": tf.nn.softmax(logits, axis=-1),
+        "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
+    }
 
 
-def export(network: keras.Model, path: str, metadata: Optional[dict] = None) -> str:
-    """Writes a SavedModel to `path` (use `<run>/saved_model/1` for TF Serving); returns `path`."""
-    module = ServingModule(as_float32(network))
+def checked_images(images, image_shape):
+    """`images` after a run-time shape check that names what is expected (a loaded signature does not
+    enforce its static shape, so a wrong rank or size would otherwise fail deep inside the graph)."""
+    expected = tf.constant(list(image_shape), tf.int32)
+    shape = tf.shape(images)
+    padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[1:4]
+    valid = tf.logical_and(tf.equal(tf.size(shape), 4), tf.reduce_all(tf.equal(padded, expected)))
+    message = (f"serving_default expects images of shape [batch, {', '.join(map(str, image_shape))}], "
+               "float32 in [0, 1]; got shape")
+    with tf.control_dependencies([tf.debugging.Assert(valid, [message, shape])]):
+        return tf.identity(images)
+
+
+def write_saved_model(path: str, networks, serve_fn, image_shape, metadata: Optional[dict] = None) -> str:
+    """Writes `serve_fn(images) -> dict` as `serving_default`, tracking the variables of `networks`.
+
+    Keras' ExportArchive tracks variables (not the Keras objects), which keeps the SavedModel loadable by
+    TF Serving, `saved_model_cli` (TF1 sessions) and `tf.saved_model.load`. Written to a temporary directory
+    and renamed, so a crash never leaves a half-written model where a server looks.
+    """
+    archive = keras.export.ExportArchive()
+    for network in networks:
+        archive.track(network)
+    signature = [tf.TensorSpec([None] + list(image_shape), tf.float32, name="images")]
+    archive.add_endpoint("serving_default", serve_fn, input_signature=signature)
     tmp = path.rstrip("/") + ".partial"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
-    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    archive.write_out(tmp, verbose=False)
     if metadata:
         # assets.extra/ is where TF Serving looks for optional side files; it ignores this one.
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
@@ -71,8 +85,20 @@ def export(network: keras.Model, path: str, metadata: Optional[dict] = None) -> 
             json.dump(metadata, handle, indent=2)
     if tf.io.gfile.exists(path):
         tf.io.gfile.rmtree(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     os.replace(tmp, path)
     return path
+
+
+def export(network: keras.Model, path: str, metadata: Optional[dict] = None) -> str:
+    """Writes a classifier SavedModel to `path` (use `<run>/saved_model/1` for TF Serving); returns `path`."""
+    network = as_float32(network)
+    image_shape = tuple(network.input_shape[1:])
+
+    def serve(images):
+        return serving_outputs(network(checked_images(images, image_shape), training=False))
+
+    return write_saved_model(path, [network], serve, image_shape, metadata)
 
 
 def read_metadata(path: str) -> dict:

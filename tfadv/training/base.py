@@ -37,6 +37,12 @@ class AttackConfig:
             raise ValueError(f"norm must be one of {attacks.NORMS}, got {self.norm!r}")
 
 
+def unpack(data):
+    """(images float32, labels int32) from a batch; sample weights are not used by any method."""
+    x, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+    return tf.cast(x, tf.float32), tf.cast(labels, tf.int32)
+
+
 class Trainer(keras.Model):
     """Base class: `network` is the Keras model that is trained and exported (logits out)."""
 
@@ -98,9 +104,7 @@ class Trainer(keras.Model):
         return factor if dynamic is None else tf.cast(dynamic, tf.float32) * factor
 
     def train_step(self, data):
-        x, labels = data
-        x = tf.cast(x, tf.float32)
-        labels = tf.cast(labels, tf.int32)
+        x, labels = unpack(data)
         with tf.GradientTape() as tape:
             loss, logits = self.training_loss(x, labels)
         self.apply_update(loss, tape)
@@ -112,10 +116,10 @@ class Trainer(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
-        x, labels = data
-        logits = self.eval_logits(tf.cast(x, tf.float32))
-        loss = tf.reduce_mean(attacks.cross_entropy(tf.cast(logits, tf.float32), tf.cast(labels, tf.int32)))
-        return self._update_metrics(loss, tf.cast(labels, tf.int32), logits)
+        x, labels = unpack(data)
+        logits = self.eval_logits(x)
+        loss = tf.reduce_mean(attacks.cross_entropy(tf.cast(logits, tf.float32), labels))
+        return self._update_metrics(loss, labels, logits)
 
     def extra_state(self) -> dict:
         """Variables besides the network and optimizer that a checkpoint must keep (e.g. Free-AT's delta)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfadv import attacks, losses
-from tfadv.training.base import Trainer
+from tfadv.training.base import Trainer, unpack
 
 
 class NaturalTrainer(Trainer):
@@ -58,9 +58,7 @@ class FreeTrainer(Trainer):
                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def train_step(self, data):
-        x, labels = data
-        x = tf.cast(x, tf.float32)
-        labels = tf.cast(labels, tf.int32)
+        x, labels = unpack(data)
         a = self.attack
         delta = tf.identity(self.delta)
         for _ in range(self.replays):

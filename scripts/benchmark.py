@@ -1,0 +1,121 @@
+"""Steady-state seconds per training step of each method, side by side in one process.
+
+  python scripts/benchmark.py --model=preact_resnet18 --input_shape=32,32,3 --batch_size=128 --json=bench.json
+
+Prints images/s and each method's ratio to the natural step next to its arithmetic limit (an input-only
+backward costs about one forward, a weight backward about two, so a natural step is 3 units): FGSM-RS 5/3,
+PGD-k (2k+3)/3, Free 3/3 per replay, TRADES-k (2k+7)/3 (k KL steps, then clean and adversarial forward +
+backward). Rows in float32 and in mixed bfloat16 (`*_bf16`); each ratio is against the natural step of the
+same precision. No timing is asserted anywhere: this is a measuring tool.
+"""
+
+from tfadv import cli
+
+cli.quiet_tensorflow()
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from tfadv import models, training  # noqa: E402
+
+flags.DEFINE_string("model", "preact_resnet18", f"network: {', '.join(models.MODEL_NAMES)}")
+flags.DEFINE_list("input_shape", ["32", "32", "3"], "H,W,C")
+flags.DEFINE_integer("num_classes", 10, "classes")
+flags.DEFINE_integer("batch_size", 128, "batch size")
+flags.DEFINE_integer("steps", 3, "timed steps per method (after warm-up)")
+flags.DEFINE_integer("warmup", 1, "untimed steps per method (tracing, allocation)")
+flags.DEFINE_list("methods", ["natural", "fgsm_rs", "pgd7", "pgd10", "free", "trades10"], "methods to time")
+flags.DEFINE_list("precisions", ["float32", "bfloat16"], "float32 and/or bfloat16")
+flags.DEFINE_integer("free_replays", 4, "free: replays per minibatch (time is reported per replay)")
+flags.DEFINE_string("jit_compile", "false", "XLA: true or false")
+flags.DEFINE_string("json", None, "write the results here")
+FLAGS = flags.FLAGS
+
+LIMITS = {"natural": 1.0, "fgsm_rs": 5 / 3, "free": 1.0}
+
+
+def limit(method):
+    if method.startswith("pgd"):
+        k = int(method[3:])
+        return (2 * k + 3) / 3
+    if method.startswith("trades"):
+        k = int(method[6:])
+        return (2 * k + 7) / 3
+    return LIMITS[method]
+
+
+def build_trainer(method, shape):
+    network = models.build(FLAGS.model, shape, FLAGS.num_classes, [0.5] * shape[-1], [0.25] * shape[-1])
+    eps = 8 / 255
+    if method.startswith("pgd"):
+        name, attack = "pgd", training.AttackConfig(eps, 2 / 255, int(method[3:]))
+    elif method.startswith("trades"):
+        name, attack = "trades", training.AttackConfig(eps, 2 / 255, int(method[6:]))
+    elif method == "fgsm_rs":
+        name, attack = "fgsm_rs", training.AttackConfig(eps, 1.25 * eps, 1)
+    else:
+        name, attack = method, training.AttackConfig(eps, eps, 1)
+    options = {"replays": FLAGS.free_replays, "batch_size": FLAGS.batch_size} if name == "free" else {}
+    trainer = training.TRAINERS[name](network, attack, **options)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    trainer.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile == "true")
+    optimizer.build(network.trainable_variables)
+    return trainer
+
+
+def time_method(method, shape, precision):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        trainer = build_trainer(method, shape)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(0)
+    x = rng.random((FLAGS.batch_size, *shape), dtype=np.float32)
+    y = rng.integers(0, FLAGS.num_classes, FLAGS.batch_size).astype(np.int32)
+    iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    trainer.make_train_function()
+    step = trainer.train_function
+    for _ in range(FLAGS.warmup):
+        float(step(iterator)["loss"])
+    start = time.perf_counter()
+    for _ in range(FLAGS.steps):
+        float(step(iterator)["loss"])  # reading the loss waits for the step to finish
+    seconds = (time.perf_counter() - start) / FLAGS.steps
+    if method == "free":
+        seconds /= FLAGS.free_replays
+    return seconds
+
+
+def main(argv):
+    del argv
+    cli.quiet_logging()
+    shape = tuple(int(v) for v in FLAGS.input_shape)
+    results = {}
+    print(f"{FLAGS.model} {shape} batch {FLAGS.batch_size}, XLA {FLAGS.jit_compile}, "
+          f"{FLAGS.steps} timed steps after {FLAGS.warmup} warm-up; tf {tf.__version__}, keras {keras.__version__}")
+    print(f"{'method':<16}{'s/step':>10}{'img/s':>10}{'ratio':>8}{'limit':>8}{'ratio/limit':>13}")
+    for precision in FLAGS.precisions:
+        suffix = "" if precision == "float32" else "_bf16"
+        base = None
+        for method in ["natural"] + [m for m in FLAGS.methods if m != "natural"]:
+            seconds = time_method(method, shape, precision)
+            base = base or seconds
+            row = {"seconds_per_step": round(seconds, 4), "images_per_second": round(FLAGS.batch_size / seconds, 2),
+                   "ratio": round(seconds / base, 3), "limit": round(limit(method), 3), "precision": precision}
+            results[method + suffix] = row
+            note = " (per replay)" if method == "free" else ""
+            print(f"{method + suffix:<16}{seconds:>10.3f}{row['images_per_second']:>10.1f}{row['ratio']:>8.2f}"
+                  f"{row['limit']:>8.2f}{row['ratio'] / row['limit']:>13.2f}{note}", flush=True)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+        print(f"written to {FLAGS.json}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags_or_exit)

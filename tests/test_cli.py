@@ -1,0 +1,97 @@
+"""Bad input fails fast: one line naming the flag, exit code 2, nothing written."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from tfadv import experiment
+from tfadv.config import ConfigError, TrainConfig
+
+
+def run_script(script, *args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("args,flag,hint", [
+    (["--defense=magic"], "--defense", "natural, pgd, fgsm_rs, free, trades"),
+    (["--model=resnet50"], "--model", "preact_resnet18"),
+    (["--eps=-1"], "--eps", "negative"),
+    (["--eps=40"], "--eps", "pixel range"),
+    (["--step_size=0"], "--step_size", "positive"),
+    (["--attack_steps=0"], "--attack_steps", "positive"),
+    (["--batch_size=0"], "--batch_size", "positive"),
+    (["--val_fraction=1.0"], "--val_fraction", "[0, 1)"),
+    (["--dataset=cifar10", "--data_dir=/nonexistent/tfds"], "--data_dir", "not a readable directory"),
+    (["--model=wide_resnet", "--wrn_depth=27"], "--model", "6n+4"),
+    (["--epochs=abc"], "--epochs", "int"),
+    (["--no_such_flag=1"], "no_such_flag", "Unknown"),
+])
+def test_bad_flags_exit_2_with_one_line_and_write_nothing(tmp_path, args, flag, hint):
+    out = tmp_path / "run"
+    result = run_script("train.py", "--flagfile=flags/digits.cfg", f"--output_dir={out}", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result)
+    assert len(lines) == 1 and flag in lines[0] and hint in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_missing_tfds_dataset_is_one_clear_message_and_nothing_is_written(tmp_path):
+    out = tmp_path / "run"
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    result = run_script("train.py", "--flagfile=flags/cifar10.cfg", f"--data_dir={empty}", f"--output_dir={out}",
+                        "--epochs=1")
+    assert result.returncode == 1
+    lines = error_lines(result)
+    assert len(lines) == 1 and "cifar10" in lines[0] and str(empty) in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def _config(tmp_path, **overrides):
+    return dataclasses.replace(TrainConfig(output_dir=str(tmp_path / "run"), epochs=1), **overrides)
+
+
+def test_config_validation_names_the_flag(tmp_path):
+    cases = {
+        "free_replays": {"defense": "free", "free_replays": 0},
+        "norm": {"norm": "l7"},
+        "attack_bn_mode": {"attack_bn_mode": "frozen"},
+        "jit_compile": {"jit_compile": "maybe"},
+        "mixed_precision": {"mixed_precision": "int8"},
+        "lr": {"lr": 0.0},
+        "num_cpu_devices": {"num_cpu_devices": 2},  # without --distribute=mirrored
+        "output_dir": {"output_dir": ""},
+        "lr_decay_epochs": {"lr_decay_epochs": [0]},
+    }
+    for flag, overrides in cases.items():
+        with pytest.raises(ConfigError) as info:
+            _config(tmp_path, **overrides).validate()
+        assert info.value.flag == flag
+
+
+def test_a_finished_run_is_refused_without_overwrite(tmp_path):
+    config = _config(tmp_path, defense="natural", epochs=1, val_examples=50, eval_examples=50)
+    experiment.train(config, log=lambda *_: None)
+    metrics = os.path.join(config.output_dir, "metrics.json")
+    stamp = os.path.getmtime(metrics)
+    with pytest.raises(experiment.RunError, match="finished run.*--overwrite"):
+        experiment.train(config, log=lambda *_: None)
+    assert os.path.getmtime(metrics) == stamp
+    other = dataclasses.replace(config, lr=0.01)
+    os.remove(metrics)  # now it looks interrupted: other flags must not resume it
+    with pytest.raises(experiment.RunError, match="different flags"):
+        experiment.train(other, log=lambda *_: None)
+    experiment.train(dataclasses.replace(other, overwrite=True), log=lambda *_: None)
+    assert os.path.exists(metrics)

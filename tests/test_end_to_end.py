@@ -1,0 +1,163 @@
+"""The README's main job on digits, the SavedModel outside tfadv, resume after kill -9, mirrored training."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from test_cli import run_script
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, digits):
+    base = tmp_path_factory.mktemp("runs")
+    out = {}
+    for defense in ("natural", "pgd"):
+        result = run_script("train.py", f"--defense={defense}", "--flagfile=flags/digits.cfg",
+                            f"--output_dir={base / defense}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(base / defense / "metrics.json") as handle:
+            out[defense] = (base / defense, json.load(handle), result.stdout)
+    return out
+
+
+def test_pgd_beats_natural_under_pgd20_by_20_points(runs):
+    natural, pgd = runs["natural"][1], runs["pgd"][1]
+    for metrics in (natural, pgd):
+        assert metrics["final"]["robust_attack"] == "pgd20"
+        assert metrics["final"]["num_examples"] == 450
+        assert 0.0 <= metrics["final"]["robust_accuracy"] <= metrics["final"]["clean_accuracy"] <= 1.0
+    assert natural["final"]["clean_accuracy"] > 0.95 and pgd["final"]["clean_accuracy"] > 0.9
+    assert pgd["final"]["robust_accuracy"] >= natural["final"]["robust_accuracy"] + 0.20
+    assert "best" in pgd and pgd["train_seconds"] > 0 and pgd["images_per_second"] > 0
+
+
+def test_run_directory_layout(runs):
+    run, metrics, stdout = runs["pgd"]
+    for name in ("flags.txt", "metrics.json", "history.csv", "checkpoints/best.weights.h5",
+                 "checkpoints/final.weights.h5", "saved_model/1/saved_model.pb", "plots/learning_rate.png",
+                 "plots/accuracy.png", "tensorboard"):
+        assert (run / name).exists(), name
+    with open(run / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 30 and "val_robust_accuracy" in rows[0]
+    assert "final: clean accuracy" in stdout and "robust accuracy" in stdout
+    flags_text = (run / "flags.txt").read_text()
+    assert "--defense=pgd" in flags_text and "--eps=2.0" in flags_text
+
+
+LOAD_WITHOUT_TFADV = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+serve = loaded.signatures["serving_default"]
+x = np.load(sys.argv[2])["x"]
+out = serve(images=tf.constant(x))
+assert not any(name.startswith("tfadv") for name in sys.modules), "tfadv was imported"
+try:
+    serve(images=tf.constant(x[:, :, :, 0]))
+    bad = "accepted"
+except Exception as error:
+    bad = type(error).__name__ + ": " + str(error)
+print(json.dumps({"classes": out["classes"].numpy().tolist(), "logits": out["logits"].numpy().tolist(),
+                  "probabilities_sum": out["probabilities"].numpy().sum(-1).tolist(), "bad": bad}))
+"""
+
+
+def test_saved_model_loads_without_tfadv_and_predicts_the_same(runs, digits, tmp_path):
+    run = runs["pgd"][0]
+    x = digits.test[0][:16]
+    np.savez(tmp_path / "x.npz", x=x)
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_WITHOUT_TFADV)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH="")
+    result = subprocess.run([sys.executable, str(script), str(run / "saved_model" / "1"), str(tmp_path / "x.npz")],
+                            cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+
+    from tfadv import models
+    spec = digits.spec
+    network = models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
+    network.load_weights(str(run / "checkpoints" / "final.weights.h5"))
+    logits = network(x, training=False).numpy()
+    np.testing.assert_allclose(served["logits"], logits, rtol=1e-4, atol=1e-4)
+    assert served["classes"] == np.argmax(logits, -1).tolist()
+    np.testing.assert_allclose(served["probabilities_sum"], 1.0, rtol=1e-5)
+    assert "expects images of shape [batch, 8, 8, 1]" in served["bad"], served["bad"]
+
+
+def test_saved_model_cli_runs_it(runs, digits, tmp_path):
+    cli = shutil.which("saved_model_cli")
+    if cli is None:
+        pytest.skip("saved_model_cli is not on PATH")
+    np.save(tmp_path / "x.npy", digits.test[0][:3])
+    result = subprocess.run([cli, "run", "--dir", str(runs["pgd"][0] / "saved_model" / "1"), "--tag_set", "serve",
+                             "--signature_def", "serving_default", "--inputs", f"images={tmp_path / 'x.npy'}"],
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "classes" in result.stdout and "logits" in result.stdout
+
+
+def test_evaluate_script_reports_the_schema(runs, tmp_path):
+    output = tmp_path / "eval.json"
+    result = run_script("evaluate.py", f"--model_dir={runs['pgd'][0]}", "--attacks=fgsm,pgd20,cw20,pgd10_l2",
+                        "--num_examples=200", f"--output={output}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["num_examples"] == 200 and abs(report["eps"] - 0.125) < 1e-9
+    assert set(report["attacks"]) == {"fgsm", "pgd20", "cw20", "pgd10_l2"}
+    worst = min(a["robust_accuracy"] for a in report["attacks"].values())
+    assert report["worst_case_accuracy"] <= worst <= report["clean_accuracy"]
+    assert "worst case" in result.stdout
+    bad = run_script("evaluate.py", f"--model_dir={runs['pgd'][0]}", "--attacks=pgd")
+    assert bad.returncode == 2 and "--attacks" in bad.stderr
+
+
+def test_resume_after_kill_9_continues_from_the_last_completed_epoch(tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--defense=pgd", "--flagfile=flags/digits.cfg",
+            "--epochs=40", "--model=lenet", f"--output_dir={out}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / "checkpoints" / "resume" / "ckpt-3.index"
+    deadline = time.time() + 240
+    while not marker.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert marker.exists() and not (out / "metrics.json").exists()
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed_at = [line for line in result.stdout.splitlines() if line.startswith("resuming")]
+    assert resumed_at, result.stdout[-2000:]
+    epoch = int(resumed_at[0].split("after epoch ")[1])
+    assert 3 <= epoch < 40
+    assert f"epoch {epoch + 1}/40" in result.stdout and "epoch 1/40" not in result.stdout
+    with open(out / "history.csv") as handle:
+        epochs = sorted({int(row["epoch"]) for row in csv.DictReader(handle)})
+    assert epochs == list(range(40))
+    assert json.loads((out / "metrics.json").read_text())["final"]["epoch"] == 40
+
+
+@pytest.mark.parametrize("defense", ["pgd", "free"])
+def test_mirrored_training_over_two_logical_cpu_devices(tmp_path, defense):
+    out = tmp_path / defense
+    result = run_script("train.py", f"--defense={defense}", "--flagfile=flags/digits.cfg", "--epochs=2",
+                        "--distribute=mirrored", "--num_cpu_devices=2", f"--output_dir={out}",
+                        "--val_examples=100", "--eval_examples=100")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 replica(s)" in result.stdout
+    assert "XLA off" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert np.isfinite(metrics["final"]["clean_accuracy"]) and metrics["final"]["clean_accuracy"] > 0.3

@@ -1,0 +1,90 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfadv import attacks, callbacks, data, models, training
+
+
+def _trainer(defense, digits, precision="float32", **options):
+    keras.mixed_precision.set_global_policy(
+        {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision])
+    try:
+        spec = digits.spec
+        network = models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
+        step = 1.25 * 0.125 if defense == "fgsm_rs" else (0.125 if defense == "free" else 0.03)
+        attack = training.AttackConfig(eps=0.125, step_size=step, steps=3)
+        if defense == "free":
+            options.setdefault("replays", 2)
+            options.setdefault("batch_size", 64)
+        trainer = training.TRAINERS[defense](network, attack, **options)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+        return trainer, network
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("defense", training.DEFENSES)
+def test_each_defense_trains_one_epoch_with_finite_loss(defense, precision, digits):
+    trainer, network = _trainer(defense, digits, precision)
+    ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1)
+    history = trainer.fit(ds, epochs=1, steps_per_epoch=8, verbose=0, shuffle=False)
+    loss = history.history["loss"][-1]
+    assert np.isfinite(loss) and loss > 0
+    logits = network(digits.test[0][:4], training=False)
+    assert logits.dtype == tf.float32  # logits stay float32 under mixed precision
+
+
+def test_natural_training_learns(digits):
+    trainer, network = _trainer("natural", digits)
+    ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=5)
+    trainer.fit(ds, epochs=5, steps_per_epoch=21, verbose=0, shuffle=False)
+    x, y = digits.test
+    assert np.mean(np.argmax(network(x, training=False), -1) == y) > 0.9
+
+
+def test_free_training_carries_delta_across_minibatches_inside_the_ball(digits):
+    trainer, _ = _trainer("free", digits, replays=3)
+    assert float(tf.reduce_max(tf.abs(trainer.delta))) == 0.0
+    ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1)
+    trainer.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
+    delta = trainer.delta.numpy()
+    assert 0.1 < np.abs(delta).max() <= 0.125 + 1e-6
+    # 2 batches x 3 replays = 6 weight updates
+    assert int(trainer.optimizer.iterations.numpy()) == 6
+
+
+def test_weight_decay_is_coupled_l2_like_torch_sgd(digits):
+    # With a zero learning signal (all-zero inputs to a linear model, zero-initialised bias gradient aside),
+    # one SGD step without momentum must shrink every kernel weight by lr * wd * w.
+    network = models.build("linear", (8, 8, 1), 10)
+    trainer = training.NaturalTrainer(network, training.AttackConfig(0.1, 0.1, 1), weight_decay=0.1)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.0), jit_compile=False)
+    kernel = network.get_layer("classifier").kernel
+    before = kernel.numpy().copy()
+    x = np.zeros((10, 8, 8, 1), np.float32)  # zero input: the data gradient of the kernel is exactly zero
+    trainer.train_on_batch(x, np.arange(10))
+    np.testing.assert_allclose(kernel.numpy(), before * (1 - 0.5 * 0.1), rtol=1e-5)
+
+
+def test_trades_adversarial_examples_stay_in_the_ball(digits):
+    trainer, _ = _trainer("trades", digits)
+    x = tf.constant(digits.test[0][:32])
+    x_adv = trainer.adversarial_examples(x)
+    assert attacks.perturbation_norm(x_adv - x, "linf").numpy().max() <= 0.125 + 1e-6
+    assert float(tf.reduce_min(x_adv)) >= 0 and float(tf.reduce_max(x_adv)) <= 1
+
+
+def test_learning_rate_schedules():
+    piecewise = callbacks.make_schedule("piecewise", 0.1, 10, 5, decay_epochs=[4, 8], decay_factor=0.1)
+    assert np.isclose(float(piecewise(0)), 0.1) and np.isclose(float(piecewise(19)), 0.1)
+    assert np.isclose(float(piecewise(20)), 0.01) and np.isclose(float(piecewise(45)), 0.001)
+    cyclic = callbacks.make_schedule("cyclic", 0.04, 10, 10, peak_fraction=0.4)
+    assert float(cyclic(0)) == 0.0 and np.isclose(float(cyclic(40)), 0.04) and float(cyclic(100)) == 0.0
+    assert np.isclose(float(cyclic(20)), 0.02) and np.isclose(float(cyclic(70)), 0.02)
+    cosine = callbacks.make_schedule("cosine", 0.1, 10, 10, warmup_epochs=1)
+    assert np.isclose(float(cosine(5)), 0.05) and np.isclose(float(cosine(10)), 0.1)
+    assert np.isclose(float(cosine(55)), 0.05, atol=1e-6) and np.isclose(float(cosine(100)), 0.0, atol=1e-7)
+    with pytest.raises(ValueError, match="valid"):
+        callbacks.make_schedule("step", 0.1, 1, 1)
