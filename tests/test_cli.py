@@ -95,3 +95,19 @@ def test_a_finished_run_is_refused_without_overwrite(tmp_path):
         experiment.train(other, log=lambda *_: None)
     experiment.train(dataclasses.replace(other, overwrite=True), log=lambda *_: None)
     assert os.path.exists(metrics)
+
+
+def test_label_smoothing_flags_are_validated(tmp_path):
+    cases = {
+        "ls_method": {"defense": "label_smoothing"},
+        "squeeze_beta": {"defense": "logit_squeeze"},
+        "ls_alpha": {"defense": "label_smoothing", "ls_method": "als", "ls_alpha": 1.5},
+        "noise_sigma": {"noise_sigma": 17.0},
+        "bls_temperature": {"ls_method": "bls", "ls_alpha": 0.1, "bls_temperature": 0.0},
+        "squeeze_reduction": {"squeeze_beta": 1.0, "squeeze_reduction": "max"},
+    }
+    for flag, overrides in cases.items():
+        with pytest.raises(ConfigError) as info:
+            _config(tmp_path, **overrides).validate()
+        assert info.value.flag == flag, (flag, str(info.value))
+    _config(tmp_path, defense="label_smoothing", ls_method="als", ls_alpha=0.1, eps=0.0).validate()

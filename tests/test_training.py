@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfadv import attacks, callbacks, data, models, training
+from tfadv import attacks, callbacks, data, losses, models, targets, training
 
 
 def _trainer(defense, digits, precision="float32", **options):
@@ -88,3 +88,53 @@ def test_learning_rate_schedules():
     assert np.isclose(float(cosine(55)), 0.05, atol=1e-6) and np.isclose(float(cosine(100)), 0.0, atol=1e-7)
     with pytest.raises(ValueError, match="valid"):
         callbacks.make_schedule("step", 0.1, 1, 1)
+
+
+def _smoothing_trainer(defense, digits, smoothing, **options):
+    spec = digits.spec
+    network = models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
+    attack = training.AttackConfig(eps=0.125, step_size=0.03, steps=3)
+    trainer = training.TRAINERS[defense](network, attack, smoothing=smoothing, **options)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+    return trainer, network
+
+
+@pytest.mark.parametrize("defense,smoothing", [
+    ("label_smoothing", training.SmoothingConfig("uniform", 0.5)),
+    ("label_smoothing", training.SmoothingConfig("sls", 0.1)),
+    ("label_smoothing", training.SmoothingConfig("als", 0.1)),
+    ("label_smoothing", training.SmoothingConfig("bls", 0.1, temperature=0.001)),
+    ("label_smoothing", training.SmoothingConfig("sbls", 0.1)),
+    ("logit_squeeze", training.SmoothingConfig(squeeze_beta=0.5)),
+    ("logit_squeeze", training.SmoothingConfig(squeeze_beta=0.5, squeeze_reduction="mean_l2")),
+    ("trades", training.SmoothingConfig("als", 0.1, squeeze_beta=0.1)),
+    ("fgsm_rs", training.SmoothingConfig("uniform", 0.2)),
+])
+def test_label_smoothing_defenses_train_with_noise(defense, smoothing, digits):
+    trainer, _ = _smoothing_trainer(defense, digits, smoothing)
+    ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1, noise_sigma=0.3)
+    history = trainer.fit(ds, epochs=1, steps_per_epoch=8, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_pgd_with_als_trains_on_als_targets(digits):
+    hard, network = _smoothing_trainer("pgd", digits, training.SmoothingConfig())
+    als_trainer = training.PGDTrainer(network, hard.attack, smoothing=training.SmoothingConfig("als", 0.4))
+    x, y = tf.constant(digits.test[0][:64]), tf.constant(digits.test[1][:64])
+    logits = network(x, training=False)
+    expected = targets.als(tf.one_hot(y, 10), logits, 0.4)
+    np.testing.assert_allclose(als_trainer.soft_targets(y, logits).numpy(), expected.numpy(), atol=1e-7)
+    assert not np.allclose(expected.numpy(), tf.one_hot(y, 10).numpy())
+    smooth_loss = float(als_trainer.outer_loss(y, logits))
+    np.testing.assert_allclose(smooth_loss, float(tf.reduce_mean(losses.soft_cross_entropy(expected, logits))),
+                               rtol=1e-5)
+    assert abs(smooth_loss - float(hard.outer_loss(y, logits))) > 0.05
+    # and the ALS term pulls the arg-min logit up: its gradient differs from the hard-label one
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        a = als_trainer.outer_loss(y, logits)
+        b = hard.outer_loss(y, logits)
+    lowest = tf.argmin(logits, -1)
+    ga = tf.gather(tape.gradient(a, logits), lowest, batch_dims=1)
+    gb = tf.gather(tape.gradient(b, logits), lowest, batch_dims=1)
+    assert float(tf.reduce_mean(ga - gb)) < 0  # descent raises the arg-min logit under ALS

@@ -69,6 +69,26 @@ def define_train_flags():
                     "BatchNorm during the training attack: eval (inference statistics) or train (Madry/Free-AT)")
     f.DEFINE_integer("free_replays", d.free_replays, "free: replays m of each minibatch")
     f.DEFINE_float("trades_beta", d.trades_beta, "trades: weight of the KL term")
+    f.DEFINE_string("bat_attack", d.bat_attack, "bat: mc (targeted most confusing), ll (least likely), fgsm "
+                    "(untargeted)")
+    f.DEFINE_boolean("bat_random_start", d.bat_random_start, "bat: uniform random start in the eps-ball")
+    f.DEFINE_string("bat_labels", d.bat_labels, "bat: adversarial (Eq. 14/18), uniform (R-MC-LS, --bat_eps_y), hard")
+    f.DEFINE_float("bat_beta", d.bat_beta, "bat: beta of Eq. 16-18 (0 = 9 for <= 10 classes, 11 for more)")
+    f.DEFINE_float("bat_gamma", d.bat_gamma, "bat: gamma of Eq. 14")
+    f.DEFINE_float("bat_eps_y", d.bat_eps_y, "bat: fixed label budget for --bat_labels=uniform")
+    f.DEFINE_integer("bat_top_k", d.bat_top_k, "bat: spread eps_y over the k wrong classes of largest loss "
+                     "(LA9 of section 5.4); 0 = all")
+    f.DEFINE_float("bat_step_size", d.bat_step_size, "bat: step size in pixel levels (0 = eps)")
+    f.DEFINE_string("pgd_labels", d.pgd_labels, "pgd: hard, or bat (Madry-LA: BAT's adversarial labels)")
+    f.DEFINE_string("ls_method", d.ls_method, "label smoothing of the outer minimisation: none, uniform "
+                    "(y - a(y - 1/K)), sls, als, bls, sbls (paper 003); also for pgd, fgsm_rs, free, trades")
+    f.DEFINE_float("ls_alpha", d.ls_alpha, "label-smoothing mass alpha in [0, 1]")
+    f.DEFINE_float("bls_temperature", d.bls_temperature, "BLS temperature T (paper 003 default 0.001)")
+    f.DEFINE_float("squeeze_beta", d.squeeze_beta, "logit squeezing weight beta (paper 004); 0 = off")
+    f.DEFINE_string("squeeze_reduction", d.squeeze_reduction,
+                    "logit squeezing: frobenius (||Z||_F of the batch, paper 004 Eq. 5) or mean_l2")
+    f.DEFINE_float("noise_sigma", d.noise_sigma, "Gaussian noise on training images, std in pixel levels "
+                   "(20 = 20/255 on CIFAR), clipped to [0, 1]; 0 = off")
     f.DEFINE_float("val_fraction", d.val_fraction, "held-out share of the training split in [0,1) (0.1 = 9:1)")
     f.DEFINE_integer("val_every", d.val_every, "robust validation every N epochs (and at the last)")
     f.DEFINE_integer("val_examples", d.val_examples, "without --val_fraction: validate on this many test examples")

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from typing import List, Optional
 
-from tfadv import data, models, training
+from tfadv import data, losses, models, targets, training
 from tfadv.callbacks import LR_SCHEDULES
 
 JIT_MODES = ("auto", "true", "false")
@@ -51,6 +51,21 @@ class TrainConfig:
     attack_bn_mode: str = "eval"
     free_replays: int = 8
     trades_beta: float = 6.0
+    bat_attack: str = "mc"
+    bat_random_start: bool = True
+    bat_labels: str = "adversarial"
+    bat_beta: float = 0.0
+    bat_gamma: float = 0.01
+    bat_eps_y: float = 0.5
+    bat_top_k: int = 0
+    bat_step_size: float = 0.0
+    pgd_labels: str = "hard"
+    ls_method: str = "none"
+    ls_alpha: float = 0.0
+    bls_temperature: float = 0.001
+    squeeze_beta: float = 0.0
+    squeeze_reduction: str = "frobenius"
+    noise_sigma: float = 0.0
     val_fraction: float = 0.0
     val_every: int = 1
     val_examples: int = 500
@@ -77,8 +92,22 @@ class TrainConfig:
 
     def attack_config(self) -> training.AttackConfig:
         spec = self.spec
-        return training.AttackConfig(eps=spec.to_fraction(self.eps), step_size=spec.to_fraction(self.step_size),
-                                     steps=self.attack_steps, norm=self.norm, bn_mode=self.attack_bn_mode)
+        step, random_start = self.step_size, True
+        if self.defense == "bat":  # one step of --bat_step_size (default eps), random start by flag
+            step, random_start = (self.bat_step_size or self.eps), self.bat_random_start
+        return training.AttackConfig(eps=spec.to_fraction(self.eps), step_size=spec.to_fraction(step),
+                                     steps=self.attack_steps, norm=self.norm, random_start=random_start,
+                                     bn_mode=self.attack_bn_mode)
+
+    def label_adversary(self) -> training.LabelAdversary:
+        """BAT's label choice (--bat_labels), or Madry-LA's adversarial labels for --pgd_labels=bat."""
+        kind = self.bat_labels if self.defense == "bat" else "adversarial"
+        beta = self.bat_beta or targets.bat_beta_default(self.spec.num_classes)
+        return training.LabelAdversary(kind, beta, self.bat_gamma, self.bat_eps_y, self.bat_top_k or None)
+
+    def smoothing_config(self) -> training.SmoothingConfig:
+        return training.SmoothingConfig(self.ls_method, self.ls_alpha, self.bls_temperature, self.squeeze_beta,
+                                        self.squeeze_reduction)
 
     def validate(self) -> "TrainConfig":
         """Raises ConfigError for the first bad value; returns self."""
@@ -91,6 +120,33 @@ class TrainConfig:
         _one_of("jit_compile", self.jit_compile, JIT_MODES)
         _one_of("distribute", self.distribute, DISTRIBUTE_MODES)
         _one_of("mixed_precision", self.mixed_precision, PRECISIONS)
+        _one_of("ls_method", self.ls_method, ("none",) + targets.LS_METHODS)
+        _one_of("squeeze_reduction", self.squeeze_reduction, losses.SQUEEZE_REDUCTIONS)
+        _one_of("bat_attack", self.bat_attack, training.BAT_ATTACKS)
+        _one_of("bat_labels", self.bat_labels, training.BAT_LABELS)
+        _one_of("pgd_labels", self.pgd_labels, ("hard", "bat"))
+        if self.pgd_labels == "bat" and self.defense != "pgd":
+            raise ConfigError("pgd_labels", "bat labels (Madry-LA) apply to --defense=pgd")
+        if (self.defense == "bat" or self.pgd_labels == "bat") and self.ls_method != "none":
+            raise ConfigError("ls_method", "BAT's labels replace label smoothing; use --bat_labels=uniform for "
+                                           "R-MC-LS")
+        for flag in ("bat_beta", "bat_gamma", "bat_top_k", "bat_step_size"):
+            if getattr(self, flag) < 0:
+                raise ConfigError(flag, f"must not be negative, got {getattr(self, flag)}")
+        if self.defense == "bat" and self.bat_top_k >= self.spec.num_classes:
+            raise ConfigError("bat_top_k", f"must be below the {self.spec.num_classes} classes, got {self.bat_top_k}")
+        if not 0.0 < self.bat_eps_y < 1.0:
+            raise ConfigError("bat_eps_y", f"must be in (0, 1), got {self.bat_eps_y}")
+        if self.defense == "label_smoothing" and self.ls_method == "none":
+            raise ConfigError("ls_method", f"--defense=label_smoothing needs a method: {', '.join(targets.LS_METHODS)}")
+        if self.defense == "logit_squeeze" and not self.squeeze_beta > 0:
+            raise ConfigError("squeeze_beta", "--defense=logit_squeeze needs a positive --squeeze_beta")
+        if not 0.0 <= self.ls_alpha <= 1.0:
+            raise ConfigError("ls_alpha", f"must be in [0, 1], got {self.ls_alpha}")
+        if self.ls_method != "none" and self.ls_alpha == 0.0:
+            raise ConfigError("ls_alpha", f"--ls_method={self.ls_method} needs a positive --ls_alpha")
+        if not self.bls_temperature > 0:
+            raise ConfigError("bls_temperature", f"must be positive, got {self.bls_temperature}")
         for flag in ("epochs", "batch_size", "attack_steps", "free_replays", "val_every", "val_attack_steps",
                      "eval_attack_steps", "num_cpu_devices"):
             if getattr(self, flag) < 1:
@@ -98,7 +154,7 @@ class TrainConfig:
         for flag in ("lr", "step_size"):
             if not getattr(self, flag) > 0:
                 raise ConfigError(flag, f"must be positive, got {getattr(self, flag)}")
-        for flag in ("weight_decay", "trades_beta", "momentum"):
+        for flag in ("weight_decay", "trades_beta", "momentum", "squeeze_beta", "noise_sigma"):
             if getattr(self, flag) < 0:
                 raise ConfigError(flag, f"must not be negative, got {getattr(self, flag)}")
         spec = self.spec
@@ -108,7 +164,10 @@ class TrainConfig:
         if limit is not None and self.eps > limit:
             raise ConfigError("eps", f"{self.eps} exceeds the whole pixel range of {self.dataset} "
                                      f"(0..{spec.pixel_max:g} levels; --eps is in pixel levels, e.g. 8 for 8/255)")
-        if self.eps == 0 and self.defense != "natural":
+        if self.noise_sigma > spec.pixel_max:
+            raise ConfigError("noise_sigma", f"{self.noise_sigma} exceeds the pixel range of {self.dataset} "
+                                             f"(0..{spec.pixel_max:g} levels; it is in pixel levels, e.g. 20 for 20/255)")
+        if self.eps == 0 and self.defense not in training.CLEAN_DEFENSES:
             raise ConfigError("eps", f"must be positive for --defense={self.defense}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")

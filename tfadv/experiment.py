@@ -97,11 +97,15 @@ def updates_per_batch(config: TrainConfig) -> int:
 
 def build_trainer(config: TrainConfig, network: keras.Model) -> training.Trainer:
     attack = config.attack_config()
-    options = {"weight_decay": config.weight_decay}
+    options = {"weight_decay": config.weight_decay, "smoothing": config.smoothing_config()}
     if config.defense == "free":
         options.update(replays=config.free_replays, batch_size=config.batch_size)
     if config.defense == "trades":
         options.update(beta=config.trades_beta)
+    if config.defense == "bat":
+        options.update(target=config.bat_attack, labels=config.label_adversary())
+    if config.defense == "pgd" and config.pgd_labels == "bat":
+        options.update(label_adversary=config.label_adversary())
     return training.TRAINERS[config.defense](network, attack, **options)
 
 
@@ -250,7 +254,7 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
         f"precision {keras.mixed_precision.global_policy().name}")
 
     train_ds = data.train_pipeline(splits.train, spec, config.batch_size, config.seed, config.epochs,
-                                   initial_epoch)
+                                   initial_epoch, noise_sigma=spec.to_fraction(config.noise_sigma))
     callbacks = [
         EpochLog(steps * config.batch_size, log=log),
         validation,

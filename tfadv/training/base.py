@@ -12,7 +12,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from tfadv import attacks
+from tfadv import attacks, losses, targets
 
 BN_MODES = ("eval", "train")
 
@@ -43,13 +43,37 @@ def unpack(data):
     return tf.cast(x, tf.float32), tf.cast(labels, tf.int32)
 
 
+@dataclasses.dataclass(frozen=True)
+class SmoothingConfig:
+    """The outer minimisation's targets and logit penalty (papers 003, 004), shared by every method.
+
+    `method` "none" trains on hard labels; otherwise one of `targets.LS_METHODS` with mass `alpha` (ALS, BLS
+    and SBLS read the logits of the very forward pass being trained on, under stop_gradient).
+    `squeeze_beta` > 0 adds logit squeezing.
+    """
+
+    method: str = "none"
+    alpha: float = 0.0
+    temperature: float = 0.001
+    squeeze_beta: float = 0.0
+    squeeze_reduction: str = "frobenius"
+
+    def __post_init__(self):
+        if self.method != "none" and self.method not in targets.LS_METHODS:
+            raise ValueError(f"ls_method must be none or one of {targets.LS_METHODS}, got {self.method!r}")
+        if self.squeeze_reduction not in losses.SQUEEZE_REDUCTIONS:
+            raise ValueError(f"squeeze_reduction must be one of {losses.SQUEEZE_REDUCTIONS}")
+
+
 class Trainer(keras.Model):
     """Base class: `network` is the Keras model that is trained and exported (logits out)."""
 
-    def __init__(self, network: keras.Model, attack: AttackConfig, weight_decay: float = 5e-4, **kwargs):
+    def __init__(self, network: keras.Model, attack: AttackConfig, weight_decay: float = 5e-4,
+                 smoothing: SmoothingConfig = SmoothingConfig(), **kwargs):
         super().__init__(name=kwargs.pop("name", type(self).__name__.lower()), **kwargs)
         self.network = network
         self.attack = attack
+        self.smoothing = smoothing
         self.weight_decay = float(weight_decay)
         self.num_classes = int(network.output_shape[-1])
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -71,6 +95,24 @@ class Trainer(keras.Model):
     def training_loss(self, x, labels):
         """Returns (mean loss over the local batch, logits for the accuracy metric)."""
         raise NotImplementedError
+
+    def soft_targets(self, labels, logits):
+        """The targets of the outer minimisation [B, K] (one-hot unless label smoothing is on)."""
+        one_hot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
+        s = self.smoothing
+        if s.method == "none":
+            return one_hot
+        return targets.smooth(s.method, one_hot, logits, s.alpha, s.temperature)
+
+    def outer_loss(self, labels, logits):
+        """Mean cross-entropy against `soft_targets`, plus logit squeezing when enabled."""
+        if self.smoothing.method == "none":
+            loss = tf.reduce_mean(losses.hard_cross_entropy(labels, logits))
+        else:
+            loss = tf.reduce_mean(losses.soft_cross_entropy(self.soft_targets(labels, logits), logits))
+        if self.smoothing.squeeze_beta:
+            loss += losses.logit_squeeze(logits, self.smoothing.squeeze_beta, self.smoothing.squeeze_reduction)
+        return loss
 
     # -- Keras plumbing ----------------------------------------------------------------------------------
 

@@ -9,15 +9,24 @@ from tfadv.training.base import Trainer, unpack
 
 
 class NaturalTrainer(Trainer):
-    """Standard training on clean images."""
+    """Training on clean (or Gaussian-noised) images; with a SmoothingConfig this is paper 003's label
+    smoothing (SLS/ALS/BLS/SBLS), paper 004's label smoothing or logit squeezing."""
 
     def training_loss(self, x, labels):
         logits = self.network(x, training=True)
-        return tf.reduce_mean(losses.hard_cross_entropy(labels, logits)), logits
+        return self.outer_loss(labels, logits), logits
 
 
 class PGDTrainer(Trainer):
-    """Madry et al.: minimise the cross-entropy on k-step PGD examples (l-inf or l2)."""
+    """Madry et al.: minimise the cross-entropy on k-step PGD examples (l-inf or l2).
+
+    With `label_adversary` (a `bat.LabelAdversary`) this is paper 002's Madry-LA: the PGD examples are trained
+    on BAT's adversarial labels, computed from the clean probabilities (BatchNorm in inference mode).
+    """
+
+    def __init__(self, network, attack, label_adversary=None, **kwargs):
+        super().__init__(network, attack, **kwargs)
+        self.label_adversary = label_adversary
 
     def adversarial_examples(self, x, labels):
         a = self.attack
@@ -26,8 +35,12 @@ class PGDTrainer(Trainer):
         return tf.stop_gradient(x_adv)
 
     def training_loss(self, x, labels):
+        if self.label_adversary is None:
+            logits = self.network(self.adversarial_examples(x, labels), training=True)
+            return self.outer_loss(labels, logits), logits
+        soft = self.label_adversary.targets(labels, tf.stop_gradient(self.eval_logits(x)), self.num_classes)
         logits = self.network(self.adversarial_examples(x, labels), training=True)
-        return tf.reduce_mean(losses.hard_cross_entropy(labels, logits)), logits
+        return tf.reduce_mean(losses.soft_cross_entropy(soft, logits)), logits
 
 
 class FGSMRSTrainer(PGDTrainer):
@@ -66,7 +79,7 @@ class FreeTrainer(Trainer):
                 x_adv = x + delta
                 tape.watch(x_adv)
                 logits = self.network(x_adv, training=True)
-                loss = tf.reduce_mean(losses.hard_cross_entropy(labels, logits))
+                loss = self.outer_loss(labels, logits)
             (input_gradient,) = self.apply_update(loss, tape, extra_sources=[x_adv])
             step = attacks.steepest_step(tf.cast(input_gradient, tf.float32), a.step_size, a.norm, x_adv)
             delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
@@ -107,6 +120,5 @@ class TRADESTrainer(Trainer):
         # Two forward passes, as the reference code does: each has its own BatchNorm batch statistics.
         clean_logits = self.network(x, training=True)
         adv_logits = self.network(x_adv, training=True)
-        natural = losses.hard_cross_entropy(labels, clean_logits)
-        robust = losses.kl_divergence(clean_logits, adv_logits)
-        return tf.reduce_mean(natural + self.beta * robust), clean_logits
+        robust = tf.reduce_mean(losses.kl_divergence(clean_logits, adv_logits))
+        return self.outer_loss(labels, clean_logits) + self.beta * robust, clean_logits

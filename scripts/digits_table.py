@@ -1,0 +1,82 @@
+"""Reproduces the README's digits tables: trains each row with flags/digits.cfg plus the row's flags, evaluates
+it with FGSM, PGD-20 (CE), PGD-20 (CW margin) and PGD-100 on all 450 test images at eps 2/16, and prints a
+Markdown table (ratios of seconds per epoch are against the first row of the table).
+
+  python scripts/digits_table.py --table=baselines --runs_dir=runs/digits-table
+"""
+
+from tfadv import cli
+
+cli.quiet_tensorflow()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TABLES = {
+    "baselines": [
+        ("natural", "--defense=natural"),
+        ("PGD-AT", "--defense=pgd"),
+        ("FGSM-RS", "--defense=fgsm_rs --step_size=2.5"),
+        ("Free-AT (m=4)", "--defense=free --step_size=2 --epochs=8"),
+        ("TRADES", "--defense=trades"),
+    ],
+    # paper 004's MNIST settings in digits levels: sigma 0.3 = 4.8/16, sigma 0.5 = 8/16
+    "label_smoothing": [
+        ("natural", "--defense=natural"),
+        ("uniform LS a=0.5", "--defense=label_smoothing --ls_method=uniform --ls_alpha=0.5"),
+        ("uniform LS a=0.95 + noise 0.3", "--defense=label_smoothing --ls_method=uniform --ls_alpha=0.95 "
+                                          "--noise_sigma=4.8"),
+        ("ALS a=0.1", "--defense=label_smoothing --ls_method=als --ls_alpha=0.1"),
+        ("ALS a=0.4", "--defense=label_smoothing --ls_method=als --ls_alpha=0.4"),
+        ("logit squeeze b=0.5 + noise 0.5", "--defense=logit_squeeze --squeeze_beta=0.5 --noise_sigma=8"),
+        ("PGD-AT", "--defense=pgd"),
+        ("PGD-AT + ALS a=0.1", "--defense=pgd --ls_method=als --ls_alpha=0.1"),
+    ],
+}
+flags.DEFINE_string("table", "baselines", f"which table: {', '.join(TABLES)}")
+flags.DEFINE_string("runs_dir", "runs/digits-table", "where the runs go (each row is replaced)")
+FLAGS = flags.FLAGS
+
+
+def run(script, *args, log):
+    with open(log, "w") as handle:
+        code = subprocess.call([sys.executable, os.path.join(HERE, script), *args], stdout=handle,
+                               stderr=subprocess.STDOUT)
+    if code:
+        sys.exit(f"{script} {' '.join(args)} failed with exit code {code}; see {log}")
+
+
+def main(argv):
+    del argv
+    if FLAGS.table not in TABLES:
+        cli.fail(f"--table: unknown {FLAGS.table!r}; valid: {', '.join(TABLES)}")
+    os.makedirs(FLAGS.runs_dir, exist_ok=True)
+    lines = ["| defense | flags | clean | FGSM | PGD-20 (CE) | PGD-20 (CW) | PGD-100 | worst case | s/epoch |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for index, (name, args) in enumerate(TABLES[FLAGS.table]):
+        out = os.path.join(FLAGS.runs_dir, f"{FLAGS.table}-{index}")
+        run("train.py", "--flagfile=flags/digits.cfg", *args.split(), f"--output_dir={out}", "--overwrite",
+            log=out + ".train.log")
+        run("evaluate.py", f"--model_dir={out}", "--attacks=fgsm,pgd20,cw20,pgd100", "--num_examples=-1",
+            f"--output={out}/eval.json", log=out + ".eval.log")
+        with open(f"{out}/eval.json") as handle:
+            report = json.load(handle)
+        with open(f"{out}/metrics.json") as handle:
+            metrics = json.load(handle)
+        a = report["attacks"]
+        cells = [report["clean_accuracy"]] + [a[k]["robust_accuracy"] for k in ("fgsm", "pgd20", "cw20", "pgd100")]
+        cells.append(report["worst_case_accuracy"])
+        line = (f"| {name} | `{args}` | " + " | ".join(f"{100 * v:.1f}" for v in cells)
+                + f" | {metrics['seconds_per_epoch']:.2f} |")
+        lines.append(line)
+        print(line, flush=True)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags_or_exit)

@@ -1,0 +1,126 @@
+"""Bilateral Adversarial Training (paper 002): label formula, the R-MC attack, BatchNorm hygiene, training."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfadv import attacks, data, models, targets, training
+
+
+def _probabilities(seed, rows=6, classes=10):
+    logits = np.random.default_rng(seed).normal(size=(rows, classes)).astype(np.float32) * 2
+    return tf.nn.softmax(logits), tf.one_hot(np.arange(rows) % classes, classes)
+
+
+@pytest.mark.parametrize("beta", [9.0, 11.0, 2.0])
+def test_adversarial_labels_follow_eq_14_to_18(beta):
+    p, y = _probabilities(0)
+    q = targets.bat(y, p, beta).numpy()
+    yn = y.numpy()
+    np.testing.assert_allclose(q.sum(-1), 1.0, rtol=1e-6)
+    true = (q * yn).sum(-1)
+    wrong = np.where(yn > 0, -1, q)
+    np.testing.assert_allclose(true, beta * wrong.max(-1), rtol=1e-5)  # Eq. 16-17 hold with equality
+    # Eq. 14 by hand
+    v = -np.log(p.numpy())
+    for row in range(len(q)):
+        c = int(np.argmax(yn[row]))
+        others = [k for k in range(10) if k != c]
+        vk = v[row, others]
+        v_mc, v_ll = vk.min(), vk.max()
+        denominator = vk.sum() / 9 - v_mc + 0.01
+        eps_y = 1 / (1 + beta / 9 * (v_ll - v_mc + 0.01) / denominator)
+        np.testing.assert_allclose(q[row, c], 1 - eps_y, rtol=1e-5)
+        np.testing.assert_allclose(q[row, others], eps_y / 9 * (vk - v_mc + 0.01) / denominator, rtol=1e-4)
+    # the most confusing class gets the least mass
+    assert all(np.argmin(wrong[r] + 2 * yn[r]) == np.argmax(np.where(yn[r] > 0, -1, p.numpy()[r])) for r in range(6))
+
+
+def test_equal_wrong_losses_give_label_smoothing_eq_15_and_19():
+    p = tf.constant([[0.5] + [0.5 / 9] * 9], tf.float32)
+    q = targets.bat(tf.one_hot([0], 10), p, 9.0).numpy()[0]
+    np.testing.assert_allclose(q[0], 0.5, atol=1e-5)           # eps_y = 1 / (1 + beta / (n - 1)) = 0.5
+    np.testing.assert_allclose(q[1:], 0.5 / 9, atol=1e-5)     # eps_y / (n - 1) on each wrong class
+    q100 = targets.bat(tf.one_hot([3], 100), tf.fill([1, 100], 0.01), 11.0).numpy()[0]
+    np.testing.assert_allclose(q100[3], 1 - 1 / (1 + 11 / 99), atol=1e-5)
+
+
+def test_top_k_puts_no_mass_outside_the_k_largest_losses():
+    p, y = _probabilities(1)
+    q = targets.bat(y, p, 9.0, top_k=3).numpy()
+    yn, pn = y.numpy(), p.numpy()
+    np.testing.assert_allclose(q.sum(-1), 1.0, rtol=1e-6)
+    for row in range(len(q)):
+        wrong_p = np.where(yn[row] > 0, np.inf, pn[row])
+        chosen = set(np.argsort(wrong_p)[:3])  # largest loss = smallest probability
+        outside = [k for k in range(10) if k not in chosen and yn[row, k] == 0]
+        assert np.all(q[row, outside] == 0)
+        assert np.all(q[row, list(chosen)] > 0)
+        np.testing.assert_allclose(q[row][yn[row] > 0][0], 9.0 * q[row, list(chosen)].max(), rtol=1e-5)
+
+
+def _bat_trainer(digits, network=None, target="mc", labels=training.LabelAdversary(), random_start=True):
+    spec = digits.spec
+    network = network or models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
+    attack = training.AttackConfig(eps=0.125, step_size=0.125, steps=1, random_start=random_start)
+    trainer = training.BATTrainer(network, attack, target=target, labels=labels)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+    return trainer
+
+
+def test_one_step_targeted_attack_moves_toward_the_most_confusing_class(digits, natural_mlp):
+    trainer = _bat_trainer(digits, natural_mlp)
+    x, y = tf.constant(digits.test[0][:200]), tf.constant(digits.test[1][:200])
+    clean_logits = natural_mlp(x, training=False)
+    target = attacks.most_confusing(clean_logits, y)
+    masked = np.where(tf.one_hot(y, 10).numpy() > 0, -np.inf, clean_logits.numpy())
+    np.testing.assert_array_equal(target.numpy(), masked.argmax(-1))  # highest wrong logit
+    x_adv = trainer.adversarial_examples(x, y, clean_logits)
+    assert attacks.perturbation_norm(x_adv - x, "linf").numpy().max() <= 0.125 + 1e-6
+    assert 0 <= float(tf.reduce_min(x_adv)) and float(tf.reduce_max(x_adv)) <= 1
+    before = tf.gather(tf.nn.softmax(clean_logits), target, batch_dims=1)
+    after = tf.gather(tf.nn.softmax(natural_mlp(x_adv, training=False)), target, batch_dims=1)
+    assert float(tf.reduce_mean(after - before)) > 0.1
+    assert float(tf.reduce_mean(tf.cast(after > before, tf.float32))) > 0.9
+
+
+def test_labels_and_attack_leave_batchnorm_statistics_alone(digits):
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.BatchNormalization()(keras.layers.Dense(32)(keras.layers.Flatten()(inputs)))
+    network = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.ReLU()(h)))
+    x, y = tf.constant(digits.train[0][:64]), tf.constant(digits.train[1][:64])
+    network(x, training=True)
+    trainer = _bat_trainer(digits, network)
+    bn = network.layers[3]
+    before = [v.numpy().copy() for v in bn.non_trainable_weights]
+    clean_logits = trainer.eval_logits(x)
+    trainer.labels.targets(y, clean_logits, 10)
+    trainer.adversarial_examples(x, y, clean_logits)
+    for a, b in zip(before, bn.non_trainable_weights):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+@pytest.mark.parametrize("target,labels", [
+    ("mc", training.LabelAdversary()),                        # R-MC-LA
+    ("mc", training.LabelAdversary("uniform", eps_y=0.5)),    # R-MC-LS
+    ("mc", training.LabelAdversary("hard")),                  # R-MC
+    ("ll", training.LabelAdversary("hard")),                  # R-LL
+    ("fgsm", training.LabelAdversary("hard")),                # R-FGSM
+    ("mc", training.LabelAdversary(top_k=3)),                 # R-MC-LA3
+])
+def test_bat_variants_train_on_digits(digits, target, labels):
+    trainer = _bat_trainer(digits, target=target, labels=labels)
+    ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1)
+    history = trainer.fit(ds, epochs=1, steps_per_epoch=10, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_madry_la_trains_pgd_examples_on_adversarial_labels(digits):
+    spec = digits.spec
+    network = models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
+    trainer = training.PGDTrainer(network, training.AttackConfig(0.125, 0.03, 3),
+                                  label_adversary=training.LabelAdversary())
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+    ds = data.train_pipeline(digits.train, spec, 64, seed=0, epochs=1)
+    assert np.isfinite(trainer.fit(ds, epochs=1, steps_per_epoch=5, verbose=0, shuffle=False).history["loss"][-1])
