@@ -111,3 +111,31 @@ def test_label_smoothing_flags_are_validated(tmp_path):
             _config(tmp_path, **overrides).validate()
         assert info.value.flag == flag, (flag, str(info.value))
     _config(tmp_path, defense="label_smoothing", ls_method="als", ls_alpha=0.1, eps=0.0).validate()
+
+
+@pytest.mark.parametrize("flagfile", ["flags/cifar10.cfg", "flags/bat_cifar10.cfg"])
+def test_bat_on_absent_cifar10_stops_with_the_missing_data_message(tmp_path, flagfile):
+    out = tmp_path / "run"
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    result = run_script("train.py", "--defense=bat", f"--flagfile={flagfile}", f"--data_dir={empty}",
+                        f"--output_dir={out}")
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = error_lines(result)
+    assert len(lines) == 1 and "cifar10" in lines[0] and "--download" in lines[0]
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_bat_flags_are_validated(tmp_path):
+    cases = {
+        "bat_attack": {"defense": "bat", "bat_attack": "pgd"},
+        "bat_labels": {"defense": "bat", "bat_labels": "soft"},
+        "pgd_labels": {"defense": "trades", "pgd_labels": "bat"},
+        "ls_method": {"defense": "bat", "ls_method": "als", "ls_alpha": 0.1},
+        "bat_top_k": {"defense": "bat", "bat_top_k": 10},
+        "bat_eps_y": {"defense": "bat", "bat_labels": "uniform", "bat_eps_y": 1.0},
+    }
+    for flag, overrides in cases.items():
+        with pytest.raises(ConfigError) as info:
+            _config(tmp_path, **overrides).validate()
+        assert info.value.flag == flag, (flag, str(info.value))
