@@ -80,6 +80,16 @@ def define_train_flags():
                      "(LA9 of section 5.4); 0 = all")
     f.DEFINE_float("bat_step_size", d.bat_step_size, "bat: step size in pixel levels (0 = eps)")
     f.DEFINE_string("pgd_labels", d.pgd_labels, "pgd: hard, or bat (Madry-LA: BAT's adversarial labels)")
+    f.DEFINE_integer("ssat_replays", d.ssat_replays, "ssat: replays m per minibatch (8 ResNet-18, 4 WRN)")
+    f.DEFINE_float("ssat_gamma", d.ssat_gamma, "ssat: delta re-initialised uniformly in +-gamma*eps per minibatch")
+    f.DEFINE_float("ssat_lambda0", d.ssat_lambda0, "ssat: smoothing lambda at the clean point (Eq. 7)")
+    f.DEFINE_float("ssat_lambda1", d.ssat_lambda1, "ssat: smoothing lambda at ||delta|| = eps (0.3 ResNet-18, 0.4 WRN)")
+    f.DEFINE_float("ssat_target_beta", d.ssat_target_beta, "ssat: target regularisation beta (Eq. 21-22; "
+                   "0.2 ResNet-18, 0.1 WRN; 0 = off)")
+    f.DEFINE_float("ssat_step_size", d.ssat_step_size, "ssat: delta step in pixel levels (0 = eps / m)")
+    f.DEFINE_boolean("ssat_boundary_split", d.ssat_boundary_split,
+                     "ssat: hard labels for misclassified perturbed points (off = smooth every point)")
+    f.DEFINE_boolean("ssat_adaptive", d.ssat_adaptive, "ssat: lambda falls with ||delta|| (off = constant lambda1)")
     f.DEFINE_string("ls_method", d.ls_method, "label smoothing of the outer minimisation: none, uniform "
                     "(y - a(y - 1/K)), sls, als, bls, sbls (paper 003); also for pgd, fgsm_rs, free, trades")
     f.DEFINE_float("ls_alpha", d.ls_alpha, "label-smoothing mass alpha in [0, 1]")

@@ -60,6 +60,14 @@ class TrainConfig:
     bat_top_k: int = 0
     bat_step_size: float = 0.0
     pgd_labels: str = "hard"
+    ssat_replays: int = 8
+    ssat_gamma: float = 0.3
+    ssat_lambda0: float = 1.0
+    ssat_lambda1: float = 0.3
+    ssat_target_beta: float = 0.2
+    ssat_step_size: float = 0.0
+    ssat_boundary_split: bool = True
+    ssat_adaptive: bool = True
     ls_method: str = "none"
     ls_alpha: float = 0.0
     bls_temperature: float = 0.001
@@ -95,9 +103,15 @@ class TrainConfig:
         step, random_start = self.step_size, True
         if self.defense == "bat":  # one step of --bat_step_size (default eps), random start by flag
             step, random_start = (self.bat_step_size or self.eps), self.bat_random_start
+        if self.defense == "ssat":  # App. J rule 2: step eps / m
+            step = self.ssat_step_size or self.eps / self.ssat_replays
         return training.AttackConfig(eps=spec.to_fraction(self.eps), step_size=spec.to_fraction(step),
                                      steps=self.attack_steps, norm=self.norm, random_start=random_start,
                                      bn_mode=self.attack_bn_mode)
+
+    def ssat_config(self) -> training.SSATConfig:
+        return training.SSATConfig(self.ssat_replays, self.ssat_gamma, self.ssat_lambda0, self.ssat_lambda1,
+                                   self.ssat_target_beta, self.ssat_boundary_split, self.ssat_adaptive)
 
     def label_adversary(self) -> training.LabelAdversary:
         """BAT's label choice (--bat_labels), or Madry-LA's adversarial labels for --pgd_labels=bat."""
@@ -122,6 +136,18 @@ class TrainConfig:
         _one_of("mixed_precision", self.mixed_precision, PRECISIONS)
         _one_of("ls_method", self.ls_method, ("none",) + targets.LS_METHODS)
         _one_of("squeeze_reduction", self.squeeze_reduction, losses.SQUEEZE_REDUCTIONS)
+        if self.ssat_replays < 1:
+            raise ConfigError("ssat_replays", f"must be a positive integer, got {self.ssat_replays}")
+        if not 0.0 <= self.ssat_lambda1 <= self.ssat_lambda0 <= 1.0:
+            raise ConfigError("ssat_lambda1", f"SSAT needs 0 <= lambda1 <= lambda0 <= 1 (Eq. 7), got "
+                                              f"lambda0={self.ssat_lambda0}, lambda1={self.ssat_lambda1}")
+        for flag in ("ssat_gamma", "ssat_target_beta", "ssat_step_size"):
+            if getattr(self, flag) < 0:
+                raise ConfigError(flag, f"must not be negative, got {getattr(self, flag)}")
+        if self.ssat_gamma > 1:
+            raise ConfigError("ssat_gamma", f"must be in [0, 1], got {self.ssat_gamma}")
+        if self.defense == "ssat" and self.ls_method != "none":
+            raise ConfigError("ls_method", "SSAT builds its own adaptive labels; --ls_method does not apply")
         _one_of("bat_attack", self.bat_attack, training.BAT_ATTACKS)
         _one_of("bat_labels", self.bat_labels, training.BAT_LABELS)
         _one_of("pgd_labels", self.pgd_labels, ("hard", "bat"))

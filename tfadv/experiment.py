@@ -92,7 +92,7 @@ def build_network(config: TrainConfig) -> keras.Model:
 
 
 def updates_per_batch(config: TrainConfig) -> int:
-    return config.free_replays if config.defense == "free" else 1
+    return {"free": config.free_replays, "ssat": config.ssat_replays}.get(config.defense, 1)
 
 
 def build_trainer(config: TrainConfig, network: keras.Model) -> training.Trainer:
@@ -104,6 +104,8 @@ def build_trainer(config: TrainConfig, network: keras.Model) -> training.Trainer
         options.update(beta=config.trades_beta)
     if config.defense == "bat":
         options.update(target=config.bat_attack, labels=config.label_adversary())
+    if config.defense == "ssat":
+        options.update(ssat=config.ssat_config())
     if config.defense == "pgd" and config.pgd_labels == "bat":
         options.update(label_adversary=config.label_adversary())
     return training.TRAINERS[config.defense](network, attack, **options)

@@ -1,0 +1,104 @@
+"""SSAT — surface-smoothing adversarial training (paper 000, Alg. 1, App. C and J), read as DESIGN item 1 says.
+
+Per minibatch, delta is re-initialised uniformly in +-gamma*eps. In each of m replays, one forward pass at
+x + delta (BatchNorm in training mode, as Free-AT) feeds two backward passes:
+  * theta descends the adaptive-label loss (Eq. 6-7, with the target regularisation of Eq. 21):
+      perturbed points already misclassified (B_O) keep hard labels; the others get y - lambda(delta)(y - 1/K)
+      with lambda(delta) = lambda0 + (lambda1 - lambda0) * min(||delta||/eps, 1);
+      loss = (1 + beta) CE(z, y_smooth) - beta CE(z, y') with y' the most likely wrong class;
+  * delta ascends the same objective with *hard* labels (Eq. 5 and 22: the attacker does not know the
+    smoothing), one signed step of eps/m, then projection and clipping.
+Ablations (paper Fig. 6): `boundary_split=False` smooths every point, `adaptive=False` uses a constant
+lambda = lambda1, `target_beta=0` drops the target term; with all three off this is Free-AT with delta
+re-initialised per minibatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from tfadv import attacks, losses
+from tfadv.training.base import Trainer, unpack
+
+
+@dataclasses.dataclass(frozen=True)
+class SSATConfig:
+    replays: int = 8
+    gamma: float = 0.3
+    lambda0: float = 1.0
+    lambda1: float = 0.3
+    target_beta: float = 0.2
+    boundary_split: bool = True
+    adaptive: bool = True
+
+    def __post_init__(self):
+        if self.replays < 1:
+            raise ValueError(f"ssat replays must be at least 1, got {self.replays}")
+        if not 0.0 <= self.lambda1 <= self.lambda0 <= 1.0:
+            raise ValueError(f"SSAT needs 0 <= lambda1 <= lambda0 <= 1 (Eq. 7), got {self.lambda0}, {self.lambda1}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"ssat gamma must be in [0, 1], got {self.gamma}")
+
+
+def smoothing_degree(delta, eps, norm, config: SSATConfig):
+    """lambda(delta) per example (Eq. 7): lambda0 at the clean point, falling linearly to lambda1 at ||delta|| = eps."""
+    if not config.adaptive:
+        return tf.fill([tf.shape(delta)[0]], tf.constant(config.lambda1, tf.float32))
+    ratio = tf.minimum(attacks.perturbation_norm(delta, norm) / eps, 1.0)
+    return config.lambda0 + (config.lambda1 - config.lambda0) * ratio
+
+
+def adaptive_labels(labels, logits, delta, eps, norm, config: SSATConfig, num_classes):
+    """Eq. 6: hard labels on misclassified perturbed points (B_O), adaptive uniform smoothing inside (B_I)."""
+    one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
+    lam = smoothing_degree(delta, eps, norm, config)[:, None]
+    smooth = one_hot - lam * (one_hot - 1.0 / num_classes)
+    if not config.boundary_split:
+        return tf.stop_gradient(smooth)
+    outside = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)[:, None]
+    return tf.stop_gradient(tf.where(outside, one_hot, smooth))
+
+
+def regularised_loss(soft_targets, logits, wrong_target, beta):
+    """Eq. 21 per example: (1 + beta) CE(z, y) - beta CE(z, y')."""
+    loss = losses.soft_cross_entropy(soft_targets, logits)
+    if beta:
+        loss = (1.0 + beta) * loss - beta * losses.hard_cross_entropy(wrong_target, logits)
+    return loss
+
+
+class SSATTrainer(Trainer):
+    def __init__(self, network, attack, ssat: SSATConfig = SSATConfig(), **kwargs):
+        super().__init__(network, attack, **kwargs)
+        self.ssat = ssat
+
+    def initial_delta(self, x):
+        """Clip after initialisation (App. J rule 1): a fresh start in +-gamma*eps for every minibatch."""
+        bound = self.ssat.gamma * self.attack.eps
+        return attacks.clip_to_box(x, tf.random.uniform(tf.shape(x), -bound, bound))
+
+    def train_step(self, data):
+        x, labels = unpack(data)
+        a, s = self.attack, self.ssat
+        delta = self.initial_delta(x)
+        one_hot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
+        metrics = None
+        for _ in range(s.replays):
+            with tf.GradientTape(persistent=True) as tape:
+                x_adv = x + delta
+                tape.watch(x_adv)
+                logits = self.network(x_adv, training=True)
+                wrong = tf.stop_gradient(attacks.most_confusing(tf.cast(logits, tf.float32), labels))
+                soft = adaptive_labels(labels, tf.cast(logits, tf.float32), delta, a.eps, a.norm, s,
+                                       self.num_classes)
+                weight_loss = tf.reduce_mean(regularised_loss(soft, logits, wrong, s.target_beta))
+                attack_loss = tf.reduce_sum(regularised_loss(one_hot, logits, wrong, s.target_beta))
+            self.apply_update(weight_loss, tape)
+            gradient = tf.cast(tape.gradient(attack_loss, x_adv), tf.float32)
+            del tape
+            step = attacks.steepest_step(gradient, a.step_size, a.norm, x_adv)
+            delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
+            metrics = self._update_metrics(weight_loss, labels, logits)
+        return metrics
