@@ -234,6 +234,37 @@ class TrainConfig:
         return "\n".join(lines) + "\n"
 
 
+def read_flagfile(path: str) -> TrainConfig:
+    """The TrainConfig a run's flags.txt describes (the inverse of `TrainConfig.to_flagfile`)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    values = {}
+    with open(path) as handle:
+        for raw in handle:
+            line = raw.strip()
+            if not line.startswith("--"):
+                continue
+            name, _, value = line[2:].partition("=")
+            if not _ and name.startswith("no") and name[2:] in fields:
+                values[name[2:]] = False
+                continue
+            if name not in fields:
+                continue  # a flag of a later or earlier tfadv version
+            default = getattr(TrainConfig(), name)
+            if not _:
+                values[name] = True
+            elif isinstance(default, bool):
+                values[name] = value.lower() in ("1", "true")
+            elif isinstance(default, list):
+                values[name] = [int(v) for v in value.split(",") if v]
+            elif isinstance(default, int):
+                values[name] = int(value)
+            elif isinstance(default, float):
+                values[name] = float(value)
+            else:
+                values[name] = None if value == "None" else value
+    return TrainConfig(**values)
+
+
 def _one_of(flag, value, allowed):
     if value not in allowed:
         raise ConfigError(flag, f"unknown value {value!r}; valid: {', '.join(allowed)}")

@@ -1,0 +1,311 @@
+"""Co-SSAT (paper 000 §5, App. G): a detector on the SSAT logits routes suspected targeted attacks to a base
+(e.g. PGD-AT) model.
+
+Detector metrics on the SSAT logits z (sorted z_pi1 >= z_pi2 >= ...), DESIGN item 2:
+  dlr      (z_pi1 - z_pi2) / (z_pi1 - z_pi3 + 1e-12)  — small when the top two are close (targeted attacks)
+  top1     z_pi1;  top2  z_pi2;  kl_uniform  KL(p || uniform);  cw_abs  z_pi1 - z_pi2
+Single-metric mode: d = 1[dlr <= tau] selects the base model. Vote mode (App. G.2): each metric has its own
+threshold and direction; d = 1 when at least 3 of the 5 say "targeted". The Co-SSAT output (Eq. 11) is
+d * f_base(x) + (1 - d) * f_ssat(x).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+METRICS = ("dlr", "top1", "top2", "kl_uniform", "cw_abs")
+MODES = ("dlr", "vote")
+
+
+def detector_metrics(logits) -> Dict[str, tf.Tensor]:
+    """The five detector metrics [B] of each row of SSAT logits [B, K] (K >= 3)."""
+    logits = tf.cast(logits, tf.float32)
+    top = tf.sort(logits, axis=-1, direction="DESCENDING")
+    num_classes = tf.cast(tf.shape(logits)[-1], tf.float32)
+    log_p = tf.nn.log_softmax(logits, axis=-1)
+    return {
+        "dlr": (top[:, 0] - top[:, 1]) / (top[:, 0] - top[:, 2] + 1e-12),
+        "top1": top[:, 0],
+        "top2": top[:, 1],
+        "kl_uniform": tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1) + tf.math.log(num_classes),
+        "cw_abs": top[:, 0] - top[:, 1],
+    }
+
+
+@dataclasses.dataclass
+class Threshold:
+    """`metric <= value` (direction "le") or `metric >= value` ("ge") flags an input as targeted."""
+
+    value: float
+    direction: str = "le"
+
+    def flags(self, metric):
+        value = tf.constant(self.value, tf.float32)
+        return metric <= value if self.direction == "le" else metric >= value
+
+
+@dataclasses.dataclass
+class Detector:
+    mode: str = "dlr"
+    thresholds: Dict[str, Threshold] = dataclasses.field(default_factory=lambda: {"dlr": Threshold(0.1)})
+    min_votes: int = 3
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"detector mode must be one of {MODES}, got {self.mode!r}")
+        needed = ("dlr",) if self.mode == "dlr" else METRICS
+        missing = [m for m in needed if m not in self.thresholds]
+        if missing:
+            raise ValueError(f"detector mode {self.mode!r} needs thresholds for {missing}")
+
+    def decide(self, ssat_logits):
+        """(use_base [B] bool, dlr [B], votes [B] int32)."""
+        metrics = detector_metrics(ssat_logits)
+        votes = tf.add_n([tf.cast(self.thresholds[m].flags(metrics[m]), tf.int32)
+                          for m in METRICS if m in self.thresholds])
+        if self.mode == "dlr":
+            use_base = self.thresholds["dlr"].flags(metrics["dlr"])
+        else:
+            use_base = votes >= self.min_votes
+        return use_base, metrics["dlr"], votes
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "min_votes": self.min_votes,
+                "thresholds": {k: dataclasses.asdict(v) for k, v in self.thresholds.items()}}
+
+    @classmethod
+    def from_json(cls, value: dict) -> "Detector":
+        return cls(value["mode"], {k: Threshold(**v) for k, v in value["thresholds"].items()},
+                   value.get("min_votes", 3))
+
+
+class CoSSAT(tf.Module):
+    """SSAT + base network + detector; `outputs(images)` is the serving contract, `logits(images)` the
+    Co-SSAT decision (Eq. 11) for attacks and evaluation. Both networks run in inference mode."""
+
+    def __init__(self, ssat_network, base_network, detector: Detector):
+        super().__init__()
+        self.ssat_network = ssat_network
+        self.base_network = base_network
+        self.detector = detector
+
+    def outputs(self, images):
+        ssat_logits = tf.cast(self.ssat_network(images, training=False), tf.float32)
+        base_logits = tf.cast(self.base_network(images, training=False), tf.float32)
+        use_base, dlr, votes = self.detector.decide(ssat_logits)
+        logits = tf.where(use_base[:, None], base_logits, ssat_logits)
+        return {
+            "logits": logits,
+            "probabilities": tf.nn.softmax(logits, axis=-1),
+            "classes": tf.argmax(logits, axis=-1, output_type=tf.int32),
+            "use_base": use_base,
+            "dlr": dlr,
+            "votes": votes,
+            "ssat_logits": ssat_logits,
+            "base_logits": base_logits,
+        }
+
+    def logits(self, images):
+        return self.outputs(images)["logits"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# calibration (App. G.1)
+
+
+def roc_curve(positive: np.ndarray, negative: np.ndarray, direction: str = "le"):
+    """(fpr, tpr, thresholds) sweeping a threshold over all observed values; "le": low values flag."""
+    sign = 1.0 if direction == "le" else -1.0
+    scores = np.concatenate([positive, negative]) * sign
+    truth = np.concatenate([np.ones(len(positive)), np.zeros(len(negative))])
+    order = np.argsort(scores, kind="mergesort")
+    scores, truth = scores[order], truth[order]
+    tps = np.cumsum(truth)
+    fps = np.cumsum(1 - truth)
+    last = np.r_[np.diff(scores) != 0, True]  # keep the last index of every distinct score
+    tpr = np.r_[0.0, tps[last] / max(len(positive), 1)]
+    fpr = np.r_[0.0, fps[last] / max(len(negative), 1)]
+    thresholds = np.r_[-np.inf, scores[last]] * sign
+    return fpr, tpr, thresholds
+
+
+def auc(fpr, tpr) -> float:
+    return float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
+
+
+def confusion(positive: np.ndarray, negative: np.ndarray, threshold: Threshold) -> dict:
+    """TPR, FPR, precision and accuracy of one threshold (the columns of paper 000 Table 7)."""
+    flag = (lambda v: v <= threshold.value) if threshold.direction == "le" else (lambda v: v >= threshold.value)
+    tp, fp = int(np.sum(flag(positive))), int(np.sum(flag(negative)))
+    fn, tn = len(positive) - tp, len(negative) - fp
+    total = max(tp + fp + tn + fn, 1)
+    return {"threshold": float(threshold.value), "direction": threshold.direction,
+            "tpr": tp / max(tp + fn, 1), "fpr": fp / max(fp + tn, 1),
+            "precision": tp / max(tp + fp, 1), "accuracy": (tp + tn) / total}
+
+
+def choose_threshold(positive: np.ndarray, negative: np.ndarray, min_recall: float = 0.9,
+                     candidates: int = 200):
+    """Grid search (App. G.1): the direction from the AUC; among thresholds with TPR >= min_recall, the one
+    with the best accuracy (if none reaches it, the best accuracy overall). Returns (Threshold, table, auc)."""
+    fpr, tpr, _ = roc_curve(positive, negative, "le")
+    area = auc(fpr, tpr)
+    direction = "le" if area >= 0.5 else "ge"
+    if direction == "ge":
+        fpr, tpr, _ = roc_curve(positive, negative, "ge")
+        area = auc(fpr, tpr)
+    values = np.unique(np.quantile(np.concatenate([positive, negative]), np.linspace(0, 1, candidates)))
+    table = [confusion(positive, negative, Threshold(float(v), direction)) for v in values]
+    eligible = [row for row in table if row["tpr"] >= min_recall] or table
+    best = max(eligible, key=lambda row: (row["accuracy"], row["tpr"]))
+    return Threshold(best["threshold"], direction), table, area
+
+
+def calibrate(positive_logits, negative_logits, mode: str = "dlr", min_recall: float = 0.9) -> tuple:
+    """A Detector from SSAT logits on targeted (positive) and untargeted (negative) adversarial examples.
+
+    Returns (detector, report) where the report holds, per metric, the AUC, the ROC curve and the
+    candidate table, and the chosen thresholds.
+    """
+    positive = {k: v.numpy() for k, v in detector_metrics(positive_logits).items()}
+    negative = {k: v.numpy() for k, v in detector_metrics(negative_logits).items()}
+    thresholds, report = {}, {"metrics": {}, "mode": mode, "min_recall": min_recall}
+    for metric in METRICS:
+        threshold, table, area = choose_threshold(positive[metric], negative[metric], min_recall)
+        fpr, tpr, _ = roc_curve(positive[metric], negative[metric], threshold.direction)
+        thresholds[metric] = threshold
+        report["metrics"][metric] = {"auc": area, "chosen": confusion(positive[metric], negative[metric], threshold),
+                                     "candidates": table, "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}
+    detector = Detector(mode, thresholds if mode == "vote" else {"dlr": thresholds["dlr"]})
+    if mode == "vote":
+        votes_pos = sum(thresholds[m].flags(tf.constant(positive[m])).numpy().astype(int) for m in METRICS)
+        votes_neg = sum(thresholds[m].flags(tf.constant(negative[m])).numpy().astype(int) for m in METRICS)
+        report["vote"] = confusion(-votes_pos.astype(float), -votes_neg.astype(float),
+                                   Threshold(-float(detector.min_votes), "le"))
+    return detector, report
+
+
+def plot_roc(report: dict, path: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for metric, entry in report["metrics"].items():
+        ax.plot(entry["roc"]["fpr"], entry["roc"]["tpr"], label=f"{metric} (AUC {entry['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("false positive rate (untargeted flagged)")
+    ax.set_ylabel("true positive rate (targeted flagged)")
+    ax.set_title("Co-SSAT detector ROC")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def export(model: CoSSAT, path: str, metadata: Optional[dict] = None) -> str:
+    """One SavedModel holding both networks and the detector; `serving_default(images)` returns the Co-SSAT
+    logits / probabilities / classes plus use_base, dlr, votes, ssat_logits and base_logits."""
+    from tfadv import export as export_lib
+
+    ssat = export_lib.as_float32(model.ssat_network)
+    base = export_lib.as_float32(model.base_network)
+    serving = CoSSAT(ssat, base, model.detector)
+    image_shape = tuple(ssat.input_shape[1:])
+    if tuple(base.input_shape[1:]) != image_shape:
+        raise ValueError(f"SSAT takes {image_shape} but the base model takes {tuple(base.input_shape[1:])}")
+
+    def serve(images):
+        return serving.outputs(export_lib.checked_images(images, image_shape))
+
+    metadata = dict(metadata or {}, detector=model.detector.to_json())
+    return export_lib.write_saved_model(path, [ssat, base], serve, image_shape, metadata)
+
+
+def save_detector(detector: Detector, path: str):
+    with open(path, "w") as handle:
+        json.dump(detector.to_json(), handle, indent=2)
+
+
+def table_rows(report: dict, metric: str, limit: int = 12) -> List[dict]:
+    """A readable subset of the candidate table around the chosen threshold."""
+    rows = report["metrics"][metric]["candidates"]
+    chosen = report["metrics"][metric]["chosen"]["threshold"]
+    index = min(range(len(rows)), key=lambda i: abs(rows[i]["threshold"] - chosen))
+    start = max(0, index - limit // 2)
+    return rows[start:start + limit]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# building a Co-SSAT model from two tfadv runs
+
+
+def load_run_network(run_dir: str, weights: str = "final"):
+    """(network, TrainConfig) of a finished tfadv run (its flags.txt and checkpoints/<weights>.weights.h5)."""
+    import os
+
+    from tfadv import config as config_lib
+    from tfadv import experiment
+
+    flags_path = os.path.join(run_dir, experiment.FLAGS_FILE)
+    weights_path = os.path.join(run_dir, "checkpoints", f"{weights}.weights.h5")
+    for path in (flags_path, weights_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{run_dir} is not a finished tfadv run: {path} is missing")
+    run_config = config_lib.read_flagfile(flags_path)
+    network = experiment.build_network(run_config)
+    network.load_weights(weights_path)
+    return network, run_config
+
+
+def calibration_examples(ssat_network, x, y, eps, steps, batch_size=256):
+    """SSAT logits on untargeted PGD-CE examples (negatives) and on targeted examples toward the most
+    confusing class — PGD on the CW margin and PGD on the targeted DLR loss (positives)."""
+    from tfadv import attacks
+
+    logits_fn = lambda images: ssat_network(images, training=False)  # noqa: E731  attacks see inference BN
+    step = eps / 4
+
+    @tf.function(reduce_retracing=True)
+    def run(images, labels):
+        clean = logits_fn(images)
+        target = attacks.most_confusing(clean, labels)
+        untargeted = attacks.pgd(logits_fn, images, labels, eps=eps, step_size=step, steps=steps, loss="ce")
+        outputs = [logits_fn(untargeted)]
+        for loss in ("cw", "dlr"):
+            if loss == "dlr" and clean.shape[-1] is not None and clean.shape[-1] < 4:
+                continue
+            targeted = attacks.pgd(logits_fn, images, labels, eps=eps, step_size=step, steps=steps, loss=loss,
+                                   targets=target)
+            outputs.append(logits_fn(targeted))
+        return outputs
+
+    negative, positive = [], []
+    for start in range(0, len(x), batch_size):
+        out = run(tf.constant(x[start:start + batch_size]), tf.constant(y[start:start + batch_size]))
+        negative.append(out[0].numpy())
+        positive.extend(o.numpy() for o in out[1:])
+    return np.concatenate(positive), np.concatenate(negative)
+
+
+def routing_report(model: CoSSAT, x, y, batch_size=256) -> dict:
+    """What clean inputs do: the share routed to the base model and the accuracy of each path."""
+    use_base, ssat_ok, base_ok, cossat_ok = [], [], [], []
+    compiled = tf.function(model.outputs, reduce_retracing=True)
+    for start in range(0, len(x), batch_size):
+        out = compiled(tf.constant(x[start:start + batch_size]))
+        labels = y[start:start + batch_size]
+        use_base.append(out["use_base"].numpy())
+        ssat_ok.append(np.argmax(out["ssat_logits"].numpy(), -1) == labels)
+        base_ok.append(np.argmax(out["base_logits"].numpy(), -1) == labels)
+        cossat_ok.append(out["classes"].numpy() == labels)
+    cat = np.concatenate
+    return {"num_examples": int(len(y)), "routed_to_base": float(cat(use_base).mean()),
+            "clean_accuracy_cossat": float(cat(cossat_ok).mean()), "clean_accuracy_ssat": float(cat(ssat_ok).mean()),
+            "clean_accuracy_base": float(cat(base_ok).mean())}
