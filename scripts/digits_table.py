@@ -48,6 +48,20 @@ TABLES = {
         ("R-MC-LA3 (top-k)", "--defense=bat --bat_top_k=3"),
         ("Madry-LA", "--defense=pgd --pgd_labels=bat"),
     ],
+    # paper 000 on digits: SSAT with m=4 replays, cyclic LR 0 -> 0.1 -> 0, 10 passes; Free-AT with the same
+    "ssat": [
+        ("Free-AT (m=4)", "--defense=free --free_replays=4 --step_size=2 --epochs=10 --lr_schedule=cyclic --lr=0.1"),
+        ("SSAT", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1"),
+        ("SSAT w/o boundary split", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1 "
+                                    "--nossat_boundary_split"),
+        ("SSAT w/o adaptive LS", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1 "
+                                 "--nossat_adaptive"),
+        ("SSAT w/o target reg.", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1 "
+                                 "--ssat_target_beta=0"),
+        ("SSAT all off", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1 "
+                         "--nossat_boundary_split --nossat_adaptive --ssat_target_beta=0"),
+        ("PGD-AT", "--defense=pgd"),
+    ],
 }
 flags.DEFINE_string("table", "baselines", f"which table: {', '.join(TABLES)}")
 flags.DEFINE_string("runs_dir", "runs/digits-table", "where the runs go (each row is replaced)")

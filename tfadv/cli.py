@@ -90,6 +90,12 @@ def define_train_flags():
     f.DEFINE_boolean("ssat_boundary_split", d.ssat_boundary_split,
                      "ssat: hard labels for misclassified perturbed points (off = smooth every point)")
     f.DEFINE_boolean("ssat_adaptive", d.ssat_adaptive, "ssat: lambda falls with ||delta|| (off = constant lambda1)")
+    f.DEFINE_string("kd_adv_teacher", d.kd_adv_teacher, "distillation: the robust self-teacher (a tfadv run dir or "
+                    "a SavedModel) — paper 001")
+    f.DEFINE_string("kd_std_teacher", d.kd_std_teacher, "distillation: the standard (naturally trained) teacher")
+    f.DEFINE_float("kd_temperature", d.kd_temperature, "distillation temperature T")
+    f.DEFINE_list("kd_weights", [str(w) for w in d.kd_weights], "weights of CE, robust teacher, standard teacher "
+                  "(paper 0.25,0.5,0.25; official code 0.3,0.6,0.1)")
     f.DEFINE_string("ls_method", d.ls_method, "label smoothing of the outer minimisation: none, uniform "
                     "(y - a(y - 1/K)), sls, als, bls, sbls (paper 003); also for pgd, fgsm_rs, free, trades")
     f.DEFINE_float("ls_alpha", d.ls_alpha, "label-smoothing mass alpha in [0, 1]")
@@ -122,10 +128,11 @@ def train_config_from_flags() -> TrainConfig:
     values = {}
     for field in dataclasses.fields(TrainConfig):
         value = flags.FLAGS[field.name].value
-        if field.name == "lr_decay_epochs":
+        if field.name in ("lr_decay_epochs", "kd_weights"):
+            kind = int if field.name == "lr_decay_epochs" else float
             try:
-                value = [int(v) for v in value]
+                value = [kind(v) for v in value]
             except ValueError:
-                fail(f"--lr_decay_epochs: expected comma-separated integers, got {','.join(value)}")
+                fail(f"--{field.name}: expected comma-separated {kind.__name__}s, got {','.join(value)}")
         values[field.name] = value
     return TrainConfig(**values)

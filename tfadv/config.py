@@ -68,6 +68,10 @@ class TrainConfig:
     ssat_step_size: float = 0.0
     ssat_boundary_split: bool = True
     ssat_adaptive: bool = True
+    kd_adv_teacher: str = ""
+    kd_std_teacher: str = ""
+    kd_temperature: float = 2.0
+    kd_weights: List[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5, 0.25])
     ls_method: str = "none"
     ls_alpha: float = 0.0
     bls_temperature: float = 0.001
@@ -148,6 +152,19 @@ class TrainConfig:
             raise ConfigError("ssat_gamma", f"must be in [0, 1], got {self.ssat_gamma}")
         if self.defense == "ssat" and self.ls_method != "none":
             raise ConfigError("ls_method", "SSAT builds its own adaptive labels; --ls_method does not apply")
+        if self.kd_adv_teacher or self.kd_std_teacher:
+            if self.defense not in ("pgd", "trades", "fgsm_rs", "natural"):
+                raise ConfigError("kd_adv_teacher", f"distillation works with pgd, trades, fgsm_rs and natural, "
+                                                    f"not --defense={self.defense}")
+            if len(self.kd_weights) != 3 or any(w < 0 for w in self.kd_weights):
+                raise ConfigError("kd_weights", f"needs three non-negative weights (CE, robust teacher, standard "
+                                                f"teacher), got {self.kd_weights}")
+            if not self.kd_temperature > 0:
+                raise ConfigError("kd_temperature", f"must be positive, got {self.kd_temperature}")
+            for flag in ("kd_adv_teacher", "kd_std_teacher"):
+                path = getattr(self, flag)
+                if path and not os.path.isdir(path):
+                    raise ConfigError(flag, f"{path!r} is not a tfadv run directory or a SavedModel directory")
         _one_of("bat_attack", self.bat_attack, training.BAT_ATTACKS)
         _one_of("bat_labels", self.bat_labels, training.BAT_LABELS)
         _one_of("pgd_labels", self.pgd_labels, ("hard", "bat"))
@@ -255,7 +272,8 @@ def read_flagfile(path: str) -> TrainConfig:
             elif isinstance(default, bool):
                 values[name] = value.lower() in ("1", "true")
             elif isinstance(default, list):
-                values[name] = [int(v) for v in value.split(",") if v]
+                kind = float if name == "kd_weights" else int
+                values[name] = [kind(v) for v in value.split(",") if v]
             elif isinstance(default, int):
                 values[name] = int(value)
             elif isinstance(default, float):

@@ -247,21 +247,10 @@ def table_rows(report: dict, metric: str, limit: int = 12) -> List[dict]:
 
 
 def load_run_network(run_dir: str, weights: str = "final"):
-    """(network, TrainConfig) of a finished tfadv run (its flags.txt and checkpoints/<weights>.weights.h5)."""
-    import os
-
-    from tfadv import config as config_lib
+    """(network, TrainConfig) of a finished tfadv run."""
     from tfadv import experiment
 
-    flags_path = os.path.join(run_dir, experiment.FLAGS_FILE)
-    weights_path = os.path.join(run_dir, "checkpoints", f"{weights}.weights.h5")
-    for path in (flags_path, weights_path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{run_dir} is not a finished tfadv run: {path} is missing")
-    run_config = config_lib.read_flagfile(flags_path)
-    network = experiment.build_network(run_config)
-    network.load_weights(weights_path)
-    return network, run_config
+    return experiment.load_run_network(run_dir, weights)
 
 
 def calibration_examples(ssat_network, x, y, eps, steps, batch_size=256):

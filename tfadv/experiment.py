@@ -95,9 +95,11 @@ def updates_per_batch(config: TrainConfig) -> int:
     return {"free": config.free_replays, "ssat": config.ssat_replays}.get(config.defense, 1)
 
 
-def build_trainer(config: TrainConfig, network: keras.Model) -> training.Trainer:
+def build_trainer(config: TrainConfig, network: keras.Model, distillation=None) -> training.Trainer:
     attack = config.attack_config()
     options = {"weight_decay": config.weight_decay, "smoothing": config.smoothing_config()}
+    if distillation is not None:
+        options["distillation"] = distillation
     if config.defense == "free":
         options.update(replays=config.free_replays, batch_size=config.batch_size)
     if config.defense == "trades":
@@ -109,6 +111,58 @@ def build_trainer(config: TrainConfig, network: keras.Model) -> training.Trainer
     if config.defense == "pgd" and config.pgd_labels == "bat":
         options.update(label_adversary=config.label_adversary())
     return training.TRAINERS[config.defense](network, attack, **options)
+
+
+def load_run_network(run_dir: str, weights: str = "final"):
+    """(network, TrainConfig) of a finished tfadv run (its flags.txt and checkpoints/<weights>.weights.h5)."""
+    from tfadv import config as config_lib
+
+    flags_path = os.path.join(run_dir, FLAGS_FILE)
+    weights_path = os.path.join(run_dir, "checkpoints", f"{weights}.weights.h5")
+    for path in (flags_path, weights_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{run_dir} is not a finished tfadv run: {path} is missing")
+    run_config = config_lib.read_flagfile(flags_path)
+    network = build_network(run_config)
+    network.load_weights(weights_path)
+    return network, run_config
+
+
+def load_teacher(path: str, flag: str, spec: data.DatasetSpec):
+    """A frozen teacher's logits_fn (inference mode) from a tfadv run dir or a SavedModel, checked against the
+    dataset's input shape and class count before training starts."""
+    if os.path.exists(os.path.join(path, FLAGS_FILE)):
+        try:
+            network, _ = load_run_network(path)
+        except FileNotFoundError as error:
+            raise ConfigError(flag, str(error)) from None
+        network.trainable = False
+        shape, classes = tuple(network.input_shape[1:]), network.output_shape[-1]
+        logits_fn = lambda images: network(images, training=False)  # noqa: E731  frozen, inference BN
+    else:
+        saved = path if os.path.exists(os.path.join(path, "saved_model.pb")) else os.path.join(path, "saved_model", "1")
+        if not os.path.exists(os.path.join(saved, "saved_model.pb")):
+            raise ConfigError(flag, f"{path!r} is neither a tfadv run nor a SavedModel")
+        logits_fn = export.load_logits_fn(saved)
+        shape = tuple(logits_fn.input_shape[1:])
+        classes = logits_fn(tf.zeros((1,) + tuple(spec.image_shape))).shape[-1] if shape == spec.image_shape else None
+    if shape != tuple(spec.image_shape) or classes != spec.num_classes:
+        raise ConfigError(flag, f"the teacher at {path} takes {shape} and predicts {classes} classes, but "
+                                f"{spec.name} has {tuple(spec.image_shape)} images and {spec.num_classes} classes")
+    return logits_fn
+
+
+def build_distillation(config: TrainConfig):
+    if not (config.kd_adv_teacher or config.kd_std_teacher):
+        return None
+    spec = config.spec
+    ce, adv, std = config.kd_weights
+    teachers = {}
+    if config.kd_adv_teacher:
+        teachers["robust"] = (load_teacher(config.kd_adv_teacher, "kd_adv_teacher", spec), adv)
+    if config.kd_std_teacher:
+        teachers["standard"] = (load_teacher(config.kd_std_teacher, "kd_std_teacher", spec), std)
+    return training.Distillation(teachers, ce, config.kd_temperature)
 
 
 def pgd_accuracy_fn(eps: float, steps: int, norm: str = "linf", batch_size: int = 256):
@@ -206,6 +260,8 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     _check_output_dir(config)
     spec = config.spec
     splits = data.load(config.dataset, config.data_dir, config.val_fraction, config.seed, config.download)
+    set_precision(config)
+    distillation = build_distillation(config)  # a wrong teacher fails here, before anything is written
 
     # Everything below writes into output_dir.
     out = config.output_dir
@@ -214,7 +270,6 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     os.makedirs(out, exist_ok=True)
     atomic_write(os.path.join(out, FLAGS_FILE), config.to_flagfile())
     keras.utils.set_random_seed(config.seed)
-    set_precision(config)
     jit = resolve_jit(config, log)
     strategy = make_strategy(config)
 
@@ -224,7 +279,7 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     updates = steps * updates_per_batch(config)
     with strategy.scope():
         network = build_network(config)
-        trainer = build_trainer(config, network)
+        trainer = build_trainer(config, network, distillation)
         schedule = make_schedule(config.lr_schedule, config.lr, config.epochs, updates, config.lr_decay_epochs,
                                  config.lr_decay_factor, config.lr_warmup_epochs, config.lr_peak_fraction)
         optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
@@ -302,6 +357,8 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     metrics["epochs"] = config.epochs
     metrics["seconds_per_epoch"] = round(float(np.mean(seconds)), 3) if seconds else None
 
+    if "best" in metrics:
+        atomic_write(os.path.join(out, "robust_overfitting.md"), robust_overfitting_table(metrics, config))
     export.export(network, os.path.join(out, "saved_model", "1"), metadata={
         "dataset": config.dataset, "image_shape": list(spec.image_shape), "num_classes": spec.num_classes,
         "pixel_max": spec.pixel_max, "eps": eps, "defense": config.defense, "model": config.model,
@@ -311,6 +368,26 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     log(f"final: clean accuracy {final_clean:.4f}, {attack_name} robust accuracy {final_robust:.4f} "
         f"on {len(test_y)} test examples (eps {eps:.4f}); SavedModel in {out}/saved_model/1")
     return metrics
+
+
+def robust_overfitting_table(metrics: dict, config: TrainConfig) -> str:
+    """Paper 001's robust-overfitting table: robust (RA) and standard (SA) test accuracy of the best-RA
+    checkpoint and of the final one, and their difference (best - final), in %."""
+    best, final = metrics["best"], metrics["final"]
+    pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
+    ra_diff = best["robust_accuracy"] - final["robust_accuracy"]
+    sa_diff = best["clean_accuracy"] - final["clean_accuracy"]
+    return "\n".join([
+        f"Robust overfitting of `{config.defense}` on {config.dataset} ({config.model}): test accuracy in %, RA = "
+        f"{final['robust_attack']} at eps {metrics['eps']:.4f} on {final['num_examples']} test examples; the best "
+        f"checkpoint is epoch {best['epoch']} of {final['epoch']}, {best['selected_by']}.",
+        "",
+        "| RA best | RA final | RA diff | SA best | SA final | SA diff |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| {pct(best['robust_accuracy'])} | {pct(final['robust_accuracy'])} | {pct(ra_diff)} | "
+        f"{pct(best['clean_accuracy'])} | {pct(final['clean_accuracy'])} | {pct(sa_diff)} |",
+        "",
+    ])
 
 
 def _last_loss(out: str) -> float:

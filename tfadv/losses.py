@@ -44,3 +44,11 @@ def logit_squeeze(logits, beta, reduction="frobenius"):
     if reduction == "mean_l2":
         return beta * tf.reduce_mean(tf.sqrt(tf.reduce_sum(tf.square(logits), axis=-1) + 1e-12))
     raise ValueError(f"unknown squeeze reduction {reduction!r}; valid: {', '.join(SQUEEZE_REDUCTIONS)}")
+
+
+def distillation(teacher_logits, student_logits, temperature):
+    """Per-example knowledge-distillation term (paper 001 Eq. 1, App. A2.1): soft-target cross-entropy of the
+    student's tempered softmax against the frozen teacher's, times T^2. Its gradient equals that of
+    KL(teacher || student) * T^2 (the teacher's entropy is a constant)."""
+    teacher = tf.nn.softmax(tf.stop_gradient(tf.cast(teacher_logits, tf.float32)) / temperature, axis=-1)
+    return temperature ** 2 * soft_cross_entropy(teacher, tf.cast(student_logits, tf.float32) / temperature)

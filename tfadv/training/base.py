@@ -65,15 +65,37 @@ class SmoothingConfig:
             raise ValueError(f"squeeze_reduction must be one of {losses.SQUEEZE_REDUCTIONS}")
 
 
+class Distillation:
+    """Self-teacher distillation (paper 001): frozen teachers, called in inference mode on the very inputs the
+    student trains on (its adversarial examples). `teachers` maps name -> (logits_fn, weight); `ce_weight`
+    scales the student's own cross-entropy. Paper weights: CE 0.25, robust 0.5, standard 0.25, T = 2."""
+
+    def __init__(self, teachers: dict, ce_weight: float, temperature: float = 2.0):
+        if temperature <= 0:
+            raise ValueError(f"kd_temperature must be positive, got {temperature}")
+        self.teachers = teachers
+        self.ce_weight = float(ce_weight)
+        self.temperature = float(temperature)
+
+    def loss(self, inputs, student_logits):
+        total = 0.0
+        for logits_fn, weight in self.teachers.values():
+            if weight:
+                teacher_logits = tf.stop_gradient(logits_fn(inputs))
+                total += weight * tf.reduce_mean(losses.distillation(teacher_logits, student_logits, self.temperature))
+        return total
+
+
 class Trainer(keras.Model):
     """Base class: `network` is the Keras model that is trained and exported (logits out)."""
 
     def __init__(self, network: keras.Model, attack: AttackConfig, weight_decay: float = 5e-4,
-                 smoothing: SmoothingConfig = SmoothingConfig(), **kwargs):
+                 smoothing: SmoothingConfig = SmoothingConfig(), distillation: "Distillation" = None, **kwargs):
         super().__init__(name=kwargs.pop("name", type(self).__name__.lower()), **kwargs)
         self.network = network
         self.attack = attack
         self.smoothing = smoothing
+        self.distillation = distillation
         self.weight_decay = float(weight_decay)
         self.num_classes = int(network.output_shape[-1])
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -104,12 +126,15 @@ class Trainer(keras.Model):
             return one_hot
         return targets.smooth(s.method, one_hot, logits, s.alpha, s.temperature)
 
-    def outer_loss(self, labels, logits):
-        """Mean cross-entropy against `soft_targets`, plus logit squeezing when enabled."""
+    def outer_loss(self, labels, logits, inputs=None):
+        """Mean cross-entropy against `soft_targets`, plus logit squeezing when enabled, plus the distillation
+        terms on `inputs` (the images the logits came from) when teachers are set."""
         if self.smoothing.method == "none":
             loss = tf.reduce_mean(losses.hard_cross_entropy(labels, logits))
         else:
             loss = tf.reduce_mean(losses.soft_cross_entropy(self.soft_targets(labels, logits), logits))
+        if self.distillation is not None:
+            loss = self.distillation.ce_weight * loss + self.distillation.loss(inputs, logits)
         if self.smoothing.squeeze_beta:
             loss += losses.logit_squeeze(logits, self.smoothing.squeeze_beta, self.smoothing.squeeze_reduction)
         return loss

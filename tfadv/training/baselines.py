@@ -14,7 +14,7 @@ class NaturalTrainer(Trainer):
 
     def training_loss(self, x, labels):
         logits = self.network(x, training=True)
-        return self.outer_loss(labels, logits), logits
+        return self.outer_loss(labels, logits, x), logits
 
 
 class PGDTrainer(Trainer):
@@ -36,8 +36,9 @@ class PGDTrainer(Trainer):
 
     def training_loss(self, x, labels):
         if self.label_adversary is None:
-            logits = self.network(self.adversarial_examples(x, labels), training=True)
-            return self.outer_loss(labels, logits), logits
+            x_adv = self.adversarial_examples(x, labels)
+            logits = self.network(x_adv, training=True)
+            return self.outer_loss(labels, logits, x_adv), logits
         soft = self.label_adversary.targets(labels, tf.stop_gradient(self.eval_logits(x)), self.num_classes)
         logits = self.network(self.adversarial_examples(x, labels), training=True)
         return tf.reduce_mean(losses.soft_cross_entropy(soft, logits)), logits
@@ -79,7 +80,7 @@ class FreeTrainer(Trainer):
                 x_adv = x + delta
                 tape.watch(x_adv)
                 logits = self.network(x_adv, training=True)
-                loss = self.outer_loss(labels, logits)
+                loss = self.outer_loss(labels, logits, x_adv)
             (input_gradient,) = self.apply_update(loss, tape, extra_sources=[x_adv])
             step = attacks.steepest_step(tf.cast(input_gradient, tf.float32), a.step_size, a.norm, x_adv)
             delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
@@ -121,4 +122,7 @@ class TRADESTrainer(Trainer):
         clean_logits = self.network(x, training=True)
         adv_logits = self.network(x_adv, training=True)
         robust = tf.reduce_mean(losses.kl_divergence(clean_logits, adv_logits))
-        return self.outer_loss(labels, clean_logits) + self.beta * robust, clean_logits
+        loss = self.outer_loss(labels, clean_logits) if self.distillation is None else (
+            self.distillation.ce_weight * tf.reduce_mean(losses.hard_cross_entropy(labels, clean_logits))
+            + self.distillation.loss(x_adv, adv_logits))  # teachers see the adversarial example
+        return loss + self.beta * robust, clean_logits
