@@ -143,3 +143,24 @@ def test_served_graph_equals_the_in_process_model_without_tfadv(cossat_build, di
     np.testing.assert_allclose(served["logits"], local["logits"].numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(served["keras_logits"], local["logits"].numpy(), rtol=1e-4, atol=1e-4)
     assert served["use_base"] == local["use_base"].numpy().tolist()
+
+
+def test_white_box_protocol_is_the_worst_case_over_composite_and_branches(cossat_build, digits):
+    from tfadv import evaluation
+    from tfadv.evaluation import cossat_protocols
+
+    base, _ = cossat_build
+    ssat, _ = cossat.load_run_network(str(base / "ssat"))
+    pgd, _ = cossat.load_run_network(str(base / "pgd"))
+    detector = cossat.Detector.from_json(json.loads((base / "cossat" / "detector.json").read_text()))
+    model = cossat.CoSSAT(ssat, pgd, detector)
+    x, y = digits.test[0][:150], digits.test[1][:150]
+    specs = [evaluation.parse_attack("pgd10", {"linf": 0.125})]
+    white = cossat_protocols.evaluate(model.outputs, x, y, specs, "white_box")
+    half = cossat_protocols.evaluate(model.outputs, x, y, specs, "half_white_box")
+    entry = white["attacks"]["pgd10"]
+    assert entry["robust_accuracy"] <= min(entry["per_source"].values()) + 1e-9
+    assert set(entry["per_source"]) == {"logits", "ssat_logits", "base_logits"}
+    assert half["clean_accuracy"] == white["clean_accuracy"]
+    # the detector-aware attack is at least as strong as attacking SSAT alone (up to PGD's randomness)
+    assert white["worst_case_accuracy"] <= half["worst_case_accuracy"] + 0.03
