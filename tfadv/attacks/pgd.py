@@ -125,7 +125,10 @@ def input_gradient(logits_fn, x, labels, loss="ce", targets=None):
         tape.watch(x)
         values = objective(loss, logits_fn(x), labels, targets)
         total = tf.reduce_sum(values)
-    return values, tape.gradient(total, x)
+    gradient = tape.gradient(total, x)
+    if gradient is None:  # a model with no gradient path to its input (e.g. stop_gradient): a zero step
+        gradient = tf.zeros_like(x)
+    return values, gradient
 
 
 def fgsm(logits_fn: Callable, x, labels, *, eps, loss="ce", targets=None, norm="linf"):
