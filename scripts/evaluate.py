@@ -16,10 +16,27 @@ import os  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from tfadv import data, evaluation, export  # noqa: E402
+from tfadv.evaluation import audit as audit_lib  # noqa: E402
+from tfadv.evaluation import cossat_protocols, landscape  # noqa: E402
+
+SUITES = {
+    "standard": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "pgd20_l2"],
+    # full = standard + the sweeps (and transfer attacks when --source_model is given)
+    "full": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "dlr100", "pgd50_r5", "pgd20_l2", "pgd20_l1"],
+}
+DIAGNOSTICS = ("gradients", "lipschitz", "linearity", "landscape", "confidence", "sweep")
 
 cli.define_train_flags()  # so that a training flagfile can be passed as it is
 flags.DEFINE_string("model_dir", None, "a SavedModel directory or a tfadv run directory")
-flags.DEFINE_list("attacks", ["fgsm", "pgd20", "cw20"], "attacks, e.g. fgsm,pgd20,pgd100,cw20,dlr50,pgd20_l2,pgd50_r5")
+flags.DEFINE_list("attacks", ["fgsm", "pgd20", "cw20"], "attacks, e.g. fgsm,pgd20,pgd100,cw20,dlr50,pgd20_l2,pgd50_r5,"
+                  "transfer_pgd20 (with --source_model); ignored when --suite is given")
+flags.DEFINE_string("suite", None, f"a named attack suite: {', '.join(SUITES)}")
+flags.DEFINE_string("source_model", None, "transfer attacks: craft on this SavedModel / run dir")
+flags.DEFINE_boolean("audit", True, "run the gradient-masking audit")
+flags.DEFINE_list("diagnostics", [], f"diagnostics: {', '.join(DIAGNOSTICS)}")
+flags.DEFINE_string("plots_dir", None, "where diagnostic PNGs go (default: next to --output, or ./eval_plots)")
+flags.DEFINE_string("cossat_protocol", None, "for a Co-SSAT SavedModel: white_box (attack the composite and each "
+                    "branch), half_white_box (attack SSAT only), or both")
 flags.DEFINE_float("eps_l2", None, "l2 radius in pixel levels (default: 0.5 of the pixel range)")
 flags.DEFINE_float("eps_l1", None, "l1 radius in pixel levels (default: 12 in [0,1] units for 32x32x3 images, "
                                     "scaled by the number of input values)")
@@ -29,6 +46,33 @@ flags.DEFINE_string("examples", None, "an .npz with x (float [0,1], NHWC) and y 
 flags.DEFINE_string("output", None, "write the report as JSON here")
 flags.DEFINE_integer("eval_batch_size", 256, "examples per attack batch")
 FLAGS = flags.FLAGS
+
+
+def run_diagnostics(names, logits_fn, x, y, eps, plots):
+    """The requested geometry diagnostics (tfadv.evaluation.landscape); PNGs into `plots`."""
+    out = {}
+    if "gradients" in names:
+        out["gradients"] = landscape.gradient_magnitudes(logits_fn, x, y)
+        print("input-gradient L1 norms:", json.dumps(out["gradients"]))
+    if "lipschitz" in names:
+        out["lipschitz"] = landscape.local_lipschitz(logits_fn, x, eps)
+        print(f"local Lipschitz: upper {out['lipschitz']['upper']:.4g}, lower {out['lipschitz']['lower']:.4g}")
+    if "linearity" in names:
+        out["linearity"] = landscape.local_linearity(logits_fn, x, y, eps)
+        print(f"local linearity: gradient alignment {out['linearity']['gradient_alignment']:.4f}, "
+              f"linearity gap {out['linearity']['linearity_gap']:.4g}")
+    if "landscape" in names:
+        out["landscape"] = landscape.loss_landscape(logits_fn, x, y, eps)
+        landscape.plot_landscape(out["landscape"], os.path.join(plots, "loss_landscape.png"))
+    if "confidence" in names:
+        out["confidence"] = landscape.confidence_profile(logits_fn, x, y, eps)
+        print("sorted confidence (clean):", " ".join(f"{v:.3f}" for v in out["confidence"]["clean"]))
+    if "sweep" in names:
+        eps_values = [eps * f for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)]
+        out["sweep"] = landscape.accuracy_sweep(logits_fn, x, y, eps_values, [1, 2, 5, 10, 20, 50, 100])
+        landscape.plot_sweep(out["sweep"], os.path.join(plots, "accuracy_sweeps.png"))
+        print("accuracy vs eps:", " ".join(f"{v:.3f}" for v in out["sweep"]["accuracy_vs_eps"]))
+    return out
 
 
 def _input_size(spec):
@@ -70,10 +114,27 @@ def main(argv):
         "l1": spec.to_fraction(FLAGS.eps_l1) if FLAGS.eps_l1 is not None else 12.0 * _input_size(spec) / 3072,
     }
     step = spec.to_fraction(FLAGS.attack_step_size) if FLAGS.attack_step_size is not None else None
+    source_fn = None
+    if FLAGS.source_model:
+        source_fn = export.load_logits_fn(_saved_model_path(FLAGS.source_model))
+    names = list(FLAGS.attacks)
+    if FLAGS.suite:
+        if FLAGS.suite not in SUITES:
+            cli.fail(f"--suite: unknown {FLAGS.suite!r}; valid: {', '.join(SUITES)} (autoattack: not yet available)")
+        names = list(SUITES[FLAGS.suite]) + (["transfer_pgd20"] if source_fn is not None else [])
     try:
-        specs = [evaluation.parse_attack(name, radii, step) for name in FLAGS.attacks]
+        specs = [evaluation.parse_attack(name, radii, step, source_fn) for name in names]
     except ValueError as error:
         cli.fail(f"--attacks: {error}")
+    unknown = [d for d in FLAGS.diagnostics if d not in DIAGNOSTICS]
+    if unknown:
+        cli.fail(f"--diagnostics: unknown {unknown}; valid: {', '.join(DIAGNOSTICS)}")
+    diagnostics = list(FLAGS.diagnostics) + (["sweep"] if FLAGS.suite == "full" and "sweep" not in
+                                             FLAGS.diagnostics else [])
+    protocols = {"white_box": ["white_box"], "half_white_box": ["half_white_box"],
+                 "both": ["white_box", "half_white_box"], None: []}
+    if FLAGS.cossat_protocol not in protocols:
+        cli.fail(f"--cossat_protocol: unknown {FLAGS.cossat_protocol!r}; valid: white_box, half_white_box, both")
 
     if FLAGS.examples:
         try:
@@ -100,6 +161,28 @@ def main(argv):
     report.update({"model_dir": FLAGS.model_dir, "dataset": dataset, "source": source, "eps": eps,
                    "eps_l2": radii["l2"], "eps_l1": radii["l1"]})
     print(evaluation.format_table(report))
+    if FLAGS.audit:
+        checks = audit_lib.audit(logits_fn, x, y, report, eps, FLAGS.eval_batch_size)
+        report["audit"] = checks
+        print(audit_lib.format_audit(checks))
+        warning = audit_lib.summary(checks)
+        if warning:
+            print(f"WARNING: {warning}: treat these robust accuracies as upper bounds")
+    plots = FLAGS.plots_dir or (os.path.join(os.path.dirname(os.path.abspath(FLAGS.output)), "plots")
+                                if FLAGS.output else "eval_plots")
+    if diagnostics:
+        os.makedirs(plots, exist_ok=True)
+        report["diagnostics"] = run_diagnostics(diagnostics, logits_fn, x, y, eps, plots)
+    if protocols[FLAGS.cossat_protocol]:
+        loaded = logits_fn.saved_model.signatures["serving_default"]
+        if "ssat_logits" not in loaded.structured_outputs:
+            cli.fail("--cossat_protocol needs a Co-SSAT SavedModel (from scripts/build_cossat.py)")
+        outputs_fn = lambda images: loaded(images=images)  # noqa: E731
+        report["cossat"] = {}
+        for protocol in protocols[FLAGS.cossat_protocol]:
+            result = cossat_protocols.evaluate(outputs_fn, x, y, specs, protocol, FLAGS.eval_batch_size, log=print)
+            report["cossat"][protocol] = result
+            print(f"Co-SSAT {protocol}: worst case {result['worst_case_accuracy']:.4f}")
     if FLAGS.output:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
         with open(FLAGS.output, "w") as handle:

@@ -164,3 +164,17 @@ def test_white_box_protocol_is_the_worst_case_over_composite_and_branches(cossat
     assert half["clean_accuracy"] == white["clean_accuracy"]
     # the detector-aware attack is at least as strong as attacking SSAT alone (up to PGD's randomness)
     assert white["worst_case_accuracy"] <= half["worst_case_accuracy"] + 0.03
+
+
+def test_evaluate_script_runs_the_cossat_protocols(cossat_build, tmp_path):
+    base, _ = cossat_build
+    output = tmp_path / "eval.json"
+    result = run_script("evaluate.py", f"--model_dir={base / 'cossat'}", "--attacks=pgd10", "--num_examples=100",
+                        "--cossat_protocol=both", "--noaudit", f"--output={output}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert set(report["cossat"]) == {"white_box", "half_white_box"}
+    assert report["cossat"]["white_box"]["sources"] == ["logits", "ssat_logits", "base_logits"]
+    plain = run_script("evaluate.py", f"--model_dir={base / 'pgd'}", "--attacks=pgd10", "--num_examples=20",
+                       "--cossat_protocol=white_box", "--noaudit")
+    assert plain.returncode == 2 and "Co-SSAT SavedModel" in plain.stderr

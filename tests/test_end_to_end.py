@@ -161,3 +161,18 @@ def test_mirrored_training_over_two_logical_cpu_devices(tmp_path, defense):
     assert "XLA off" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(metrics["final"]["clean_accuracy"]) and metrics["final"]["clean_accuracy"] > 0.3
+
+
+def test_evaluate_suite_audit_diagnostics_and_transfer(runs, tmp_path):
+    output = tmp_path / "suite.json"
+    result = run_script("evaluate.py", f"--model_dir={runs['pgd'][0]}", "--suite=standard", "--num_examples=100",
+                        f"--source_model={runs['natural'][0]}", "--diagnostics=gradients,landscape,sweep",
+                        f"--output={output}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert {"fgsm", "pgd20", "pgd100", "cw20", "cw100", "pgd20_l2", "transfer_pgd20"} == set(report["attacks"])
+    assert set(report["audit"]) >= {"one_step_vs_multi_step", "unbounded_eps", "black_box_vs_white_box"}
+    assert report["audit"]["black_box_vs_white_box"]["verdict"] == "pass"  # transfer is weaker than white-box
+    assert (tmp_path / "plots" / "loss_landscape.png").exists() and (tmp_path / "plots" / "accuracy_sweeps.png").exists()
+    bad = run_script("evaluate.py", f"--model_dir={runs['pgd'][0]}", "--suite=magic")
+    assert bad.returncode == 2 and "--suite" in bad.stderr

@@ -27,20 +27,32 @@ class AttackSpec:
     restarts: int
     eps: float
     step_size: float
+    # Transfer attacks craft on this source model's logits and are evaluated on the target.
+    source: Optional[Callable] = dataclasses.field(default=None, compare=False, repr=False)
 
     def run(self, logits_fn, x, y):
+        if self.source is not None:
+            logits_fn = self.source
         if self.kind == "fgsm":
             return attacks.fgsm(logits_fn, x, y, eps=self.eps, loss=self.loss, norm=self.norm)
         return attacks.pgd(logits_fn, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
                            norm=self.norm, loss=self.loss, restarts=self.restarts, random_start=True)
 
 
-def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = None) -> AttackSpec:
+def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = None,
+                 source: Optional[Callable] = None) -> AttackSpec:
     """`fgsm`, `pgd20`, `pgd100`, `cw20` (PGD on the CW margin), `dlr50`, with optional `_l2` / `_l1` norm and
-    `_rN` restarts, e.g. `pgd20_l2`, `pgd50_r5`. `eps` maps norm -> radius; PGD's default step size is eps/4
+    `_rN` restarts, e.g. `pgd20_l2`, `pgd50_r5`; `transfer_<attack>` crafts on `source` (a source model's
+    logits_fn) and is evaluated on the target. `eps` maps norm -> radius; PGD's default step size is eps/4
     for l-inf (2/255 at 8/255) and 2.5 eps / steps for l2 and l1 (Madry et al.).
     """
-    match = _ATTACK_PATTERN.match(name.strip())
+    name = name.strip()
+    if name.startswith("transfer_"):
+        if source is None:
+            raise ValueError(f"attack {name!r} needs a source model (--source_model)")
+        inner = parse_attack(name[len("transfer_"):], eps, step_size)
+        return dataclasses.replace(inner, name=name, source=source)
+    match = _ATTACK_PATTERN.match(name)
     if not match:
         raise ValueError(f"unknown attack {name!r}; use fgsm or pgdN / cwN / dlrN with optional _l2, _l1 and _rN, "
                          f"e.g. fgsm,pgd20,pgd100,cw20,pgd20_l2")
