@@ -106,6 +106,8 @@ def define_train_flags():
     f.DEFINE_float("noise_sigma", d.noise_sigma, "Gaussian noise on training images, std in pixel levels "
                    "(20 = 20/255 on CIFAR), clipped to [0, 1]; 0 = off")
     f.DEFINE_float("val_fraction", d.val_fraction, "held-out share of the training split in [0,1) (0.1 = 9:1)")
+    f.DEFINE_integer("train_examples", d.train_examples, "train on the first N examples of the training split "
+                     "(after the validation split; -1: all) — a small set makes robust overfitting easy to see")
     f.DEFINE_integer("val_every", d.val_every, "robust validation every N epochs (and at the last)")
     f.DEFINE_integer("val_examples", d.val_examples, "without --val_fraction: validate on this many test examples")
     f.DEFINE_integer("val_attack_steps", d.val_attack_steps, "PGD steps of the robust validation")

@@ -79,6 +79,7 @@ class TrainConfig:
     squeeze_reduction: str = "frobenius"
     noise_sigma: float = 0.0
     val_fraction: float = 0.0
+    train_examples: int = -1
     val_every: int = 1
     val_examples: int = 500
     val_attack_steps: int = 10
@@ -214,6 +215,8 @@ class TrainConfig:
             raise ConfigError("eps", f"must be positive for --defense={self.defense}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        if self.train_examples == 0 or self.train_examples < -1:
+            raise ConfigError("train_examples", f"must be positive or -1 (all), got {self.train_examples}")
         if not 0.0 < self.lr_peak_fraction < 1.0:
             raise ConfigError("lr_peak_fraction", f"must be in (0, 1), got {self.lr_peak_fraction}")
         if any(e < 1 for e in self.lr_decay_epochs):

@@ -132,8 +132,10 @@ def load_teacher(path: str, flag: str, spec: data.DatasetSpec):
     """A frozen teacher's logits_fn (inference mode) from a tfadv run dir or a SavedModel, checked against the
     dataset's input shape and class count before training starts."""
     if os.path.exists(os.path.join(path, FLAGS_FILE)):
+        # Self-teachers are early-stopped models (paper 001): the run's best-robust checkpoint when it has one.
+        best = os.path.exists(os.path.join(path, "checkpoints", "best.weights.h5"))
         try:
-            network, _ = load_run_network(path)
+            network, _ = load_run_network(path, "best" if best else "final")
         except FileNotFoundError as error:
             raise ConfigError(flag, str(error)) from None
         network.trainable = False
@@ -260,6 +262,8 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     _check_output_dir(config)
     spec = config.spec
     splits = data.load(config.dataset, config.data_dir, config.val_fraction, config.seed, config.download)
+    if config.train_examples > 0:
+        splits.train = data.take(splits.train, config.train_examples)
     set_precision(config)
     distillation = build_distillation(config)  # a wrong teacher fails here, before anything is written
 
