@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
 from typing import Callable
 
@@ -325,8 +326,10 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
         resume,  # last: an epoch counts as done once everything above has seen it
     ]
     if initial_epoch < config.epochs:
+        # A progress bar within each epoch on a terminal (CIFAR epochs take minutes); one line per epoch in logs.
+        progress = 1 if sys.stdout.isatty() else 0
         trainer.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                    callbacks=callbacks, verbose=0, shuffle=False)
+                    callbacks=callbacks, verbose=progress, shuffle=False)
     if trainer.stop_training and not np.isfinite(_last_loss(out)):
         raise RunError(f"training diverged (loss is not finite); see {out}/history.csv. Lower --lr?")
     network.save_weights(os.path.join(checkpoints, "final.weights.h5"))
