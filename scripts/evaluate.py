@@ -22,7 +22,8 @@ from tfadv.evaluation import cossat_protocols, landscape  # noqa: E402
 SUITES = {
     "standard": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "pgd20_l2"],
     # full = standard + the sweeps (and transfer attacks when --source_model is given)
-    "full": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "dlr100", "pgd50_r5", "pgd20_l2", "pgd20_l1"],
+    "full": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "dlr100", "pgd50_r5", "apgd_ce", "apgd_t", "pgd20_l2",
+             "pgd20_l1"],
 }
 DIAGNOSTICS = ("gradients", "lipschitz", "linearity", "landscape", "confidence", "sweep")
 

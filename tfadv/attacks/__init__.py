@@ -15,9 +15,10 @@ from tfadv.attacks.pgd import (
     success,
 )
 from tfadv.attacks.targets import least_likely, most_confusing
+from tfadv.attacks.apgd import apgd, apgd_targeted
 
 __all__ = [
-    "LOSS_NAMES", "NORMS", "clip_to_box", "cross_entropy", "cw_margin", "dlr", "fgsm", "input_gradient",
+    "apgd", "apgd_targeted", "LOSS_NAMES", "NORMS", "clip_to_box", "cross_entropy", "cw_margin", "dlr", "fgsm", "input_gradient",
     "least_likely", "most_confusing", "objective", "perturbation_norm", "pgd", "project", "random_init", "repeat",
     "steepest_step", "success", "targeted_dlr",
 ]

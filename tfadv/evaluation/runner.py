@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from tfadv import attacks
 
-_ATTACK_PATTERN = re.compile(r"^(fgsm|pgd|cw|dlr)(\d+)?(?:_(linf|l2|l1))?(?:_r(\d+))?$")
+_ATTACK_PATTERN = re.compile(r"^(fgsm|pgd|cw|dlr|apgd_ce|apgd_dlr|apgd_t)(\d+)?(?:_(linf|l2|l1))?(?:_r(\d+))?$")
+APGD_DEFAULT_STEPS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +21,7 @@ class AttackSpec:
     """One named attack. eps / step_size are fractions of the pixel range."""
 
     name: str
-    kind: str  # fgsm or pgd
+    kind: str  # fgsm, pgd, apgd or apgd_t
     loss: str
     steps: int
     norm: str
@@ -35,13 +36,21 @@ class AttackSpec:
             logits_fn = self.source
         if self.kind == "fgsm":
             return attacks.fgsm(logits_fn, x, y, eps=self.eps, loss=self.loss, norm=self.norm)
+        if self.kind == "apgd":
+            return attacks.apgd(logits_fn, x, y, eps=self.eps, norm=self.norm, loss=self.loss, steps=self.steps,
+                                restarts=self.restarts)
+        if self.kind == "apgd_t":
+            return attacks.apgd_targeted(logits_fn, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
+                                         restarts=self.restarts)
         return attacks.pgd(logits_fn, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
                            norm=self.norm, loss=self.loss, restarts=self.restarts, random_start=True)
 
 
 def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = None,
                  source: Optional[Callable] = None) -> AttackSpec:
-    """`fgsm`, `pgd20`, `pgd100`, `cw20` (PGD on the CW margin), `dlr50`, with optional `_l2` / `_l1` norm and
+    """`fgsm`, `pgd20`, `pgd100`, `cw20` (PGD on the CW margin), `dlr50`, `apgd_ce`, `apgd_dlr`, `apgd_t` (APGD-T
+    on the targeted DLR loss over the top-9 wrong classes; 100 steps unless a count follows, e.g. `apgd_ce50`),
+    with optional `_l2` / `_l1` norm and
     `_rN` restarts, e.g. `pgd20_l2`, `pgd50_r5`; `transfer_<attack>` crafts on `source` (a source model's
     logits_fn) and is evaluated on the target. `eps` maps norm -> radius; PGD's default step size is eps/4
     for l-inf (2/255 at 8/255) and 2.5 eps / steps for l2 and l1 (Madry et al.).
@@ -63,6 +72,14 @@ def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = 
         if steps or restarts:
             raise ValueError(f"attack {name!r}: fgsm takes no step count or restarts")
         return AttackSpec(name, "fgsm", "ce", 1, norm, 1, radius, radius)
+    if family.startswith("apgd"):
+        if norm == "l1":
+            raise ValueError(f"attack {name!r}: APGD supports linf and l2")
+        kind = "apgd_t" if family == "apgd_t" else "apgd"
+        loss = {"apgd_ce": "ce", "apgd_dlr": "dlr", "apgd_t": "dlr"}[family]
+        # APGD sets its own step size (2 eps, halved at checkpoints)
+        return AttackSpec(name, kind, loss, int(steps or APGD_DEFAULT_STEPS), norm, int(restarts or 1), radius,
+                          2 * radius)
     if not steps:
         raise ValueError(f"attack {name!r} needs a step count, e.g. {family}20")
     steps = int(steps)

@@ -1,0 +1,250 @@
+import importlib
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import accuracy
+
+from tfadv import attacks
+
+apgd_module = importlib.import_module("tfadv.attacks.apgd")
+
+EPS = 2 / 16  # two of the 16 digit levels: PGD-20 leaves the natural MLP about half its accuracy
+
+
+def _logits_fn(network):
+    return lambda x: network(x, training=False)  # evaluation: BatchNorm in inference mode
+
+
+@pytest.fixture(scope="module")
+def batch(digits):
+    x, y = digits.test
+    return x[:300], y[:300].astype(np.int32)
+
+
+def _hundredths_schedule(steps):
+    """The paper's p_j in integer hundredths (no float rounding), then w_j = ceil(p_j * steps)."""
+    p = [0, 22]
+    while p[-1] + max(p[-1] - p[-2] - 3, 6) <= 100:
+        p.append(p[-1] + max(p[-1] - p[-2] - 3, 6))
+    return sorted({-(-q * steps // 100) for q in p})
+
+
+def test_checkpoints_follow_the_published_schedule():
+    p = apgd_module.checkpoint_fractions()
+    step = lambda previous, current: current + max(current - previous - Fraction("0.03"), Fraction("0.06"))  # noqa
+    assert p[:2] == [0, Fraction("0.22")]
+    assert all(following == step(previous, current) for previous, current, following in zip(p, p[1:], p[2:]))
+    assert p[-1] <= 1 < step(p[-2], p[-1])
+    assert apgd_module.checkpoints(100) == _hundredths_schedule(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    for steps in (1, 5, 20, 37, 250, 1000):
+        assert apgd_module.checkpoints(steps) == _hundredths_schedule(steps)
+
+
+def test_halving_conditions():
+    halve = apgd_module.should_halve
+    never = tf.constant([False])
+    improved = (tf.constant([2.0]), tf.constant([1.0]))
+    unchanged = (tf.constant([1.0]), tf.constant([1.0]))
+    # Condition 1: fewer than rho * window successful increases (strict), 22-step window: 16.5
+    assert halve(tf.constant([16]), 22, 0.75, tf.constant([True]), *improved).numpy().tolist() == [True]
+    assert halve(tf.constant([17]), 22, 0.75, tf.constant([True]), *improved).numpy().tolist() == [False]
+    assert halve(tf.constant([12]), 16, 0.75, tf.constant([True]), *improved).numpy().tolist() == [False]
+    # Condition 2: step size and best objective both unchanged since the last checkpoint
+    assert halve(tf.constant([20]), 22, 0.75, never, *unchanged).numpy().tolist() == [True]
+    assert halve(tf.constant([20]), 22, 0.75, tf.constant([True]), *unchanged).numpy().tolist() == [False]
+    assert halve(tf.constant([20]), 22, 0.75, never, *improved).numpy().tolist() == [False]
+
+
+def _expected_trace(steps, eps):
+    """Step size used by each step when every checkpoint halves it."""
+    marks = apgd_module.checkpoints(steps)[1:]
+    return np.array([2 * eps * 0.5 ** sum(m < k for m in marks) for k in range(1, steps + 1)], np.float32)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_step_size_halves_at_every_checkpoint_on_flat_and_linear_problems(norm):
+    eps, steps = 0.1, 100
+    x = tf.fill([3, 4, 4, 1], 0.5)
+    labels = tf.constant([0, 1, 2])
+    weights = tf.random.stateless_normal([16, 5], [1, 2])
+    problems = {
+        "flat": lambda images: tf.zeros([3, 5]) + 0.0 * tf.reduce_sum(images, axis=[1, 2, 3])[:, None],
+        "linear": lambda images: tf.reshape(images, [3, 16]) @ weights,  # constant input gradient of the CE
+    }
+    for name, logits_fn in problems.items():
+        run = tf.function(lambda images, y: apgd_module.apgd_run(logits_fn, images, y, eps=eps, norm=norm,
+                                                                 steps=steps, seed=[0, 0]), autograph=False)
+        result = run(x, labels)
+        trace = result.step_size_trace.numpy()
+        assert trace.shape == (steps, 3)
+        # every checkpoint halves: flat -> no increases (Condition 1); linear -> the first step reaches the
+        # maximiser on the ball, after which nothing increases any more
+        np.testing.assert_allclose(trace, np.repeat(_expected_trace(steps, eps)[:, None], 3, 1), rtol=1e-6,
+                                   err_msg=name)
+        np.testing.assert_allclose(result.step_size.numpy(), 2 * eps / 2 ** 8, rtol=1e-6)
+        sizes = attacks.perturbation_norm(result.x_adv - x, norm).numpy()
+        assert sizes.max() <= eps * (1 + 1e-5)
+
+
+def _reference_apgd(x_start, x, labels, weights, mixing, eps, steps, rho=0.75):
+    """Algorithm 1, one example at a time in plain numpy (l-inf), on the CE loss of logits sin(x W) V."""
+
+    def loss_and_gradient(point, label):
+        hidden = point.reshape(-1) @ weights
+        logits = np.sin(hidden) @ mixing
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        d_hidden = np.cos(hidden) * (mixing @ (p - np.eye(len(p))[label]))
+        return -np.log(p[label]), (weights @ d_hidden).reshape(point.shape)
+
+    def feasible(point, centre):
+        return np.clip(np.clip(point, centre - eps, centre + eps), 0.0, 1.0)
+
+    marks = apgd_module.checkpoints(steps)
+    results, traces = [], []
+    for start, centre, label in zip(x_start, x, labels):
+        f_cur, g_cur = loss_and_gradient(start, label)
+        x_cur = x_prev = start
+        x_max, f_max, g_max = start, f_cur, g_cur
+        eta, increases, halved_last, f_max_last, last_mark, trace = 2 * eps, 0, False, f_max, 0, []
+        for k in range(1, steps + 1):
+            trace.append(eta)
+            z = feasible(x_cur + eta * np.sign(g_cur), centre)
+            alpha = 1.0 if k == 1 else 0.75
+            x_new = feasible(x_cur + alpha * (z - x_cur) + (1 - alpha) * (x_cur - x_prev), centre)
+            f_new, g_new = loss_and_gradient(x_new, label)
+            increases += f_new > f_cur
+            if f_new > f_max:
+                x_max, f_max, g_max = x_new, f_new, g_new
+            x_prev, x_cur, f_cur, g_cur = x_cur, x_new, f_new, g_new
+            if k in marks[1:]:
+                halve = increases < rho * (k - last_mark) or (not halved_last and f_max <= f_max_last)
+                if halve:
+                    eta /= 2
+                    x_cur, f_cur, g_cur = x_max, f_max, g_max
+                halved_last, f_max_last, increases, last_mark = halve, f_max, 0, k
+        results.append((x_max, f_max))
+        traces.append(trace)
+    return results, np.array(traces).T
+
+
+def test_matches_a_plain_reading_of_algorithm_1(monkeypatch):
+    # a non-concave toy (logits sin(x W) V) whose loss oscillates inside the ball, so that momentum, restarts
+    # from x_max and both halving conditions all shape the trajectory
+    rng = np.random.default_rng(0)
+    batch, eps, steps = 8, 0.3, 50
+    x = rng.uniform(0.0, 1.0, size=(batch, 3, 3, 1)).astype(np.float32)
+    labels = np.arange(batch) % 5
+    weights = (rng.normal(size=(9, 6)) * 4.0).astype(np.float32)
+    mixing = rng.normal(size=(6, 5)).astype(np.float32)
+    start = np.clip(x + rng.uniform(-eps, eps, size=x.shape), 0.0, 1.0).astype(np.float32)
+    monkeypatch.setattr(apgd_module, "_random_start", lambda *args: tf.constant(start))
+    model = lambda images: tf.sin(tf.reshape(images, [batch, 9]) @ weights) @ mixing  # noqa: E731
+    result = apgd_module.apgd_run(model, tf.constant(x), labels, eps=eps, steps=steps)
+    reference, trace = _reference_apgd(start.astype(np.float64), x.astype(np.float64), labels,
+                                       weights.astype(np.float64), mixing.astype(np.float64), eps, steps)
+    np.testing.assert_allclose(result.step_size_trace.numpy(), trace, rtol=1e-6)
+    assert len({tuple(column) for column in trace.T}) > 1  # the examples took different step-size paths
+    np.testing.assert_allclose(result.loss_best.numpy(), [f for _, f in reference], rtol=1e-4)
+    np.testing.assert_allclose(result.x_best.numpy(), np.stack([p for p, _ in reference]), atol=1e-5)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", 0.5)])
+def test_apgd_stays_in_the_ball_and_the_box(natural_mlp, batch, norm, eps):
+    x, y = batch
+    fn = _logits_fn(natural_mlp)
+    run = tf.function(lambda images, labels: (
+        apgd_module.apgd(fn, images, labels, eps=eps, norm=norm, steps=20, restarts=2, seed=1),
+        apgd_module.apgd_targeted(fn, images, labels, eps=eps, norm=norm, steps=10, num_targets=2)))
+    for x_adv in run(x, y):
+        assert attacks.perturbation_norm(x_adv - x, norm).numpy().max() <= eps * (1 + 1e-5) + 1e-6
+        assert float(tf.reduce_min(x_adv)) >= 0.0 and float(tf.reduce_max(x_adv)) <= 1.0
+        assert accuracy(natural_mlp, x_adv, y) < accuracy(natural_mlp, x, y) - 0.2
+
+
+def test_apgd_is_at_least_as_strong_as_pgd_and_apgd_t_at_least_as_strong_as_apgd_ce(natural_mlp, batch):
+    x, y = batch
+    fn = _logits_fn(natural_mlp)
+    pgd = tf.function(lambda images, labels: attacks.pgd(fn, images, labels, eps=EPS, step_size=EPS / 4, steps=20))
+    apgd_ce = tf.function(lambda images, labels: apgd_module.apgd(fn, images, labels, eps=EPS, seed=0))
+    apgd_t = tf.function(lambda images, labels: apgd_module.apgd_targeted(fn, images, labels, eps=EPS, seed=0))
+    robust = {name: accuracy(natural_mlp, attack(x, y), y)
+              for name, attack in (("pgd20", pgd), ("apgd_ce", apgd_ce), ("apgd_t", apgd_t))}
+    print(f"robust accuracy at eps={EPS}: clean {accuracy(natural_mlp, x, y):.4f}, {robust}")
+    assert robust["apgd_ce"] <= robust["pgd20"] + 0.01, robust
+    assert robust["apgd_t"] <= robust["apgd_ce"] + 0.01, robust
+    assert robust["apgd_ce"] < accuracy(natural_mlp, x, y) - 0.2
+
+
+def test_restarts_and_targets_only_add_successes(natural_mlp, batch):
+    x, y = batch
+    fn = _logits_fn(natural_mlp)
+    wrong = lambda images: np.argmax(fn(images), -1) != y  # noqa: E731
+    run = tf.function(lambda images, labels: (
+        apgd_module.apgd(fn, images, labels, eps=0.06, steps=10, seed=3),
+        apgd_module.apgd(fn, images, labels, eps=0.06, steps=10, restarts=3, seed=3),
+        apgd_module.apgd_targeted(fn, images, labels, eps=0.06, steps=10, num_targets=1, seed=3),
+        apgd_module.apgd_targeted(fn, images, labels, eps=0.06, steps=10, num_targets=3, seed=3)))
+    one, three, target_one, target_three = (wrong(v) for v in run(x, y))
+    assert np.all(three >= one) and np.all(target_three >= target_one)  # the same seed starts restart 0
+    assert np.all(wrong(x) <= one)  # already misclassified examples stay misclassified
+
+
+def test_seed_makes_it_reproducible_and_it_compiles_without_autograph(natural_mlp, batch):
+    x, y = batch
+    fn = _logits_fn(natural_mlp)
+    run = tf.function(lambda images, labels: apgd_module.apgd(fn, images, labels, eps=0.5, norm="l2", steps=5,
+                                                              loss="dlr", seed=7), autograph=False)
+    np.testing.assert_array_equal(run(x, y).numpy(), run(x, y).numpy())
+
+
+def test_top_wrong_classes_skip_the_label():
+    logits = tf.constant([[5.0, 4.0, 1.0, 3.0], [0.0, 1.0, 2.0, 9.0]])
+    assert apgd_module.top_wrong_classes(logits, tf.constant([0, 3]), 2).numpy().tolist() == [[1, 3], [2, 1]]
+
+
+def test_dlr_losses_refuse_too_few_classes():
+    x = tf.fill([2, 2, 2, 1], 0.5)
+    three = lambda images: tf.reshape(images, [2, 4])[:, :3]  # noqa: E731
+    two = lambda images: tf.reshape(images, [2, 4])[:, :2]  # noqa: E731
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        apgd_module.apgd_targeted(three, x, [0, 1], eps=0.1, steps=2)
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        apgd_module.apgd(three, x, [0, 1], eps=0.1, steps=2, loss="dlr", targets=[1, 2])
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        apgd_module.apgd(two, x, [0, 1], eps=0.1, steps=2, loss="dlr")
+    apgd_module.apgd(three, x, [0, 1], eps=0.1, steps=2, loss="dlr")  # 3 classes are enough untargeted
+
+
+def test_bad_arguments_are_refused():
+    x = tf.fill([2, 2, 2, 1], 0.5)
+    fn = lambda images: tf.reshape(images, [2, 4])  # noqa: E731
+    with pytest.raises(ValueError, match="linf or l2"):
+        apgd_module.apgd(fn, x, [0, 1], eps=0.1, norm="l1")
+    with pytest.raises(ValueError, match="steps"):
+        apgd_module.apgd(fn, x, [0, 1], eps=0.1, steps=0)
+    with pytest.raises(ValueError, match="unknown attack loss"):
+        apgd_module.apgd(fn, x, [0, 1], eps=0.1, loss="hinge")
+    with pytest.raises(ValueError, match="num_targets"):
+        apgd_module.apgd_targeted(fn, x, [0, 1], eps=0.1, num_targets=0)
+
+
+def test_agrees_with_art_auto_projected_gradient_descent(natural_mlp, batch):
+    pytest.importorskip("art")
+    import keras
+    from art.attacks.evasion import AutoProjectedGradientDescent
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    x, y = batch
+    fn = _logits_fn(natural_mlp)
+    classifier = TensorFlowV2Classifier(model=lambda images, training=False: fn(images), nb_classes=10,
+                                        input_shape=(8, 8, 1), clip_values=(0.0, 1.0),
+                                        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True))
+    reference = AutoProjectedGradientDescent(classifier, norm=np.inf, eps=EPS, eps_step=2 * EPS, max_iter=100,
+                                             nb_random_init=1, batch_size=len(y), loss_type="cross_entropy",
+                                             verbose=False).generate(x, y)
+    ours = tf.function(lambda images, labels: apgd_module.apgd(fn, images, labels, eps=EPS, seed=0))(x, y)
+    # ART keeps only its final iterate; APGD here also keeps misclassified points met on the way
+    assert accuracy(natural_mlp, ours, y) <= accuracy(natural_mlp, reference, y) + 0.02

@@ -1,0 +1,297 @@
+"""Auto-PGD (Croce & Hein, 2020): APGD-CE / APGD-DLR and APGD-T on the targeted DLR loss.
+
+"Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks", Alg. 1:
+
+    x(1) = P(x(0) + eta grad f(x(0)))                                        first step, no momentum
+    z(k+1) = P(x(k) + eta grad f(x(k)))
+    x(k+1) = P(x(k) + alpha (z(k+1) - x(k)) + (1 - alpha)(x(k) - x(k-1)))    alpha = 0.75
+    x_max, f_max track the highest objective; at each checkpoint w_j the step size eta (initially 2 eps) is
+    halved, and the iterate restarts from x_max, if
+      Condition 1: sum_{i=w_{j-1}}^{w_j-1} 1[f(x(i+1)) > f(x(i))] < rho (w_j - w_{j-1}), or
+      Condition 2: eta(w_{j-1}) == eta(w_j) and f_max(w_{j-1}) == f_max(w_j).
+    Checkpoints w_j = ceil(p_j N) with p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06).
+
+Everything per example is a [B] tensor (step size, counters, flags) and the iterations run in a
+`tf.while_loop`, so callers can wrap the attack in `tf.function` (or call it from a Keras train_step compiled
+without AutoGraph). The checkpoint schedule depends only on the Python int `steps` and is computed in Python.
+
+Readings (where the paper and the reference code differ or are silent):
+- P is the projection onto the eps-ball followed by clipping to [0,1] (exact for l-inf; for l2 the usual
+  ball-then-box approximation, as in the reference code).
+- Random start as in the reference code: a uniform (l-inf) or Gaussian (l2) direction scaled onto the
+  eps-sphere, clipped to [0,1].
+- `steps` gradient steps (one gradient evaluation each, plus one at the start); the checkpoint test for w_j
+  runs right after x(w_j) is computed and counts exactly the paper's window of w_j - w_{j-1} comparisons.
+  After a restart from x_max, the "previous" objective of the next comparison is f_max (the objective of the
+  point the iterate now is), and the momentum term is x_max - x(k-1) as in the reference code.
+- Condition 2 follows the paper at the first checkpoint too (f_max(w_0) = f(x(0)), eta unchanged); the
+  reference code switches it off there. Condition 1 uses the paper's strict "<".
+- Success is misclassification (argmax != label), also for the targeted loss, as in AutoAttack: the run
+  returns, per example, the last misclassified iterate it met (the clean input if already misclassified),
+  otherwise the point of highest objective.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from fractions import Fraction
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from tfadv.attacks.losses import LOSS_NAMES, cw_margin, objective
+from tfadv.attacks.pgd import _per_example, clip_to_box, project, steepest_step
+
+APGD_NORMS = ("linf", "l2")
+MOMENTUM = 0.75
+INITIAL_STEP = 2.0  # eta(0) = 2 eps
+_FIRST_CHECKPOINT = Fraction(22, 100)
+_CHECKPOINT_DECREMENT = Fraction(3, 100)
+_MIN_CHECKPOINT_GAP = Fraction(6, 100)
+
+APGDRun = collections.namedtuple("APGDRun", [
+    "x_adv",            # [B, ...] last misclassified point met (or clean x if misclassified), else x_best
+    "x_best",           # [B, ...] point of highest objective
+    "loss_best",        # [B] f_max
+    "found",            # [B] bool: a misclassified point was found
+    "step_size",        # [B] final step size eta
+    "step_size_trace",  # [steps, B] step size used by each step
+])
+
+
+def checkpoint_fractions():
+    """p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), all p_j <= 1 (exact fractions)."""
+    fractions = [Fraction(0), _FIRST_CHECKPOINT]
+    while True:
+        gap = max(fractions[-1] - fractions[-2] - _CHECKPOINT_DECREMENT, _MIN_CHECKPOINT_GAP)
+        if fractions[-1] + gap > 1:
+            return fractions
+        fractions.append(fractions[-1] + gap)
+
+
+def checkpoints(steps: int):
+    """The checkpoint iterations w_j = ceil(p_j * steps), w_0 = 0 first, duplicates (tiny `steps`) dropped."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive Python int, got {steps!r}")
+    values = []
+    for p in checkpoint_fractions():
+        w = math.ceil(p * steps)  # exact: p is a Fraction
+        if not values or w > values[-1]:
+            values.append(w)
+    return values
+
+
+def _window_lengths(steps):
+    """lengths[k] = w_j - w_{j-1} if step k is a checkpoint w_j (j >= 1), else 0; k = 0..steps."""
+    lengths = [0] * (steps + 1)
+    marks = checkpoints(steps)
+    for previous, current in zip(marks[:-1], marks[1:]):
+        lengths[current] = current - previous
+    return lengths
+
+
+def should_halve(increases, window, rho, halved_last, loss_best, loss_best_last):
+    """Per example [B] bool: Condition 1 or Condition 2 at a checkpoint closing a window of `window` steps.
+
+    increases: [B] count of f(x(i+1)) > f(x(i)) in the window; halved_last: eta was halved at the previous
+    checkpoint; loss_best / loss_best_last: f_max now and at the previous checkpoint.
+    """
+    window = tf.cast(window, tf.float32)
+    condition_1 = tf.cast(increases, tf.float32) < rho * window
+    condition_2 = tf.logical_not(halved_last) & (loss_best <= loss_best_last)
+    return condition_1 | condition_2
+
+
+def _random_start(x, eps, norm, seed):
+    """x + eps * t / ||t|| (t uniform in [-1,1]^d for l-inf, Gaussian for l2), clipped to [0,1]."""
+    shape = tf.shape(x)
+    if norm == "linf":
+        t = (tf.random.uniform(shape, -1.0, 1.0) if seed is None
+             else tf.random.stateless_uniform(shape, seed, -1.0, 1.0))
+        size = tf.reduce_max(tf.abs(tf.reshape(t, [shape[0], -1])), axis=1)
+    else:
+        t = tf.random.normal(shape) if seed is None else tf.random.stateless_normal(shape, seed)
+        size = tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(t, [shape[0], -1])), axis=1))
+    delta = eps * t / _per_example(size + 1e-12, x)
+    return x + clip_to_box(x, delta)
+
+
+def _check(norm, loss, steps, restarts, rho):
+    if norm not in APGD_NORMS:
+        raise ValueError(f"APGD supports norm {' or '.join(APGD_NORMS)}, got {norm!r}")
+    if loss not in LOSS_NAMES:
+        raise ValueError(f"unknown attack loss {loss!r}; valid: {', '.join(LOSS_NAMES)}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive Python int, got {steps!r}")
+    if not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts must be at least 1, got {restarts!r}")
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho must be in (0, 1], got {rho!r}")
+
+
+def _evaluate(logits_fn, x, labels, loss, targets):
+    """(objective [B] float32, d objective / d x, misclassified [B])."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = logits_fn(x)
+        values = objective(loss, logits, labels, targets)
+        total = tf.reduce_sum(values)
+    gradient = tape.gradient(total, x)
+    if gradient is None:  # no gradient path to the input: zero steps (the step size then halves)
+        gradient = tf.zeros_like(x)
+    wrong = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
+    return values, tf.cast(gradient, tf.float32), wrong
+
+
+def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=100, rho=0.75, targets=None,
+             seed=None, clean_wrong=None) -> APGDRun:
+    """One APGD run from a random start (Algorithm 1), with its diagnostics; see `apgd` for the attack.
+
+    `seed` is None (stateful random start) or a shape-[2] int seed for a stateless one. `clean_wrong` ([B]
+    bool) marks examples the clean input already misclassifies: they keep `x` unless another misclassified
+    point is met.
+    """
+    _check(norm, loss, steps, 1, rho)
+    x = tf.convert_to_tensor(x, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    targets = None if targets is None else tf.cast(targets, tf.int32)
+    batch = tf.shape(x)[0]
+    eps = tf.cast(eps, tf.float32)
+
+    def feasible(point):
+        return x + clip_to_box(x, project(point - x, eps, norm))
+
+    x_start = _random_start(x, eps, norm, seed)
+    loss_start, grad_start, wrong_start = _evaluate(logits_fn, x_start, labels, loss, targets)
+    if clean_wrong is None:
+        found, x_found = wrong_start, x_start
+    else:
+        clean_wrong = tf.cast(clean_wrong, tf.bool)
+        found = clean_wrong | wrong_start
+        x_found = tf.where(_per_example(wrong_start, x), x_start, x)
+    eta = tf.fill([batch], INITIAL_STEP) * eps
+    window_table = tf.constant(_window_lengths(steps), tf.int32)
+
+    def body(k, state):
+        (x_cur, x_prev, grad, loss_cur, eta, x_best, loss_best, grad_best, increases, halved_last,
+         loss_best_last, x_found, found, trace) = state
+        trace = trace.write(k - 1, eta)
+        z = feasible(x_cur + steepest_step(grad, _per_example(eta, x), norm))
+        alpha = tf.where(k == 1, 1.0, MOMENTUM)  # the first step has no momentum
+        x_new = feasible(x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev))
+        loss_new, grad_new, wrong = _evaluate(logits_fn, x_new, labels, loss, targets)
+
+        increases = increases + tf.cast(loss_new > loss_cur, tf.int32)
+        improved = loss_new > loss_best
+        x_best = tf.where(_per_example(improved, x), x_new, x_best)
+        grad_best = tf.where(_per_example(improved, x), grad_new, grad_best)
+        loss_best = tf.where(improved, loss_new, loss_best)
+        x_found = tf.where(_per_example(wrong, x), x_new, x_found)
+        found = found | wrong
+
+        window = tf.gather(window_table, k)
+        at_checkpoint = tf.fill([batch], window > 0)
+        halve = at_checkpoint & should_halve(increases, window, rho, halved_last, loss_best, loss_best_last)
+        eta = tf.where(halve, eta / 2.0, eta)
+        restart = _per_example(halve, x)
+        x_next = tf.where(restart, x_best, x_new)
+        grad_next = tf.where(restart, grad_best, grad_new)
+        loss_next = tf.where(halve, loss_best, loss_new)
+        halved_last = tf.where(at_checkpoint, halve, halved_last)
+        loss_best_last = tf.where(at_checkpoint, loss_best, loss_best_last)
+        increases = tf.where(at_checkpoint, tf.zeros_like(increases), increases)
+        return k + 1, (x_next, x_cur, grad_next, loss_next, eta, x_best, loss_best, grad_best, increases,
+                       halved_last, loss_best_last, x_found, found, trace)
+
+    state = (x_start, x_start, grad_start, loss_start, eta, x_start, loss_start, grad_start,
+             tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool), loss_start, x_found, found,
+             tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None])))
+    _, state = tf.while_loop(lambda k, _: k <= steps, body, (tf.constant(1), state), parallel_iterations=1)
+    (_, _, _, _, eta, x_best, loss_best, _, _, _, _, x_found, found, trace) = state
+    x_adv = tf.where(_per_example(found, x), x_found, x_best)
+    return APGDRun(x_adv, x_best, loss_best, found, eta, trace.stack())
+
+
+def _stateless_seed(seed, salt):
+    return None if seed is None else tf.constant([seed, salt], tf.int64)
+
+
+def _keep_worst(logits_fn, labels, candidate, value_fn, best):
+    """Merges `candidate` into `best` = (x, value, won): first success wins, else the highest value."""
+    logits = logits_fn(candidate)
+    won = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
+    value = value_fn(tf.cast(logits, tf.float32))
+    if best is None:
+        return candidate, value, won
+    best_x, best_value, best_won = best
+    better = (won & ~best_won) | ((won == best_won) & (value > best_value))
+    return (tf.where(_per_example(better, candidate), candidate, best_x), tf.where(better, value, best_value),
+            best_won | won)
+
+
+def _misclassified(logits_fn, x, labels):
+    return tf.not_equal(tf.argmax(logits_fn(x), axis=-1, output_type=tf.int32), labels)
+
+
+def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=100, restarts=1, rho=0.75,
+         targets=None, seed: Optional[int] = None):
+    """APGD on `loss` ("ce": APGD-CE, "dlr": APGD-DLR, "cw"); with `targets`, the targeted version (with
+    loss="dlr" the targeted DLR loss of APGD-T, which needs at least 4 classes; untargeted DLR needs 3).
+
+    Returns adversarial inputs inside the eps-ball (`norm` "linf" or "l2") and [0,1]. Over `restarts` random
+    starts an example keeps the first misclassified point, else the one with the highest objective. `seed`
+    (an int) makes the random starts reproducible.
+    """
+    _check(norm, loss, steps, restarts, rho)
+    x = tf.convert_to_tensor(x, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    clean_wrong = _misclassified(logits_fn, x, labels)
+    best = None
+    for restart in range(restarts):
+        run = apgd_run(logits_fn, x, labels, eps=eps, norm=norm, loss=loss, steps=steps, rho=rho,
+                       targets=targets, seed=_stateless_seed(seed, restart), clean_wrong=clean_wrong)
+        if restarts == 1:
+            return run.x_adv
+        best = _keep_worst(logits_fn, labels, run.x_adv,
+                           lambda logits: objective(loss, logits, labels, targets), best)
+    return best[0]
+
+
+def top_wrong_classes(logits, labels, count):
+    """[B, count] the `count` highest-scoring wrong classes by logit, highest first."""
+    logits = tf.cast(logits, tf.float32)
+    mask = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
+    masked = tf.where(mask, tf.fill(tf.shape(logits), -float("inf")), logits)
+    return tf.math.top_k(masked, k=count).indices
+
+
+def apgd_targeted(logits_fn: Callable, x, labels, *, eps, norm="linf", steps=100, num_targets=9, restarts=1,
+                  rho=0.75, seed: Optional[int] = None):
+    """APGD-T: APGD on the targeted DLR loss, once for each of the top-`num_targets` wrong classes by clean
+    logit (K - 1 when there are fewer), each run starting from the clean input.
+
+    Per example the first target (in that order) whose run misclassifies wins; unsuccessful examples keep
+    the point with the highest untargeted CW margin over the targets. Needs at least 4 classes.
+    """
+    _check(norm, "dlr", steps, restarts, rho)
+    if not isinstance(num_targets, int) or num_targets < 1:
+        raise ValueError(f"num_targets must be a positive int, got {num_targets!r}")
+    x = tf.convert_to_tensor(x, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    clean_logits = logits_fn(x)
+    num_classes = clean_logits.shape[-1]
+    if num_classes is None:
+        raise ValueError("APGD-T needs a static number of classes (the last dimension of the logits)")
+    if num_classes < 4:
+        raise ValueError(f"APGD-T uses the targeted DLR loss, which needs at least 4 classes, got {num_classes}")
+    clean_wrong = tf.not_equal(tf.argmax(clean_logits, axis=-1, output_type=tf.int32), labels)
+    candidates = top_wrong_classes(clean_logits, labels, min(num_targets, num_classes - 1))
+    best = None
+    for index in range(candidates.shape[1]):
+        for restart in range(restarts):
+            run = apgd_run(logits_fn, x, labels, eps=eps, norm=norm, loss="dlr", steps=steps, rho=rho,
+                           targets=candidates[:, index], seed=_stateless_seed(seed, index * restarts + restart),
+                           clean_wrong=clean_wrong)
+            best = _keep_worst(logits_fn, labels, run.x_adv, lambda logits: cw_margin(logits, labels), best)
+    return best[0]
