@@ -4,7 +4,7 @@
       --output_dir=runs/digits-cossat
 
 On training examples, untargeted PGD-CE examples against SSAT are the negatives and targeted ones (PGD on the
-CW margin and on the targeted DLR loss, toward the most confusing class) the positives; per metric an ROC
+CW margin toward the most confusing class, and APGD-T) the positives; per metric an ROC
 curve (plots/detector_roc.png) and the paper's Table 7 columns (calibration.json, calibration.md); the chosen
 threshold(s) in detector.json; what clean test images do in metrics.json; the serving graph in saved_model/1.
 """
@@ -68,7 +68,7 @@ def main(argv):
 
     x_cal, y_cal = data.take(splits.train, FLAGS.calibration_examples)
     print(f"calibrating on {len(y_cal)} training examples: PGD-{FLAGS.calibration_steps} at eps {eps:.4f} "
-          "(untargeted CE = negatives; targeted CW and DLR toward the most confusing class = positives)")
+          "(untargeted CE = negatives; targeted CW toward the most confusing class and APGD-T = positives)")
     positive, negative = cossat.calibration_examples(ssat_network, x_cal, y_cal, eps, FLAGS.calibration_steps)
     detector, report = cossat.calibrate(positive, negative, FLAGS.detector_mode, FLAGS.min_recall)
 

@@ -254,25 +254,25 @@ def load_run_network(run_dir: str, weights: str = "final"):
 
 
 def calibration_examples(ssat_network, x, y, eps, steps, batch_size=256):
-    """SSAT logits on untargeted PGD-CE examples (negatives) and on targeted examples toward the most
-    confusing class — PGD on the CW margin and PGD on the targeted DLR loss (positives)."""
+    """SSAT logits on untargeted PGD-CE examples (negatives) and on targeted ones (positives): PGD on the CW
+    margin toward the most confusing class, and APGD-T (targeted DLR over the top wrong classes; needs >= 4
+    classes))."""
     from tfadv import attacks
 
     logits_fn = lambda images: ssat_network(images, training=False)  # noqa: E731  attacks see inference BN
     step = eps / 4
+    num_classes = int(ssat_network.output_shape[-1])
 
     @tf.function(reduce_retracing=True)
     def run(images, labels):
         clean = logits_fn(images)
         target = attacks.most_confusing(clean, labels)
         untargeted = attacks.pgd(logits_fn, images, labels, eps=eps, step_size=step, steps=steps, loss="ce")
-        outputs = [logits_fn(untargeted)]
-        for loss in ("cw", "dlr"):
-            if loss == "dlr" and clean.shape[-1] is not None and clean.shape[-1] < 4:
-                continue
-            targeted = attacks.pgd(logits_fn, images, labels, eps=eps, step_size=step, steps=steps, loss=loss,
-                                   targets=target)
-            outputs.append(logits_fn(targeted))
+        targeted = attacks.pgd(logits_fn, images, labels, eps=eps, step_size=step, steps=steps, loss="cw",
+                               targets=target)
+        outputs = [logits_fn(untargeted), logits_fn(targeted)]
+        if num_classes >= 4:
+            outputs.append(logits_fn(attacks.apgd_targeted(logits_fn, images, labels, eps=eps, steps=steps)))
         return outputs
 
     negative, positive = [], []
