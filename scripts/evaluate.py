@@ -17,7 +17,7 @@ from absl import app, flags  # noqa: E402
 
 from tfadv import data, evaluation, export  # noqa: E402
 from tfadv.evaluation import audit as audit_lib  # noqa: E402
-from tfadv.evaluation import cossat_protocols, landscape  # noqa: E402
+from tfadv.evaluation import cossat_protocols, diagnostics as linear, landscape  # noqa: E402
 
 SUITES = {
     "standard": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "pgd20_l2"],
@@ -25,7 +25,7 @@ SUITES = {
     "full": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "dlr100", "pgd50_r5", "apgd_ce", "apgd_t", "pgd20_l2",
              "pgd20_l1"],
 }
-DIAGNOSTICS = ("gradients", "lipschitz", "linearity", "landscape", "confidence", "sweep")
+DIAGNOSTICS = ("eps_l", "gradients", "lipschitz", "linearity", "landscape", "confidence", "sweep")
 
 cli.define_train_flags()  # so that a training flagfile can be passed as it is
 flags.DEFINE_string("model_dir", None, "a SavedModel directory or a tfadv run directory")
@@ -52,6 +52,15 @@ FLAGS = flags.FLAGS
 def run_diagnostics(names, logits_fn, x, y, eps, plots):
     """The requested geometry diagnostics (tfadv.evaluation.landscape); PNGs into `plots`."""
     out = {}
+    if "eps_l" in names:
+        result = linear.linear_robustness(logits_fn, x, y, eps)
+        linear.plot_linear_robustness(result, os.path.join(plots, "linear_robustness.png"))
+        result.pop("per_example")
+        out["eps_l"] = result
+        print(f"linear robustness estimate (paper 004 Eq. 4): predicted {result['predicted_robust_accuracy']:.4f}, "
+              f"FGSM-CE {result['fgsm_ce_accuracy']:.4f}, FGSM-CW {result['fgsm_cw_accuracy']:.4f}; median eps_L "
+              f"{result['eps_l']['median']}, logit gap {result['logit_gap']['median']:.4g}, gradient gap "
+              f"{result['gradient_gap']['median']:.4g}, coherence {result['coherence']['median']:.3f}")
     if "gradients" in names:
         out["gradients"] = landscape.gradient_magnitudes(logits_fn, x, y)
         print("input-gradient L1 norms:", json.dumps(out["gradients"]))
