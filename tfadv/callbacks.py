@@ -213,3 +213,106 @@ def atomic_write(path: str, text: str):
     with open(tmp, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
+
+
+def recompute_batchnorm(network, batches) -> int:
+    """Sets every BatchNorm layer's moving mean/variance to the average of its batch statistics over one pass
+    of `batches` (an iterable of image batches or (images, labels) pairs) — the statistics of the current
+    weights, as SWA needs. Runs eagerly so each batch can use momentum k/(k+1) (a running average with equal
+    weights); the layers' momentum is restored afterwards. Returns the number of batches used."""
+    layers = [layer for layer in network._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    saved = [layer.momentum for layer in layers]
+    count = 0
+    try:
+        for batch in batches:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            for layer in layers:
+                layer.momentum = count / (count + 1.0)
+            network(tf.convert_to_tensor(images, tf.float32), training=True)
+            count += 1
+    finally:
+        for layer, momentum in zip(layers, saved):
+            layer.momentum = momentum
+    return count
+
+
+class StochasticWeightAveraging(keras.callbacks.Callback):
+    """SWA (paper 001 Eq. 2) as tfadv's own callback: from epoch `start_epoch` (1-based, the first epoch whose
+    weights are averaged) an equal-weight running average of the trainable weights, once per epoch.
+    `mode="iswa"` continues training from the average (paper 001 App. A1.6). BatchNorm statistics are not
+    averaged but recomputed for the averaged weights on one pass of clean `bn_data` whenever the average is
+    put into the network (`swap_in`, `apply_average`). The average is part of the resumable checkpoint
+    through `state()`.
+    """
+
+    def __init__(self, network, start_epoch: int, mode: str = "swa", bn_data=None):
+        super().__init__()
+        if mode not in ("swa", "iswa"):
+            raise ValueError(f"swa_mode must be swa or iswa, got {mode!r}")
+        if start_epoch < 1:
+            raise ValueError(f"swa_start_epoch must be at least 1, got {start_epoch}")
+        self.network = network
+        self.start_epoch = int(start_epoch)
+        self.mode = mode
+        self.bn_data = bn_data
+        self.tracker = tf.Module()
+        self.tracker.average = [tf.Variable(tf.cast(v, tf.float32), trainable=False, name="swa_average")
+                                for v in network.trainable_variables]
+        self.tracker.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="swa_count")
+        self._raw = None
+
+    def state(self):
+        return {"swa": self.tracker}
+
+    @property
+    def count(self) -> int:
+        return int(self.tracker.count.numpy())
+
+    def update_average(self):
+        n = float(self.count)
+        for average, variable in zip(self.tracker.average, self.network.trainable_variables):
+            average.assign((average * n + tf.cast(variable, tf.float32)) / (n + 1.0))
+        self.tracker.count.assign_add(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 < self.start_epoch:
+            return
+        self.update_average()
+        if self.mode == "iswa":
+            self._assign_average()
+        if logs is not None:
+            logs["swa_count"] = float(self.count)
+
+    def _assign_average(self):
+        for average, variable in zip(self.tracker.average, self.network.trainable_variables):
+            variable.assign(tf.cast(average, variable.dtype))
+
+    def _recompute_bn(self):
+        if self.bn_data is not None:
+            recompute_batchnorm(self.network, self.bn_data)
+
+    def swap_in(self):
+        """Puts the averaged weights (with recomputed BatchNorm statistics) into the network; `swap_out`
+        restores the raw weights and statistics exactly."""
+        if self.count == 0:
+            return False
+        self._raw = [v.numpy().copy() for v in self.network.weights]
+        self._assign_average()
+        self._recompute_bn()
+        return True
+
+    def swap_out(self):
+        if self._raw is not None:
+            for variable, value in zip(self.network.weights, self._raw):
+                variable.assign(value)
+            self._raw = None
+
+    def apply_average(self) -> bool:
+        """Leaves the averaged weights and recomputed BatchNorm statistics in the network (end of training)."""
+        if self.count == 0:
+            return False
+        self._assign_average()
+        self._recompute_bn()
+        return True

@@ -90,6 +90,9 @@ def define_train_flags():
     f.DEFINE_boolean("ssat_boundary_split", d.ssat_boundary_split,
                      "ssat: hard labels for misclassified perturbed points (off = smooth every point)")
     f.DEFINE_boolean("ssat_adaptive", d.ssat_adaptive, "ssat: lambda falls with ||delta|| (off = constant lambda1)")
+    f.DEFINE_boolean("swa", d.swa, "stochastic weight averaging (paper 001): evaluation and export use the average")
+    f.DEFINE_integer("swa_start_epoch", d.swa_start_epoch, "first epoch averaged (0: 5 after the first LR decay)")
+    f.DEFINE_string("swa_mode", d.swa_mode, "swa, or iswa (training continues from the average, paper 001 A1.6)")
     f.DEFINE_string("kd_adv_teacher", d.kd_adv_teacher, "distillation: the robust self-teacher (a tfadv run dir or "
                     "a SavedModel) — paper 001")
     f.DEFINE_string("kd_std_teacher", d.kd_std_teacher, "distillation: the standard (naturally trained) teacher")

@@ -68,6 +68,9 @@ class TrainConfig:
     ssat_step_size: float = 0.0
     ssat_boundary_split: bool = True
     ssat_adaptive: bool = True
+    swa: bool = False
+    swa_start_epoch: int = 0
+    swa_mode: str = "swa"
     kd_adv_teacher: str = ""
     kd_std_teacher: str = ""
     kd_temperature: float = 2.0
@@ -114,6 +117,14 @@ class TrainConfig:
                                      steps=self.attack_steps, norm=self.norm, random_start=random_start,
                                      bn_mode=self.attack_bn_mode)
 
+    def swa_start(self) -> int:
+        """--swa_start_epoch, or 5 epochs after the first LR decay (paper 001's code), or 3/4 of the run."""
+        if self.swa_start_epoch:
+            return self.swa_start_epoch
+        if self.lr_schedule == "piecewise" and self.lr_decay_epochs:
+            return min(min(self.lr_decay_epochs) + 5, self.epochs)
+        return max(1, (3 * self.epochs) // 4)
+
     def ssat_config(self) -> training.SSATConfig:
         return training.SSATConfig(self.ssat_replays, self.ssat_gamma, self.ssat_lambda0, self.ssat_lambda1,
                                    self.ssat_target_beta, self.ssat_boundary_split, self.ssat_adaptive)
@@ -153,6 +164,9 @@ class TrainConfig:
             raise ConfigError("ssat_gamma", f"must be in [0, 1], got {self.ssat_gamma}")
         if self.defense == "ssat" and self.ls_method != "none":
             raise ConfigError("ls_method", "SSAT builds its own adaptive labels; --ls_method does not apply")
+        _one_of("swa_mode", self.swa_mode, ("swa", "iswa"))
+        if self.swa_start_epoch < 0 or self.swa_start_epoch > self.epochs:
+            raise ConfigError("swa_start_epoch", f"must be in 1..{self.epochs} (0 = automatic), got {self.swa_start_epoch}")
         if self.kd_adv_teacher or self.kd_std_teacher:
             if self.defense not in ("pgd", "trades", "fgsm_rs", "natural"):
                 raise ConfigError("kd_adv_teacher", f"distillation works with pgd, trades, fgsm_rs and natural, "

@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfadv import data, evaluation, export, models, training
-from tfadv.callbacks import (EpochLog, ResumableCheckpoint, RobustValidation, atomic_write, make_schedule,
-                             schedule_curve)
+from tfadv.callbacks import (EpochLog, ResumableCheckpoint, RobustValidation, StochasticWeightAveraging,
+                             atomic_write, make_schedule, schedule_curve)
 from tfadv.config import ConfigError, TrainConfig
 
 FLAGS_FILE = "flags.txt"
@@ -303,8 +303,14 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     eps = spec.to_fraction(config.eps)
     validation = RobustValidation(network, val_arrays, pgd_accuracy_fn(eps, config.val_attack_steps, config.norm),
                                   os.path.join(checkpoints, "best.weights.h5"), config.val_every, log=log)
+    swa = None
+    if config.swa:
+        # BatchNorm statistics for the averaged weights come from one pass over clean training images.
+        bn_data = data.eval_pipeline(splits.train, config.batch_size).map(lambda images, labels: images)
+        swa = StochasticWeightAveraging(network, config.swa_start(), config.swa_mode, bn_data)
+        log(f"SWA ({config.swa_mode}) from epoch {config.swa_start()}")
     resume = ResumableCheckpoint(os.path.join(checkpoints, "resume"), network, optimizer,
-                                 {**trainer.extra_state(), **validation.state()})
+                                 {**trainer.extra_state(), **validation.state(), **(swa.state() if swa else {})})
     initial_epoch = resume.restore()
     if initial_epoch >= config.epochs:
         log(f"all {config.epochs} epochs were already trained; finishing the run")
@@ -320,6 +326,7 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     callbacks = [
         EpochLog(steps * config.batch_size, log=log),
         validation,
+        *([swa] if swa else []),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"), write_graph=False, profile_batch=0),
@@ -332,6 +339,8 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
                     callbacks=callbacks, verbose=progress, shuffle=False)
     if trainer.stop_training and not np.isfinite(_last_loss(out)):
         raise RunError(f"training diverged (loss is not finite); see {out}/history.csv. Lower --lr?")
+    if swa is not None and swa.apply_average():
+        log(f"SWA: evaluating and exporting the average of {swa.count} epochs (BatchNorm recomputed)")
     network.save_weights(os.path.join(checkpoints, "final.weights.h5"))
 
     # Final numbers on the test split with PGD-{eval_attack_steps} at the run's eps.
@@ -344,7 +353,8 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
         "defense": config.defense, "dataset": config.dataset, "model": config.model,
         "eps": eps, "eps_levels": config.eps, "norm": config.norm,
         "final": {"epoch": config.epochs, "clean_accuracy": final_clean, "robust_accuracy": final_robust,
-                  "robust_attack": attack_name, "num_examples": int(len(test_y))},
+                  "robust_attack": attack_name, "num_examples": int(len(test_y)),
+                  "weights": f"SWA average of {swa.count} epochs" if swa is not None and swa.count else "last epoch"},
     }
     best_path = os.path.join(checkpoints, "best.weights.h5")
     if os.path.exists(best_path):
