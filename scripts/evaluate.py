@@ -23,7 +23,7 @@ SUITES = {
     "standard": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "pgd20_l2"],
     # full = standard + the sweeps (and transfer attacks when --source_model is given)
     "full": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "dlr100", "pgd50_r5", "apgd_ce", "apgd_t", "pgd20_l2",
-             "pgd20_l1"],
+             "pgd20_l1", "deepfool_l2", "deepfool_linf"],
 }
 DIAGNOSTICS = ("eps_l", "gradients", "lipschitz", "linearity", "landscape", "confidence", "sweep")
 
