@@ -40,6 +40,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from tfadv.attacks import rng
 from tfadv.attacks.losses import LOSS_NAMES, cw_margin, objective
 from tfadv.attacks.pgd import _per_example, clip_to_box, project, steepest_step
 
@@ -103,10 +104,17 @@ def should_halve(increases, window, rho, halved_last, loss_best, loss_best_last)
     return condition_1 | condition_2
 
 
-def _random_start(x, eps, norm, seed):
-    """x + eps * t / ||t|| (t uniform in [-1,1]^d for l-inf, Gaussian for l2), clipped to [0,1]."""
+def _random_start(x, eps, norm, seed, keys=None):
+    """x + eps * t / ||t|| (t uniform in [-1,1]^d for l-inf, Gaussian for l2), clipped to [0,1]; with `keys`
+    drawn per example (independent of batching)."""
     shape = tf.shape(x)
-    if norm == "linf":
+    if keys is not None:
+        t = (rng.uniform(keys, shape[1:], stream=0, minval=-1.0, maxval=1.0) if norm == "linf"
+             else rng.normal(keys, shape[1:], stream=1))
+        flat = tf.reshape(t, [shape[0], -1])
+        size = (tf.reduce_max(tf.abs(flat), axis=1) if norm == "linf"
+                else tf.sqrt(tf.reduce_sum(tf.square(flat), axis=1)))
+    elif norm == "linf":
         t = (tf.random.uniform(shape, -1.0, 1.0) if seed is None
              else tf.random.stateless_uniform(shape, seed, -1.0, 1.0))
         size = tf.reduce_max(tf.abs(tf.reshape(t, [shape[0], -1])), axis=1)
@@ -145,12 +153,12 @@ def _evaluate(logits_fn, x, labels, loss, targets):
 
 
 def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=100, rho=0.75, targets=None,
-             seed=None, clean_wrong=None) -> APGDRun:
+             seed=None, clean_wrong=None, keys=None) -> APGDRun:
     """One APGD run from a random start (Algorithm 1), with its diagnostics; see `apgd` for the attack.
 
     `seed` is None (stateful random start) or a shape-[2] int seed for a stateless one. `clean_wrong` ([B]
     bool) marks examples the clean input already misclassifies: they keep `x` unless another misclassified
-    point is met.
+    point is met. `keys` ([B] int64 per-example keys) overrides `seed` with a batch-independent start.
     """
     _check(norm, loss, steps, 1, rho)
     x = tf.convert_to_tensor(x, tf.float32)
@@ -162,7 +170,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
     def feasible(point):
         return x + clip_to_box(x, project(point - x, eps, norm))
 
-    x_start = _random_start(x, eps, norm, seed)
+    x_start = _random_start(x, eps, norm, seed, keys)
     loss_start, grad_start, wrong_start = _evaluate(logits_fn, x_start, labels, loss, targets)
     if clean_wrong is None:
         found, x_found = wrong_start, x_start
@@ -217,6 +225,10 @@ def _stateless_seed(seed, salt):
     return None if seed is None else tf.constant([seed, salt], tf.int64)
 
 
+def _fold(keys, stream):
+    return None if keys is None else rng.fold(keys, stream)
+
+
 def _keep_worst(logits_fn, labels, candidate, value_fn, best):
     """Merges `candidate` into `best` = (x, value, won): first success wins, else the highest value."""
     logits = logits_fn(candidate)
@@ -235,13 +247,14 @@ def _misclassified(logits_fn, x, labels):
 
 
 def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=100, restarts=1, rho=0.75,
-         targets=None, seed: Optional[int] = None):
+         targets=None, seed: Optional[int] = None, keys=None):
     """APGD on `loss` ("ce": APGD-CE, "dlr": APGD-DLR, "cw"); with `targets`, the targeted version (with
     loss="dlr" the targeted DLR loss of APGD-T, which needs at least 4 classes; untargeted DLR needs 3).
 
     Returns adversarial inputs inside the eps-ball (`norm` "linf" or "l2") and [0,1]. Over `restarts` random
     starts an example keeps the first misclassified point, else the one with the highest objective. `seed`
-    (an int) makes the random starts reproducible.
+    (an int) makes the random starts reproducible; `keys` ([B] int64, `rng.example_keys`) makes them
+    per-example and independent of batching.
     """
     _check(norm, loss, steps, restarts, rho)
     x = tf.convert_to_tensor(x, tf.float32)
@@ -250,7 +263,8 @@ def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=1
     best = None
     for restart in range(restarts):
         run = apgd_run(logits_fn, x, labels, eps=eps, norm=norm, loss=loss, steps=steps, rho=rho,
-                       targets=targets, seed=_stateless_seed(seed, restart), clean_wrong=clean_wrong)
+                       targets=targets, seed=_stateless_seed(seed, restart), clean_wrong=clean_wrong,
+                       keys=_fold(keys, restart))
         if restarts == 1:
             return run.x_adv
         best = _keep_worst(logits_fn, labels, run.x_adv,
@@ -267,7 +281,7 @@ def top_wrong_classes(logits, labels, count):
 
 
 def apgd_targeted(logits_fn: Callable, x, labels, *, eps, norm="linf", steps=100, num_targets=9, restarts=1,
-                  rho=0.75, seed: Optional[int] = None):
+                  rho=0.75, seed: Optional[int] = None, keys=None):
     """APGD-T: APGD on the targeted DLR loss, once for each of the top-`num_targets` wrong classes by clean
     logit (K - 1 when there are fewer), each run starting from the clean input.
 
@@ -292,6 +306,6 @@ def apgd_targeted(logits_fn: Callable, x, labels, *, eps, norm="linf", steps=100
         for restart in range(restarts):
             run = apgd_run(logits_fn, x, labels, eps=eps, norm=norm, loss="dlr", steps=steps, rho=rho,
                            targets=candidates[:, index], seed=_stateless_seed(seed, index * restarts + restart),
-                           clean_wrong=clean_wrong)
+                           clean_wrong=clean_wrong, keys=_fold(keys, index * restarts + restart))
             best = _keep_worst(logits_fn, labels, run.x_adv, lambda logits: cw_margin(logits, labels), best)
     return best[0]

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from tfadv.attacks import rng
 from tfadv.attacks.losses import objective
 
 NORMS = ("linf", "l2", "l1")
@@ -69,7 +70,7 @@ def project(delta, eps, norm):
         return tf.clip_by_value(delta, -eps, eps)
     if norm == "l2":
         size = _flat_norm(delta, "l2")
-        factor = tf.minimum(1.0, eps / (size + _TINY))
+        factor = tf.minimum(1.0, tf.reshape(eps, [-1]) / (size + _TINY))  # eps scalar or [B, 1, ...]
         return delta * _per_example(factor, delta)
     return _project_l1(delta, eps)
 
@@ -79,9 +80,15 @@ def clip_to_box(x, delta):
     return tf.clip_by_value(x + delta, 0.0, 1.0) - x
 
 
-def random_init(x, eps, norm, seed: Optional[int] = None):
-    """A uniform random point of the eps-ball (uniform per coordinate for l-inf; uniform radius^d for l2/l1)."""
+def random_init(x, eps, norm, seed: Optional[int] = None, keys=None):
+    """A uniform random point of the eps-ball (uniform per coordinate for l-inf; uniform radius^d for l2/l1).
+
+    With `keys` ([B] int64 per-example keys from `rng.example_keys`) every example draws its own numbers,
+    independent of the batch it is in; otherwise TensorFlow's stateful generator (with op `seed`) is used.
+    """
     _check_norm(norm)
+    if keys is not None:
+        return _keyed_init(x, eps, norm, keys)
     if norm == "linf":
         return tf.random.uniform(tf.shape(x), -eps, eps, dtype=tf.float32, seed=seed)
     dims = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32)
@@ -91,8 +98,22 @@ def random_init(x, eps, norm, seed: Optional[int] = None):
         direction = tf.random.uniform(tf.shape(x), 1e-7, 1.0, seed=seed)
         direction = -tf.math.log(direction) * tf.sign(tf.random.uniform(tf.shape(x), -1.0, 1.0))
     direction = direction / _per_example(_flat_norm(direction, norm) + _TINY, x)
-    radius = eps * tf.pow(tf.random.uniform([tf.shape(x)[0]], dtype=tf.float32), 1.0 / dims)
-    return direction * _per_example(radius, x)
+    radius = tf.pow(tf.random.uniform([tf.shape(x)[0]], dtype=tf.float32), 1.0 / dims)
+    return direction * _per_example(radius, x) * eps  # eps: a scalar or per example [B, 1, ...]
+
+
+def _keyed_init(x, eps, norm, keys):
+    shape = tf.shape(x)[1:]
+    if norm == "linf":
+        return rng.uniform(keys, shape, stream=0, minval=-eps, maxval=eps)
+    dims = tf.cast(tf.reduce_prod(shape), tf.float32)
+    if norm == "l2":
+        direction = rng.normal(keys, shape, stream=1)
+    else:
+        direction = -tf.math.log(1.0 - rng.uniform(keys, shape, stream=2)) * rng.sign(keys, shape, stream=3)
+    direction = direction / _per_example(_flat_norm(direction, norm) + _TINY, x)
+    radius = tf.pow(rng.uniform(keys, [], stream=4), 1.0 / dims)
+    return direction * _per_example(radius, x) * eps
 
 
 def steepest_step(gradient, step_size, norm, x_adv=None, l1_sparsity: float = 0.95):
@@ -140,9 +161,10 @@ def fgsm(logits_fn: Callable, x, labels, *, eps, loss="ce", targets=None, norm="
     return x + clip_to_box(x, delta)
 
 
-def _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, random_start, l1_sparsity):
+def _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, random_start, l1_sparsity,
+              keys=None):
     if random_start:
-        delta = clip_to_box(x, random_init(x, eps, norm))
+        delta = clip_to_box(x, random_init(x, eps, norm, keys=keys))
     else:
         delta = tf.zeros_like(x)
 
@@ -169,11 +191,12 @@ def success(logits, labels, targets=None):
 
 
 def pgd(logits_fn: Callable, x, labels, *, eps, step_size, steps, norm="linf", loss="ce", targets=None,
-        random_start=True, restarts=1, l1_sparsity=0.95):
+        random_start=True, restarts=1, l1_sparsity=0.95, keys=None):
     """Projected gradient descent (BIM without random start) with restarts keeping the worst case per example.
 
     Across restarts an example keeps the first successful perturbation; among unsuccessful ones, the one with
-    the highest objective.
+    the highest objective. `keys` ([B] int64, `rng.example_keys`) makes the random starts per-example and
+    independent of batching; restart r uses `rng.fold(keys, r)`.
     """
     _check_norm(norm)
     if restarts < 1:
@@ -181,9 +204,9 @@ def pgd(logits_fn: Callable, x, labels, *, eps, step_size, steps, norm="linf", l
     x = tf.convert_to_tensor(x, tf.float32)
     labels = tf.cast(labels, tf.int32)
     best = None
-    for _ in range(restarts):
+    for restart in range(restarts):
         candidate = _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, random_start,
-                              l1_sparsity)
+                              l1_sparsity, None if keys is None else rng.fold(keys, restart))
         if restarts == 1:
             return candidate
         logits = logits_fn(candidate)

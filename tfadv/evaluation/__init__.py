@@ -1,5 +1,7 @@
 """Evaluation: attack suites, robust accuracy with the worst case per example, reports."""
 
-from tfadv.evaluation.runner import AttackSpec, Evaluator, evaluate, format_table, parse_attack
+from tfadv.evaluation.runner import (AUTOATTACK, AttackSpec, Evaluator, at_budget, autoattack_specs, check_classes,
+                                     evaluate, format_markdown, format_table, parse_attack)
 
-__all__ = ["AttackSpec", "Evaluator", "evaluate", "format_table", "parse_attack"]
+__all__ = ["AUTOATTACK", "AttackSpec", "Evaluator", "at_budget", "autoattack_specs", "check_classes", "evaluate",
+           "format_markdown", "format_table", "parse_attack"]

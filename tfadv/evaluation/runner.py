@@ -4,35 +4,65 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import time
+import zlib
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tfadv import attacks
+from tfadv.attacks import rng
 
 _ATTACK_PATTERN = re.compile(
-    r"^(fgsm|pgd|cw|dlr|apgd_ce|apgd_dlr|apgd_t|deepfool)(\d+)?(?:_(linf|l2|l1))?(?:_r(\d+))?$")
+    r"^(fgsm|pgd|cw|dlr|apgd_ce|apgd_dlr|apgd_t|deepfool|square|fab_t)(\d+)?(?:_(linf|l2|l1))?(?:_r(\d+))?$")
+_CWL2_PATTERN = re.compile(r"^cwl2(?:_(\d+))?(?:_b(\d+))?$")
 APGD_DEFAULT_STEPS = 100
+FAB_DEFAULT_STEPS = 100
+SQUARE_DEFAULT_QUERIES = 5000
+CWL2_DEFAULT_STEPS = 1000
+CWL2_DEFAULT_SEARCH = 9
+# AutoAttack-standard (Croce & Hein, 2020): each attack on the points still robust, from the clean input.
+AUTOATTACK = ("apgd_ce", "apgd_t", "fab_t", "square")
+MIN_CLASSES = {"apgd_t": 4, "dlr": 3, "fab_t": 2}  # targeted DLR needs 4 classes, DLR 3
 
 
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
-    """One named attack. eps / step_size are fractions of the pixel range."""
+    """One named attack. eps / step_size are fractions of the pixel range.
+
+    `group`: attacks of one group (e.g. "autoattack") run in order, each only on the examples every earlier
+    attack of the group left robust; their robust accuracy is cumulative over the group.
+    """
 
     name: str
-    kind: str  # fgsm, pgd, apgd or apgd_t
+    kind: str  # fgsm, pgd, apgd, apgd_t, deepfool, square, fab_t or cwl2
     loss: str
     steps: int
     norm: str
     restarts: int
     eps: float
     step_size: float
+    search_steps: int = 0  # C&W binary-search steps
+    group: Optional[str] = None
     # Transfer attacks craft on this source model's logits and are evaluated on the target.
     source: Optional[Callable] = dataclasses.field(default=None, compare=False, repr=False)
 
-    def run(self, logits_fn, x, y):
+    @property
+    def min_classes(self) -> int:
+        if self.kind == "apgd_t":
+            return 4  # the targeted DLR loss
+        return 3 if self.loss == "dlr" else 2
+
+    @property
+    def compiled(self) -> bool:
+        # DeepFool stops examples one by one with Python control flow (its inner step is compiled)
+        return self.kind != "deepfool"
+
+    def run(self, logits_fn, x, y, keys=None):
+        """Adversarial images for (x, y); `keys` ([B] int64, `tfadv.attacks.rng.example_keys`) make the random
+        choices per example, so that results do not depend on batching."""
         if self.source is not None:
             logits_fn = self.source
         if self.kind == "fgsm":
@@ -42,26 +72,49 @@ class AttackSpec:
             from tfadv.attacks.deepfool import deepfool
 
             x_adv, norms = deepfool(logits_fn, x, y, norm=self.norm, max_iterations=self.steps)
-            within = norms <= self.eps * (1 + 1e-6)
-            return tf.where(tf.reshape(within, [-1] + [1] * (len(x.shape) - 1)), x_adv, x)
+            return at_budget(x, x_adv, norms, self.eps)
         if self.kind == "apgd":
             return attacks.apgd(logits_fn, x, y, eps=self.eps, norm=self.norm, loss=self.loss, steps=self.steps,
-                                restarts=self.restarts)
+                                restarts=self.restarts, keys=keys)
         if self.kind == "apgd_t":
             return attacks.apgd_targeted(logits_fn, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
-                                         restarts=self.restarts)
+                                         restarts=self.restarts, keys=keys)
+        if self.kind == "square":
+            from tfadv.attacks.square import square
+
+            return square(logits_fn, x, y, eps=self.eps, norm=self.norm, queries=self.steps, keys=keys)
+        if self.kind == "fab_t":
+            from tfadv.attacks.fab import fab_targeted
+
+            x_adv, norms = fab_targeted(logits_fn, x, y, norm=self.norm, steps=self.steps, restarts=self.restarts,
+                                        keys=keys)
+            return at_budget(x, x_adv, norms, self.eps)
+        if self.kind == "cwl2":
+            from tfadv.attacks.cw import carlini_wagner_l2
+
+            result = carlini_wagner_l2(logits_fn, x, y, steps=self.steps, binary_search_steps=self.search_steps)
+            return at_budget(x, result.x_adv, result.norms, self.eps)
         return attacks.pgd(logits_fn, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
-                           norm=self.norm, loss=self.loss, restarts=self.restarts, random_start=True)
+                           norm=self.norm, loss=self.loss, restarts=self.restarts, random_start=True, keys=keys)
+
+
+def at_budget(x, x_adv, norms, eps: float, tolerance: float = 1e-6):
+    """A minimum-norm attack scored at a budget: x_adv where its norm is within eps, else the clean x."""
+    within = norms <= eps * (1.0 + tolerance)
+    return tf.where(tf.reshape(within, [-1] + [1] * (len(x.shape) - 1)), x_adv, x)
 
 
 def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = None,
                  source: Optional[Callable] = None) -> AttackSpec:
     """`fgsm`, `pgd20`, `pgd100`, `cw20` (PGD on the CW margin), `dlr50`, `apgd_ce`, `apgd_dlr`, `apgd_t` (APGD-T
     on the targeted DLR loss over the top-9 wrong classes; 100 steps unless a count follows, e.g. `apgd_ce50`),
-    with optional `_l2` / `_l1` norm and
-    `_rN` restarts, e.g. `pgd20_l2`, `pgd50_r5`; `transfer_<attack>` crafts on `source` (a source model's
-    logits_fn) and is evaluated on the target. `eps` maps norm -> radius; PGD's default step size is eps/4
-    for l-inf (2/255 at 8/255) and 2.5 eps / steps for l2 and l1 (Madry et al.).
+    `fab_t` (FAB-T, 9 targets x 100 steps), `square` (Square, 5000 queries unless a count follows, e.g.
+    `square1000`), `deepfool`, `cwl2` (Carlini-Wagner L2: 9 binary-search steps x 1000 Adam steps;
+    `cwl2_200_b5` = 200 steps x 5 searches), with optional `_l2` / `_l1` norm and `_rN` restarts, e.g.
+    `pgd20_l2`, `pgd50_r5`; `transfer_<attack>` crafts on `source` (a source model's logits_fn) and is
+    evaluated on the target. `eps` maps norm -> radius; PGD's default step size is eps/4 for l-inf (2/255 at
+    8/255) and 2.5 eps / steps for l2 and l1 (Madry et al.). Minimum-norm attacks (deepfool, fab_t, cwl2)
+    count an example as broken when the perturbation they find is within eps.
     """
     name = name.strip()
     if name.startswith("transfer_"):
@@ -69,10 +122,16 @@ def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = 
             raise ValueError(f"attack {name!r} needs a source model (--source_model)")
         inner = parse_attack(name[len("transfer_"):], eps, step_size)
         return dataclasses.replace(inner, name=name, source=source)
+    cwl2 = _CWL2_PATTERN.match(name)
+    if cwl2:
+        steps, search = int(cwl2.group(1) or CWL2_DEFAULT_STEPS), int(cwl2.group(2) or CWL2_DEFAULT_SEARCH)
+        if steps < 1 or search < 1:
+            raise ValueError(f"attack {name!r}: steps and binary-search steps must be positive")
+        return AttackSpec(name, "cwl2", "cw", steps, "l2", 1, eps["l2"], 0.01, search_steps=search)
     match = _ATTACK_PATTERN.match(name)
     if not match:
-        raise ValueError(f"unknown attack {name!r}; use fgsm or pgdN / cwN / dlrN with optional _l2, _l1 and _rN, "
-                         f"e.g. fgsm,pgd20,pgd100,cw20,pgd20_l2")
+        raise ValueError(f"unknown attack {name!r}; use fgsm, pgdN / cwN / dlrN, apgd_ce, apgd_dlr, apgd_t, fab_t, "
+                         f"square, deepfool, cwl2 with optional _l2, _l1 and _rN, e.g. fgsm,pgd20,cw20,pgd20_l2")
     family, steps, norm, restarts = match.groups()
     norm = norm or "linf"
     radius = eps[norm]
@@ -80,13 +139,18 @@ def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = 
         if steps or restarts:
             raise ValueError(f"attack {name!r}: fgsm takes no step count or restarts")
         return AttackSpec(name, "fgsm", "ce", 1, norm, 1, radius, radius)
+    if family in ("deepfool", "square", "fab_t", "apgd_ce", "apgd_dlr", "apgd_t") and norm == "l1":
+        raise ValueError(f"attack {name!r}: {family} supports linf and l2")
     if family == "deepfool":
-        if norm == "l1":
-            raise ValueError(f"attack {name!r}: DeepFool supports l2 and linf")
         return AttackSpec(name, "deepfool", "margin", int(steps or 50), norm, 1, radius, radius)
+    if family == "square":
+        if restarts:
+            raise ValueError(f"attack {name!r}: square takes a query count, not restarts")
+        return AttackSpec(name, "square", "margin", int(steps or SQUARE_DEFAULT_QUERIES), norm, 1, radius, radius)
+    if family == "fab_t":
+        return AttackSpec(name, "fab_t", "margin", int(steps or FAB_DEFAULT_STEPS), norm, int(restarts or 1), radius,
+                          radius)
     if family.startswith("apgd"):
-        if norm == "l1":
-            raise ValueError(f"attack {name!r}: APGD supports linf and l2")
         kind = "apgd_t" if family == "apgd_t" else "apgd"
         loss = {"apgd_ce": "ce", "apgd_dlr": "dlr", "apgd_t": "dlr"}[family]
         # APGD sets its own step size (2 eps, halved at checkpoints)
@@ -103,11 +167,53 @@ def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = 
     return AttackSpec(name, "pgd", loss, steps, norm, int(restarts or 1), radius, step_size)
 
 
-def _batched(fn: Callable, x, y, batch_size: int):
-    outputs = []
-    for start in range(0, len(x), batch_size):
-        outputs.append(fn(tf.constant(x[start:start + batch_size]), tf.constant(y[start:start + batch_size])))
-    return np.concatenate([o.numpy() for o in outputs]) if outputs else np.zeros([0], bool)
+def autoattack_specs(eps: Dict[str, float], norm: str = "linf") -> list:
+    """AutoAttack-standard: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries), run as one
+    cascade (group "autoattack"), each attack from the clean input on the points still robust."""
+    suffix = "" if norm == "linf" else f"_{norm}"
+    group = "autoattack" if norm == "linf" else f"autoattack_{norm}"
+    return [dataclasses.replace(parse_attack(name + suffix, eps), group=group) for name in AUTOATTACK]
+
+
+def check_classes(specs: Sequence[AttackSpec], num_classes: int):
+    """Raises ValueError naming the attacks that need more classes than the model has."""
+    bad = [f"{s.name} (needs >= {s.min_classes})" for s in specs if num_classes < s.min_classes]
+    if bad:
+        raise ValueError(f"the model has {num_classes} classes, too few for: {', '.join(bad)}; the DLR loss needs 3 "
+                         f"classes and its targeted form (APGD-T) 4")
+
+
+def _salt(name: str) -> int:
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+class Progress:
+    """A one-line progress bar with ETA on stderr for long attacks (a line per 10 % when not a terminal)."""
+
+    def __init__(self, label: str, total: int, stream=None, enabled: bool = True):
+        self.label, self.total, self.done = label, max(total, 1), 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 0
+        self.start = time.time()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last_decile = -1
+
+    def update(self, count: int):
+        self.done += count
+        if not self.enabled:
+            return
+        fraction = min(self.done / self.total, 1.0)
+        elapsed = time.time() - self.start
+        eta = elapsed / fraction * (1 - fraction) if fraction > 0 else float("nan")
+        bar = "#" * int(fraction * 24)
+        line = f"{self.label}: [{bar:<24}] {self.done}/{self.total} {elapsed:.0f}s elapsed, ETA {eta:.0f}s"
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if fraction >= 1 else ""))
+            self.stream.flush()
+        elif int(fraction * 10) > self._last_decile and elapsed > 5:
+            self._last_decile = int(fraction * 10)
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
 
 class Evaluator:
@@ -115,65 +221,135 @@ class Evaluator:
 
     `logits_fn` must run the model in inference mode. Robust accuracy counts an example as robust when it is
     classified correctly both clean and under the attack; `worst_case_accuracy` is the per-example worst case
-    over all attacks, each starting from the clean input.
+    over all attacks, each starting from the clean input. Every random choice of an attack is drawn from
+    per-example keys (the example's position, `seed` and the attack's name), so the numbers do not depend on
+    `batch_size`. Attacks sharing a `group` run as a cascade (AutoAttack): each only on the examples still
+    robust to the earlier ones of its group.
     """
 
-    def __init__(self, logits_fn: Callable, specs: Sequence[AttackSpec], batch_size: int = 256):
+    def __init__(self, logits_fn: Callable, specs: Sequence[AttackSpec], batch_size: int = 256, seed: int = 0,
+                 progress: bool = False):
         self.logits_fn = logits_fn
         self.specs = list(specs)
         self.batch_size = batch_size
+        self.seed = seed
+        self.progress = progress
+        names = [spec.name for spec in self.specs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"attack names must be unique, repeated: {duplicates}")
         self._clean = tf.function(self._correct, reduce_retracing=True)
+
         def attack(spec):
-            fn = lambda images, labels: self._correct(spec.run(self.logits_fn, images, labels), labels)  # noqa: E731
-            # DeepFool stops examples one by one with Python control flow (its inner step is compiled)
-            return fn if spec.kind == "deepfool" else tf.function(fn, reduce_retracing=True)
+            def fn(images, labels, indices):
+                keys = rng.example_keys(indices, self.seed, _salt(spec.name))
+                return self._correct(spec.run(self.logits_fn, images, labels, keys), labels)
+
+            return tf.function(fn, reduce_retracing=True) if spec.compiled else fn
 
         self._attacks = {spec.name: attack(spec) for spec in self.specs}
 
     def _correct(self, images, labels):
         return tf.equal(tf.argmax(self.logits_fn(images), axis=-1, output_type=tf.int32), labels)
 
+    def _run(self, fn, x, y, indices, label):
+        bar = Progress(label, len(indices), enabled=self.progress)
+        outputs = []
+        for start in range(0, len(indices), self.batch_size):
+            chunk = indices[start:start + self.batch_size]
+            outputs.append(np.asarray(fn(tf.constant(x[chunk]), tf.constant(y[chunk]),
+                                         tf.constant(chunk.astype(np.int64)))))
+            bar.update(len(chunk))
+        return np.concatenate(outputs) if outputs else np.zeros([0], bool)
+
     def __call__(self, x, y, log: Optional[Callable] = None) -> dict:
         y = np.asarray(y, np.int32)
         x = np.asarray(x, np.float32)
         count = len(y)
-        correct = _batched(self._clean, x, y, self.batch_size)
+        everything = np.arange(count)
+        correct = self._run(lambda a, b, _: self._clean(a, b), x, y, everything, "clean") if count else \
+            np.zeros([0], bool)
         worst = correct.copy()
+        groups: Dict[str, np.ndarray] = {}
         report = {"clean_accuracy": float(correct.mean()) if count else 0.0, "num_examples": int(count),
-                  "attacks": {}}
+                  "seed": self.seed, "attacks": {}, "groups": {}}
         for spec in self.specs:
+            robust = groups.get(spec.group, correct) if spec.group else correct
+            targets = np.flatnonzero(robust)  # examples already broken (or wrong) need no attack
             start = time.time()
-            robust = _batched(self._attacks[spec.name], x, y, self.batch_size) & correct
+            result = robust.copy()
+            if len(targets):
+                result[targets] = self._run(self._attacks[spec.name], x, y, targets, spec.name)
             seconds = time.time() - start
-            worst &= robust
+            if spec.group:
+                groups[spec.group] = result
+            worst &= result
             report["attacks"][spec.name] = {
-                "robust_accuracy": float(robust.mean()) if count else 0.0,
+                "robust_accuracy": float(result.mean()) if count else 0.0,
                 "eps": spec.eps, "norm": spec.norm, "loss": spec.loss, "steps": spec.steps,
-                "step_size": spec.step_size, "restarts": spec.restarts,
-                "seconds": round(seconds, 3), "images_per_second": round(count / max(seconds, 1e-9), 1),
+                "step_size": spec.step_size, "restarts": spec.restarts, "attacked": int(len(targets)),
+                "seconds": round(seconds, 3), "images_per_second": round(len(targets) / max(seconds, 1e-9), 1),
             }
+            if spec.kind == "cwl2":
+                report["attacks"][spec.name]["binary_search_steps"] = spec.search_steps
+            if spec.group:
+                report["attacks"][spec.name]["group"] = spec.group
+                report["groups"][spec.group] = {"robust_accuracy": float(result.mean()) if count else 0.0,
+                                                "attacks": [s.name for s in self.specs if s.group == spec.group],
+                                                "seconds": round(sum(report["attacks"][s.name]["seconds"]
+                                                                     for s in self.specs if s.group == spec.group
+                                                                     and s.name in report["attacks"]), 3)}
             if log:
-                log(f"{spec.name}: robust accuracy {report['attacks'][spec.name]['robust_accuracy']:.4f} "
-                    f"({seconds:.1f}s)")
+                scope = f" (cumulative, {spec.group})" if spec.group else ""
+                log(f"{spec.name}: robust accuracy {report['attacks'][spec.name]['robust_accuracy']:.4f}{scope} "
+                    f"({seconds:.1f}s, {len(targets)} attacked)")
         report["worst_case_accuracy"] = float(worst.mean()) if count else 0.0
         report["per_example_robust"] = worst
         return report
 
 
 def evaluate(logits_fn: Callable, x, y, specs: Sequence[AttackSpec], batch_size: int = 256,
-             log: Optional[Callable] = None) -> dict:
-    """One-off `Evaluator(logits_fn, specs, batch_size)(x, y)`."""
-    return Evaluator(logits_fn, specs, batch_size)(x, y, log)
+             log: Optional[Callable] = None, seed: int = 0, progress: bool = False) -> dict:
+    """One-off `Evaluator(logits_fn, specs, batch_size, seed, progress)(x, y)`."""
+    return Evaluator(logits_fn, specs, batch_size, seed, progress)(x, y, log)
 
 
 def format_table(report: dict) -> str:
-    """A plain-text table of a report."""
-    rows = [("clean", report["clean_accuracy"], "")]
+    """A plain-text table of a report (cascaded attacks show the accuracy after them, marked `+`)."""
+    rows = [("clean", report["clean_accuracy"], "", "")]
     for name, entry in report["attacks"].items():
-        rows.append((name, entry["robust_accuracy"], f"{entry['seconds']:.1f}s"))
-    rows.append(("worst case", report["worst_case_accuracy"], ""))
+        rows.append(((" + " if entry.get("group") else "") + name, entry["robust_accuracy"],
+                     f"{entry['seconds']:.1f}s", f"{entry['images_per_second']:.1f}"))
+    for group, entry in report.get("groups", {}).items():
+        rows.append((f"{group} (all)", entry["robust_accuracy"], f"{entry['seconds']:.1f}s", ""))
+    rows.append(("worst case", report["worst_case_accuracy"], "", ""))
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'attack'.ljust(width)}  accuracy  time", f"{'-' * width}  --------  ----"]
-    lines += [f"{name.ljust(width)}  {value * 100:7.2f}%  {t}" for name, value, t in rows]
-    lines.append(f"({report['num_examples']} examples)")
+    lines = [f"{'attack'.ljust(width)}  accuracy    time  img/s", f"{'-' * width}  --------  ------  -----"]
+    lines += [f"{name.ljust(width)}  {value * 100:7.2f}%  {t:>6}  {ips:>5}" for name, value, t, ips in rows]
+    lines.append(f"({report['num_examples']} examples" + ("; + = cascade: accuracy after this attack, run on the "
+                                                          "points the earlier ones left robust)"
+                                                          if report.get("groups") else ")"))
     return "\n".join(lines)
+
+
+def format_markdown(report: dict, audit: Optional[dict] = None, title: str = "Robustness report") -> str:
+    """A Markdown summary: accuracy per attack with time and images/s, groups, worst case, audit verdicts."""
+    lines = [f"# {title}", "", f"{report['num_examples']} examples; clean accuracy "
+             f"**{report['clean_accuracy'] * 100:.2f} %**; worst case over all attacks "
+             f"**{report['worst_case_accuracy'] * 100:.2f} %**.", ""]
+    lines += ["| attack | norm | eps | robust accuracy | attacked | time (s) | images/s |",
+              "|---|---|---|---|---|---|---|"]
+    for name, entry in report["attacks"].items():
+        shown = f"{name} (cumulative, {entry['group']})" if entry.get("group") else name
+        lines.append(f"| {shown} | {entry['norm']} | {entry['eps']:.4g} | {entry['robust_accuracy'] * 100:.2f} % | "
+                     f"{entry['attacked']} | {entry['seconds']:.1f} | {entry['images_per_second']:.1f} |")
+    for group, entry in report.get("groups", {}).items():
+        lines += ["", f"**{group}** ({' → '.join(entry['attacks'])}): robust accuracy "
+                      f"**{entry['robust_accuracy'] * 100:.2f} %** in {entry['seconds']:.1f} s."]
+    if audit:
+        lines += ["", "## Gradient-masking audit", "", "| check | verdict | numbers |", "|---|---|---|"]
+        for name, check in audit.items():
+            numbers = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in check["numbers"].items())
+            lines.append(f"| {name} | {check['verdict']} | {numbers} |")
+    return "\n".join(lines) + "\n"
