@@ -30,3 +30,22 @@ def natural_mlp(digits):
 
 def accuracy(network, x, y):
     return float(np.mean(np.argmax(network(x, training=False), axis=-1) == y))
+
+
+@pytest.fixture(scope="session")
+def pgd_at_mlp(digits):
+    """An MLP adversarially trained on digits with PGD-5 at eps 2/16 (l-inf); robust accuracy well above the
+    natural MLP's under the same attack."""
+    import tensorflow as tf
+
+    from tfadv import training
+
+    keras.utils.set_random_seed(0)
+    spec = digits.spec
+    network = models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
+    trainer = training.PGDTrainer(network, training.AttackConfig(eps=0.125, step_size=0.05, steps=5))
+    trainer.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=False)
+    x, y = digits.train
+    dataset = tf.data.Dataset.from_tensor_slices((x, y.astype("int32"))).shuffle(len(y), seed=0).batch(64)
+    trainer.fit(dataset, epochs=20, verbose=0)
+    return network
