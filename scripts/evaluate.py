@@ -1,6 +1,10 @@
 """Evaluate a SavedModel (or a tfadv run dir) under attacks: clean, per-attack and worst-case accuracy.
 
   python scripts/evaluate.py --model_dir=runs/digits-pgd --attacks=fgsm,pgd20,pgd100,cw20 --output=eval.json
+  python scripts/evaluate.py --model_dir=runs/digits-pgd --suite=standard,autoattack --output_dir=runs/digits-pgd/eval
+
+`--suite=autoattack` is AutoAttack-standard (APGD-CE -> APGD-T -> FAB-T -> Square, each on the points still
+robust); suites combine with commas. `--output_dir` gets report.json, report.md and plots/.
 
 The dataset and eps default to what the run recorded; `--flagfile`, `--dataset` and `--eps` (pixel levels)
 override them. `--examples=PATH.npz` (arrays x in [0,1] NHWC and y) replaces the dataset's test split.
@@ -21,9 +25,12 @@ from tfadv.evaluation import cossat_protocols, diagnostics as linear, landscape 
 
 SUITES = {
     "standard": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "pgd20_l2"],
-    # full = standard + the sweeps (and transfer attacks when --source_model is given)
+    # full = standard + C&W, DeepFool, restarts, the sweeps (and transfer attacks when --source_model is given)
     "full": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "dlr100", "pgd50_r5", "apgd_ce", "apgd_t", "pgd20_l2",
-             "pgd20_l1", "deepfool_l2", "deepfool_linf"],
+             "pgd20_l1", "cwl2", "deepfool_l2", "deepfool_linf"],
+    # AutoAttack-standard as one cascade (tfadv.evaluation.autoattack_specs)
+    "autoattack": "linf",
+    "autoattack_l2": "l2",
 }
 DIAGNOSTICS = ("eps_l", "gradients", "lipschitz", "linearity", "landscape", "confidence", "sweep")
 
@@ -31,7 +38,7 @@ cli.define_train_flags()  # so that a training flagfile can be passed as it is
 flags.DEFINE_string("model_dir", None, "a SavedModel directory or a tfadv run directory")
 flags.DEFINE_list("attacks", ["fgsm", "pgd20", "cw20"], "attacks, e.g. fgsm,pgd20,pgd100,cw20,dlr50,pgd20_l2,pgd50_r5,"
                   "transfer_pgd20 (with --source_model); ignored when --suite is given")
-flags.DEFINE_string("suite", None, f"a named attack suite: {', '.join(SUITES)}")
+flags.DEFINE_list("suite", [], f"named attack suites, comma-separated: {', '.join(SUITES)}")
 flags.DEFINE_string("source_model", None, "transfer attacks: craft on this SavedModel / run dir")
 flags.DEFINE_boolean("audit", True, "run the gradient-masking audit")
 flags.DEFINE_list("diagnostics", [], f"diagnostics: {', '.join(DIAGNOSTICS)}")
@@ -45,6 +52,8 @@ flags.DEFINE_float("attack_step_size", None, "PGD step size in pixel levels (def
 flags.DEFINE_integer("num_examples", 1000, "evaluate on the first N test examples (-1: all)")
 flags.DEFINE_string("examples", None, "an .npz with x (float [0,1], NHWC) and y (int) to evaluate instead")
 flags.DEFINE_string("output", None, "write the report as JSON here")
+flags.DEFINE_string("output_dir", None, "write report.json, report.md (Markdown summary) and plots/ here")
+flags.DEFINE_boolean("progress", True, "show a progress bar with ETA for each attack (stderr)")
 flags.DEFINE_integer("eval_batch_size", 256, "examples per attack batch")
 FLAGS = flags.FLAGS
 
@@ -127,19 +136,27 @@ def main(argv):
     source_fn = None
     if FLAGS.source_model:
         source_fn = export.load_logits_fn(_saved_model_path(FLAGS.source_model))
-    names = list(FLAGS.attacks)
+    names, specs = list(FLAGS.attacks), []
     if FLAGS.suite:
-        if FLAGS.suite not in SUITES:
-            cli.fail(f"--suite: unknown {FLAGS.suite!r}; valid: {', '.join(SUITES)} (autoattack: not yet available)")
-        names = list(SUITES[FLAGS.suite]) + (["transfer_pgd20"] if source_fn is not None else [])
+        bad = [name for name in FLAGS.suite if name not in SUITES]
+        if bad:
+            cli.fail(f"--suite: unknown {', '.join(map(repr, bad))}; valid: {', '.join(SUITES)}")
+        names = []
+        for name in FLAGS.suite:
+            if isinstance(SUITES[name], list):
+                names += [n for n in SUITES[name] if n not in names]
+            else:
+                specs += evaluation.autoattack_specs(radii, SUITES[name])
+        if source_fn is not None and "transfer_pgd20" not in names:
+            names.append("transfer_pgd20")
     try:
-        specs = [evaluation.parse_attack(name, radii, step, source_fn) for name in names]
+        specs = [evaluation.parse_attack(name, radii, step, source_fn) for name in names] + specs
     except ValueError as error:
         cli.fail(f"--attacks: {error}")
     unknown = [d for d in FLAGS.diagnostics if d not in DIAGNOSTICS]
     if unknown:
         cli.fail(f"--diagnostics: unknown {unknown}; valid: {', '.join(DIAGNOSTICS)}")
-    diagnostics = list(FLAGS.diagnostics) + (["sweep"] if FLAGS.suite == "full" and "sweep" not in
+    diagnostics = list(FLAGS.diagnostics) + (["sweep"] if "full" in FLAGS.suite and "sweep" not in
                                              FLAGS.diagnostics else [])
     protocols = {"white_box": ["white_box"], "half_white_box": ["half_white_box"],
                  "both": ["white_box", "half_white_box"], None: []}
@@ -164,9 +181,15 @@ def main(argv):
     expected = tuple(logits_fn.input_shape[1:])
     if tuple(x.shape[1:]) != expected:
         cli.fail(f"the examples have shape {tuple(x.shape[1:])} but the model takes {expected}")
+    num_classes = int(logits_fn(x[:1]).shape[-1])
+    try:
+        evaluation.check_classes(specs, num_classes)
+    except ValueError as error:
+        cli.fail(f"--attacks/--suite: {error}")
     print(f"evaluating {path} on {len(y)} examples of the {source}; eps {eps:.4f} (linf), "
-          f"{radii['l2']:.4f} (l2), {radii['l1']:.4f} (l1)")
-    report = evaluation.evaluate(logits_fn, x, y, specs, FLAGS.eval_batch_size, log=print)
+          f"{radii['l2']:.4f} (l2), {radii['l1']:.4f} (l1); attacks: {', '.join(s.name for s in specs)}")
+    report = evaluation.evaluate(logits_fn, x, y, specs, FLAGS.eval_batch_size, log=print, seed=FLAGS.seed,
+                                 progress=FLAGS.progress)
     report.pop("per_example_robust")
     report.update({"model_dir": FLAGS.model_dir, "dataset": dataset, "source": source, "eps": eps,
                    "eps_l2": radii["l2"], "eps_l1": radii["l1"]})
@@ -178,8 +201,11 @@ def main(argv):
         warning = audit_lib.summary(checks)
         if warning:
             print(f"WARNING: {warning}: treat these robust accuracies as upper bounds")
-    plots = FLAGS.plots_dir or (os.path.join(os.path.dirname(os.path.abspath(FLAGS.output)), "plots")
-                                if FLAGS.output else "eval_plots")
+    if FLAGS.output_dir:
+        plots = FLAGS.plots_dir or os.path.join(FLAGS.output_dir, "plots")
+    else:
+        plots = FLAGS.plots_dir or (os.path.join(os.path.dirname(os.path.abspath(FLAGS.output)), "plots")
+                                    if FLAGS.output else "eval_plots")
     if diagnostics:
         os.makedirs(plots, exist_ok=True)
         report["diagnostics"] = run_diagnostics(diagnostics, logits_fn, x, y, eps, plots)
@@ -193,11 +219,20 @@ def main(argv):
             result = cossat_protocols.evaluate(outputs_fn, x, y, specs, protocol, FLAGS.eval_batch_size, log=print)
             report["cossat"][protocol] = result
             print(f"Co-SSAT {protocol}: worst case {result['worst_case_accuracy']:.4f}")
-    if FLAGS.output:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-        with open(FLAGS.output, "w") as handle:
+    outputs = [FLAGS.output] if FLAGS.output else []
+    if FLAGS.output_dir:
+        outputs.append(os.path.join(FLAGS.output_dir, "report.json"))
+    for output in outputs:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(output, "w") as handle:
             json.dump(report, handle, indent=2)
-        print(f"report written to {FLAGS.output}")
+        print(f"report written to {output}")
+    if FLAGS.output_dir:
+        markdown = os.path.join(FLAGS.output_dir, "report.md")
+        with open(markdown, "w") as handle:
+            handle.write(evaluation.format_markdown(report, report.get("audit"),
+                                                    f"Robustness of {FLAGS.model_dir}"))
+        print(f"summary written to {markdown}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""The evaluation protocol: batch-size independence, AutoAttack cascade, class checks, reports."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfadv import evaluation
+from tfadv.attacks import rng
+
+EPS = {"linf": 0.125, "l2": 1.0, "l1": 4.0}
+
+
+def _fn(network):
+    return lambda images: network(images, training=False)  # noqa: E731
+
+
+def test_keys_are_per_example_and_independent_of_the_batch():
+    keys = rng.example_keys(tf.range(100), seed=3, salt=7)
+    part = rng.example_keys(tf.range(40, 60), seed=3, salt=7)
+    full = rng.uniform(keys, [8, 8, 1], stream=2).numpy()
+    np.testing.assert_array_equal(rng.uniform(part, [8, 8, 1], stream=2).numpy(), full[40:60])
+    assert 0.0 <= full.min() and full.max() < 1.0
+    assert abs(full.mean() - 0.5) < 0.01 and abs(full.var() - 1 / 12) < 0.005
+    # different examples and seeds give unrelated numbers (6400 pairs: the sd of a null correlation is 0.0125)
+    assert abs(np.corrcoef(full[:-1].ravel(), full[1:].ravel())[0, 1]) < 0.05
+    other = rng.uniform(rng.example_keys(tf.range(100), seed=4, salt=7), [8, 8, 1], stream=2).numpy()
+    assert abs(np.corrcoef(full.ravel(), other.ravel())[0, 1]) < 0.05
+    normal = rng.normal(keys, [64]).numpy()
+    assert abs(normal.mean()) < 0.03 and abs(normal.std() - 1) < 0.03
+    counts = np.bincount(rng.randint(rng.example_keys(tf.range(7000)), [], 7).numpy(), minlength=7)
+    assert counts.min() > 900 and counts.max() < 1100
+
+
+@pytest.mark.parametrize("names", [["pgd10", "pgd10_l2", "apgd_ce20"], ["pgd5_r3"]])
+def test_robust_accuracy_does_not_change_with_batch_size(natural_mlp, digits, names):
+    x, y = digits.test[0][:150], digits.test[1][:150]
+    specs = [evaluation.parse_attack(n, EPS) for n in names]
+    reports = [evaluation.evaluate(_fn(natural_mlp), x, y, specs, batch_size=b) for b in (150, 64, 7)]
+    for name in names:
+        values = {r["attacks"][name]["robust_accuracy"] for r in reports}
+        assert len(values) == 1, (name, values)
+    masks = [r["per_example_robust"] for r in reports]
+    assert all(np.array_equal(masks[0], m) for m in masks[1:])
+    # the random starts are really random: another seed changes which examples survive PGD
+    other = evaluation.evaluate(_fn(natural_mlp), x, y, specs, batch_size=150, seed=1)
+    assert other["clean_accuracy"] == reports[0]["clean_accuracy"]
+
+
+def test_apgd_is_at_least_as_strong_as_pgd20_on_a_pgd_at_model(pgd_at_mlp, natural_mlp, digits):
+    x, y = digits.test
+    specs = [evaluation.parse_attack(n, EPS) for n in ("pgd20", "apgd_ce", "apgd_t")]
+    report = evaluation.evaluate(_fn(pgd_at_mlp), x, y, specs)
+    natural = evaluation.evaluate(_fn(natural_mlp), x, y, specs[:1])
+    acc = {k: v["robust_accuracy"] for k, v in report["attacks"].items()}
+    # measured: clean 98.9, PGD-20 75.6, APGD-CE 74.7, APGD-T 73.3; natural MLP under PGD-20 ~ 45
+    assert acc["pgd20"] >= natural["attacks"]["pgd20"]["robust_accuracy"] + 0.2  # the fixture is robust
+    assert acc["apgd_ce"] <= acc["pgd20"] + 1e-9
+    assert acc["apgd_t"] <= acc["pgd20"] + 1e-9
+
+
+def test_a_cascade_attacks_only_the_points_still_robust(natural_mlp, digits):
+    x, y = digits.test[0][:120], digits.test[1][:120]
+    import dataclasses
+    specs = [dataclasses.replace(evaluation.parse_attack(n, EPS), group="g") for n in ("fgsm", "pgd10", "pgd20")]
+    report = evaluation.evaluate(_fn(natural_mlp), x, y, specs)
+    attacks = report["attacks"]
+    assert attacks["fgsm"]["attacked"] == round(report["clean_accuracy"] * 120)
+    assert attacks["pgd10"]["attacked"] == round(attacks["fgsm"]["robust_accuracy"] * 120)
+    assert attacks["pgd20"]["attacked"] == round(attacks["pgd10"]["robust_accuracy"] * 120)
+    accuracies = [attacks[n]["robust_accuracy"] for n in ("fgsm", "pgd10", "pgd20")]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert report["groups"]["g"]["robust_accuracy"] == accuracies[-1] == report["worst_case_accuracy"]
+    independent = evaluation.evaluate(_fn(natural_mlp), x, y, [evaluation.parse_attack(n, EPS)
+                                                              for n in ("fgsm", "pgd10", "pgd20")])
+    assert independent["worst_case_accuracy"] == report["worst_case_accuracy"]
+    table = evaluation.format_table(report)
+    assert " + pgd20" in table and "g (all)" in table
+    markdown = evaluation.format_markdown(report)
+    assert "| pgd20 (cumulative, g) |" in markdown
+
+
+def test_attack_names_and_class_checks():
+    specs = evaluation.autoattack_specs(EPS)
+    assert [s.name for s in specs] == ["apgd_ce", "apgd_t", "fab_t", "square"]
+    assert {s.group for s in specs} == {"autoattack"}
+    assert [s.name for s in evaluation.autoattack_specs(EPS, "l2")] == ["apgd_ce_l2", "apgd_t_l2", "fab_t_l2",
+                                                                        "square_l2"]
+    assert evaluation.parse_attack("square1000", EPS).steps == 1000
+    assert evaluation.parse_attack("fab_t", EPS).steps == 100
+    cw = evaluation.parse_attack("cwl2", EPS)
+    assert (cw.kind, cw.norm, cw.eps, cw.steps, cw.search_steps) == ("cwl2", "l2", 1.0, 1000, 9)
+    for bad in ("square_l1", "fab_t_l1", "square100_r2", "cwl2_0"):
+        with pytest.raises(ValueError):
+            evaluation.parse_attack(bad, EPS)
+    with pytest.raises(ValueError, match="4"):
+        evaluation.check_classes(specs, 3)
+    with pytest.raises(ValueError, match="3"):
+        evaluation.check_classes([evaluation.parse_attack("dlr20", EPS)], 2)
+    evaluation.check_classes(specs, 4)
