@@ -41,9 +41,6 @@ def test_robust_accuracy_does_not_change_with_batch_size(natural_mlp, digits, na
         assert len(values) == 1, (name, values)
     masks = [r["per_example_robust"] for r in reports]
     assert all(np.array_equal(masks[0], m) for m in masks[1:])
-    # the random starts are really random: another seed changes which examples survive PGD
-    other = evaluation.evaluate(_fn(natural_mlp), x, y, specs, batch_size=150, seed=1)
-    assert other["clean_accuracy"] == reports[0]["clean_accuracy"]
 
 
 def test_apgd_is_at_least_as_strong_as_pgd20_on_a_pgd_at_model(pgd_at_mlp, natural_mlp, digits):
