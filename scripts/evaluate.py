@@ -41,10 +41,13 @@ flags.DEFINE_list("attacks", ["fgsm", "pgd20", "cw20"], "attacks, e.g. fgsm,pgd2
 flags.DEFINE_list("suite", [], f"named attack suites, comma-separated: {', '.join(SUITES)}")
 flags.DEFINE_string("source_model", None, "transfer attacks: craft on this SavedModel / run dir")
 flags.DEFINE_boolean("audit", True, "run the gradient-masking audit")
+flags.DEFINE_integer("audit_square_queries", 1000, "the audit runs Square with this many queries when the suite "
+                     "has no black-box attack (0: skip)")
 flags.DEFINE_list("diagnostics", [], f"diagnostics: {', '.join(DIAGNOSTICS)}")
 flags.DEFINE_string("plots_dir", None, "where diagnostic PNGs go (default: next to --output, or ./eval_plots)")
 flags.DEFINE_string("cossat_protocol", None, "for a Co-SSAT SavedModel: white_box (attack the composite and each "
-                    "branch), half_white_box (attack SSAT only), or both")
+                    "branch), half_white_box (attack SSAT only), aa_dispatch (paper 000 App. H.2: AutoAttack on each branch, "
+                    "dispatched by the detector), both (white + half) or all")
 flags.DEFINE_float("eps_l2", None, "l2 radius in pixel levels (default: 0.5 of the pixel range)")
 flags.DEFINE_float("eps_l1", None, "l1 radius in pixel levels (default: 12 in [0,1] units for 32x32x3 images, "
                                     "scaled by the number of input values)")
@@ -52,7 +55,6 @@ flags.DEFINE_float("attack_step_size", None, "PGD step size in pixel levels (def
 flags.DEFINE_integer("num_examples", 1000, "evaluate on the first N test examples (-1: all)")
 flags.DEFINE_string("examples", None, "an .npz with x (float [0,1], NHWC) and y (int) to evaluate instead")
 flags.DEFINE_string("output", None, "write the report as JSON here")
-flags.DEFINE_string("output_dir", None, "write report.json, report.md (Markdown summary) and plots/ here")
 flags.DEFINE_boolean("progress", True, "show a progress bar with ETA for each attack (stderr)")
 flags.DEFINE_integer("eval_batch_size", 256, "examples per attack batch")
 FLAGS = flags.FLAGS
@@ -158,10 +160,12 @@ def main(argv):
         cli.fail(f"--diagnostics: unknown {unknown}; valid: {', '.join(DIAGNOSTICS)}")
     diagnostics = list(FLAGS.diagnostics) + (["sweep"] if "full" in FLAGS.suite and "sweep" not in
                                              FLAGS.diagnostics else [])
-    protocols = {"white_box": ["white_box"], "half_white_box": ["half_white_box"],
-                 "both": ["white_box", "half_white_box"], None: []}
+    protocols = {"white_box": ["white_box"], "half_white_box": ["half_white_box"], "aa_dispatch": ["aa_dispatch"],
+                 "both": ["white_box", "half_white_box"], "all": ["white_box", "half_white_box", "aa_dispatch"],
+                 None: []}
     if FLAGS.cossat_protocol not in protocols:
-        cli.fail(f"--cossat_protocol: unknown {FLAGS.cossat_protocol!r}; valid: white_box, half_white_box, both")
+        cli.fail(f"--cossat_protocol: unknown {FLAGS.cossat_protocol!r}; valid: white_box, half_white_box, "
+                 f"aa_dispatch, both, all")
 
     if FLAGS.examples:
         try:
@@ -195,14 +199,17 @@ def main(argv):
                    "eps_l2": radii["l2"], "eps_l1": radii["l1"]})
     print(evaluation.format_table(report))
     if FLAGS.audit:
-        checks = audit_lib.audit(logits_fn, x, y, report, eps, FLAGS.eval_batch_size)
+        checks = audit_lib.audit(logits_fn, x, y, report, eps, FLAGS.eval_batch_size, seed=FLAGS.seed,
+                                 square_queries=FLAGS.audit_square_queries)
         report["audit"] = checks
         print(audit_lib.format_audit(checks))
         warning = audit_lib.summary(checks)
         if warning:
             print(f"WARNING: {warning}: treat these robust accuracies as upper bounds")
-    if FLAGS.output_dir:
-        plots = FLAGS.plots_dir or os.path.join(FLAGS.output_dir, "plots")
+    # --output_dir (shared with train.py's flags): report.json, report.md and plots/ go there
+    report_dir = FLAGS.output_dir if FLAGS["output_dir"].present and FLAGS.output_dir else None
+    if report_dir:
+        plots = FLAGS.plots_dir or os.path.join(report_dir, "plots")
     else:
         plots = FLAGS.plots_dir or (os.path.join(os.path.dirname(os.path.abspath(FLAGS.output)), "plots")
                                     if FLAGS.output else "eval_plots")
@@ -216,19 +223,23 @@ def main(argv):
         outputs_fn = lambda images: loaded(images=images)  # noqa: E731
         report["cossat"] = {}
         for protocol in protocols[FLAGS.cossat_protocol]:
-            result = cossat_protocols.evaluate(outputs_fn, x, y, specs, protocol, FLAGS.eval_batch_size, log=print)
+            # App. H.2 dispatches AutoAttack's examples: with no AutoAttack suite requested, it brings its own
+            chosen = specs if protocol != "aa_dispatch" or any(s.group for s in specs) else \
+                evaluation.autoattack_specs(radii)
+            result = cossat_protocols.evaluate(outputs_fn, x, y, chosen, protocol, FLAGS.eval_batch_size,
+                                               log=print, seed=FLAGS.seed)
             report["cossat"][protocol] = result
             print(f"Co-SSAT {protocol}: worst case {result['worst_case_accuracy']:.4f}")
     outputs = [FLAGS.output] if FLAGS.output else []
-    if FLAGS.output_dir:
-        outputs.append(os.path.join(FLAGS.output_dir, "report.json"))
+    if report_dir:
+        outputs.append(os.path.join(report_dir, "report.json"))
     for output in outputs:
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with open(output, "w") as handle:
             json.dump(report, handle, indent=2)
         print(f"report written to {output}")
-    if FLAGS.output_dir:
-        markdown = os.path.join(FLAGS.output_dir, "report.md")
+    if report_dir:
+        markdown = os.path.join(report_dir, "report.md")
         with open(markdown, "w") as handle:
             handle.write(evaluation.format_markdown(report, report.get("audit"),
                                                     f"Robustness of {FLAGS.model_dir}"))

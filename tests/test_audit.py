@@ -42,3 +42,18 @@ def test_report_only_checks():
     assert audit.check_more_steps(report)["verdict"] == "warn"
     assert audit.check_black_box(report)["verdict"] == "warn"
     assert audit.check_black_box({"attacks": {"fgsm": {"robust_accuracy": 0.3}}})["verdict"] == "n/a"
+
+
+def test_a_pgd_at_model_passes_and_missing_probes_are_run_by_the_audit(pgd_at_mlp, digits):
+    import dataclasses
+
+    x, y = digits.test[0][:200], digits.test[1][:200]
+    fn = lambda images: pgd_at_mlp(images, training=False)  # noqa: E731
+    # an AutoAttack-style report (one cascaded attack) has no FGSM / PGD pair: the audit runs them
+    specs = [dataclasses.replace(evaluation.parse_attack("apgd_ce50", {"linf": 0.125}), group="autoattack")]
+    report = evaluation.evaluate(fn, x, y, specs)
+    checks = audit.audit(fn, x, y, report, 0.125, unbounded_steps=50, square_queries=300)
+    assert {c["verdict"] for c in checks.values()} == {"pass"}, audit.format_audit(checks)
+    assert checks["one_step_vs_multi_step"]["numbers"]["probes_run_by_the_audit"] == "fgsm,pgd10,pgd50,square300"
+    assert checks["black_box_vs_white_box"]["numbers"]["best_black_box"] > 0.5  # square is weaker here
+    assert checks["unbounded_eps"]["numbers"]["accuracy_eps_1"] <= 0.05
