@@ -37,7 +37,7 @@ DIAGNOSTICS = ("eps_l", "gradients", "lipschitz", "linearity", "landscape", "con
 cli.define_train_flags()  # so that a training flagfile can be passed as it is
 flags.DEFINE_string("model_dir", None, "a SavedModel directory or a tfadv run directory")
 flags.DEFINE_list("attacks", ["fgsm", "pgd20", "cw20"], "attacks, e.g. fgsm,pgd20,pgd100,cw20,dlr50,pgd20_l2,pgd50_r5,"
-                  "transfer_pgd20 (with --source_model); ignored when --suite is given")
+                  "transfer_pgd20 (with --source_model); with --suite, only when given explicitly (then added to the suites)")
 flags.DEFINE_list("suite", [], f"named attack suites, comma-separated: {', '.join(SUITES)}")
 flags.DEFINE_string("source_model", None, "transfer attacks: craft on this SavedModel / run dir")
 flags.DEFINE_boolean("audit", True, "run the gradient-masking audit")
@@ -143,7 +143,7 @@ def main(argv):
         bad = [name for name in FLAGS.suite if name not in SUITES]
         if bad:
             cli.fail(f"--suite: unknown {', '.join(map(repr, bad))}; valid: {', '.join(SUITES)}")
-        names = []
+        names = list(FLAGS.attacks) if FLAGS["attacks"].present else []  # --attacks adds to the suites
         for name in FLAGS.suite:
             if isinstance(SUITES[name], list):
                 names += [n for n in SUITES[name] if n not in names]
