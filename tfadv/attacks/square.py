@@ -1,0 +1,218 @@
+"""Square Attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020): score-based random search, l-inf and l2.
+
+Untargeted, on the margin z_y - max_{j != y} z_j (success when <= 0), as in AutoAttack-standard (p_init 0.8,
+5000 queries, one run). Only the model's logits are used, never a gradient.
+
+l-inf: start from vertical stripes x + eps * (+-1 per column and channel); each iteration picks a square
+window of side s (from the share p of the image) and sets it to x + eps * (+-1 per channel), keeping the
+proposal if it lowers the margin.
+l2: start from a grid of "pseudo-Gaussian" squares (Chebyshev-ring profile, two halves of opposite sign)
+with random signs per channel, normalised to ||delta|| = eps; each iteration moves the perturbation mass of
+one window and a second random window into the first one, adding a fresh pseudo-Gaussian square, rescaled so
+the total stays at eps; kept if it lowers the margin.
+
+Schedule (as the reference code): the iteration index is rescaled to a 10000-query budget,
+i' = floor(i / queries * 10000), and p = p_init / 2^k with k the number of thresholds
+10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 that i' exceeds; s = round(sqrt(p * H * W)) clamped to
+[1, H - 1] (l-inf) or at least 3 and odd (l2); window corners uniform in [0, H - s) x [0, W - s).
+
+Readings: the reference draws one window position per iteration for the whole batch; here every example
+draws its own (from its key), so an example's result does not depend on the batch it is in. Examples that
+are already misclassified stop (their queries are not counted). The l-inf resampling "until the window
+changes" is one redraw: where the drawn signs would leave the window unchanged, the opposite signs are used.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable
+
+import tensorflow as tf
+
+from tfadv.attacks import rng
+
+SquareRun = collections.namedtuple("SquareRun", ["x_adv", "margin", "queries"])
+SQUARE_NORMS = ("linf", "l2")
+_THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def _margin(logits, labels):
+    logits = tf.cast(logits, tf.float32)
+    own = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
+    correct = tf.reduce_sum(tf.where(own, logits, 0.0), axis=-1)
+    other = tf.reduce_max(tf.where(own, -float("inf"), logits), axis=-1)
+    return correct - other
+
+
+def p_selection(p_init, iteration, queries):
+    """The share of the image a window covers at `iteration` (a tensor) of a `queries` budget."""
+    scaled = tf.math.floordiv(tf.cast(iteration, tf.int64) * 10000, queries)
+    halvings = tf.add_n([tf.cast(scaled > t, tf.float32) for t in _THRESHOLDS])
+    return p_init / tf.pow(2.0, halvings)
+
+
+def _window(corner_h, corner_w, size, height, width):
+    """[B, H, W, 1] float mask of the s x s windows with per-example top-left corners."""
+    rows = tf.range(height)[None, :]
+    cols = tf.range(width)[None, :]
+    in_rows = (rows >= corner_h[:, None]) & (rows < corner_h[:, None] + size)
+    in_cols = (cols >= corner_w[:, None]) & (cols < corner_w[:, None] + size)
+    return tf.cast(in_rows[:, :, None] & in_cols[:, None, :], tf.float32)[..., None]
+
+
+def _ring_profile(local_h, local_w, rows, cols):
+    """The reference's `eta_rectangles(rows, cols)` at local coordinates (before normalisation): the sum of
+    1/(c+1)^2 over the centred rings c that contain the point (Chebyshev distance <= c), c < max(rows, cols)//2+1.
+    Shapes broadcast; rows / cols are per-example [B, 1, 1] tensors."""
+    distance = tf.maximum(tf.abs(local_h - rows // 2), tf.abs(local_w - cols // 2))
+    count = tf.maximum(rows // 2 + 1, cols // 2 + 1)
+    # sum_{c=d}^{count-1} 1/(c+1)^2 = H(count) - H(d), H(n) = sum_{c<n} 1/(c+1)^2
+    terms = 1.0 / tf.square(tf.range(1, 257, dtype=tf.float32))
+    partial = tf.concat([[0.0], tf.cumsum(terms)], axis=0)
+    value = tf.gather(partial, tf.minimum(count, 256)) - tf.gather(partial, tf.minimum(distance, 256))
+    return tf.nn.relu(value)
+
+
+def _pseudo_gaussian(corner_h, corner_w, size, transpose, height, width):
+    """[B, H, W, 1]: the reference's `eta(s)` square placed at each example's window (zero elsewhere): the top
+    s//2 rows a ring profile, the bottom rows minus one, each half of unit norm, the whole of unit norm;
+    transposed where `transpose` ([B] bool)."""
+    rows = tf.range(height)[None, :, None]
+    cols = tf.range(width)[None, None, :]
+    local_h = rows - corner_h[:, None, None]
+    local_w = cols - corner_w[:, None, None]
+    local_h, local_w = (tf.where(transpose[:, None, None], local_w, local_h),
+                        tf.where(transpose[:, None, None], local_h, local_w))
+    inside = (local_h >= 0) & (local_h < size) & (local_w >= 0) & (local_w < size)
+    half = size // 2
+    top = inside & (local_h < half)
+    bottom = inside & (local_h >= half)
+    top_value = _ring_profile(local_h, local_w, half, size)
+    bottom_value = _ring_profile(local_h - half, local_w, size - half, size)
+
+    def unit(mask, value):
+        value = tf.where(mask, value, 0.0)
+        norm = tf.sqrt(tf.reduce_sum(tf.square(value), axis=[1, 2], keepdims=True))
+        return value / (norm + 1e-12)
+
+    eta = unit(top, top_value) - unit(bottom, bottom_value)
+    eta = eta / (tf.sqrt(tf.reduce_sum(tf.square(eta), axis=[1, 2], keepdims=True)) + 1e-12)
+    return eta[..., None]
+
+
+def _l2_norm(delta):
+    return tf.sqrt(tf.reduce_sum(tf.square(delta), axis=[1, 2, 3], keepdims=True))
+
+
+def _check(x, norm, queries, p_init):
+    if norm not in SQUARE_NORMS:
+        raise ValueError(f"Square supports norm {' or '.join(SQUARE_NORMS)}, got {norm!r}")
+    if not isinstance(queries, int) or queries < 1:
+        raise ValueError(f"queries must be a positive int, got {queries!r}")
+    if not 0.0 < p_init <= 1.0:
+        raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
+    if x.shape.rank != 4:
+        raise ValueError(f"Square attacks images [B, H, W, C]; got shape {x.shape}")
+    if x.shape[1] is None or x.shape[2] is None or x.shape[3] is None:
+        raise ValueError("Square needs static image height, width and channels")
+    if norm == "l2" and min(x.shape[1], x.shape[2]) < 4:
+        raise ValueError("the l2 Square attack needs images of at least 4 x 4 pixels")
+    if min(x.shape[1], x.shape[2]) < 2:
+        raise ValueError("Square needs images of at least 2 x 2 pixels")
+
+
+def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000, p_init=0.8,
+               keys=None) -> SquareRun:
+    """Square with diagnostics: SquareRun(x_adv, margin [B], queries [B] used per example)."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    _check(x, norm, queries, p_init)
+    labels = tf.cast(labels, tf.int32)
+    batch = tf.shape(x)[0]
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    eps = tf.cast(eps, tf.float32)
+
+    def draw_int(stream_keys, stream, high):
+        return rng.randint(stream_keys, [], high, stream=stream, batch=batch)
+
+    def draw_sign(stream_keys, shape, stream):
+        return rng.sign(stream_keys, shape, stream=stream, batch=batch)
+
+    init_keys = None if keys is None else rng.fold(keys, 0x5151)
+    if norm == "linf":
+        x_best = tf.clip_by_value(x + eps * draw_sign(init_keys, [1, width, channels], 1), 0.0, 1.0)
+    else:
+        size = height // 5 if height >= 5 else 1
+        start = (height - size * 5) // 2
+        delta = tf.zeros_like(x)
+        cell = 0
+        for corner_h in range(start, height - size + 1, size):
+            for corner_w in range(start, width - size + 1, size):
+                fill = tf.fill([batch], corner_h), tf.fill([batch], corner_w)
+                square = _pseudo_gaussian(fill[0], fill[1], size, tf.zeros([batch], tf.bool), height, width)
+                delta += square * draw_sign(init_keys, [1, 1, channels], 100 + cell)
+                cell += 1
+        x_best = tf.clip_by_value(x + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0)
+    margin_best = _margin(logits_fn(x_best), labels)
+    used = tf.ones([batch], tf.int32)
+
+    def body(i, x_best, margin_best, used):
+        active = margin_best > 0.0
+        step_keys = None if keys is None else rng.fold(keys, i + 1)
+        p = p_selection(p_init, i, queries)
+        if norm == "linf":
+            size = tf.cast(tf.round(tf.sqrt(p * height * width)), tf.int32)
+            size = tf.clip_by_value(size, 1, min(height, width) - 1)
+            corner_h = draw_int(step_keys, 1, height - size)
+            corner_w = draw_int(step_keys, 2, width - size)
+            mask = _window(corner_h, corner_w, size, height, width)
+            signs = draw_sign(step_keys, [1, 1, channels], 3)
+            proposal = tf.clip_by_value(x + eps * signs, 0.0, 1.0)
+            unchanged = tf.reduce_all(tf.abs(proposal - x_best) * mask < 1e-7, axis=[1, 2, 3])
+            signs = tf.where(unchanged[:, None, None, None], -signs, signs)
+            proposal = tf.clip_by_value(x + eps * signs, 0.0, 1.0)
+            x_new = mask * proposal + (1.0 - mask) * x_best
+        else:
+            size = tf.cast(tf.round(tf.sqrt(p * height * width)), tf.int32)
+            size = tf.maximum(size, 3)
+            size = size + 1 - tf.math.floormod(size, 2)  # odd
+            size = tf.minimum(size, min(height, width) - 1)
+            delta = x_best - x
+            corner_h = draw_int(step_keys, 1, height - size)
+            corner_w = draw_int(step_keys, 2, width - size)
+            corner_h2 = draw_int(step_keys, 3, height - size)
+            corner_w2 = draw_int(step_keys, 4, width - size)
+            mask = _window(corner_h, corner_w, size, height, width)
+            mask2 = _window(corner_h2, corner_w2, size, height, width)
+            window_norm = tf.sqrt(tf.reduce_sum(tf.square(delta * mask), axis=[1, 2], keepdims=True))  # per channel
+            image_norm = _l2_norm(delta)
+            both = tf.maximum(mask, mask2)
+            windows_norm = _l2_norm(delta * both)
+            transpose = rng.uniform(step_keys, [], stream=5, batch=batch) > 0.5
+            fresh = _pseudo_gaussian(corner_h, corner_w, size, transpose, height, width)
+            fresh = fresh * draw_sign(step_keys, [1, 1, channels], 6)
+            fresh = fresh + delta * mask / (window_norm + 1e-12)
+            fresh_norm = tf.sqrt(tf.reduce_sum(tf.square(fresh), axis=[1, 2], keepdims=True))
+            budget = tf.sqrt(tf.nn.relu(tf.square(eps) - tf.square(image_norm)) / channels + tf.square(windows_norm))
+            fresh = fresh / (fresh_norm + 1e-12) * budget
+            delta = delta * (1.0 - mask2)
+            delta = delta * (1.0 - mask) + fresh * mask
+            x_new = tf.clip_by_value(x + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0)
+        margin_new = _margin(logits_fn(x_new), labels)
+        better = active & (margin_new < margin_best)
+        x_best = tf.where(better[:, None, None, None], x_new, x_best)
+        margin_best = tf.where(better, margin_new, margin_best)
+        used = used + tf.cast(active, tf.int32)
+        return i + 1, x_best, margin_best, used
+
+    _, x_best, margin_best, used = tf.while_loop(
+        lambda i, _x, margin, _u: (i < queries - 1) & tf.reduce_any(margin > 0.0), body,
+        (tf.constant(0), x_best, margin_best, used), parallel_iterations=1)
+    # the clean input where the initialisation did not help and nothing was found is not needed: x_best is
+    # always a point of the ball; examples misclassified from the start keep their (also misclassified) x_best
+    return SquareRun(x_best, margin_best, used)
+
+
+def square(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000, p_init=0.8, keys=None):
+    """Square Attack (untargeted, margin loss): adversarial images in the eps-ball of `norm` and [0,1].
+    `keys` ([B] int64, `rng.example_keys`) make every random choice per example and batch-independent."""
+    return square_run(logits_fn, x, labels, eps=eps, norm=norm, queries=queries, p_init=p_init, keys=keys).x_adv
