@@ -100,7 +100,7 @@ def main(argv):
     os.makedirs(FLAGS.runs_dir, exist_ok=True)
     eval_args, columns = EVALUATION.get(FLAGS.table, DEFAULT_EVALUATION)
     audit = FLAGS.table == "evaluation"
-    header = ["defense", "flags", "clean"] + [c for c, _ in columns] + ["worst case"]
+    header = ["defense", "flags", "clean"] + [c for c, _ in columns] + ["worst case (ℓ∞)"]
     header += ["audit warnings", "suite s"] if audit else ["s/epoch", "time vs first row"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     reference = None
@@ -118,7 +118,7 @@ def main(argv):
             metrics = json.load(handle)
         a = report["attacks"]
         cells = [report["clean_accuracy"]] + [a[k]["robust_accuracy"] for _, k in columns]
-        cells.append(report["worst_case_accuracy"])
+        cells.append(report.get("worst_case_by_norm", {}).get("linf", report["worst_case_accuracy"]))
         line = f"| {name} | `{args}` | " + " | ".join(f"{100 * v:.1f}" for v in cells)
         if audit:
             warned = [k for k, c in report["audit"].items() if c["verdict"] == "warn"]

@@ -8,7 +8,7 @@ from tfadv.evaluation import audit
 
 
 def _specs(eps):
-    return [evaluation.parse_attack(n, {"linf": eps}) for n in ("fgsm", "pgd10", "pgd40")]
+    return [evaluation.parse_attack(n, {"linf": eps}) for n in ("fgsm", "pgd10", "pgd40", "cw40")]
 
 
 def test_an_undefended_model_passes(natural_mlp, digits):
@@ -42,6 +42,16 @@ def test_report_only_checks():
     assert audit.check_more_steps(report)["verdict"] == "warn"
     assert audit.check_black_box(report)["verdict"] == "warn"
     assert audit.check_black_box({"attacks": {"fgsm": {"robust_accuracy": 0.3}}})["verdict"] == "n/a"
+    assert audit.check_loss_dependence(report)["verdict"] == "n/a"  # no margin / DLR attack
+    report["attacks"]["cw20"] = {"robust_accuracy": 0.44}
+    report["attacks"]["pgd20_l2"] = {"robust_accuracy": 0.1}  # l2 attacks do not enter the l-inf comparison
+    check = audit.check_loss_dependence(report)
+    assert check["verdict"] == "warn" and check["numbers"]["gap"] == 0.06
+    assert check["numbers"]["best_ce_attack"] == "pgd20" and check["numbers"]["best_margin_attack"] == "cw20"
+    report["attacks"]["apgd_t"] = {"robust_accuracy": 0.48, "group": "autoattack"}
+    assert audit.check_loss_dependence(report)["verdict"] == "warn"
+    report["attacks"]["apgd_ce"] = {"robust_accuracy": 0.45, "group": "autoattack"}
+    assert audit.check_loss_dependence(report)["verdict"] == "pass"  # 0.45 vs 0.44
 
 
 def test_a_pgd_at_model_passes_and_missing_probes_are_run_by_the_audit(pgd_at_mlp, digits):
@@ -54,6 +64,27 @@ def test_a_pgd_at_model_passes_and_missing_probes_are_run_by_the_audit(pgd_at_ml
     report = evaluation.evaluate(fn, x, y, specs)
     checks = audit.audit(fn, x, y, report, 0.125, unbounded_steps=50, square_queries=300)
     assert {c["verdict"] for c in checks.values()} == {"pass"}, audit.format_audit(checks)
-    assert checks["one_step_vs_multi_step"]["numbers"]["probes_run_by_the_audit"] == "fgsm,pgd10,pgd50,square300"
+    assert checks["one_step_vs_multi_step"]["numbers"]["probes_run_by_the_audit"] == "cw50,fgsm,pgd10,pgd50,square300"
+    assert checks["loss_dependence"]["numbers"]["gap"] <= 0.05
     assert checks["black_box_vs_white_box"]["numbers"]["best_black_box"] > 0.5  # square is weaker here
     assert checks["unbounded_eps"]["numbers"]["accuracy_eps_1"] <= 0.05
+
+
+def test_a_label_smoothed_model_is_flagged_by_the_loss_dependence_check(tmp_path):
+    """Uniform label smoothing (a = 0.5, trained by train.py as in the README's table) flattens cross-entropy:
+    PGD-CE overstates its robustness and CW does not (papers 003/004); the audit says so."""
+    import json
+
+    from test_cli import run_script
+
+    run = tmp_path / "ls"
+    result = run_script("train.py", "--flagfile=flags/digits.cfg", "--defense=label_smoothing", "--ls_method=uniform",
+                        "--ls_alpha=0.5", f"--output_dir={run}", "--val_examples=0", "--eval_examples=100")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("evaluate.py", f"--model_dir={run}", "--attacks=fgsm,pgd20,cw20", "--num_examples=200",
+                        "--noprogress", "--audit_square_queries=0", f"--output={tmp_path / 'eval.json'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = json.loads((tmp_path / "eval.json").read_text())["audit"]["loss_dependence"]
+    assert check["verdict"] == "warn", check
+    assert check["numbers"]["best_ce"] > check["numbers"]["best_margin"] + 0.05
+    assert "possible gradient masking: loss_dependence" in result.stdout

@@ -176,3 +176,53 @@ def test_evaluate_suite_audit_diagnostics_and_transfer(runs, tmp_path):
     assert (tmp_path / "plots" / "loss_landscape.png").exists() and (tmp_path / "plots" / "accuracy_sweeps.png").exists()
     bad = run_script("evaluate.py", f"--model_dir={runs['pgd'][0]}", "--suite=magic")
     assert bad.returncode == 2 and "--suite" in bad.stderr
+
+
+NO_TRAINING_CODE = """
+import json, sys
+# the evaluation library must not need the training side of tfadv: make those imports fail
+for name in ("tfadv.training", "tfadv.models", "tfadv.losses", "tfadv.targets", "tfadv.config", "tfadv.cli",
+             "tfadv.callbacks", "tfadv.experiment"):
+    sys.modules[name] = None
+import numpy as np
+from tfadv import evaluation, export
+path, examples, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with np.load(examples) as archive:
+    x, y = archive["x"], archive["y"]
+logits_fn = export.load_logits_fn(path)
+eps = float(export.read_metadata(path)["eps"])
+report = evaluation.evaluate(logits_fn, x, y, evaluation.autoattack_specs({"linf": eps, "l2": 0.5}), batch, seed=3)
+print(json.dumps({name: entry["robust_accuracy"] for name, entry in report["attacks"].items()}))
+"""
+
+
+def test_autoattack_suite_on_a_bare_saved_model_without_the_training_code(runs, digits, tmp_path):
+    # only the exported SavedModel (no checkpoints, no run config) and the user's own examples
+    exported = tmp_path / "exported" / "1"
+    shutil.copytree(runs["pgd"][0] / "saved_model" / "1", exported)
+    examples = tmp_path / "examples.npz"
+    np.savez(examples, x=digits.test[0][:60], y=digits.test[1][:60])
+    report_dir = tmp_path / "report"
+    result = run_script("evaluate.py", f"--model_dir={exported}", f"--examples={examples}", "--suite=autoattack",
+                        "--seed=3", "--eval_batch_size=64", "--audit_square_queries=200", "--noprogress",
+                        f"--output_dir={report_dir}", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((report_dir / "report.json").read_text())
+    assert abs(report["eps"] - 0.125) < 1e-9  # read from the SavedModel's metadata
+    attacks = report["attacks"]
+    assert list(attacks) == ["apgd_ce", "apgd_t", "fab_t", "square"]
+    cumulative = [attacks[name]["robust_accuracy"] for name in attacks]
+    assert all(a >= b for a, b in zip(cumulative, cumulative[1:]))  # a cascade can only remove points
+    assert report["groups"]["autoattack"]["robust_accuracy"] == cumulative[-1] <= report["clean_accuracy"]
+    assert cumulative[-1] > 0.4  # a PGD-AT model keeps robustness under AutoAttack at eps 2/16
+    assert all(attacks[name]["seconds"] > 0 and attacks[name]["images_per_second"] > 0 for name in attacks)
+    assert "verdict" in report["audit"]["one_step_vs_multi_step"]
+    markdown = (report_dir / "report.md").read_text()
+    assert "apgd_t" in markdown and "autoattack" in markdown
+    # the library alone, with the training modules unimportable, gives the same numbers at another batch size
+    check = subprocess.run([sys.executable, "-c", NO_TRAINING_CODE, str(exported), str(examples), "7"], cwd=ROOT,
+                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True,
+                           timeout=900)
+    assert check.returncode == 0, check.stderr[-3000:]
+    library = json.loads(check.stdout.strip().splitlines()[-1])
+    assert library == {name: entry["robust_accuracy"] for name, entry in attacks.items()}

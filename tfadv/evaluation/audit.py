@@ -5,6 +5,8 @@ Each check returns a verdict ("pass", "warn" or "n/a") with the numbers behind i
   one_step_vs_multi_step  FGSM should not beat PGD (one step stronger than many = masked gradients)
   more_steps_help         accuracy must not rise with more PGD steps or restarts
   black_box_vs_white_box  a black-box attack (square, transfer) should not beat the white-box ones
+  loss_dependence         cross-entropy attacks should not leave many more points robust than margin / DLR
+                          attacks (the signature of label smoothing and logit squeezing, papers 003-004)
   unbounded_eps           with eps = the whole pixel range and many steps, accuracy should be ~0
   random_noise            uniform +-eps noise should not hurt more than the attack
   vanishing_gradients     the input gradient of the loss should not vanish on many correctly classified points
@@ -42,6 +44,10 @@ def _batched(fn, x, y, batch_size):
     return np.concatenate(parts) if parts else np.zeros([0])
 
 
+def _linf(name):
+    return "_l" not in name and "transfer" not in name
+
+
 def check_one_step(report: dict) -> dict:
     attacks_ = report["attacks"]
     multi = {k: v["robust_accuracy"] for k, v in attacks_.items() if k.startswith("pgd") and "_l" not in k}
@@ -64,7 +70,8 @@ def check_more_steps(report: dict) -> dict:
 
 
 def check_black_box(report: dict) -> dict:
-    attacks_ = report["attacks"]
+    # l-inf only: an l2 attack at its own radius is another threat model, not a stronger white-box attack
+    attacks_ = {k: v for k, v in report["attacks"].items() if _linf(k.replace("transfer_", ""))}
     black = {k: v["robust_accuracy"] for k, v in attacks_.items() if k.startswith(("square", "transfer"))}
     white = {k: v["robust_accuracy"] for k, v in attacks_.items() if not k.startswith(("square", "transfer"))}
     if not black or not white:
@@ -72,6 +79,27 @@ def check_black_box(report: dict) -> dict:
     return _verdict("black_box_vs_white_box", min(black.values()) >= min(white.values()) - TOLERANCE,
                     {"best_black_box": min(black.values()), "best_white_box": min(white.values())},
                     "a black-box attack should not beat the white-box ones")
+
+
+LOSS_GAP = 0.05  # CE-based robust accuracy this far above the margin/DLR-based one is not noise
+
+
+def check_loss_dependence(report: dict) -> dict:
+    attacks_ = report["attacks"]
+    ce = {k: v["robust_accuracy"] for k, v in attacks_.items()
+          if _linf(k) and re.match(r"^(pgd\d+|apgd_ce)", k)}
+    margin = {k: v["robust_accuracy"] for k, v in attacks_.items()
+              if _linf(k) and re.match(r"^(cw\d+|dlr\d+|apgd_dlr|apgd_t)", k)}
+    if not ce or not margin:
+        return _not_applicable("loss_dependence", "needs an l-inf cross-entropy attack (pgdN, apgd_ce) and a "
+                                                  "margin / DLR one (cwN, dlrN, apgd_dlr, apgd_t)")
+    best_ce, best_margin = min(ce.values()), min(margin.values())
+    return _verdict("loss_dependence", best_ce <= best_margin + LOSS_GAP,
+                    {"best_ce": best_ce, "best_ce_attack": min(ce, key=ce.get), "best_margin": best_margin,
+                     "best_margin_attack": min(margin, key=margin.get), "gap": round(best_ce - best_margin, 4)},
+                    "cross-entropy attacks leave many more points robust than margin / DLR attacks: the loss "
+                    "surface of CE is flattened (label smoothing, logit squeezing, saturated softmax); report "
+                    "the margin / DLR / AutoAttack numbers, not the CE ones")
 
 
 def _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed):
@@ -87,6 +115,8 @@ def _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed):
     pgd_steps = {_steps(k) for k in plain if k.startswith("pgd") and "_l" not in k}
     if len(pgd_steps - {None}) < 2:
         wanted += [n for n in ("pgd10", "pgd50") if n not in plain]
+    if not any(_linf(k) and re.match(r"^(cw\d+|dlr\d+|apgd_dlr|apgd_t)", k) for k in names):
+        wanted.append("cw50")
     if square_queries and not any(k.startswith(("square", "transfer")) for k in names):
         wanted.append(f"square{square_queries}")
     if not wanted:
@@ -99,8 +129,9 @@ def audit(logits_fn: Callable, x, y, report: dict, eps: float, batch_size: int =
           unbounded_steps: int = 100, seed: int = 0, square_queries: int = 0) -> Dict[str, dict]:
     """Runs every check; `report` is an evaluation report of the same examples (tfadv.evaluation.evaluate).
 
-    Checks that compare attacks use the report's attacks; when it lacks FGSM or two l-inf PGD step counts
-    (e.g. an AutoAttack-only suite) the audit runs FGSM / PGD-10 / PGD-50 itself, and with `square_queries`
+    Checks that compare attacks use the report's attacks; when it lacks FGSM, two l-inf PGD step counts
+    (e.g. an AutoAttack-only suite) or a margin / DLR attack, the audit runs FGSM / PGD-10 / PGD-50 / CW-50
+    itself, and with `square_queries`
     a Square attack when the report has no black-box attack. Cascaded attacks (AutoAttack) enter the
     black-box check with their cumulative accuracy: Square breaking more than the tolerance of the points
     the white-box attacks left robust is the warning sign.
@@ -110,7 +141,8 @@ def audit(logits_fn: Callable, x, y, report: dict, eps: float, batch_size: int =
     probes = _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed)
     combined = {"attacks": {**{k: v for k, v in report["attacks"].items()},
                             **{k: v for k, v in probes["attacks"].items() if k not in report["attacks"]}}}
-    checks = [check_one_step(combined), check_more_steps(combined), check_black_box(combined)]
+    checks = [check_one_step(combined), check_more_steps(combined), check_black_box(combined),
+              check_loss_dependence(combined)]
     for check in checks:
         if probes["attacks"] and check["verdict"] != "n/a":
             check["numbers"]["probes_run_by_the_audit"] = ",".join(sorted(probes["attacks"]))
