@@ -150,7 +150,7 @@ def cossat_rows(ssat, base):
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     labels = {"half_white_box": "half-white-box (attack SSAT, classify with Co-SSAT)",
               "white_box": "white-box (attack composite and each branch)",
-              "aa_dispatch": "App. H.2 (AutoAttack on each branch, dispatched by the detector)"}
+              "aa_dispatch": "App. H.2 (each attack on each branch separately, dispatched by the detector)"}
     for protocol, label in labels.items():
         result = report["cossat"][protocol]
         a = result["attacks"]
