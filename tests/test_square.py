@@ -43,7 +43,7 @@ def test_stays_in_the_ball_and_the_box_and_lowers_accuracy_without_gradients(set
 
 def test_as_strong_as_pgd20_on_an_undefended_model(setup, natural_mlp):
     fn, x, y, keys = setup
-    x_adv = square(fn, x, y, eps=0.125, queries=5000, keys=keys)
+    x_adv = tf.function(lambda a, b, k: square(fn, a, b, eps=0.125, queries=5000, keys=k))(x, y, keys)
     pgd = attacks.pgd(lambda a: natural_mlp(a, training=False), x, y, eps=0.125, step_size=0.03, steps=20)
     assert _accuracy(fn, x_adv, y) <= _accuracy(fn, pgd, y) + 0.03
 
