@@ -239,10 +239,15 @@ def main(argv):
             json.dump(report, handle, indent=2)
         print(f"report written to {output}")
     if report_dir:
+        os.makedirs(plots, exist_ok=True)
+        chart = evaluation.plot_report(report, os.path.join(plots, "robust_accuracy.png"),
+                                       f"{os.path.basename(os.path.normpath(FLAGS.model_dir))}: robust accuracy")
+        print(f"chart written to {chart}")
         markdown = os.path.join(report_dir, "report.md")
         with open(markdown, "w") as handle:
             handle.write(evaluation.format_markdown(report, report.get("audit"),
                                                     f"Robustness of {FLAGS.model_dir}"))
+            handle.write(f"\n![robust accuracy]({os.path.relpath(chart, report_dir)})\n")
         print(f"summary written to {markdown}")
 
 

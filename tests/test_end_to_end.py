@@ -219,6 +219,8 @@ def test_autoattack_suite_on_a_bare_saved_model_without_the_training_code(runs, 
     assert "verdict" in report["audit"]["one_step_vs_multi_step"]
     markdown = (report_dir / "report.md").read_text()
     assert "apgd_t" in markdown and "autoattack" in markdown
+    assert "![robust accuracy](plots/robust_accuracy.png)" in markdown
+    assert (report_dir / "plots" / "robust_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     # the library alone, with the training modules unimportable, gives the same numbers at another batch size
     check = subprocess.run([sys.executable, "-c", NO_TRAINING_CODE, str(exported), str(examples), "7"], cwd=ROOT,
                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True,

@@ -363,3 +363,38 @@ def format_markdown(report: dict, audit: Optional[dict] = None, title: str = "Ro
                                 for k, v in check["numbers"].items())
             lines.append(f"| {name} | {check['verdict']} | {numbers} |")
     return "\n".join(lines) + "\n"
+
+
+def plot_report(report: dict, path: str, title: str = "") -> str:
+    """A horizontal bar chart of a report: clean, each attack (cascade stages hatched, labelled "+"), the
+    worst case per norm; the audit's warnings in the title when `report["audit"]` has any. Returns `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("clean", report["clean_accuracy"], "clean")]
+    rows += [(("+ " if e.get("group") else "") + name, e["robust_accuracy"], "group" if e.get("group") else e["norm"])
+             for name, e in report["attacks"].items()]
+    rows += [(f"worst case ({norm})", value, "worst") for norm, value in report.get("worst_case_by_norm", {}).items()]
+    colours = {"clean": "#4c72b0", "linf": "#dd8452", "l2": "#55a868", "l1": "#8172b3", "group": "#c44e52",
+               "worst": "#333333"}
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    positions = list(range(len(rows)))[::-1]
+    bars = ax.barh(positions, [100 * v for _, v, _ in rows], color=[colours.get(k, "#999999") for _, _, k in rows],
+                   hatch=None)
+    for bar, (_, value, kind) in zip(bars, rows):
+        if kind == "group":
+            bar.set_hatch("//")
+        ax.text(bar.get_width() + 0.5, bar.get_y() + bar.get_height() / 2, f"{100 * value:.1f}", va="center",
+                fontsize=8)
+    ax.set_yticks(positions, [name for name, _, _ in rows], fontsize=8)
+    ax.set_xlim(0, 108)
+    ax.set_xlabel(f"accuracy (%) on {report['num_examples']} examples")
+    warned = [name for name, check in report.get("audit", {}).items() if check.get("verdict") == "warn"]
+    heading = title + (f"\naudit warns: {', '.join(warned)}" if warned else "")
+    ax.set_title(heading, fontsize=9, color="#c44e52" if warned else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
