@@ -103,8 +103,8 @@ def check_loss_dependence(report: dict) -> dict:
 
 
 def _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed):
-    """The attacks the report-based checks need but the report lacks (FGSM, PGD-10/50, Square), run here so
-    that every suite gets every verdict; returns a report of the probes (names prefixed in the verdicts)."""
+    """The attacks the report-based checks need but the report lacks (FGSM, PGD-10/50, CW-50, Square), run
+    here so that every suite gets every verdict; returns a report of the probes (named in the verdicts)."""
     from tfadv.evaluation import runner
 
     names = report["attacks"]
