@@ -82,14 +82,16 @@ def check_black_box(report: dict) -> dict:
 
 
 LOSS_GAP = 0.05  # CE-based robust accuracy this far above the margin/DLR-based one is not noise
+_CE_ATTACK = re.compile(r"^(pgd\d+|apgd_ce)")
+_MARGIN_ATTACK = re.compile(r"^(cw\d+|dlr\d+|apgd_dlr|apgd_t)")
 
 
 def check_loss_dependence(report: dict) -> dict:
     attacks_ = report["attacks"]
     ce = {k: v["robust_accuracy"] for k, v in attacks_.items()
-          if _linf(k) and re.match(r"^(pgd\d+|apgd_ce)", k)}
+          if _linf(k) and _CE_ATTACK.match(k)}
     margin = {k: v["robust_accuracy"] for k, v in attacks_.items()
-              if _linf(k) and re.match(r"^(cw\d+|dlr\d+|apgd_dlr|apgd_t)", k)}
+              if _linf(k) and _MARGIN_ATTACK.match(k)}
     if not ce or not margin:
         return _not_applicable("loss_dependence", "needs an l-inf cross-entropy attack (pgdN, apgd_ce) and a "
                                                   "margin / DLR one (cwN, dlrN, apgd_dlr, apgd_t)")
@@ -115,7 +117,7 @@ def _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed):
     pgd_steps = {_steps(k) for k in plain if k.startswith("pgd") and "_l" not in k}
     if len(pgd_steps - {None}) < 2:
         wanted += [n for n in ("pgd10", "pgd50") if n not in plain]
-    if not any(_linf(k) and re.match(r"^(cw\d+|dlr\d+|apgd_dlr|apgd_t)", k) for k in names):
+    if not any(_linf(k) and _MARGIN_ATTACK.match(k) for k in names):
         wanted.append("cw50")
     if square_queries and not any(k.startswith(("square", "transfer")) for k in names):
         wanted.append(f"square{square_queries}")

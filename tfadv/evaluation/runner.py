@@ -381,8 +381,7 @@ def plot_report(report: dict, path: str, title: str = "") -> str:
                "worst": "#333333"}
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
     positions = list(range(len(rows)))[::-1]
-    bars = ax.barh(positions, [100 * v for _, v, _ in rows], color=[colours.get(k, "#999999") for _, _, k in rows],
-                   hatch=None)
+    bars = ax.barh(positions, [100 * v for _, v, _ in rows], color=[colours.get(k, "#999999") for _, _, k in rows])
     for bar, (_, value, kind) in zip(bars, rows):
         if kind == "group":
             bar.set_hatch("//")
