@@ -45,12 +45,13 @@ def _batched(fn, x, y, batch_size):
 
 
 def _linf(name):
-    return "_l" not in name and "transfer" not in name
+    """An l-inf attack by its name (`_l2` / `_l1` mark the other norms)."""
+    return "_l" not in name
 
 
 def check_one_step(report: dict) -> dict:
     attacks_ = report["attacks"]
-    multi = {k: v["robust_accuracy"] for k, v in attacks_.items() if k.startswith("pgd") and "_l" not in k}
+    multi = {k: v["robust_accuracy"] for k, v in attacks_.items() if k.startswith("pgd") and _linf(k)}
     if "fgsm" not in attacks_ or not multi:
         return _not_applicable("one_step_vs_multi_step", "needs fgsm and an l-inf pgdN attack")
     fgsm = attacks_["fgsm"]["robust_accuracy"]
@@ -61,7 +62,7 @@ def check_one_step(report: dict) -> dict:
 
 def check_more_steps(report: dict) -> dict:
     linf_ce = sorted(((s, k, v["robust_accuracy"]) for k, v in report["attacks"].items()
-                      if k.startswith("pgd") and "_l" not in k and (s := _steps(k))), key=lambda t: t[0])
+                      if k.startswith("pgd") and _linf(k) and (s := _steps(k))), key=lambda t: t[0])
     if len(linf_ce) < 2:
         return _not_applicable("more_steps_help", "needs two l-inf pgdN attacks with different N")
     rises = [(a[1], b[1]) for a, b in zip(linf_ce, linf_ce[1:]) if b[2] > a[2] + TOLERANCE]
@@ -71,7 +72,7 @@ def check_more_steps(report: dict) -> dict:
 
 def check_black_box(report: dict) -> dict:
     # l-inf only: an l2 attack at its own radius is another threat model, not a stronger white-box attack
-    attacks_ = {k: v for k, v in report["attacks"].items() if _linf(k.replace("transfer_", ""))}
+    attacks_ = {k: v for k, v in report["attacks"].items() if _linf(k)}
     black = {k: v["robust_accuracy"] for k, v in attacks_.items() if k.startswith(("square", "transfer"))}
     white = {k: v["robust_accuracy"] for k, v in attacks_.items() if not k.startswith(("square", "transfer"))}
     if not black or not white:
@@ -88,10 +89,8 @@ _MARGIN_ATTACK = re.compile(r"^(cw\d+|dlr\d+|apgd_dlr|apgd_t)")
 
 def check_loss_dependence(report: dict) -> dict:
     attacks_ = report["attacks"]
-    ce = {k: v["robust_accuracy"] for k, v in attacks_.items()
-          if _linf(k) and _CE_ATTACK.match(k)}
-    margin = {k: v["robust_accuracy"] for k, v in attacks_.items()
-              if _linf(k) and _MARGIN_ATTACK.match(k)}
+    ce = {k: v["robust_accuracy"] for k, v in attacks_.items() if _linf(k) and _CE_ATTACK.match(k)}
+    margin = {k: v["robust_accuracy"] for k, v in attacks_.items() if _linf(k) and _MARGIN_ATTACK.match(k)}
     if not ce or not margin:
         return _not_applicable("loss_dependence", "needs an l-inf cross-entropy attack (pgdN, apgd_ce) and a "
                                                   "margin / DLR one (cwN, dlrN, apgd_dlr, apgd_t)")
@@ -114,7 +113,7 @@ def _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed):
     wanted = []
     if "fgsm" not in plain:
         wanted.append("fgsm")
-    pgd_steps = {_steps(k) for k in plain if k.startswith("pgd") and "_l" not in k}
+    pgd_steps = {_steps(k) for k in plain if k.startswith("pgd") and _linf(k)}
     if len(pgd_steps - {None}) < 2:
         wanted += [n for n in ("pgd10", "pgd50") if n not in plain]
     if not any(_linf(k) and _MARGIN_ATTACK.match(k) for k in names):
@@ -163,7 +162,7 @@ def audit(logits_fn: Callable, x, y, report: dict, eps: float, batch_size: int =
     rng = np.random.default_rng(seed)
     noisy = np.clip(x + rng.choice([-eps, eps], size=x.shape).astype(np.float32), 0, 1)
     acc_noise = float(_batched(tf.function(correct, reduce_retracing=True), noisy, y, batch_size).mean())
-    attacked = [v["robust_accuracy"] for k, v in report["attacks"].items() if "_l" not in k]
+    attacked = [v["robust_accuracy"] for k, v in report["attacks"].items() if _linf(k)]
     if attacked:
         checks.append(_verdict("random_noise", acc_noise >= min(attacked) - TOLERANCE,
                                {"random_sign_noise": acc_noise, "best_attack": min(attacked)},

@@ -341,12 +341,12 @@ def format_table(report: dict) -> str:
 
 def format_markdown(report: dict, audit: Optional[dict] = None, title: str = "Robustness report") -> str:
     """A Markdown summary: accuracy per attack with time and images/s, groups, worst case, audit verdicts."""
+    by_norm = report.get("worst_case_by_norm", {})
+    per_norm = "".join(f"; {norm} attacks only **{value * 100:.2f} %**" for norm, value in by_norm.items()) \
+        if len(by_norm) > 1 else ""
     lines = [f"# {title}", "", f"{report['num_examples']} examples; clean accuracy "
              f"**{report['clean_accuracy'] * 100:.2f} %**; worst case over all attacks "
-             f"**{report['worst_case_accuracy'] * 100:.2f} %**" +
-             "".join(f"; {norm} attacks only **{value * 100:.2f} %**"
-                     for norm, value in report.get("worst_case_by_norm", {}).items()
-                     if len(report["worst_case_by_norm"]) > 1) + ".", ""]
+             f"**{report['worst_case_accuracy'] * 100:.2f} %**{per_norm}.", ""]
     lines += ["| attack | norm | eps | robust accuracy | attacked | time (s) | images/s |",
               "|---|---|---|---|---|---|---|"]
     for name, entry in report["attacks"].items():
