@@ -109,51 +109,103 @@ def schedule_curve(schedule, epochs: int, updates_per_epoch: int, points: int = 
 
 class RobustValidation(keras.callbacks.Callback):
     """Every `every` epochs: clean and robust accuracy on held-out arrays, logged as `val_clean_accuracy` /
-    `val_robust_accuracy` (so History, CSVLogger and TensorBoard record them); keeps the best-robust
-    network weights. `robust_accuracy_fn(network, x, y) -> (clean, robust)` does the measuring.
+    `val_robust_accuracy` (so History, CSVLogger and TensorBoard record them). With `best_paths`
+    ({"robust": path, "clean": path}) it keeps two checkpoints, as paper 001's code does: the best-robust
+    weights (the run's "best", and the robust self-teacher) and the best-clean weights (the standard
+    self-teacher). `robust_accuracy_fn(network, x, y) -> (clean, robust)` does the measuring.
+
+    With `swa` (a `StochasticWeightAveraging` placed *before* this callback), once averaging has started the
+    validated, logged and checkpointed weights are the average with BatchNorm recomputed (paper 001's code
+    evaluates its SWA model every epoch); the raw weights' numbers are logged beside them as
+    `val_raw_clean_accuracy` / `val_raw_robust_accuracy`.
     """
 
-    def __init__(self, network, arrays, robust_accuracy_fn: Callable, best_path: str, every: int = 1,
-                 state: Optional[dict] = None, log: Callable = print):
+    def __init__(self, network, arrays, robust_accuracy_fn: Callable, best_paths: Optional[dict] = None,
+                 every: int = 1, swa=None, log: Callable = print):
         super().__init__()
         self.network = network
         self.arrays = arrays
         self.robust_accuracy_fn = robust_accuracy_fn
-        self.best_path = best_path
+        self.best_paths = dict(best_paths or {})
+        unknown = set(self.best_paths) - {"robust", "clean"}
+        if unknown:
+            raise ValueError(f"best_paths keys must be robust and/or clean, got {sorted(unknown)}")
         self.every = max(int(every), 1)
+        self.swa = swa
         # tf.Variables, so the best so far is part of the resumable checkpoint.
         self.best_robust = tf.Variable(-1.0, trainable=False, name="best_robust_accuracy")
         self.best_clean = tf.Variable(-1.0, trainable=False, name="best_clean_accuracy")
         self.best_epoch = tf.Variable(-1, trainable=False, name="best_epoch", dtype=tf.int64)
+        # the best-clean checkpoint: its clean accuracy (the criterion), robust accuracy and epoch
+        self.best_sa_clean = tf.Variable(-1.0, trainable=False, name="best_sa_clean_accuracy")
+        self.best_sa_robust = tf.Variable(-1.0, trainable=False, name="best_sa_robust_accuracy")
+        self.best_sa_epoch = tf.Variable(-1, trainable=False, name="best_sa_epoch", dtype=tf.int64)
         self.log = log
         self.total_epochs = None
 
     def state(self):
-        return {"best_robust": self.best_robust, "best_clean": self.best_clean, "best_epoch": self.best_epoch}
+        return {"best_robust": self.best_robust, "best_clean": self.best_clean, "best_epoch": self.best_epoch,
+                "best_sa_clean": self.best_sa_clean, "best_sa_robust": self.best_sa_robust,
+                "best_sa_epoch": self.best_sa_epoch}
+
+    def best(self, kind: str = "robust") -> dict:
+        """{"epoch", "val_clean_accuracy", "val_robust_accuracy"} of the best-`kind` checkpoint (epoch -1: none)."""
+        if kind == "robust":
+            return {"epoch": int(self.best_epoch.numpy()), "val_clean_accuracy": float(self.best_clean.numpy()),
+                    "val_robust_accuracy": float(self.best_robust.numpy())}
+        return {"epoch": int(self.best_sa_epoch.numpy()), "val_clean_accuracy": float(self.best_sa_clean.numpy()),
+                "val_robust_accuracy": float(self.best_sa_robust.numpy())}
 
     def on_train_begin(self, logs=None):
         self.total_epochs = self.params.get("epochs") if self.params else None
+
+    def _keys(self):
+        keys = ["val_clean_accuracy", "val_robust_accuracy"]
+        return keys + ["val_raw_clean_accuracy", "val_raw_robust_accuracy"] if self.swa is not None else keys
 
     def on_epoch_end(self, epoch, logs=None):
         last = self.total_epochs is not None and epoch + 1 == self.total_epochs
         if (epoch + 1) % self.every and not last:
             if logs is not None:  # CSVLogger fixes its columns at the first epoch: keep them present
-                logs["val_clean_accuracy"] = float("nan")
-                logs["val_robust_accuracy"] = float("nan")
+                for key in self._keys():
+                    logs[key] = float("nan")
             return
         start = time.time()
         clean, robust = self.robust_accuracy_fn(self.network, *self.arrays)
-        if logs is not None:
-            logs["val_clean_accuracy"] = clean
-            logs["val_robust_accuracy"] = robust
-        if robust > float(self.best_robust.numpy()):
-            self.best_robust.assign(robust)
-            self.best_clean.assign(clean)
-            self.best_epoch.assign(epoch + 1)
-            self.network.save_weights(self.best_path)
-        self.log(f"epoch {epoch + 1}: validation clean {clean:.4f} robust {robust:.4f} "
-                 f"(best robust {float(self.best_robust.numpy()):.4f} at epoch {int(self.best_epoch.numpy())}; "
-                 f"{time.time() - start:.1f}s)")
+        averaged = False
+        if self.swa is not None:
+            raw_clean, raw_robust = clean, robust
+            averaged = self.swa.swap_in()  # the average with recomputed BatchNorm, once averaging has started
+        try:
+            if averaged:
+                clean, robust = self.robust_accuracy_fn(self.network, *self.arrays)
+            if logs is not None:
+                logs["val_clean_accuracy"] = clean
+                logs["val_robust_accuracy"] = robust
+                if self.swa is not None:
+                    logs["val_raw_clean_accuracy"] = raw_clean
+                    logs["val_raw_robust_accuracy"] = raw_robust
+            if "robust" in self.best_paths and robust > float(self.best_robust.numpy()):
+                self.best_robust.assign(robust)
+                self.best_clean.assign(clean)
+                self.best_epoch.assign(epoch + 1)
+                self.network.save_weights(self.best_paths["robust"])
+            if "clean" in self.best_paths and clean > float(self.best_sa_clean.numpy()):
+                self.best_sa_clean.assign(clean)
+                self.best_sa_robust.assign(robust)
+                self.best_sa_epoch.assign(epoch + 1)
+                self.network.save_weights(self.best_paths["clean"])
+        finally:
+            if averaged:
+                self.swa.swap_out()
+        what = f"SWA average of {self.swa.count} epochs" if averaged else "weights"
+        raw = f" (raw weights: clean {raw_clean:.4f} robust {raw_robust:.4f})" if averaged else ""
+        best = ""
+        if "robust" in self.best_paths:
+            best = (f"; best robust {float(self.best_robust.numpy()):.4f} at epoch {int(self.best_epoch.numpy())}, "
+                    f"best clean {float(self.best_sa_clean.numpy()):.4f} at epoch {int(self.best_sa_epoch.numpy())}")
+        self.log(f"epoch {epoch + 1}: validation of the {what}: clean {clean:.4f} robust {robust:.4f}{raw}{best} "
+                 f"({time.time() - start:.1f}s)")
 
 
 class ResumableCheckpoint(keras.callbacks.Callback):

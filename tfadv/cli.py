@@ -59,9 +59,15 @@ def define_train_flags():
     f.DEFINE_float("lr_decay_factor", d.lr_decay_factor, "piecewise: the factor")
     f.DEFINE_float("lr_warmup_epochs", d.lr_warmup_epochs, "cosine: linear warm-up epochs")
     f.DEFINE_float("lr_peak_fraction", d.lr_peak_fraction, "cyclic: where in the run the rate peaks, in (0,1)")
+    f.DEFINE_string("optimizer", d.optimizer, "sgd (with --momentum; most papers' code) or adam (Madry et al.'s "
+                    "MNIST model: --optimizer=adam --lr=1e-4 --batch_size=50)")
     f.DEFINE_float("momentum", d.momentum, "SGD momentum")
     f.DEFINE_float("weight_decay", d.weight_decay, "L2 weight decay (coupled, as torch.optim.SGD)")
+    f.DEFINE_string("weight_decay_scope", d.weight_decay_scope, "which weights decay: all (torch.optim.SGD in "
+                    "most papers' code) or kernels (conv/dense kernels only, as BAT's and Madry's code)")
     f.DEFINE_float("eps", d.eps, "perturbation radius in the dataset's pixel levels (8 = 8/255 on CIFAR)")
+    f.DEFINE_float("eps_warmup_epochs", d.eps_warmup_epochs, "training eps (and step size) grow linearly from 0 "
+                   "to --eps over this many epochs (common for MNIST-scale eps); 0 = off")
     f.DEFINE_float("step_size", d.step_size, "attack step size in pixel levels (fgsm_rs: 1.25 eps; free: eps)")
     f.DEFINE_integer("attack_steps", d.attack_steps, "steps of the training attack (PGD-k, TRADES-k)")
     f.DEFINE_string("norm", d.norm, "threat model of the training attack: linf, l2 (l1 for free/fgsm_rs/trades)")
@@ -108,7 +114,10 @@ def define_train_flags():
                     "logit squeezing: frobenius (||Z||_F of the batch, paper 004 Eq. 5) or mean_l2")
     f.DEFINE_float("noise_sigma", d.noise_sigma, "Gaussian noise on training images, std in pixel levels "
                    "(20 = 20/255 on CIFAR), clipped to [0, 1]; 0 = off")
-    f.DEFINE_float("val_fraction", d.val_fraction, "held-out share of the training split in [0,1) (0.1 = 9:1)")
+    f.DEFINE_string("augmentation", d.augmentation, "training augmentation: auto (the dataset's: crop_flip for "
+                    "CIFAR, crop for SVHN, none for digits/MNIST), none, crop (pad-4 random crop), crop_flip")
+    f.DEFINE_float("val_fraction", d.val_fraction, "held-out share of the training split in [0,1) that selects the best checkpoints (0.1 = paper 001's "
+                   "9:1); 0 = none: curves on test images, no checkpoint selection")
     f.DEFINE_integer("train_examples", d.train_examples, "train on the first N examples of the training split "
                      "(after the validation split; -1: all) — a small set makes robust overfitting easy to see")
     f.DEFINE_integer("val_every", d.val_every, "robust validation every N epochs (and at the last)")

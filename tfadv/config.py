@@ -17,6 +17,9 @@ from tfadv.callbacks import LR_SCHEDULES
 JIT_MODES = ("auto", "true", "false")
 DISTRIBUTE_MODES = ("none", "mirrored")
 PRECISIONS = ("none", "bfloat16", "float16")
+OPTIMIZERS = ("sgd", "adam")
+WEIGHT_DECAY_SCOPES = ("all", "kernels")
+AUGMENTATIONS = ("auto", "none", "crop", "crop_flip")
 
 
 class ConfigError(ValueError):
@@ -42,9 +45,12 @@ class TrainConfig:
     lr_decay_factor: float = 0.1
     lr_warmup_epochs: float = 0.0
     lr_peak_fraction: float = 0.5
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    weight_decay_scope: str = "all"
     eps: float = 2.0
+    eps_warmup_epochs: float = 0.0
     step_size: float = 0.5
     attack_steps: int = 10
     norm: str = "linf"
@@ -81,7 +87,8 @@ class TrainConfig:
     squeeze_beta: float = 0.0
     squeeze_reduction: str = "frobenius"
     noise_sigma: float = 0.0
-    val_fraction: float = 0.0
+    augmentation: str = "auto"
+    val_fraction: float = 0.1
     train_examples: int = -1
     val_every: int = 1
     val_examples: int = 500
@@ -118,11 +125,16 @@ class TrainConfig:
                                      bn_mode=self.attack_bn_mode)
 
     def swa_start(self) -> int:
-        """--swa_start_epoch, or 5 epochs after the first LR decay (paper 001's code), or 3/4 of the run."""
+        """The first averaged epoch, 1-based: --swa_start_epoch, or paper 001's code default, or 3/4 of the run.
+
+        Paper 001's code averages when its 0-based epoch index is >= swa_start = first decay + 5 (55 with LR
+        decays at 50, 150); its LR decays from 0-based epoch 50 on, as tfadv's piecewise schedule does. In
+        tfadv's 1-based epochs that is first decay + 6.
+        """
         if self.swa_start_epoch:
             return self.swa_start_epoch
         if self.lr_schedule == "piecewise" and self.lr_decay_epochs:
-            return min(min(self.lr_decay_epochs) + 5, self.epochs)
+            return min(min(self.lr_decay_epochs) + 6, self.epochs)
         return max(1, (3 * self.epochs) // 4)
 
     def ssat_config(self) -> training.SSATConfig:
@@ -152,6 +164,14 @@ class TrainConfig:
         _one_of("mixed_precision", self.mixed_precision, PRECISIONS)
         _one_of("ls_method", self.ls_method, ("none",) + targets.LS_METHODS)
         _one_of("squeeze_reduction", self.squeeze_reduction, losses.SQUEEZE_REDUCTIONS)
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        _one_of("weight_decay_scope", self.weight_decay_scope, WEIGHT_DECAY_SCOPES)
+        _one_of("augmentation", self.augmentation, AUGMENTATIONS)
+        if not 0.0 <= self.eps_warmup_epochs <= self.epochs:
+            raise ConfigError("eps_warmup_epochs", f"must be in [0, --epochs={self.epochs}], got {self.eps_warmup_epochs}")
+        if self.eps_warmup_epochs and self.defense in training.CLEAN_DEFENSES:
+            raise ConfigError("eps_warmup_epochs", f"--defense={self.defense} trains on clean inputs; there is no "
+                                                   "training eps to warm up")
         if self.ssat_replays < 1:
             raise ConfigError("ssat_replays", f"must be a positive integer, got {self.ssat_replays}")
         if not 0.0 <= self.ssat_lambda1 <= self.ssat_lambda0 <= 1.0:

@@ -27,6 +27,11 @@ from tfadv.config import ConfigError, TrainConfig
 
 FLAGS_FILE = "flags.txt"
 METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+# Checkpoints kept by robust validation (paper 001's code keeps both): "best" is the best-robust-accuracy
+# checkpoint (the run's reported best and the robust self-teacher), "best_clean" the best-clean one (the
+# standard self-teacher).
+CHECKPOINTS = {"best_robust": "best", "best_clean": "best_clean", "final": "final"}
 
 
 class RunError(RuntimeError):
@@ -129,16 +134,40 @@ def load_run_network(run_dir: str, weights: str = "final"):
     return network, run_config
 
 
-def load_teacher(path: str, flag: str, spec: data.DatasetSpec):
-    """A frozen teacher's logits_fn (inference mode) from a tfadv run dir or a SavedModel, checked against the
-    dataset's input shape and class count before training starts."""
+def _teacher_record(path: str, checkpoint: str, wanted: str) -> dict:
+    """Which checkpoint of which run a teacher came from, with that checkpoint's recorded accuracies."""
+    record = {"run": os.path.abspath(path), "checkpoint": f"checkpoints/{checkpoint}.weights.h5",
+              "selected_by": wanted if checkpoint == CHECKPOINTS[wanted] else
+              f"final weights (the run kept no {wanted} checkpoint)"}
+    metrics_path = os.path.join(path, METRICS_FILE)
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as handle:
+            run_metrics = json.load(handle)
+        entry = run_metrics.get({"best": "best", "best_clean": "best_clean", "final": "final"}[checkpoint]) or {}
+        for key in ("epoch", "clean_accuracy", "robust_accuracy", "robust_attack", "num_examples",
+                    "val_clean_accuracy", "val_robust_accuracy", "selected_by"):
+            if key in entry:
+                record[("checkpoint_" + key) if key == "selected_by" else key] = entry[key]
+    return record
+
+
+def load_teacher(path: str, flag: str, spec: data.DatasetSpec, wanted: str = "best_robust", log: Callable = print):
+    """(logits_fn, record) of a frozen teacher (inference mode) from a tfadv run dir or a SavedModel, checked
+    against the dataset's input shape and class count before training starts. From a run directory, `wanted`
+    ("best_robust" for the robust self-teacher, "best_clean" for the standard one, as paper 001's code
+    selects them) names the checkpoint; `record` says which checkpoint of which run was loaded, with its
+    accuracies from the run's metrics.json."""
     if os.path.exists(os.path.join(path, FLAGS_FILE)):
-        # Self-teachers are early-stopped models (paper 001): the run's best-robust checkpoint when it has one.
-        best = os.path.exists(os.path.join(path, "checkpoints", "best.weights.h5"))
+        checkpoint = CHECKPOINTS[wanted]
+        if not os.path.exists(os.path.join(path, "checkpoints", f"{checkpoint}.weights.h5")):
+            log(f"warning: --{flag}: {path} has no {wanted} checkpoint (trained without a validation split or "
+                "by an older tfadv); using its final weights")
+            checkpoint = "final"
         try:
-            network, _ = load_run_network(path, "best" if best else "final")
+            network, _ = load_run_network(path, checkpoint)
         except FileNotFoundError as error:
             raise ConfigError(flag, str(error)) from None
+        record = _teacher_record(path, checkpoint, wanted)
         network.trainable = False
         shape, classes = tuple(network.input_shape[1:]), network.output_shape[-1]
         logits_fn = lambda images: network(images, training=False)  # noqa: E731  frozen, inference BN
@@ -147,25 +176,48 @@ def load_teacher(path: str, flag: str, spec: data.DatasetSpec):
         if not os.path.exists(os.path.join(saved, "saved_model.pb")):
             raise ConfigError(flag, f"{path!r} is neither a tfadv run nor a SavedModel")
         logits_fn = export.load_logits_fn(saved)
+        record = {"saved_model": os.path.abspath(saved), "checkpoint": "SavedModel (as exported)"}
         shape = tuple(logits_fn.input_shape[1:])
         classes = logits_fn(tf.zeros((1,) + tuple(spec.image_shape))).shape[-1] if shape == spec.image_shape else None
     if shape != tuple(spec.image_shape) or classes != spec.num_classes:
         raise ConfigError(flag, f"the teacher at {path} takes {shape} and predicts {classes} classes, but "
                                 f"{spec.name} has {tuple(spec.image_shape)} images and {spec.num_classes} classes")
-    return logits_fn
+    return logits_fn, record
 
 
-def build_distillation(config: TrainConfig):
+def build_distillation(config: TrainConfig, log: Callable = print):
+    """(Distillation or None, {teacher name: record}): the robust teacher is its run's best-robust checkpoint,
+    the standard teacher its run's best-clean checkpoint (paper 001's code)."""
     if not (config.kd_adv_teacher or config.kd_std_teacher):
-        return None
+        return None, {}
     spec = config.spec
     ce, adv, std = config.kd_weights
-    teachers = {}
-    if config.kd_adv_teacher:
-        teachers["robust"] = (load_teacher(config.kd_adv_teacher, "kd_adv_teacher", spec), adv)
-    if config.kd_std_teacher:
-        teachers["standard"] = (load_teacher(config.kd_std_teacher, "kd_std_teacher", spec), std)
-    return training.Distillation(teachers, ce, config.kd_temperature)
+    teachers, records = {}, {}
+    for name, flag, wanted, weight in (("robust", "kd_adv_teacher", "best_robust", adv),
+                                       ("standard", "kd_std_teacher", "best_clean", std)):
+        path = getattr(config, flag)
+        if path:
+            logits_fn, record = load_teacher(path, flag, spec, wanted, log)
+            teachers[name] = (logits_fn, weight)
+            records[name] = {**record, "weight": weight}
+    return training.Distillation(teachers, ce, config.kd_temperature), records
+
+
+def build_optimizer(config: TrainConfig, schedule):
+    """--optimizer: SGD with momentum (most papers' code) or Adam (Madry et al.'s MNIST model, paper 004)."""
+    if config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
+    if config.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def robust_attack_name(steps: int, norm: str) -> str:
+    """The name `evaluate.py --attacks=...` gives the same attack (same spec, same per-example randomness), so
+    the final figure in metrics.json and an evaluation of the same model and examples agree."""
+    return f"pgd{steps}" + ("" if norm == "linf" else f"_{norm}")
 
 
 def pgd_accuracy_fn(eps: float, steps: int, norm: str = "linf", batch_size: int = 256):
@@ -173,7 +225,7 @@ def pgd_accuracy_fn(eps: float, steps: int, norm: str = "linf", batch_size: int 
 
     The compiled attack is kept per network, so calling it every epoch does not retrace.
     """
-    spec = evaluation.parse_attack(f"pgd{steps}_{norm}", {norm: eps})
+    spec = evaluation.parse_attack(robust_attack_name(steps, norm), {norm: eps})
     evaluators = {}
 
     def measure(network, x, y):
@@ -266,7 +318,8 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     if config.train_examples > 0:
         splits.train = data.take(splits.train, config.train_examples)
     set_precision(config)
-    distillation = build_distillation(config)  # a wrong teacher fails here, before anything is written
+    # a wrong teacher fails here, before anything is written
+    distillation, teacher_records = build_distillation(config, log)
 
     # Everything below writes into output_dir.
     out = config.output_dir
@@ -287,48 +340,61 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
         trainer = build_trainer(config, network, distillation)
         schedule = make_schedule(config.lr_schedule, config.lr, config.epochs, updates, config.lr_decay_epochs,
                                  config.lr_decay_factor, config.lr_warmup_epochs, config.lr_peak_fraction)
-        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
-        if config.mixed_precision == "float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = build_optimizer(config, schedule)
         trainer.compile(optimizer=optimizer, jit_compile=jit)
         optimizer.build(network.trainable_variables)
 
     checkpoints = os.path.join(out, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
+    best_paths = {"robust": os.path.join(checkpoints, f"{CHECKPOINTS['best_robust']}.weights.h5"),
+                  "clean": os.path.join(checkpoints, f"{CHECKPOINTS['best_clean']}.weights.h5")}
     if splits.val is not None:
-        val_arrays, val_name = splits.val, f"validation split ({len(splits.val[1])} examples)"
+        val_arrays = splits.val
+        validation_info = {"source": f"held-out {config.val_fraction:g} of the training split",
+                           "num_examples": int(len(splits.val[1]))}
     else:
+        # No held-out data: the curve is still logged, but no checkpoint is chosen on the test images that the
+        # run then reports on.
         val_arrays = data.take(splits.test, config.val_examples)
-        val_name = f"first {len(val_arrays[1])} test examples (no --val_fraction)"
+        validation_info = {"source": f"first {len(val_arrays[1])} test examples (--val_fraction=0: monitoring "
+                                     "only, no best checkpoint is selected)", "num_examples": int(len(val_arrays[1]))}
+        best_paths = {}
+        log("warning: --val_fraction=0: validation curves use test images, so no best checkpoint is selected")
+    validation_info["attack"] = robust_attack_name(config.val_attack_steps, config.norm)
     eps = spec.to_fraction(config.eps)
-    validation = RobustValidation(network, val_arrays, pgd_accuracy_fn(eps, config.val_attack_steps, config.norm),
-                                  os.path.join(checkpoints, "best.weights.h5"), config.val_every, log=log)
     swa = None
     if config.swa:
         # BatchNorm statistics for the averaged weights come from one pass over clean training images.
         bn_data = data.eval_pipeline(splits.train, config.batch_size).map(lambda images, labels: images)
         swa = StochasticWeightAveraging(network, config.swa_start(), config.swa_mode, bn_data)
         log(f"SWA ({config.swa_mode}) from epoch {config.swa_start()}")
+    validation = RobustValidation(network, val_arrays, pgd_accuracy_fn(eps, config.val_attack_steps, config.norm),
+                                  best_paths, config.val_every, swa=swa, log=log)
     resume = ResumableCheckpoint(os.path.join(checkpoints, "resume"), network, optimizer,
                                  {**trainer.extra_state(), **validation.state(), **(swa.state() if swa else {})})
     initial_epoch = resume.restore()
+    history_path = os.path.join(out, HISTORY_FILE)
+    _truncate_history(history_path, initial_epoch)  # rows of an epoch that finished after the last checkpoint
     if initial_epoch >= config.epochs:
         log(f"all {config.epochs} epochs were already trained; finishing the run")
     elif initial_epoch:
         log(f"resuming {out} after epoch {initial_epoch}")
     log(f"{config.defense} on {config.dataset} with {config.model}: {len(splits.train[1])} training images, "
         f"{steps} batches of {config.batch_size} per epoch, eps {config.eps:g}/{spec.pixel_max:g} = {eps:.4f}, "
-        f"validation on the {val_name}, {strategy.num_replicas_in_sync} replica(s), "
-        f"precision {keras.mixed_precision.global_policy().name}")
+        f"validation on the {validation_info['source']} ({validation_info['num_examples']} examples), "
+        f"{strategy.num_replicas_in_sync} replica(s), precision {keras.mixed_precision.global_policy().name}, "
+        f"optimizer {config.optimizer}")
 
+    augmentation = None if config.augmentation == "auto" else config.augmentation
     train_ds = data.train_pipeline(splits.train, spec, config.batch_size, config.seed, config.epochs,
-                                   initial_epoch, noise_sigma=spec.to_fraction(config.noise_sigma))
+                                   initial_epoch, augmentation=augmentation,
+                                   noise_sigma=spec.to_fraction(config.noise_sigma))
     callbacks = [
         EpochLog(steps * config.batch_size, log=log),
+        *([swa] if swa else []),  # before validation: it validates the average once averaging has started
         validation,
-        *([swa] if swa else []),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+        keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"), write_graph=False, profile_batch=0),
         resume,  # last: an epoch counts as done once everything above has seen it
     ]
@@ -341,12 +407,13 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
         raise RunError(f"training diverged (loss is not finite); see {out}/history.csv. Lower --lr?")
     if swa is not None and swa.apply_average():
         log(f"SWA: evaluating and exporting the average of {swa.count} epochs (BatchNorm recomputed)")
-    network.save_weights(os.path.join(checkpoints, "final.weights.h5"))
+    network.save_weights(os.path.join(checkpoints, f"{CHECKPOINTS['final']}.weights.h5"))
 
-    # Final numbers on the test split with PGD-{eval_attack_steps} at the run's eps.
-    history = _history_rows(os.path.join(out, "history.csv"))
+    # Final numbers on the test split with PGD-{eval_attack_steps} at the run's eps: the same attack, name and
+    # per-example randomness as `evaluate.py --attacks=<robust_attack>` on the same examples.
+    history = _history_rows(history_path)
     test_x, test_y = data.take(splits.test, config.eval_examples)
-    attack_name = f"pgd{config.eval_attack_steps}" + ("" if config.norm == "linf" else f"_{config.norm}")
+    attack_name = robust_attack_name(config.eval_attack_steps, config.norm)
     measure = pgd_accuracy_fn(eps, config.eval_attack_steps, config.norm)
     final_clean, final_robust = measure(network, test_x, test_y)
     metrics = {
@@ -355,24 +422,33 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
         "final": {"epoch": config.epochs, "clean_accuracy": final_clean, "robust_accuracy": final_robust,
                   "robust_attack": attack_name, "num_examples": int(len(test_y)),
                   "weights": f"SWA average of {swa.count} epochs" if swa is not None and swa.count else "last epoch"},
+        "validation": validation_info,
     }
-    best_path = os.path.join(checkpoints, "best.weights.h5")
-    if os.path.exists(best_path):
+    what = "SWA-averaged weights (BatchNorm recomputed) once averaging started" if swa is not None else "weights"
+    for key, kind, criterion in (("best", "robust", "robust"), ("best_clean", "clean", "clean")):
+        path = best_paths.get(kind)
+        if not path or not os.path.exists(path):
+            continue
         best_network = build_network(config)
-        best_network.load_weights(best_path)
+        best_network.load_weights(path)
         best_clean, best_robust = measure(best_network, test_x, test_y)
-        metrics["best"] = {
-            "epoch": int(validation.best_epoch.numpy()), "clean_accuracy": best_clean,
-            "robust_accuracy": best_robust, "robust_attack": attack_name, "num_examples": int(len(test_y)),
-            "selected_by": f"PGD-{config.val_attack_steps} robust accuracy on the {val_name}",
-            "val_clean_accuracy": float(validation.best_clean.numpy()),
-            "val_robust_accuracy": float(validation.best_robust.numpy()),
+        metrics[key] = {
+            **validation.best(kind), "clean_accuracy": best_clean, "robust_accuracy": best_robust,
+            "robust_attack": attack_name, "num_examples": int(len(test_y)),
+            "checkpoint": f"checkpoints/{os.path.basename(path)}",
+            "selected_by": (f"{criterion} accuracy (PGD-{config.val_attack_steps} for robust) of the {what} on the "
+                            f"{validation_info['source']}"),
         }
+    if teacher_records:
+        metrics["teachers"] = teacher_records
     seconds = [float(r["epoch_seconds"]) for r in history if r.get("epoch_seconds")]
     metrics["train_seconds"] = round(sum(seconds), 2)
     metrics["images_per_second"] = round(len(seconds) * steps * config.batch_size / max(sum(seconds), 1e-9), 1)
     metrics["epochs"] = config.epochs
     metrics["seconds_per_epoch"] = round(float(np.mean(seconds)), 3) if seconds else None
+    metrics["warnings"] = _chance_warnings(history, final_clean, spec.num_classes)
+    for warning in metrics["warnings"]:
+        log("WARNING: " + warning)
 
     if "best" in metrics:
         atomic_write(os.path.join(out, "robust_overfitting.md"), robust_overfitting_table(metrics, config))
@@ -385,6 +461,46 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     log(f"final: clean accuracy {final_clean:.4f}, {attack_name} robust accuracy {final_robust:.4f} "
         f"on {len(test_y)} test examples (eps {eps:.4f}); SavedModel in {out}/saved_model/1")
     return metrics
+
+
+CHANCE_MARGIN = 0.05
+
+
+def _chance_warnings(history, final_clean: float, num_classes: int) -> list:
+    """A loud warning when the model never learned: training accuracy never above chance + 5 points (e.g.
+    PGD-AT at MNIST's eps 0.3 with a too-high SGD rate stays at 11 %), or final clean test accuracy at chance."""
+    chance = 1.0 / num_classes
+    warnings = []
+    accuracies = [float(r["accuracy"]) for r in history if r.get("accuracy") not in (None, "", "nan")]
+    if accuracies and max(accuracies) <= chance + CHANCE_MARGIN:
+        warnings.append(f"training accuracy never left chance level ({max(accuracies):.3f} at best, chance "
+                        f"{chance:.3f}): the model did not learn; the robust accuracy reported is meaningless. Try "
+                        "the paper's optimiser (--optimizer=adam --lr=1e-4 for Madry's MNIST model), a lower --lr, "
+                        "or --eps_warmup_epochs")
+    if final_clean <= chance + CHANCE_MARGIN:
+        warnings.append(f"final clean test accuracy {final_clean:.3f} is at chance level ({chance:.3f})")
+    return warnings
+
+
+def _truncate_history(path: str, completed_epochs: int):
+    """Keeps the history rows of the epochs the resumable checkpoint holds (0-based epoch < completed_epochs),
+    so a run killed after CSVLogger wrote a row but before the checkpoint never lists an epoch twice."""
+    if not os.path.exists(path):
+        return
+    with open(path) as handle:
+        reader = csv.DictReader(handle)
+        fields = reader.fieldnames
+        rows = [row for row in reader if row.get("epoch", "").isdigit() and int(row["epoch"]) < completed_epochs]
+    if not fields or not rows:
+        os.remove(path)
+        return
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buffer.getvalue())
 
 
 def robust_overfitting_table(metrics: dict, config: TrainConfig) -> str:
