@@ -259,9 +259,9 @@ def plot_roc(report: dict, path: str):
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set_xlabel("false positive rate (untargeted flagged)")
     ax.set_ylabel("true positive rate (targeted flagged)")
-    ax.set_title(f"Co-SSAT detector ROC ({report.get('num_positive', '?')} targeted / "
-                 f"{report.get('num_negative', '?')} untargeted; tau by {report.get('criterion', 'accuracy')})",
-                 fontsize=9)
+    criterion = report.get("criterion", "accuracy").replace("_", " ")
+    ax.set_title(f"Co-SSAT detector ROC\n{report.get('num_positive', '?')} targeted / "
+                 f"{report.get('num_negative', '?')} untargeted; tau by {criterion}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
