@@ -4,9 +4,11 @@
       --output_dir=runs/digits-cossat
 
 On training examples, untargeted PGD-CE examples against SSAT are the negatives and targeted ones (PGD on the
-CW margin toward the most confusing class, and APGD-T) the positives; per metric an ROC
-curve (plots/detector_roc.png) and the paper's Table 7 columns (calibration.json, calibration.md); the chosen
-threshold(s) in detector.json; what clean test images do in metrics.json; the serving graph in saved_model/1.
+CW margin toward the most confusing class, and APGD-T) the positives — twice as many as negatives, so by
+default tau maximises the balanced accuracy (TPR + TNR) / 2 among thresholds reaching --min_recall
+(--calibration_balance). Per metric an ROC curve with the chosen point (plots/detector_roc.png) and the paper's
+Table 7 columns plus balanced accuracy (calibration.json, calibration.md); the chosen threshold(s) in
+detector.json; what clean test images do in metrics.json; the serving graph in saved_model/1.
 """
 
 from tfadv import cli
@@ -27,6 +29,11 @@ flags.DEFINE_string("ssat", None, "the SSAT run directory")
 flags.DEFINE_string("base", None, "the base (e.g. PGD-AT) run directory")
 flags.DEFINE_string("detector_mode", "dlr", "dlr (DLR <= tau selects the base model) or vote (3 of 5 metrics)")
 flags.DEFINE_float("min_recall", 0.9, "calibration: the threshold must flag at least this share of targeted examples")
+flags.DEFINE_string("calibration_balance", "balanced_accuracy",
+                    "the calibration set has 2 targeted (positive) per untargeted (negative) example: balanced_accuracy "
+                    "= tau maximises (TPR + TNR) / 2 at --min_recall; subsample = keep as many positives as "
+                    "negatives (random, seeded by the SSAT run's --seed) and maximise accuracy; none = maximise "
+                    "accuracy on the 2:1 set (biased toward flagging)")
 flags.DEFINE_integer("calibration_examples", 1000, "training examples used for calibration")
 flags.DEFINE_integer("calibration_steps", 20, "PGD steps of the calibration attacks")
 flags.DEFINE_integer("routing_examples", -1, "clean test examples for the routing report (-1: all)")
@@ -42,6 +49,8 @@ def main(argv):
             cli.fail(f"--{flag} is required")
     if FLAGS.detector_mode not in cossat.MODES:
         cli.fail(f"--detector_mode: unknown {FLAGS.detector_mode!r}; valid: {', '.join(cossat.MODES)}")
+    if FLAGS.calibration_balance not in cossat.BALANCES:
+        cli.fail(f"--calibration_balance: unknown {FLAGS.calibration_balance!r}; valid: {', '.join(cossat.BALANCES)}")
     if not 0 < FLAGS.min_recall <= 1:
         cli.fail(f"--min_recall must be in (0, 1], got {FLAGS.min_recall}")
     out = FLAGS.output_dir
@@ -70,26 +79,36 @@ def main(argv):
     print(f"calibrating on {len(y_cal)} training examples: PGD-{FLAGS.calibration_steps} at eps {eps:.4f} "
           "(untargeted CE = negatives; targeted CW toward the most confusing class and APGD-T = positives)")
     positive, negative = cossat.calibration_examples(ssat_network, x_cal, y_cal, eps, FLAGS.calibration_steps)
-    detector, report = cossat.calibrate(positive, negative, FLAGS.detector_mode, FLAGS.min_recall)
+    detector, report = cossat.calibrate(positive, negative, FLAGS.detector_mode, FLAGS.min_recall,
+                                        FLAGS.calibration_balance, ssat_config.seed)
 
     if FLAGS.overwrite and os.path.exists(out):
         shutil.rmtree(out)
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
     cossat.plot_roc(report, os.path.join(out, "plots", "detector_roc.png"))
-    lines = ["| metric | AUC | direction | threshold | TPR | FPR | precision | accuracy |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"Calibration set: {report['num_positive']} targeted (positive) and {report['num_negative']} untargeted "
+             f"(negative) adversarial examples (of {report['num_positive_available']} / "
+             f"{report['num_negative_available']}); --calibration_balance={report['balance']}: tau maximises "
+             f"{report['criterion'].replace('_', ' ')} among thresholds with TPR >= {report['min_recall']}.", "",
+             "| metric | AUC | direction | threshold | TPR | FPR | precision | accuracy | balanced accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for metric, entry in report["metrics"].items():
         c = entry["chosen"]
         lines.append(f"| {metric} | {entry['auc']:.3f} | {c['direction']} | {c['threshold']:.4g} | {c['tpr']:.3f} | "
-                     f"{c['fpr']:.3f} | {c['precision']:.3f} | {c['accuracy']:.3f} |")
+                     f"{c['fpr']:.3f} | {c['precision']:.3f} | {c['accuracy']:.3f} | {c['balanced_accuracy']:.3f} |")
+    if "vote" in report:
+        v = report["vote"]
+        lines.append(f"| 3-of-5 vote | | | >= {detector.min_votes} votes | {v['tpr']:.3f} | {v['fpr']:.3f} | "
+                     f"{v['precision']:.3f} | {v['accuracy']:.3f} | {v['balanced_accuracy']:.3f} |")
+    summary = lines[:]
     lines += ["", "Candidates around the chosen DLR threshold (paper 000 Table 7 columns):", "",
-              "| tau | TPR | FPR | precision | accuracy |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['threshold']:.4g} | {r['tpr']:.3f} | {r['fpr']:.3f} | {r['precision']:.3f} | {r['accuracy']:.3f} |"
-              for r in cossat.table_rows(report, "dlr")]
+              "| tau | TPR | FPR | precision | accuracy | balanced accuracy |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['threshold']:.4g} | {r['tpr']:.3f} | {r['fpr']:.3f} | {r['precision']:.3f} | {r['accuracy']:.3f} | "
+              f"{r['balanced_accuracy']:.3f} |" for r in cossat.table_rows(report, "dlr")]
     atomic_write(os.path.join(out, "calibration.md"), "\n".join(lines) + "\n")
     atomic_write(os.path.join(out, "calibration.json"), json.dumps(report, indent=2))
     cossat.save_detector(detector, os.path.join(out, "detector.json"))
-    print("\n".join(lines[: len(report["metrics"]) + 2]))
+    print("\n".join(summary))
 
     model = cossat.CoSSAT(ssat_network, base_network, detector)
     x_test, y_test = data.take(splits.test, FLAGS.routing_examples)
@@ -103,7 +122,14 @@ def main(argv):
         "base_run": FLAGS.base})
     metrics = {"detector": detector.to_json(), "clean_routing": routing, "calibration_examples": int(len(y_cal)),
                "eps": eps, "ssat_run": FLAGS.ssat, "base_run": FLAGS.base,
-               "detector_auc": {m: e["auc"] for m, e in report["metrics"].items()}}
+               "detector_auc": {m: e["auc"] for m, e in report["metrics"].items()},
+               "calibration": {key: report[key] for key in ("balance", "criterion", "min_recall", "num_positive",
+                                                            "num_negative")},
+               "detector_calibration": {m: {k: e["chosen"][k] for k in ("tpr", "fpr", "accuracy", "balanced_accuracy")}
+                                        for m, e in report["metrics"].items() if m in detector.thresholds}}
+    if "vote" in report:
+        metrics["detector_calibration"]["vote"] = {k: report["vote"][k]
+                                                   for k in ("tpr", "fpr", "accuracy", "balanced_accuracy")}
     atomic_write(os.path.join(out, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
     print(f"Co-SSAT SavedModel in {out}/saved_model/1")
 

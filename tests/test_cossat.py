@@ -39,6 +39,110 @@ def test_calibration_recovers_a_known_threshold():
     assert flipped.direction == "ge" and -0.31 <= flipped.value <= -0.28
 
 
+# hand-made calibration scores, 2 positives (targeted) per negative (untargeted); low scores flag "targeted".
+# Over the observed thresholds tau (flag score <= tau):
+#   tau   TPR    TNR   accuracy  balanced accuracy
+#   5     5/8    4/4   9/12      (5/8 + 1)/2   = 0.8125   <- balanced-accuracy optimum (TPR >= 0.6)
+#   9     8/8    2/4   10/12     (1 + 1/2)/2   = 0.75     <- accuracy optimum
+#   11    8/8    0/4   8/12      0.5                      <- "everything is targeted" already scores 0.667
+POSITIVE = np.array([1, 2, 3, 4, 5, 7, 8, 9], np.float64)
+NEGATIVE = np.array([6, 6.5, 10, 11], np.float64)
+
+
+def test_threshold_is_chosen_by_balanced_accuracy_at_the_required_recall():
+    threshold, table, area = cossat.choose_threshold(POSITIVE, NEGATIVE, min_recall=0.6)
+    assert threshold.direction == "le" and area > 0.5
+    assert threshold.value == 5.0
+    chosen = cossat.confusion(POSITIVE, NEGATIVE, threshold)
+    assert chosen["tpr"] == 5 / 8 and chosen["fpr"] == 0.0
+    assert chosen["accuracy"] == pytest.approx(9 / 12) and chosen["balanced_accuracy"] == pytest.approx(0.8125)
+    # the candidates are the observed scores, each row with both accuracies
+    assert sorted(row["threshold"] for row in table) == sorted(np.r_[POSITIVE, NEGATIVE].tolist())
+    row9 = next(row for row in table if row["threshold"] == 9.0)
+    assert row9["accuracy"] == pytest.approx(10 / 12) and row9["balanced_accuracy"] == pytest.approx(0.75)
+    # a higher required recall leaves only tau >= 7 (TPR 0.75, 0.875, 1): 9 is then the balanced optimum
+    assert cossat.choose_threshold(POSITIVE, NEGATIVE, min_recall=0.7)[0].value == 9.0
+    # the old reading (plain accuracy on the 2:1 set) is still selectable and picks the permissive tau
+    assert cossat.choose_threshold(POSITIVE, NEGATIVE, min_recall=0.6, criterion="accuracy")[0].value == 9.0
+    # the mirrored scores: direction "ge", the same cut
+    flipped, _, _ = cossat.choose_threshold(-POSITIVE, -NEGATIVE, min_recall=0.6)
+    assert flipped.direction == "ge" and flipped.value == -5.0
+
+
+def _logits_with_dlr(values):
+    """Rows [d, 0, -1] whose DLR (d - 0) / (d + 1) is each of `values` (in [0, 1))."""
+    d = np.asarray(values, np.float64) / (1 - np.asarray(values, np.float64))
+    return tf.constant(np.stack([d, np.zeros_like(d), -np.ones_like(d)], -1), tf.float32)
+
+
+def test_calibrate_balances_the_two_to_one_calibration_set():
+    positive, negative = _logits_with_dlr(POSITIVE / 12), _logits_with_dlr(NEGATIVE / 12)
+    detector, report = cossat.calibrate(positive, negative, "dlr", min_recall=0.6)
+    assert report["balance"] == "balanced_accuracy"
+    assert (report["num_positive"], report["num_negative"]) == (8, 4)
+    assert detector.thresholds["dlr"].value == pytest.approx(5 / 12, rel=1e-5)
+    chosen = report["metrics"]["dlr"]["chosen"]
+    assert chosen["balanced_accuracy"] == pytest.approx(0.8125) and chosen["accuracy"] == pytest.approx(0.75)
+    old, old_report = cossat.calibrate(positive, negative, "dlr", min_recall=0.6, balance="none")
+    assert old.thresholds["dlr"].value == pytest.approx(9 / 12, rel=1e-5) and old_report["balance"] == "none"
+    with pytest.raises(ValueError, match="balance"):
+        cossat.calibrate(positive, negative, "dlr", balance="weighted")
+
+
+def test_subsample_balance_keeps_every_negative_and_as_many_positives():
+    keep_positive, keep_negative = cossat.balance_classes(8, 4, seed=3)
+    assert len(keep_positive) == 4 and len(np.unique(keep_positive)) == 4 and set(keep_positive) <= set(range(8))
+    np.testing.assert_array_equal(keep_negative, np.arange(4))
+    np.testing.assert_array_equal(cossat.balance_classes(8, 4, seed=3)[0], keep_positive)  # deterministic
+    keep_positive, keep_negative = cossat.balance_classes(3, 5, seed=0)  # the larger class is subsampled
+    assert len(keep_negative) == 3 and len(keep_positive) == 3
+
+    positive, negative = _logits_with_dlr(POSITIVE / 12), _logits_with_dlr(NEGATIVE / 12)
+    detector, report = cossat.calibrate(positive, negative, "dlr", min_recall=0.6, balance="subsample", seed=3)
+    assert (report["num_positive"], report["num_negative"]) == (4, 4)
+    kept = np.sort(POSITIVE[cossat.balance_classes(8, 4, seed=3)[0]] / 12)
+    # on the balanced set accuracy and balanced accuracy coincide; the threshold is the accuracy optimum there
+    expected, _, _ = cossat.choose_threshold(kept, NEGATIVE / 12, 0.6, criterion="accuracy")
+    assert detector.thresholds["dlr"].value == pytest.approx(expected.value, rel=1e-5)
+    chosen = report["metrics"]["dlr"]["chosen"]
+    assert chosen["accuracy"] == pytest.approx(chosen["balanced_accuracy"])
+
+
+def test_vote_flags_targeted_when_exactly_three_of_five_metrics_agree():
+    # row a: [3, 2.5, 0] -> dlr 0.5/3, top1 3, top2 2.5, cw_abs 0.5; row b: [3, 1, 0] -> dlr 2/3, top1 3, top2 1,
+    # cw_abs 2. Thresholds: dlr <= 0.8 (a, b), top1 >= 2.9 (a, b), top2 >= 2 (a only), cw_abs <= 0.1 and
+    # kl_uniform >= 100 (neither): a has 3 votes, b has 2.
+    logits = tf.constant([[3.0, 2.5, 0.0], [3.0, 1.0, 0.0]])
+    thresholds = {"dlr": cossat.Threshold(0.8, "le"), "top1": cossat.Threshold(2.9, "ge"),
+                  "top2": cossat.Threshold(2.0, "ge"), "cw_abs": cossat.Threshold(0.1, "le"),
+                  "kl_uniform": cossat.Threshold(100.0, "ge")}
+    use_base, dlr, votes = cossat.Detector("vote", thresholds).decide(logits)
+    np.testing.assert_array_equal(votes.numpy(), [3, 2])
+    np.testing.assert_array_equal(use_base.numpy(), [True, False])
+    np.testing.assert_allclose(dlr.numpy(), [0.5 / 3, 2 / 3], rtol=1e-6)
+    # the same thresholds in single-metric mode: only the DLR decides (both flagged)
+    single = cossat.Detector("dlr", thresholds).decide(logits)[0]
+    np.testing.assert_array_equal(single.numpy(), [True, True])
+
+
+def test_vote_calibration_reports_both_accuracies_of_the_vote():
+    positive, negative = _logits_with_dlr(POSITIVE / 12), _logits_with_dlr(NEGATIVE / 12)
+    detector, report = cossat.calibrate(positive, negative, "vote", min_recall=0.6)
+    assert set(detector.thresholds) == set(cossat.METRICS)
+    # each metric's threshold is its own balanced-accuracy optimum at the required recall
+    metrics_pos = {k: v.numpy() for k, v in cossat.detector_metrics(positive).items()}
+    metrics_neg = {k: v.numpy() for k, v in cossat.detector_metrics(negative).items()}
+    for metric in cossat.METRICS:
+        expected, _, _ = cossat.choose_threshold(metrics_pos[metric], metrics_neg[metric], 0.6)
+        assert detector.thresholds[metric] == expected
+    votes_pos = detector.decide(positive)[0].numpy()
+    votes_neg = detector.decide(negative)[0].numpy()
+    tpr, tnr = votes_pos.mean(), 1 - votes_neg.mean()
+    assert report["vote"]["tpr"] == pytest.approx(tpr) and report["vote"]["fpr"] == pytest.approx(1 - tnr)
+    assert report["vote"]["balanced_accuracy"] == pytest.approx((tpr + tnr) / 2)
+    assert report["vote"]["accuracy"] == pytest.approx((votes_pos.sum() + (1 - votes_neg).sum()) / 12)
+
+
 def _linear(weights):
     import keras
     inputs = keras.Input((2, 2, 1))
@@ -61,9 +165,21 @@ def test_cossat_output_is_d_times_base_plus_one_minus_d_times_ssat():
     np.testing.assert_allclose(out["logits"].numpy(), expected, rtol=1e-6)
     dlr = cossat.detector_metrics(ssat(x))["dlr"].numpy()
     np.testing.assert_array_equal(out["use_base"].numpy(), dlr <= 0.5)
-    vote = cossat.Detector("vote", {m: cossat.Threshold(0.0, "ge") for m in cossat.METRICS})
-    votes = cossat.CoSSAT(ssat, base, vote).outputs(x)["votes"].numpy()
-    assert votes.min() >= 0 and votes.max() <= 5
+    z = np.sort(ssat(x).numpy(), -1)[:, ::-1]
+    m1, m2 = float(np.median(z[:, 0])), float(np.median(z[:, 1]))
+    vote = cossat.Detector("vote", {"dlr": cossat.Threshold(0.5, "le"), "top1": cossat.Threshold(m1, "ge"),
+                                    "top2": cossat.Threshold(m2, "ge"), "kl_uniform": cossat.Threshold(0.0, "ge"),
+                                    "cw_abs": cossat.Threshold(-1.0, "le")})
+    out = cossat.CoSSAT(ssat, base, vote).outputs(x)
+    votes = out["votes"].numpy()
+    # by hand: kl_uniform >= 0 always votes, cw_abs <= -1 never; dlr, top1 and top2 vote by their thresholds
+    dlr_by_hand = (z[:, 0] - z[:, 1]) / (z[:, 0] - z[:, 2] + 1e-12)
+    expected = 1 + (dlr_by_hand <= 0.5).astype(int) + (z[:, 0] >= m1).astype(int) + (z[:, 1] >= m2).astype(int)
+    np.testing.assert_array_equal(votes, expected)
+    assert 0 < (expected >= 3).mean() < 1  # both branches are exercised
+    np.testing.assert_array_equal(out["use_base"].numpy(), expected >= 3)
+    expected_logits = np.where((expected >= 3)[:, None], base(x).numpy(), ssat(x).numpy())
+    np.testing.assert_allclose(out["logits"].numpy(), expected_logits, rtol=1e-6)
 
 
 LOAD_WITHOUT_TFADV = r"""
@@ -117,6 +233,33 @@ def test_build_cossat_writes_calibration_and_one_serving_graph(cossat_build):
     assert 0.0 <= routing["routed_to_base"] <= 1.0 and routing["num_examples"] == 450
     assert set(metrics["detector_auc"]) == set(cossat.METRICS)
     assert "routed to the base model" in stdout
+
+    # calibration: 2 targeted (CW-PGD, APGD-T) per untargeted (PGD-CE) example, tau by balanced accuracy
+    report = json.loads((out / "calibration.json").read_text())
+    assert (report["num_positive"], report["num_negative"]) == (600, 300)
+    assert report["balance"] == metrics["calibration"]["balance"] == "balanced_accuracy"
+    detector = cossat.Detector.from_json(json.loads((out / "detector.json").read_text()))
+    chosen = report["metrics"]["dlr"]["chosen"]
+    assert detector.thresholds["dlr"].value == chosen["threshold"]
+    assert detector.thresholds["dlr"].direction == chosen["direction"]
+    assert chosen["tpr"] >= 0.9  # --min_recall's default
+    eligible = [row for row in report["metrics"]["dlr"]["candidates"] if row["tpr"] >= 0.9]
+    assert chosen["balanced_accuracy"] == max(row["balanced_accuracy"] for row in eligible)
+    assert chosen["balanced_accuracy"] == pytest.approx((chosen["tpr"] + 1 - chosen["fpr"]) / 2)
+    assert metrics["detector_calibration"]["dlr"]["balanced_accuracy"] == chosen["balanced_accuracy"]
+    assert "balanced accuracy" in (out / "calibration.md").read_text()
+    # routing on clean test images is exactly DLR(SSAT logits) <= tau
+    from tfadv import data
+    ssat, _ = cossat.load_run_network(str(base / "ssat"))
+    x_test, _ = data.load("digits").test
+    dlr = cossat.detector_metrics(ssat(x_test, training=False))["dlr"].numpy()
+    assert routing["routed_to_base"] == pytest.approx(np.mean(dlr <= chosen["threshold"]), abs=1e-9)
+
+
+def test_build_cossat_refuses_an_unknown_calibration_balance(tmp_path):
+    result = run_script("build_cossat.py", f"--ssat={tmp_path}", f"--base={tmp_path}", f"--output_dir={tmp_path}",
+                        "--calibration_balance=weighted")
+    assert result.returncode == 2 and "--calibration_balance" in result.stderr and "subsample" in result.stderr
 
 
 def test_served_graph_equals_the_in_process_model_without_tfadv(cossat_build, digits, tmp_path):

@@ -24,13 +24,27 @@ def test_linear_model_is_perfectly_linear_and_gradient_stats_split():
     # the logits are linear but the cross-entropy is not: alignment high, gap small but positive
     assert linearity["gradient_alignment"] > 0.9 and linearity["linearity_gap"] >= 0
     stats = landscape.gradient_magnitudes(fn, x, y)
-    assert stats["all"]["count"] == 16 and stats["wrong"]["count"] >= 4
     # exact: d CE / dx = W (p - onehot(y)) for a linear model
     w = np.array([[1, -1, 0], [2, 0, -1], [0, 1, 1], [-1, 0, 2]], np.float32)
     p = tf.nn.softmax(fn(x)).numpy()
-    exact = np.abs((p - np.eye(3)[y]) @ w.T).sum(-1)
-    np.testing.assert_allclose(stats["all"]["mean"], exact.mean(), rtol=1e-4)
-    np.testing.assert_allclose(stats["all"]["max"], exact.max(), rtol=1e-4)
+    gradient = (p - np.eye(3)[y]) @ w.T
+    correct = np.argmax(fn(x).numpy(), -1) == y
+    assert correct.sum() == 12
+    # paper 002 Table 2: ||grad_x L||_2^2 per example; min / mean / max over all, correct and wrong examples
+    squared = (gradient ** 2).sum(-1)
+    assert stats["statistic"] == "squared_l2_norm"
+    for name, keep in (("all", np.ones(16, bool)), ("correct", correct), ("wrong", ~correct)):
+        entry = stats["squared_l2_norm"][name]
+        assert entry["count"] == keep.sum()
+        np.testing.assert_allclose([entry["min"], entry["mean"], entry["max"]],
+                                   [squared[keep].min(), squared[keep].mean(), squared[keep].max()], rtol=1e-4)
+    # the l1 norm (the dual of l-inf, paper 002 Eq. 7) separately named
+    exact = np.abs(gradient).sum(-1)
+    l1 = stats["l1_norm"]
+    assert l1["all"]["count"] == 16 and l1["wrong"]["count"] >= 4
+    np.testing.assert_allclose(l1["all"]["mean"], exact.mean(), rtol=1e-4)
+    np.testing.assert_allclose(l1["all"]["max"], exact.max(), rtol=1e-4)
+    np.testing.assert_allclose(l1["wrong"]["mean"], exact[~correct].mean(), rtol=1e-4)
 
 
 def test_lipschitz_bounds_are_ordered(natural_mlp, digits):

@@ -7,6 +7,10 @@ Detector metrics on the SSAT logits z (sorted z_pi1 >= z_pi2 >= ...), DESIGN ite
 Single-metric mode: d = 1[dlr <= tau] selects the base model. Vote mode (App. G.2): each metric has its own
 threshold and direction; d = 1 when at least 3 of the 5 say "targeted". The Co-SSAT output (Eq. 11) is
 d * f_base(x) + (1 - d) * f_ssat(x).
+
+Calibration (App. G.1) has twice as many positives (targeted: CW-PGD and APGD-T) as negatives (untargeted
+PGD-CE), so tau (and each vote threshold) maximises the balanced accuracy (TPR + TNR) / 2 at the required
+recall by default; subsampling the positives, or plain accuracy on the 2:1 set, are the BALANCES options.
 """
 
 from __future__ import annotations
@@ -139,44 +143,89 @@ def auc(fpr, tpr) -> float:
 
 
 def confusion(positive: np.ndarray, negative: np.ndarray, threshold: Threshold) -> dict:
-    """TPR, FPR, precision and accuracy of one threshold (the columns of paper 000 Table 7)."""
+    """TPR, FPR, precision and accuracy of one threshold (the columns of paper 000 Table 7), plus the balanced
+    accuracy (TPR + TNR) / 2, which does not depend on the ratio of positives to negatives."""
     flag = (lambda v: v <= threshold.value) if threshold.direction == "le" else (lambda v: v >= threshold.value)
     tp, fp = int(np.sum(flag(positive))), int(np.sum(flag(negative)))
     fn, tn = len(positive) - tp, len(negative) - fp
     total = max(tp + fp + tn + fn, 1)
+    tpr, fpr = tp / max(tp + fn, 1), fp / max(fp + tn, 1)
     return {"threshold": float(threshold.value), "direction": threshold.direction,
-            "tpr": tp / max(tp + fn, 1), "fpr": fp / max(fp + tn, 1),
-            "precision": tp / max(tp + fp, 1), "accuracy": (tp + tn) / total}
+            "tpr": tpr, "fpr": fpr, "precision": tp / max(tp + fp, 1), "accuracy": (tp + tn) / total,
+            "balanced_accuracy": (tpr + 1.0 - fpr) / 2}
+
+
+CRITERIA = ("balanced_accuracy", "accuracy")
+# How calibration copes with its 2:1 class ratio (targeted CW-PGD and APGD-T positives vs untargeted PGD-CE
+# negatives), where a detector flagging everything already has accuracy 0.667:
+#   balanced_accuracy  all examples; tau maximises (TPR + TNR) / 2 at the required recall (default)
+#   subsample          the larger class is randomly subsampled to the size of the smaller; tau maximises accuracy
+#   none               all examples; tau maximises plain accuracy (the class ratio biases tau toward flagging)
+BALANCES = ("balanced_accuracy", "subsample", "none")
 
 
 def choose_threshold(positive: np.ndarray, negative: np.ndarray, min_recall: float = 0.9,
-                     candidates: int = 200):
+                     candidates: int = 200, criterion: str = "balanced_accuracy"):
     """Grid search (App. G.1): the direction from the AUC; among thresholds with TPR >= min_recall, the one
-    with the best accuracy (if none reaches it, the best accuracy overall). Returns (Threshold, table, auc)."""
+    with the best `criterion` ("balanced_accuracy" or "accuracy"; ties: the higher TPR, then the first); if
+    none reaches min_recall, the best overall. Candidates are the observed scores (or, when there are more
+    than `candidates` distinct ones, that many quantiles). Returns (Threshold, table, auc)."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"threshold criterion must be one of {CRITERIA}, got {criterion!r}")
     fpr, tpr, _ = roc_curve(positive, negative, "le")
     area = auc(fpr, tpr)
     direction = "le" if area >= 0.5 else "ge"
     if direction == "ge":
         fpr, tpr, _ = roc_curve(positive, negative, "ge")
         area = auc(fpr, tpr)
-    values = np.unique(np.quantile(np.concatenate([positive, negative]), np.linspace(0, 1, candidates)))
+    scores = np.concatenate([positive, negative])
+    values = np.unique(scores)
+    if len(values) > candidates:
+        values = np.unique(np.quantile(scores, np.linspace(0, 1, candidates)))
     table = [confusion(positive, negative, Threshold(float(v), direction)) for v in values]
     eligible = [row for row in table if row["tpr"] >= min_recall] or table
-    best = max(eligible, key=lambda row: (row["accuracy"], row["tpr"]))
+    best = max(eligible, key=lambda row: (row[criterion], row["tpr"]))
     return Threshold(best["threshold"], direction), table, area
 
 
-def calibrate(positive_logits, negative_logits, mode: str = "dlr", min_recall: float = 0.9) -> tuple:
+def balance_classes(num_positive: int, num_negative: int, seed: int = 0):
+    """(positive indices, negative indices): every example of the smaller class and a random subset, without
+    replacement and in original order, of the larger one of the same size."""
+    rng = np.random.default_rng(seed)
+    size = min(num_positive, num_negative)
+
+    def keep(count):
+        return np.arange(count) if count == size else np.sort(rng.choice(count, size, replace=False))
+
+    return keep(num_positive), keep(num_negative)
+
+
+def calibrate(positive_logits, negative_logits, mode: str = "dlr", min_recall: float = 0.9,
+              balance: str = "balanced_accuracy", seed: int = 0) -> tuple:
     """A Detector from SSAT logits on targeted (positive) and untargeted (negative) adversarial examples.
 
-    Returns (detector, report) where the report holds, per metric, the AUC, the ROC curve and the
-    candidate table, and the chosen thresholds.
+    `balance` (one of BALANCES) says how the unequal class sizes are handled; `seed` drives "subsample".
+    Returns (detector, report) where the report holds the examples used per class, per metric the AUC, the
+    ROC curve, the candidate table and the chosen threshold's confusion (accuracy and balanced accuracy),
+    and in vote mode the same for the 3-of-5 vote.
     """
+    if balance not in BALANCES:
+        raise ValueError(f"calibration balance must be one of {BALANCES}, got {balance!r}")
     positive = {k: v.numpy() for k, v in detector_metrics(positive_logits).items()}
     negative = {k: v.numpy() for k, v in detector_metrics(negative_logits).items()}
-    thresholds, report = {}, {"metrics": {}, "mode": mode, "min_recall": min_recall}
+    num_positive, num_negative = len(positive["dlr"]), len(negative["dlr"])
+    if balance == "subsample":
+        keep_positive, keep_negative = balance_classes(num_positive, num_negative, seed)
+        positive = {k: v[keep_positive] for k, v in positive.items()}
+        negative = {k: v[keep_negative] for k, v in negative.items()}
+    criterion = "balanced_accuracy" if balance == "balanced_accuracy" else "accuracy"
+    thresholds = {}
+    report = {"metrics": {}, "mode": mode, "min_recall": min_recall, "balance": balance, "criterion": criterion,
+              "num_positive": len(positive["dlr"]), "num_negative": len(negative["dlr"]),
+              "num_positive_available": num_positive, "num_negative_available": num_negative}
     for metric in METRICS:
-        threshold, table, area = choose_threshold(positive[metric], negative[metric], min_recall)
+        threshold, table, area = choose_threshold(positive[metric], negative[metric], min_recall,
+                                                  criterion=criterion)
         fpr, tpr, _ = roc_curve(positive[metric], negative[metric], threshold.direction)
         thresholds[metric] = threshold
         report["metrics"][metric] = {"auc": area, "chosen": confusion(positive[metric], negative[metric], threshold),
@@ -191,19 +240,29 @@ def calibrate(positive_logits, negative_logits, mode: str = "dlr", min_recall: f
 
 
 def plot_roc(report: dict, path: str):
+    """Each metric's ROC curve with its chosen operating point, labelled with accuracy and balanced accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for metric, entry in report["metrics"].items():
-        ax.plot(entry["roc"]["fpr"], entry["roc"]["tpr"], label=f"{metric} (AUC {entry['auc']:.3f})")
+        c = entry["chosen"]
+        line, = ax.plot(entry["roc"]["fpr"], entry["roc"]["tpr"], label=(
+            f"{metric} AUC {entry['auc']:.3f}; chosen: acc {c['accuracy']:.3f}, bal. acc {c['balanced_accuracy']:.3f}"))
+        ax.plot([c["fpr"]], [c["tpr"]], marker="o", color=line.get_color())
+    if "vote" in report:
+        v = report["vote"]
+        ax.plot([v["fpr"]], [v["tpr"]], marker="*", markersize=12, color="black", linestyle="none",
+                label=f"3-of-5 vote: acc {v['accuracy']:.3f}, bal. acc {v['balanced_accuracy']:.3f}")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set_xlabel("false positive rate (untargeted flagged)")
     ax.set_ylabel("true positive rate (targeted flagged)")
-    ax.set_title("Co-SSAT detector ROC")
-    ax.legend(fontsize=8)
+    criterion = report.get("criterion", "accuracy").replace("_", " ")
+    ax.set_title(f"Co-SSAT detector ROC\n{report.get('num_positive', '?')} targeted / "
+                 f"{report.get('num_negative', '?')} untargeted; tau by {criterion}", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,6 +1,7 @@
 """Paper 004's linear robustness estimate (§2.1, Eq. 4, Table 1) as an evaluation diagnostic.
 
-Per example, with y the true class and y_bar the most likely wrong class (highest wrong logit):
+Per example, with y the true class and y_bar the most likely wrong class (highest wrong logit; the gap and
+the gradient gap are both taken for that one class, not minimised over all wrong classes):
   logit gap      z_y - z_ybar
   gradient gap   ||grad_x z_y - grad_x z_ybar||_1
   coherence      cos(grad_x z_y, grad_x z_ybar)

@@ -1,6 +1,7 @@
 """Diagnostics of a model's local geometry, for `scripts/evaluate.py --diagnostics=...`.
 
-  gradients    ||grad_x CE||_1 min / mean / max on all, correctly and wrongly classified examples (paper 002 Table 2)
+  gradients    min / mean / max over examples of ||grad_x CE||_2^2 (paper 002 Table 2's statistic) on all,
+               correctly and wrongly classified examples; the same for ||grad_x CE||_1 (the dual of l-inf)
   lipschitz    empirical local Lipschitz constant (Yang et al. 2020; paper 000 App. B Eq. 20): the mean over
                examples of max (upper) and min (lower) over x' in the eps-ball of ||f(x) - f(x')||_1 / ||x - x'||_inf,
                f = softmax, each searched by signed-gradient steps from a random start
@@ -39,12 +40,17 @@ def _flat(t):
 
 
 def gradient_magnitudes(logits_fn: Callable, x, y, batch_size=256) -> dict:
+    """Paper 002 Table 2: per example the squared l2 norm ||grad_x L(x, y)||_2^2 of the cross-entropy's input
+    gradient, then its min / mean / max over all, correctly and wrongly classified examples
+    (`result["squared_l2_norm"][collection]`); the l1 norm the same way under `result["l1_norm"]`."""
     def run(images, labels):
         _, gradient = attacks.input_gradient(logits_fn, images, labels, "ce")
         correct = tf.equal(tf.argmax(logits_fn(images), -1, output_type=tf.int32), labels)
-        return tf.reduce_sum(tf.abs(_flat(gradient)), -1), correct
+        flat = _flat(gradient)
+        return tf.reduce_sum(tf.square(flat), -1), tf.reduce_sum(tf.abs(flat), -1), correct
 
-    norms, correct = _batched(tf.function(run, reduce_retracing=True), (x, np.asarray(y, np.int32)), batch_size)
+    squared, l1, correct = _batched(tf.function(run, reduce_retracing=True), (x, np.asarray(y, np.int32)),
+                                    batch_size)
 
     def stats(values):
         if not len(values):
@@ -52,7 +58,10 @@ def gradient_magnitudes(logits_fn: Callable, x, y, batch_size=256) -> dict:
         return {"count": int(len(values)), "min": float(values.min()), "mean": float(values.mean()),
                 "max": float(values.max())}
 
-    return {"all": stats(norms), "correct": stats(norms[correct]), "wrong": stats(norms[~correct])}
+    def collections(values):
+        return {"all": stats(values), "correct": stats(values[correct]), "wrong": stats(values[~correct])}
+
+    return {"statistic": "squared_l2_norm", "squared_l2_norm": collections(squared), "l1_norm": collections(l1)}
 
 
 def local_lipschitz(logits_fn: Callable, x, eps: float, steps: int = 10, batch_size=256) -> dict:
