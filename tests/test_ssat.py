@@ -73,6 +73,8 @@ def test_delta_is_reinitialised_within_gamma_eps_and_m_updates_per_minibatch(dig
     delta = trainer.initial_delta(x).numpy()
     assert np.abs(delta).max() <= 0.3 * 0.125 + 1e-7
     assert np.abs(delta).max() > 0.9 * 0.3 * 0.125 * 0.5
+    np.testing.assert_array_equal(trainer.initial_delta(x).numpy(), delta)  # keyed: same iteration, same start
+    trainer.optimizer.iterations.assign_add(3)  # the next minibatch (m = 3 updates later)
     other = trainer.initial_delta(x).numpy()
     assert not np.allclose(delta, other)  # fresh every minibatch
 
