@@ -111,9 +111,38 @@ def test_labels_and_attack_leave_batchnorm_statistics_alone(digits):
 ])
 def test_bat_variants_train_on_digits(digits, target, labels):
     trainer = _bat_trainer(digits, target=target, labels=labels)
+    network = trainer.network
     ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1)
     history = trainer.fit(ds, epochs=1, steps_per_epoch=10, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][-1])
+    # one more step by hand: the variant's target class, its one-step attack, its labels, the soft CE on x_adv
+    x, y = next(iter(ds))
+    y = tf.cast(y, tf.int32)
+    clean = network(x, training=False).numpy()
+    one_hot = np.eye(10)[y.numpy()]
+    if target == "mc":
+        chosen = np.where(one_hot > 0, -np.inf, clean).argmax(-1)
+    elif target == "ll":
+        chosen = np.where(one_hot > 0, np.inf, clean).argmin(-1)
+        assert not np.any(chosen == y.numpy())
+    else:
+        chosen = None
+    keys = trainer.example_keys(64, training.base.SALT_ATTACK_START)
+    x_adv = attacks.pgd(lambda v: network(v, training=False), x, y, eps=0.125, step_size=0.125, steps=1,
+                        targets=None if chosen is None else tf.constant(chosen, tf.int32), keys=keys)
+    if labels.kind == "hard":
+        soft = one_hot
+    elif labels.kind == "uniform":
+        soft = (1 - labels.eps_y) * one_hot + labels.eps_y * (1 - one_hot) / 9
+    else:
+        soft = targets.bat(tf.constant(one_hot, tf.float32), tf.nn.softmax(clean), labels.beta, labels.gamma,
+                           labels.top_k).numpy()  # Eq. 14/18 and top-k are checked by hand above
+    z = network(x_adv, training=True).numpy().astype(np.float64)
+    log_p = z - z.max(-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    trainer.loss_tracker.reset_state()
+    reported = float(trainer.train_step((x, y))["loss"])
+    np.testing.assert_allclose(reported, -(soft * log_p).sum(-1).mean(), rtol=1e-4)
 
 
 def test_madry_la_trains_pgd_examples_on_adversarial_labels(digits):
@@ -124,6 +153,20 @@ def test_madry_la_trains_pgd_examples_on_adversarial_labels(digits):
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
     ds = data.train_pipeline(digits.train, spec, 64, seed=0, epochs=1)
     assert np.isfinite(trainer.fit(ds, epochs=1, steps_per_epoch=5, verbose=0, shuffle=False).history["loss"][-1])
+    # the step's loss: soft CE of Eq. 14/18 labels (clean, inference mode) on the 3-step PGD examples
+    x, y = next(iter(ds))
+    y = tf.cast(y, tf.int32)
+    soft = targets.bat(tf.one_hot(y, 10), tf.nn.softmax(network(x, training=False)), 9.0).numpy()
+    x_adv = attacks.pgd(lambda v: network(v, training=False), x, y, eps=0.125, step_size=0.03, steps=3,
+                        keys=trainer.example_keys(64, training.base.SALT_ATTACK_START))
+    z = network(x_adv, training=True).numpy().astype(np.float64)
+    log_p = z - z.max(-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    trainer.loss_tracker.reset_state()
+    reported = float(trainer.train_step((x, y))["loss"])
+    np.testing.assert_allclose(reported, -(soft * log_p).sum(-1).mean(), rtol=1e-4)
+    hard = -log_p[np.arange(64), y.numpy()].mean()
+    assert abs(reported - hard) > 1e-3  # not the hard-label loss
 
 
 def test_top_k_adversarial_labels_by_hand():

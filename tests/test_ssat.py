@@ -88,6 +88,44 @@ def test_ssat_trains_on_digits(digits, options):
     ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1)
     history = trainer.fit(ds, epochs=1, steps_per_epoch=10, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][-1])
+    # then one minibatch of m = 2 replays by hand (Alg. 1), against a copy trained by plain SGD
+    config = trainer.ssat
+    network = trainer.network
+    hand = keras.models.clone_model(network)
+    hand.set_weights(network.get_weights())
+    plain = training.SSATTrainer(network, trainer.attack, ssat=config, weight_decay=0.0)
+    plain.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.0), jit_compile=False)
+    plain.optimizer.iterations.assign(trainer.optimizer.iterations)
+    x, y = next(iter(ds))
+    y = tf.cast(y, tf.int32)
+    one_hot = np.eye(10, dtype=np.float32)[y.numpy()]
+    eps, step, beta = 0.125, 0.125 / 2, config.target_beta
+    delta = plain.initial_delta(x)  # keyed by (seed, iteration, position): the step's own start
+    for _ in range(2):
+        x_adv = tf.Variable(x + delta)
+        with tf.GradientTape(persistent=True) as tape:
+            z = hand(x_adv, training=True)
+            zn = z.numpy()
+            wrong = np.where(one_hot > 0, -np.inf, zn).argmax(-1)
+            ratio = np.minimum(np.abs(delta.numpy()).reshape(64, -1).max(1) / eps, 1.0)
+            lam = (config.lambda0 + (config.lambda1 - config.lambda0) * ratio if config.adaptive
+                   else np.full(64, config.lambda1))
+            soft = one_hot - lam[:, None].astype(np.float32) * (one_hot - 0.1)
+            if config.boundary_split:
+                soft = np.where((zn.argmax(-1) != y.numpy())[:, None], one_hot, soft)
+            log_p = tf.nn.log_softmax(z)
+            target_term = tf.gather(log_p, wrong, batch_dims=1)
+            weight_loss = tf.reduce_mean(-(1 + beta) * tf.reduce_sum(soft * log_p, -1) + beta * target_term)
+            attack_loss = tf.reduce_sum(-(1 + beta) * tf.reduce_sum(one_hot * log_p, -1) + beta * target_term)
+        grads = tape.gradient(weight_loss, hand.trainable_variables)
+        input_grad = tape.gradient(attack_loss, x_adv)
+        for v, g in zip(hand.trainable_variables, grads):
+            v.assign(v - 0.05 * g)
+        delta = tf.clip_by_value(delta + step * tf.sign(input_grad), -eps, eps)
+        delta = tf.clip_by_value(x + delta, 0.0, 1.0) - x
+    plain.train_step((x, y))
+    for a, b in zip(network.trainable_variables, hand.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_bad_lambdas_are_refused():

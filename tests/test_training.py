@@ -29,11 +29,16 @@ def _trainer(defense, digits, precision="float32", **options):
 def test_each_defense_trains_one_epoch_with_finite_loss(defense, precision, digits):
     trainer, network = _trainer(defense, digits, precision)
     ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1)
+    before = [v.numpy().copy() for v in network.trainable_variables]
     history = trainer.fit(ds, epochs=1, steps_per_epoch=8, verbose=0, shuffle=False)
     loss = history.history["loss"][-1]
     assert np.isfinite(loss) and loss > 0
     logits = network(digits.test[0][:4], training=False)
     assert logits.dtype == tf.float32  # logits stay float32 under mixed precision
+    # one weight update per minibatch, m per minibatch for the replay methods (Free-AT, SSAT)
+    updates_per_batch = {"free": 2, "ssat": trainer.ssat.replays if defense == "ssat" else 1}.get(defense, 1)
+    assert int(trainer.optimizer.iterations.numpy()) == 8 * updates_per_batch
+    assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, network.trainable_variables))
 
 
 def test_natural_training_learns(digits):
@@ -111,10 +116,55 @@ def _smoothing_trainer(defense, digits, smoothing, **options):
     ("fgsm_rs", training.SmoothingConfig("uniform", 0.2)),
 ])
 def test_label_smoothing_defenses_train_with_noise(defense, smoothing, digits):
-    trainer, _ = _smoothing_trainer(defense, digits, smoothing)
+    trainer, network = _smoothing_trainer(defense, digits, smoothing)
     ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1, noise_sigma=0.3)
     history = trainer.fit(ds, epochs=1, steps_per_epoch=8, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][-1])
+    # the loss of one more step, by hand (numpy) on the inputs that step trains on (keyed attacks: the same)
+    x, y = next(iter(ds))
+    y = tf.cast(y, tf.int32)
+    one_hot = np.eye(10)[y.numpy()]
+    if defense == "trades":
+        x_train = trainer.adversarial_examples(x)
+        clean = network(x, training=True).numpy().astype(np.float64)
+    elif defense == "fgsm_rs":
+        x_train = trainer.adversarial_examples(x, y)
+    else:
+        x_train = x
+    z = network(x_train, training=True).numpy().astype(np.float64)
+    z_ce = clean if defense == "trades" else z
+    log_p = z_ce - z_ce.max(-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    a, k = smoothing.alpha, 10
+    wrong = 1.0 - one_hot
+    if smoothing.method == "uniform":
+        soft = one_hot - a * (one_hot - 1.0 / k)
+    elif smoothing.method == "sls":
+        soft = (1 - a) * one_hot + a * wrong / (k - 1)
+    elif smoothing.method == "als":
+        lowest = (z_ce == z_ce.min(-1, keepdims=True)).astype(float)
+        soft = (1 - a) * one_hot + a * lowest / lowest.sum(-1, keepdims=True)
+    elif smoothing.method == "bls":
+        e = np.where(wrong > 0, -z_ce / smoothing.temperature, -np.inf)
+        e = np.exp(e - e.max(-1, keepdims=True))
+        soft = (1 - a) * one_hot + a * e / e.sum(-1, keepdims=True)
+    elif smoothing.method == "sbls":
+        soft = (1 - a) * one_hot + a * np.eye(k)[np.where(wrong > 0, z_ce, -np.inf).argmax(-1)]
+    else:
+        soft = one_hot
+    expected = -(soft * log_p).sum(-1).mean()
+    if smoothing.squeeze_beta:
+        if smoothing.squeeze_reduction == "frobenius":
+            expected += smoothing.squeeze_beta * np.sqrt((z_ce ** 2).sum()) / len(z_ce)
+        else:
+            expected += smoothing.squeeze_beta * np.sqrt((z_ce ** 2).sum(-1)).mean()
+    if defense == "trades":
+        p_adv = z - z.max(-1, keepdims=True)
+        p_adv = p_adv - np.log(np.exp(p_adv).sum(-1, keepdims=True))
+        expected += trainer.beta * (np.exp(log_p) * (log_p - p_adv)).sum(-1).mean()
+    trainer.loss_tracker.reset_state()
+    reported = float(trainer.train_step((x, y))["loss"])
+    np.testing.assert_allclose(reported, expected, rtol=1e-4)
 
 
 def test_pgd_with_als_trains_on_als_targets(digits):
