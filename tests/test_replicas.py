@@ -41,8 +41,9 @@ def run(replicas, reduction):
         return losses.logit_squeeze(network(xb, training=True), 2.0, reduction)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(16)
     trainer.fit(ds, epochs=1, steps_per_epoch=3, verbose=0, shuffle=False)
+    share = 16 // replicas
     local = strategy.experimental_distribute_values_from_function(
-        lambda ctx: x[ctx.replica_id_in_sync_group * 16 // replicas:(ctx.replica_id_in_sync_group + 1) * 16 // replicas])
+        lambda ctx: x[ctx.replica_id_in_sync_group * share:(ctx.replica_id_in_sync_group + 1) * share])
     values = tf.function(lambda xb: strategy.run(penalty, args=(xb,)))(local)
     values = [float(v) for v in strategy.experimental_local_results(values)]
     return values, [w.numpy().tolist() for w in network.weights]

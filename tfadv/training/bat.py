@@ -1,9 +1,9 @@
 """Bilateral Adversarial Training (Wang & Zhang, ICCV 2019, paper 002), read as its official code does.
 
 Per minibatch: clean logits with BatchNorm in inference mode give the target (the most confusing class =
-the highest wrong logit, or the least likely one) and the clean probabilities for the adversarial labels;
-a uniform random start in the eps-ball; one step of `step_size` *down* the cross-entropy toward the target
-(or up the true label's for the untargeted variant); projection and clipping; the weight update uses only
+the highest wrong logit, or the least likely wrong class, Eq. 23) and the clean probabilities for the
+adversarial labels; a uniform random start in the eps-ball; one step of `step_size` *down* the cross-entropy
+toward the target (or up the true label's for the untargeted variant); projection and clipping; the weight update uses only
 the adversarial images, against adversarial labels (Eq. 14 / 18), uniform labels (R-MC-LS) or hard ones.
 """
 

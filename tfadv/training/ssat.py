@@ -10,8 +10,8 @@ x + delta (BatchNorm in training mode, as Free-AT) feeds two backward passes:
   * delta ascends the same objective with *hard* labels (Eq. 5 and 22: the attacker does not know the
     smoothing), one signed step of eps/m, then projection and clipping.
 Ablations (paper Fig. 6): `boundary_split=False` smooths every point, `adaptive=False` uses a constant
-lambda = lambda1, `target_beta=0` drops the target term; with all three off this is Free-AT with delta
-re-initialised per minibatch.
+lambda = lambda1, `target_beta=0` drops the target term; with all three off and lambda1 = 0 this is Free-AT
+with delta re-initialised per minibatch (with lambda1 > 0 every point keeps uniform smoothing lambda1).
 """
 
 from __future__ import annotations
