@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfadv import attacks, data, models, targets, training
+from tfadv import attacks, data, losses, models, targets, training
 
 
 def _probabilities(seed, rows=6, classes=10):
@@ -111,9 +111,38 @@ def test_labels_and_attack_leave_batchnorm_statistics_alone(digits):
 ])
 def test_bat_variants_train_on_digits(digits, target, labels):
     trainer = _bat_trainer(digits, target=target, labels=labels)
+    network = trainer.network
     ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1)
     history = trainer.fit(ds, epochs=1, steps_per_epoch=10, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][-1])
+    # one more step by hand: the variant's target class, its one-step attack, its labels, the soft CE on x_adv
+    x, y = next(iter(ds))
+    y = tf.cast(y, tf.int32)
+    clean = network(x, training=False).numpy()
+    one_hot = np.eye(10)[y.numpy()]
+    if target == "mc":
+        chosen = np.where(one_hot > 0, -np.inf, clean).argmax(-1)
+    elif target == "ll":
+        chosen = np.where(one_hot > 0, np.inf, clean).argmin(-1)
+        assert not np.any(chosen == y.numpy())
+    else:
+        chosen = None
+    keys = trainer.example_keys(64, training.base.SALT_ATTACK_START)
+    x_adv = attacks.pgd(lambda v: network(v, training=False), x, y, eps=0.125, step_size=0.125, steps=1,
+                        targets=None if chosen is None else tf.constant(chosen, tf.int32), keys=keys)
+    if labels.kind == "hard":
+        soft = one_hot
+    elif labels.kind == "uniform":
+        soft = (1 - labels.eps_y) * one_hot + labels.eps_y * (1 - one_hot) / 9
+    else:
+        soft = targets.bat(tf.constant(one_hot, tf.float32), tf.nn.softmax(clean), labels.beta, labels.gamma,
+                           labels.top_k).numpy()  # Eq. 14/18 and top-k are checked by hand above
+    z = network(x_adv, training=True).numpy().astype(np.float64)
+    log_p = z - z.max(-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    trainer.loss_tracker.reset_state()
+    reported = float(trainer.train_step((x, y))["loss"])
+    np.testing.assert_allclose(reported, -(soft * log_p).sum(-1).mean(), rtol=1e-4)
 
 
 def test_madry_la_trains_pgd_examples_on_adversarial_labels(digits):
@@ -124,3 +153,112 @@ def test_madry_la_trains_pgd_examples_on_adversarial_labels(digits):
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
     ds = data.train_pipeline(digits.train, spec, 64, seed=0, epochs=1)
     assert np.isfinite(trainer.fit(ds, epochs=1, steps_per_epoch=5, verbose=0, shuffle=False).history["loss"][-1])
+    # the step's loss: soft CE of Eq. 14/18 labels (clean, inference mode) on the 3-step PGD examples
+    x, y = next(iter(ds))
+    y = tf.cast(y, tf.int32)
+    soft = targets.bat(tf.one_hot(y, 10), tf.nn.softmax(network(x, training=False)), 9.0).numpy()
+    x_adv = attacks.pgd(lambda v: network(v, training=False), x, y, eps=0.125, step_size=0.03, steps=3,
+                        keys=trainer.example_keys(64, training.base.SALT_ATTACK_START))
+    z = network(x_adv, training=True).numpy().astype(np.float64)
+    log_p = z - z.max(-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    trainer.loss_tracker.reset_state()
+    reported = float(trainer.train_step((x, y))["loss"])
+    np.testing.assert_allclose(reported, -(soft * log_p).sum(-1).mean(), rtol=1e-4)
+    hard = -log_p[np.arange(64), y.numpy()].mean()
+    assert abs(reported - hard) > 1e-3  # not the hard-label loss
+
+
+def test_top_k_adversarial_labels_by_hand():
+    # LA-k (App. A Eq. 26-28): eps_y = 1 / (1 + beta v_max / sum_topk v); y'_k = eps_y v_k / sum_topk v on the k
+    # wrong classes of largest loss v_k = -log p_k, 0 on the others.
+    p = np.array([[0.4, 0.3, 0.15, 0.1, 0.05]], np.float32)
+    q = targets.bat(tf.one_hot([1], 5), tf.constant(p), 4.0, top_k=2).numpy()[0]
+    v = -np.log(p[0].astype(np.float64))
+    chosen = [3, 4]  # the two smallest wrong probabilities
+    total = v[chosen].sum()
+    eps_y = 1.0 / (1.0 + 4.0 * v[4] / total)
+    np.testing.assert_allclose(q[chosen], eps_y * v[chosen] / total, rtol=1e-5)
+    np.testing.assert_allclose(q[1], 1.0 - eps_y, rtol=1e-5)
+    np.testing.assert_array_equal(q[[0, 2]], 0.0)
+    np.testing.assert_allclose(q[3] / q[4], v[3] / v[4], rtol=1e-5)  # proportional to v_k
+
+
+class _Recorder(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def call(self, inputs, training=None):
+        if tf.executing_eagerly():
+            self.seen.append((bool(training), np.array(inputs)))
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _bn_network():
+    """A network whose training-mode and inference-mode outputs differ (fresh BatchNorm moving statistics)."""
+    keras.utils.set_random_seed(0)
+    recorder = _Recorder()
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Dense(32)(keras.layers.Flatten()(recorder(inputs)))
+    h = keras.layers.BatchNormalization()(h)
+    return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.ReLU()(h))), recorder
+
+
+def _record_soft_targets(monkeypatch):
+    seen = []
+    original = losses.soft_cross_entropy
+
+    def record(soft, logits):
+        seen.append(np.array(soft))
+        return original(soft, logits)
+
+    monkeypatch.setattr(losses, "soft_cross_entropy", record)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["bat", "madry_la"])
+def test_adversarial_labels_come_from_clean_inference_mode_probabilities(method, digits, monkeypatch):
+    network, recorder = _bn_network()
+    x, y = tf.constant(digits.train[0][:64]), tf.constant(digits.train[1][:64])
+    if method == "bat":
+        trainer = training.BATTrainer(network, training.AttackConfig(0.125, 0.125, 1, random_start=False))
+    else:
+        trainer = training.PGDTrainer(network, training.AttackConfig(0.125, 0.05, 3, random_start=False),
+                                      label_adversary=training.LabelAdversary())
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
+    one_hot = tf.one_hot(y, 10)
+    weights = network.get_weights()
+    train_mode = targets.bat(one_hot, tf.nn.softmax(network(x, training=True)), 9.0).numpy()
+    network.set_weights(weights)  # undo that pass's update of the BatchNorm moving statistics
+    expected = targets.bat(one_hot, tf.nn.softmax(network(x, training=False)), 9.0).numpy()
+    x_adv = (trainer.adversarial_examples(x, y, network(x, training=False)) if method == "bat"
+             else trainer.adversarial_examples(x, y))
+    on_adv = targets.bat(one_hot, tf.nn.softmax(network(x_adv, training=False)), 9.0).numpy()
+    assert not np.allclose(expected, train_mode, atol=1e-3) and not np.allclose(expected, on_adv, atol=1e-3)
+    seen = _record_soft_targets(monkeypatch)
+    recorder.seen.clear()
+    trainer.train_step((x, y))
+    assert len(seen) == 1
+    np.testing.assert_allclose(seen[0], expected, rtol=1e-5, atol=1e-6)
+    # the weight update sees the adversarial images only: one training-mode forward pass, on x_adv
+    trained_on = [image for flag, image in recorder.seen if flag]
+    assert len(trained_on) == 1
+    np.testing.assert_allclose(trained_on[0], x_adv.numpy(), atol=1e-6)
+    assert np.abs(trained_on[0] - x.numpy()).max() > 0.1
+
+
+def test_bat_weight_update_sees_adversarial_images_only_with_random_start(digits):
+    network, recorder = _bn_network()
+    trainer = training.BATTrainer(network, training.AttackConfig(0.125, 0.125, 1))
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
+    x, y = tf.constant(digits.train[0][:64]), tf.constant(digits.train[1][:64])
+    x_adv = trainer.adversarial_examples(x, y, network(x, training=False))  # keyed: what train_step draws
+    recorder.seen.clear()
+    trainer.train_step((x, y))
+    trained_on = [image for flag, image in recorder.seen if flag]
+    assert len(trained_on) == 1
+    np.testing.assert_array_equal(trained_on[0], x_adv.numpy())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfadv import losses, targets
+from tfadv import attacks, losses, targets
 
 LABELS = tf.constant([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
 LOGITS = tf.constant([[3.0, 1.0, -2.0, 0.5], [0.0, 0.0, 2.0, 1.0]])  # row 2 has a tie for the minimum
@@ -105,3 +105,16 @@ def test_logit_squeeze_on_a_known_matrix():
     np.testing.assert_allclose(float(losses.logit_squeeze(z, 2.0, "mean_l2")), 2.0 * (5 + 0 + 10) / 3, rtol=1e-5)
     with pytest.raises(ValueError, match="valid"):
         losses.logit_squeeze(z, 1.0, "max")
+
+
+def test_least_likely_target_is_never_the_true_class():
+    # R-LL (paper 002 Eq. 23): the least likely *wrong* class, even when the true class has the lowest logit.
+    logits = tf.constant([[5.0, 4.0, 1.0, 3.0], [0.0, 1.0, 2.0, 9.0], [-3.0, 1.0, 0.5, 2.0], [1.0, 1.0, 1.0, -9.0]])
+    labels = tf.constant([0, 3, 0, 3])
+    assert attacks.least_likely(logits, labels).numpy().tolist() == [2, 0, 2, 0]
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, 10)).astype(np.float32)
+    labels = z.argmin(-1).astype(np.int32)  # the true class is always the arg-min over all classes
+    target = attacks.least_likely(tf.constant(z), tf.constant(labels)).numpy()
+    assert not np.any(target == labels)
+    np.testing.assert_array_equal(target, np.where(np.eye(10)[labels] > 0, np.inf, z).argmin(-1))

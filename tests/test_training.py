@@ -29,11 +29,16 @@ def _trainer(defense, digits, precision="float32", **options):
 def test_each_defense_trains_one_epoch_with_finite_loss(defense, precision, digits):
     trainer, network = _trainer(defense, digits, precision)
     ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1)
+    before = [v.numpy().copy() for v in network.trainable_variables]
     history = trainer.fit(ds, epochs=1, steps_per_epoch=8, verbose=0, shuffle=False)
     loss = history.history["loss"][-1]
     assert np.isfinite(loss) and loss > 0
     logits = network(digits.test[0][:4], training=False)
     assert logits.dtype == tf.float32  # logits stay float32 under mixed precision
+    # one weight update per minibatch, m per minibatch for the replay methods (Free-AT, SSAT)
+    updates_per_batch = {"free": 2, "ssat": trainer.ssat.replays if defense == "ssat" else 1}.get(defense, 1)
+    assert int(trainer.optimizer.iterations.numpy()) == 8 * updates_per_batch
+    assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, network.trainable_variables))
 
 
 def test_natural_training_learns(digits):
@@ -111,10 +116,55 @@ def _smoothing_trainer(defense, digits, smoothing, **options):
     ("fgsm_rs", training.SmoothingConfig("uniform", 0.2)),
 ])
 def test_label_smoothing_defenses_train_with_noise(defense, smoothing, digits):
-    trainer, _ = _smoothing_trainer(defense, digits, smoothing)
+    trainer, network = _smoothing_trainer(defense, digits, smoothing)
     ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1, noise_sigma=0.3)
     history = trainer.fit(ds, epochs=1, steps_per_epoch=8, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][-1])
+    # the loss of one more step, by hand (numpy) on the inputs that step trains on (keyed attacks: the same)
+    x, y = next(iter(ds))
+    y = tf.cast(y, tf.int32)
+    one_hot = np.eye(10)[y.numpy()]
+    if defense == "trades":
+        x_train = trainer.adversarial_examples(x)
+        clean = network(x, training=True).numpy().astype(np.float64)
+    elif defense == "fgsm_rs":
+        x_train = trainer.adversarial_examples(x, y)
+    else:
+        x_train = x
+    z = network(x_train, training=True).numpy().astype(np.float64)
+    z_ce = clean if defense == "trades" else z
+    log_p = z_ce - z_ce.max(-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    a, k = smoothing.alpha, 10
+    wrong = 1.0 - one_hot
+    if smoothing.method == "uniform":
+        soft = one_hot - a * (one_hot - 1.0 / k)
+    elif smoothing.method == "sls":
+        soft = (1 - a) * one_hot + a * wrong / (k - 1)
+    elif smoothing.method == "als":
+        lowest = (z_ce == z_ce.min(-1, keepdims=True)).astype(float)
+        soft = (1 - a) * one_hot + a * lowest / lowest.sum(-1, keepdims=True)
+    elif smoothing.method == "bls":
+        e = np.where(wrong > 0, -z_ce / smoothing.temperature, -np.inf)
+        e = np.exp(e - e.max(-1, keepdims=True))
+        soft = (1 - a) * one_hot + a * e / e.sum(-1, keepdims=True)
+    elif smoothing.method == "sbls":
+        soft = (1 - a) * one_hot + a * np.eye(k)[np.where(wrong > 0, z_ce, -np.inf).argmax(-1)]
+    else:
+        soft = one_hot
+    expected = -(soft * log_p).sum(-1).mean()
+    if smoothing.squeeze_beta:
+        if smoothing.squeeze_reduction == "frobenius":
+            expected += smoothing.squeeze_beta * np.sqrt((z_ce ** 2).sum()) / len(z_ce)
+        else:
+            expected += smoothing.squeeze_beta * np.sqrt((z_ce ** 2).sum(-1)).mean()
+    if defense == "trades":
+        p_adv = z - z.max(-1, keepdims=True)
+        p_adv = p_adv - np.log(np.exp(p_adv).sum(-1, keepdims=True))
+        expected += trainer.beta * (np.exp(log_p) * (log_p - p_adv)).sum(-1).mean()
+    trainer.loss_tracker.reset_state()
+    reported = float(trainer.train_step((x, y))["loss"])
+    np.testing.assert_allclose(reported, expected, rtol=1e-4)
 
 
 def test_pgd_with_als_trains_on_als_targets(digits):
@@ -138,3 +188,116 @@ def test_pgd_with_als_trains_on_als_targets(digits):
     ga = tf.gather(tape.gradient(a, logits), lowest, batch_dims=1)
     gb = tf.gather(tape.gradient(b, logits), lowest, batch_dims=1)
     assert float(tf.reduce_mean(ga - gb)) < 0  # descent raises the arg-min logit under ALS
+
+
+class _InputRecorder(keras.layers.Layer):
+    """Identity layer that records (training flag, input) of every eager forward pass."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def call(self, inputs, training=None):
+        if tf.executing_eagerly():
+            self.seen.append((bool(training), np.array(inputs)))
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _recording_network(batch_norm=False):
+    keras.utils.set_random_seed(0)
+    recorder = _InputRecorder()
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Dense(32)(keras.layers.Flatten()(recorder(inputs)))
+    if batch_norm:
+        h = keras.layers.BatchNormalization()(h)
+    network = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.ReLU()(h)))
+    return network, recorder
+
+
+def test_free_training_trains_only_on_images_inside_the_box(digits):
+    # Shafahi et al.'s code clamps input + noise to [0, 1] on every replay; the delta carried over from the
+    # previous minibatch must not push the next minibatch outside the box.
+    network, recorder = _recording_network()
+    trainer = training.FreeTrainer(network, training.AttackConfig(eps=0.3, step_size=0.3, steps=1),
+                                   replays=2, batch_size=32)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
+    x, y = digits.train
+    for i in range(4):
+        trainer.train_step((tf.constant(x[i * 32:(i + 1) * 32]), tf.constant(y[i * 32:(i + 1) * 32])))
+    trained_on = [image for flag, image in recorder.seen if flag]
+    assert len(trained_on) == 8  # 4 minibatches x 2 replays
+    # the carried delta really would leave the box on a new minibatch (the test is not vacuous)
+    assert np.abs(trainer.delta.numpy()).max() > 0.2
+    for image in trained_on:
+        assert image.min() >= 0.0 and image.max() <= 1.0
+
+
+def test_weight_decay_scope_kernels_decays_kernels_only(digits):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(3, 3, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    logits = keras.layers.Dense(10, name="dense")(keras.layers.Flatten()(h))
+    network = keras.Model(inputs, logits)
+    x, y = tf.constant(digits.train[0][:16]), tf.constant(digits.train[1][:16])
+
+    def one_step(scope):
+        net = keras.models.clone_model(network)
+        net.set_weights(network.get_weights())
+        before = {v.path: v.numpy().copy() for v in net.trainable_variables}
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(losses.hard_cross_entropy(y, net(x, training=True)))
+        plain = dict(zip([v.path for v in net.trainable_variables], tape.gradient(loss, net.trainable_variables)))
+        net.set_weights(network.get_weights())
+        trainer = training.NaturalTrainer(net, training.AttackConfig(0.1, 0.1, 1), weight_decay=0.1,
+                                          weight_decay_scope=scope)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.0), jit_compile=False)
+        trainer.train_step((x, y))
+        return before, plain, {v.path: v.numpy() for v in net.trainable_variables}
+
+    before, plain, after = one_step("kernels")
+    decayed = {path for path in before if path.endswith("kernel")}
+    assert decayed == {"conv/kernel", "dense/kernel"}
+    assert {"conv/bias", "bn/gamma", "bn/beta", "dense/bias"} <= set(before) - decayed
+    for path, value in before.items():
+        expected = value - 0.5 * (plain[path].numpy() + (0.1 * value if path in decayed else 0.0))
+        np.testing.assert_allclose(after[path], expected, rtol=1e-5, atol=1e-7, err_msg=path)
+    before, plain, after = one_step("all")
+    for path, value in before.items():
+        np.testing.assert_allclose(after[path], value - 0.5 * (plain[path].numpy() + 0.1 * value), rtol=1e-5,
+                                   atol=1e-7, err_msg=path)
+    with pytest.raises(ValueError, match="weight_decay_scope"):
+        training.NaturalTrainer(network, training.AttackConfig(0.1, 0.1, 1), weight_decay_scope="bn")
+
+
+def test_trades_objective_and_gradient_on_hand_written_logits():
+    clean = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]], np.float32)
+    adv = np.array([[1.0, 1.5, -0.5], [0.5, 0.0, 2.0]], np.float32)
+    labels = np.array([0, 2])
+    beta = 6.0
+
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    p, q = softmax(clean.astype(np.float64)), softmax(adv.astype(np.float64))
+    kl = (p * (np.log(p) - np.log(q))).sum(-1)
+    np.testing.assert_allclose(losses.kl_divergence(clean, adv).numpy(), kl, rtol=1e-5)
+    ce = -np.log(p[np.arange(2), labels])
+    expected = ce.mean() + beta * kl.mean()
+    network = models.build("linear", (8, 8, 1), 3)
+    trainer = training.TRADESTrainer(network, training.AttackConfig(0.1, 0.1, 1), beta=beta)
+    z_clean, z_adv = tf.Variable(clean), tf.Variable(adv)
+    with tf.GradientTape() as tape:
+        objective = (trainer.outer_loss(tf.constant(labels), z_clean)
+                     + beta * tf.reduce_mean(losses.kl_divergence(z_clean, z_adv)))
+    np.testing.assert_allclose(float(objective), expected, rtol=1e-5)
+    g_clean, g_adv = tape.gradient(objective, [z_clean, z_adv])
+    # closed forms: d/dz_adv = beta/B (q - p); d/dz_clean = 1/B (p - y) + beta/B * p * (log p - log q - KL)
+    y = np.eye(3)[labels]
+    np.testing.assert_allclose(g_adv.numpy(), beta / 2 * (q - p), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g_clean.numpy(), (p - y) / 2 + beta / 2 * p * (np.log(p) - np.log(q) - kl[:, None]),
+                               rtol=1e-4, atol=1e-6)

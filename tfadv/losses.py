@@ -36,11 +36,30 @@ def logit_squeeze(logits, beta, reduction="frobenius"):
     to tfadv's per-example mean it therefore enters as beta * ||Z||_F / B, which keeps the paper's beta
     values (0.5 on MNIST, 10 on CIFAR-10) meaningful. "mean_l2": beta times the mean per-example L2 norm of
     the logits, as public re-implementations do.
+
+    Under `tf.distribute` (called in replica context with several replicas), Z and B are the *global* batch's:
+    the Frobenius norm is not a sum over examples, so each replica returns the global value
+    beta * sqrt(sum over replicas of sum z^2) / B_global, with a gradient w.r.t. its local logits of
+    replicas * beta * z / (||Z||_F * B_global), so that after the trainer's 1/replicas loss scaling and the
+    optimizer's sum over replicas the weight gradient is exactly the single-device global-batch one (the
+    penalty does not grow with the number of replicas). "mean_l2" is a per-example mean, which the 1/replicas
+    scaling already averages correctly.
     """
     logits = tf.cast(logits, tf.float32)
     if reduction == "frobenius":
+        squares = tf.reduce_sum(tf.square(logits))
         batch = tf.cast(tf.shape(logits)[0], tf.float32)
-        return beta * tf.sqrt(tf.reduce_sum(tf.square(logits)) + 1e-12) / batch
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        if replicas == 1:
+            return beta * tf.sqrt(squares + 1e-12) / batch
+        # One collective for both sums (two unordered collectives can deadlock or mismatch across devices).
+        total, global_batch = tf.unstack(context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                            tf.stop_gradient(tf.stack([squares, batch]))))
+        norm = tf.sqrt(total + 1e-12)
+        # zero-valued surrogate carrying the gradient replicas * beta * z / (norm * B_global)
+        surrogate = (squares - tf.stop_gradient(squares)) * (replicas * beta / (2.0 * norm * global_batch))
+        return beta * norm / global_batch + surrogate
     if reduction == "mean_l2":
         return beta * tf.reduce_mean(tf.sqrt(tf.reduce_sum(tf.square(logits), axis=-1) + 1e-12))
     raise ValueError(f"unknown squeeze reduction {reduction!r}; valid: {', '.join(SQUEEZE_REDUCTIONS)}")

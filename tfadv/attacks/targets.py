@@ -11,6 +11,10 @@ def most_confusing(logits, labels):
     return tf.argmax(masked, axis=-1, output_type=tf.int32)
 
 
-def least_likely(logits):
-    """The lowest-scoring class (the LL target)."""
-    return tf.argmin(logits, axis=-1, output_type=tf.int32)
+def least_likely(logits, labels):
+    """The lowest-scoring *wrong* class (BAT's LL target, paper 002 Eq. 23): never the true class, even when
+    the true class has the lowest logit."""
+    num_classes = tf.shape(logits)[-1]
+    mask = tf.one_hot(labels, num_classes, on_value=True, off_value=False)
+    masked = tf.where(mask, tf.fill(tf.shape(logits), logits.dtype.max), logits)
+    return tf.argmin(masked, axis=-1, output_type=tf.int32)

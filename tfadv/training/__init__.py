@@ -1,6 +1,6 @@
 """Training methods by name; each is a Keras Model subclass with its own train_step."""
 
-from tfadv.training.base import BN_MODES, AttackConfig, Distillation, SmoothingConfig, Trainer
+from tfadv.training.base import BN_MODES, WEIGHT_DECAY_SCOPES, AttackConfig, Distillation, SmoothingConfig, Trainer
 from tfadv.training.ssat import SSATConfig, SSATTrainer
 from tfadv.training.bat import BAT_ATTACKS, BAT_LABELS, BATTrainer, LabelAdversary
 from tfadv.training.baselines import FGSMRSTrainer, FreeTrainer, NaturalTrainer, PGDTrainer, TRADESTrainer
@@ -23,4 +23,4 @@ CLEAN_DEFENSES = ("natural", "label_smoothing", "logit_squeeze")
 
 DEFENSES = tuple(TRAINERS)
 
-__all__ = ["Distillation", "SSATConfig", "SSATTrainer", "BAT_ATTACKS", "BAT_LABELS", "BATTrainer", "LabelAdversary", "AttackConfig", "BN_MODES", "CLEAN_DEFENSES", "DEFENSES", "SmoothingConfig", "TRAINERS", "Trainer"]
+__all__ = ["Distillation", "SSATConfig", "SSATTrainer", "BAT_ATTACKS", "BAT_LABELS", "BATTrainer", "LabelAdversary", "AttackConfig", "BN_MODES", "CLEAN_DEFENSES", "DEFENSES", "SmoothingConfig", "TRAINERS", "Trainer", "WEIGHT_DECAY_SCOPES"]

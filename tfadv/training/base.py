@@ -3,6 +3,10 @@
 A method subclass implements `training_loss(x, labels)`, which returns the mean loss over the local batch and
 the logits whose accuracy is logged; the base applies PyTorch-style (coupled) L2 weight decay, loss scaling
 for float16, the 1/replicas scaling under `tf.distribute`, and metric bookkeeping.
+
+Every random draw of a train_step is keyed (`Trainer.example_keys`): a hash of the run seed, the optimizer's
+iteration counter (which a checkpoint restores), the replica and the example's position in the batch, never a
+stateful TensorFlow generator, so a run that is killed and resumed continues bit-identically.
 """
 
 from __future__ import annotations
@@ -13,8 +17,15 @@ import keras
 import tensorflow as tf
 
 from tfadv import attacks, losses, targets
+from tfadv.attacks import rng
 
 BN_MODES = ("eval", "train")
+WEIGHT_DECAY_SCOPES = ("all", "kernels")
+
+# Salts of the keyed training draws, one per kind of draw (a trainer never shares a stream between two).
+SALT_ATTACK_START = 1  # the training attack's random start (PGD, FGSM-RS, BAT)
+SALT_TRADES_START = 2  # TRADES' 0.001 * N(0, 1) start
+SALT_SSAT_START = 3    # SSAT's per-minibatch delta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +101,22 @@ class Trainer(keras.Model):
     """Base class: `network` is the Keras model that is trained and exported (logits out)."""
 
     def __init__(self, network: keras.Model, attack: AttackConfig, weight_decay: float = 5e-4,
-                 smoothing: SmoothingConfig = SmoothingConfig(), distillation: "Distillation" = None, **kwargs):
+                 smoothing: SmoothingConfig = SmoothingConfig(), distillation: "Distillation" = None,
+                 seed: int = 0, weight_decay_scope: str = "all", **kwargs):
+        """`seed` keys every random draw of the training attacks (with the optimizer's iteration, the replica
+        and the example's position). `weight_decay_scope` "all" decays every trainable variable, as
+        torch.optim.SGD(weight_decay=...) does in most papers' code; "kernels" only conv/dense kernels (not
+        biases, not BatchNorm gamma/beta), as BAT's official code does."""
+        if weight_decay_scope not in WEIGHT_DECAY_SCOPES:
+            raise ValueError(f"weight_decay_scope must be one of {WEIGHT_DECAY_SCOPES}, got {weight_decay_scope!r}")
         super().__init__(name=kwargs.pop("name", type(self).__name__.lower()), **kwargs)
         self.network = network
         self.attack = attack
         self.smoothing = smoothing
         self.distillation = distillation
         self.weight_decay = float(weight_decay)
+        self.weight_decay_scope = weight_decay_scope
+        self.seed = int(seed)
         self.num_classes = int(network.output_shape[-1])
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -113,6 +133,23 @@ class Trainer(keras.Model):
     def eval_logits(self, x):
         """Logits with BatchNorm in inference mode (targets, labels and evaluation)."""
         return self.network(x, training=False)
+
+    def example_keys(self, batch_size, salt: int = 0):
+        """[batch_size] int64 keys for the training draws of this step (`tfadv.attacks.rng`): a hash of the
+        run seed, `salt` (one per kind of draw), the optimizer's iteration counter at the time of the call and
+        the example's position in the global batch (replica id * local batch + local position). Nothing
+        depends on a stateful generator, so a resumed run (iterations restored) draws the same numbers."""
+        context = tf.distribute.get_replica_context()
+        replica = 0 if context is None else context.replica_id_in_sync_group
+        batch = tf.cast(batch_size, tf.int64)
+        positions = tf.cast(replica, tf.int64) * batch + tf.range(batch, dtype=tf.int64)
+        return rng.fold(rng.example_keys(positions, self.seed, salt), self._iteration())
+
+    def _iteration(self):
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None:
+            return tf.constant(0, tf.int64)
+        return tf.cast(optimizer.iterations, tf.int64)
 
     def training_loss(self, x, labels):
         """Returns (mean loss over the local batch, logits for the accuracy metric)."""
@@ -159,11 +196,18 @@ class Trainer(keras.Model):
             # Coupled L2 as in torch.optim.SGD(weight_decay=...), which the papers' code uses; it carries the
             # same scale, since the optimizer divides by the loss scale and sums over replicas.
             weight_gradients = [
-                g + tf.cast(self.weight_decay * scale, g.dtype) * tf.cast(v, g.dtype)
+                g + tf.cast(self.weight_decay * scale, g.dtype) * tf.cast(v, g.dtype) if self._decays(v) else g
                 for g, v in zip(weight_gradients, variables)
             ]
         self.optimizer.apply(weight_gradients, variables)
         return [g / scale for g in gradients[len(variables):]]
+
+    def _decays(self, variable) -> bool:
+        """Whether weight decay applies to `variable` under `weight_decay_scope` ("kernels": the variables
+        named like conv/dense kernels, e.g. `stage1_block1_conv1/kernel`, `classifier/kernel`)."""
+        if self.weight_decay_scope == "all":
+            return True
+        return getattr(variable, "path", variable.name).split("/")[-1].split(":")[0].endswith("kernel")
 
     def _gradient_scale(self):
         factor = tf.constant(1.0 / tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)

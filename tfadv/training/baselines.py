@@ -5,7 +5,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfadv import attacks, losses
-from tfadv.training.base import Trainer, unpack
+from tfadv.attacks import rng
+from tfadv.training.base import SALT_ATTACK_START, SALT_TRADES_START, Trainer, unpack
 
 
 class NaturalTrainer(Trainer):
@@ -31,7 +32,8 @@ class PGDTrainer(Trainer):
     def adversarial_examples(self, x, labels):
         a = self.attack
         x_adv = attacks.pgd(self.attack_logits, x, labels, eps=a.eps, step_size=a.step_size, steps=a.steps,
-                            norm=a.norm, random_start=a.random_start)
+                            norm=a.norm, random_start=a.random_start,
+                            keys=self.example_keys(tf.shape(x)[0], SALT_ATTACK_START))
         return tf.stop_gradient(x_adv)
 
     def training_loss(self, x, labels):
@@ -50,13 +52,16 @@ class FGSMRSTrainer(PGDTrainer):
     def adversarial_examples(self, x, labels):
         a = self.attack
         x_adv = attacks.pgd(self.attack_logits, x, labels, eps=a.eps, step_size=a.step_size, steps=1,
-                            norm=a.norm, random_start=True)
+                            norm=a.norm, random_start=True, keys=self.example_keys(tf.shape(x)[0], SALT_ATTACK_START))
         return tf.stop_gradient(x_adv)
 
 
 class FreeTrainer(Trainer):
     """Shafahi et al. "adversarial training for free": each minibatch is replayed m times; one backward pass
     per replay gives both the weight gradient and the input gradient; delta is carried across minibatches.
+    Every replay trains on clip(x + delta, 0, 1), as the reference code clamps the input (the delta carried
+    over from the previous minibatch may push the new one out of the box); the input gradient is taken with
+    respect to delta through that clamp, as there.
     """
 
     def __init__(self, network, attack, replays: int = 8, batch_size: int = 128, **kwargs):
@@ -77,11 +82,11 @@ class FreeTrainer(Trainer):
         delta = tf.identity(self.delta)
         for _ in range(self.replays):
             with tf.GradientTape() as tape:
-                x_adv = x + delta
-                tape.watch(x_adv)
+                tape.watch(delta)
+                x_adv = tf.clip_by_value(x + delta, 0.0, 1.0)
                 logits = self.network(x_adv, training=True)
                 loss = self.outer_loss(labels, logits, x_adv)
-            (input_gradient,) = self.apply_update(loss, tape, extra_sources=[x_adv])
+            (input_gradient,) = self.apply_update(loss, tape, extra_sources=[delta])
             step = attacks.steepest_step(tf.cast(input_gradient, tf.float32), a.step_size, a.norm, x_adv)
             delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
             metrics = self._update_metrics(loss, labels, logits)
@@ -103,7 +108,8 @@ class TRADESTrainer(Trainer):
         a = self.attack
         clean_logits = tf.stop_gradient(self.attack_logits(x))
         # TRADES starts 0.001 * N(0, 1) away from the clean point.
-        delta = attacks.clip_to_box(x, attacks.project(0.001 * tf.random.normal(tf.shape(x)), a.eps, a.norm))
+        start = rng.normal(self.example_keys(tf.shape(x)[0], SALT_TRADES_START), tf.shape(x)[1:])
+        delta = attacks.clip_to_box(x, attacks.project(0.001 * start, a.eps, a.norm))
 
         def ascend(delta):
             with tf.GradientTape() as tape:

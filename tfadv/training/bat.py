@@ -1,9 +1,9 @@
 """Bilateral Adversarial Training (Wang & Zhang, ICCV 2019, paper 002), read as its official code does.
 
 Per minibatch: clean logits with BatchNorm in inference mode give the target (the most confusing class =
-the highest wrong logit, or the least likely one) and the clean probabilities for the adversarial labels;
-a uniform random start in the eps-ball; one step of `step_size` *down* the cross-entropy toward the target
-(or up the true label's for the untargeted variant); projection and clipping; the weight update uses only
+the highest wrong logit, or the least likely wrong class, Eq. 23) and the clean probabilities for the
+adversarial labels; a uniform random start in the eps-ball; one step of `step_size` *down* the cross-entropy
+toward the target (or up the true label's for the untargeted variant); projection and clipping; the weight update uses only
 the adversarial images, against adversarial labels (Eq. 14 / 18), uniform labels (R-MC-LS) or hard ones.
 """
 
@@ -15,7 +15,7 @@ from typing import Optional
 import tensorflow as tf
 
 from tfadv import attacks, losses, targets
-from tfadv.training.base import Trainer
+from tfadv.training.base import SALT_ATTACK_START, Trainer
 
 BAT_ATTACKS = ("mc", "ll", "fgsm")
 BAT_LABELS = ("adversarial", "uniform", "hard")
@@ -63,11 +63,12 @@ class BATTrainer(Trainer):
         if self.target == "mc":
             target = attacks.most_confusing(clean_logits, labels)
         elif self.target == "ll":
-            target = attacks.least_likely(clean_logits)
+            target = attacks.least_likely(clean_logits, labels)
         else:
             target = None  # untargeted: one step up the true label's cross-entropy
         x_adv = attacks.pgd(self.attack_logits, x, labels, eps=a.eps, step_size=a.step_size, steps=1,
-                            norm=a.norm, loss="ce", targets=target, random_start=a.random_start)
+                            norm=a.norm, loss="ce", targets=target, random_start=a.random_start,
+                            keys=self.example_keys(tf.shape(x)[0], SALT_ATTACK_START))
         return tf.stop_gradient(x_adv)
 
     def training_loss(self, x, labels):

@@ -1,6 +1,7 @@
 """SSAT — surface-smoothing adversarial training (paper 000, Alg. 1, App. C and J), read as DESIGN item 1 says.
 
-Per minibatch, delta is re-initialised uniformly in +-gamma*eps. In each of m replays, one forward pass at
+Per minibatch, delta is re-initialised uniformly in the gamma*eps-ball of the threat norm (l-inf: +-gamma*eps
+per coordinate). In each of m replays, one forward pass at
 x + delta (BatchNorm in training mode, as Free-AT) feeds two backward passes:
   * theta descends the adaptive-label loss (Eq. 6-7, with the target regularisation of Eq. 21):
       perturbed points already misclassified (B_O) keep hard labels; the others get y - lambda(delta)(y - 1/K)
@@ -9,8 +10,8 @@ x + delta (BatchNorm in training mode, as Free-AT) feeds two backward passes:
   * delta ascends the same objective with *hard* labels (Eq. 5 and 22: the attacker does not know the
     smoothing), one signed step of eps/m, then projection and clipping.
 Ablations (paper Fig. 6): `boundary_split=False` smooths every point, `adaptive=False` uses a constant
-lambda = lambda1, `target_beta=0` drops the target term; with all three off this is Free-AT with delta
-re-initialised per minibatch.
+lambda = lambda1, `target_beta=0` drops the target term; with all three off and lambda1 = 0 this is Free-AT
+with delta re-initialised per minibatch (with lambda1 > 0 every point keeps uniform smoothing lambda1).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dataclasses
 import tensorflow as tf
 
 from tfadv import attacks, losses
-from tfadv.training.base import Trainer, unpack
+from tfadv.training.base import SALT_SSAT_START, Trainer, unpack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +76,14 @@ class SSATTrainer(Trainer):
         self.ssat = ssat
 
     def initial_delta(self, x):
-        """Clip after initialisation (App. J rule 1): a fresh start in +-gamma*eps for every minibatch."""
-        bound = self.ssat.gamma * self.attack.eps
-        return attacks.clip_to_box(x, tf.random.uniform(tf.shape(x), -bound, bound))
+        """A fresh start for every minibatch, then clipped to the box (App. J rule 1): a uniform draw in the
+        ball of radius gamma * eps of the attack's norm (`attacks.random_init`): for l-inf uniform in
+        +-gamma*eps per coordinate as in the paper; for l2 / l1 uniform in the l2 / l1 ball (a uniform direction
+        on the sphere, radius gamma * eps * u^(1/d)), so the start never leaves the ball, which a per-coordinate
+        box draw would. Keyed (`example_keys`): the same (seed, iteration, position) gives the same start."""
+        keys = self.example_keys(tf.shape(x)[0], SALT_SSAT_START)
+        start = attacks.random_init(x, self.ssat.gamma * self.attack.eps, self.attack.norm, keys=keys)
+        return attacks.clip_to_box(x, start)
 
     def train_step(self, data):
         x, labels = unpack(data)
