@@ -233,3 +233,38 @@ def test_flags_file_round_trips_the_new_fields(tmp_path):
     path = tmp_path / "flags.txt"
     path.write_text(config.to_flagfile())
     assert config_lib.read_flagfile(str(path)) == config
+
+
+
+@pytest.mark.parametrize("defense", ["pgd", "fgsm_rs", "bat"])
+def test_eps_warmup_grows_the_training_perturbation_linearly(defense, digits):
+    config = TrainConfig(defense=defense, eps=2.0, step_size=1.0, attack_steps=5, eps_warmup_epochs=2.0,
+                         output_dir="unused")
+    keras.utils.set_random_seed(0)
+    network = experiment.build_network(config)
+    trainer = experiment.build_trainer(config, network, None, updates_per_epoch=4)
+    assert trainer.eps_warmup_updates == 8
+    trainer.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=False)
+    trainer.optimizer.build(network.trainable_variables)
+    x, y = tf.constant(digits.train[0][:64]), tf.constant(digits.train[1][:64].astype("int32"))
+    for t in (0, 1, 3, 7, 20):
+        trainer.optimizer.iterations.assign(t)
+        bound = 0.125 * min(1.0, (t + 1) / 8)
+        step = bound if defense == "bat" else bound / 2  # BAT steps eps (--bat_step_size=0), the others --step_size
+        assert float(trainer.attack.eps) == pytest.approx(bound) and float(trainer.attack.step_size) == pytest.approx(step)
+        if defense == "bat":
+            x_adv = trainer.adversarial_examples(x, y, trainer.eval_logits(x))
+        else:
+            x_adv = trainer.adversarial_examples(x, y)
+        size = float(tf.reduce_max(tf.abs(x_adv - x)))
+        assert bound * 0.9 <= size <= bound + 1e-6, (t, size, bound)
+
+
+@pytest.mark.parametrize("defense", ["pgd", "free", "trades", "bat", "ssat"])
+def test_eps_warmup_trains_every_defense_and_is_refused_without_an_attack(defense, digits, tmp_path_factory):
+    out, metrics, history = _run(tmp_path_factory, f"warmup-{defense}", defense=defense, epochs=2,
+                                 eps_warmup_epochs=1.0, free_replays=2, ssat_replays=2)
+    assert len(history) == 2 and np.isfinite(float(history[-1]["loss"]))
+    assert "--eps_warmup_epochs=1.0" in (out / "flags.txt").read_text()
+    with pytest.raises(ConfigError, match="--eps_warmup_epochs"):
+        TrainConfig(defense="natural", eps_warmup_epochs=1.0, output_dir="x").validate()

@@ -101,9 +101,12 @@ def updates_per_batch(config: TrainConfig) -> int:
     return {"free": config.free_replays, "ssat": config.ssat_replays}.get(config.defense, 1)
 
 
-def build_trainer(config: TrainConfig, network: keras.Model, distillation=None) -> training.Trainer:
+def build_trainer(config: TrainConfig, network: keras.Model, distillation=None,
+                  updates_per_epoch: int = 1) -> training.Trainer:
     attack = config.attack_config()
-    options = {"weight_decay": config.weight_decay, "smoothing": config.smoothing_config()}
+    options = {"weight_decay": config.weight_decay, "weight_decay_scope": config.weight_decay_scope,
+               "smoothing": config.smoothing_config(), "seed": config.seed,
+               "eps_warmup_updates": int(round(config.eps_warmup_epochs * updates_per_epoch))}
     if distillation is not None:
         options["distillation"] = distillation
     if config.defense == "free":
@@ -337,7 +340,7 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     updates = steps * updates_per_batch(config)
     with strategy.scope():
         network = build_network(config)
-        trainer = build_trainer(config, network, distillation)
+        trainer = build_trainer(config, network, distillation, updates)
         schedule = make_schedule(config.lr_schedule, config.lr, config.epochs, updates, config.lr_decay_epochs,
                                  config.lr_decay_factor, config.lr_warmup_epochs, config.lr_peak_fraction)
         optimizer = build_optimizer(config, schedule)

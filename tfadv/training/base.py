@@ -102,15 +102,19 @@ class Trainer(keras.Model):
 
     def __init__(self, network: keras.Model, attack: AttackConfig, weight_decay: float = 5e-4,
                  smoothing: SmoothingConfig = SmoothingConfig(), distillation: "Distillation" = None,
-                 seed: int = 0, weight_decay_scope: str = "all", **kwargs):
+                 seed: int = 0, weight_decay_scope: str = "all", eps_warmup_updates: int = 0, **kwargs):
         """`seed` keys every random draw of the training attacks (with the optimizer's iteration, the replica
         and the example's position). `weight_decay_scope` "all" decays every trainable variable, as
         torch.optim.SGD(weight_decay=...) does in most papers' code; "kernels" only conv/dense kernels (not
-        biases, not BatchNorm gamma/beta), as BAT's official code does."""
+        biases, not BatchNorm gamma/beta), as BAT's official code does. `eps_warmup_updates` > 0 grows the
+        training attack's eps and step size linearly over that many optimizer updates (see `attack`)."""
         if weight_decay_scope not in WEIGHT_DECAY_SCOPES:
             raise ValueError(f"weight_decay_scope must be one of {WEIGHT_DECAY_SCOPES}, got {weight_decay_scope!r}")
+        if eps_warmup_updates < 0:
+            raise ValueError(f"eps_warmup_updates must not be negative, got {eps_warmup_updates}")
         super().__init__(name=kwargs.pop("name", type(self).__name__.lower()), **kwargs)
         self.network = network
+        self.eps_warmup_updates = int(eps_warmup_updates)
         self.attack = attack
         self.smoothing = smoothing
         self.distillation = distillation
@@ -120,6 +124,22 @@ class Trainer(keras.Model):
         self.num_classes = int(network.output_shape[-1])
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    @property
+    def attack(self) -> AttackConfig:
+        """The training attack of the current step. With `eps_warmup_updates` = W, eps and step size are
+        scaled by min(1, (t + 1) / W) at optimizer iteration t (never 0, so eps-relative quantities such as
+        SSAT's lambda(delta) stay defined); keyed on the iteration counter, so a resumed run continues the ramp
+        exactly."""
+        if not self.eps_warmup_updates:
+            return self._attack_config
+        scale = tf.minimum(1.0, tf.cast(self._iteration() + 1, tf.float32) / float(self.eps_warmup_updates))
+        config = self._attack_config
+        return dataclasses.replace(config, eps=config.eps * scale, step_size=config.step_size * scale)
+
+    @attack.setter
+    def attack(self, config: AttackConfig):
+        self._attack_config = config
 
     # -- pieces for subclasses ---------------------------------------------------------------------------
 
