@@ -489,6 +489,16 @@ def format_markdown(report: dict, audit: Optional[dict] = None, title: str = "Ro
             numbers = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                 for k, v in check["numbers"].items())
             lines.append(f"| {name} | {check['verdict']} | {numbers} |")
+        classified = {}
+        for check in audit.values():
+            classified.update(check.get("classification", {}))
+        if classified:
+            lines += ["", "How the audit classified the attacks it compared (and where that came from):", "",
+                      "| attack | kind | norm | loss | targeted | steps | restarts | EOT | classified from |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for name, c in classified.items():
+                lines.append(f"| {name} | {c['kind']} | {c['norm']} | {c['loss']} | {c['targeted']} | {c['steps']} | "
+                             f"{c['restarts']} | {c['eot_iter']} | {c['classified_from']} |")
     return "\n".join(lines) + "\n"
 
 
