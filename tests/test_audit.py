@@ -230,4 +230,17 @@ def test_the_markdown_and_json_name_where_each_classification_came_from():
     assert set(check["classification"]) == {"apgd_ce", "square"}  # cwl2 (l2) was not compared
     assert check["classification"]["square"]["classified_from"] == "report metadata"
     markdown = evaluation.format_markdown(report, {"black_box_vs_white_box": check})
-    assert "| square | score_based | linf | margin | False | 5000 | 1 | 1 | report metadata |" in markdown
+    assert "| square | score_based | linf | margin | False | 5000 | 1 | 1 | autoattack | report metadata |" in markdown
+
+
+def test_square_in_a_cascade_is_checked_against_its_own_cascade_as_autoattack_does():
+    """AutoAttack's check_square_sr compares Square with the other attacks of its run: Square breaking 1 point
+    beyond APGD-CE within the cascade warns even when a stronger stand-alone attack hides it."""
+    meta = lambda name: evaluation.parse_attack(name, {"linf": 0.125}).metadata()  # noqa: E731
+    report = {"attacks": {"pgd20": _entry(0.48, **meta("pgd20")),
+                          "apgd_ce": _entry(0.50, **meta("apgd_ce"), group="autoattack"),
+                          "square": _entry(0.49, **meta("square"), group="autoattack")}}
+    check = audit.check_black_box(report)
+    assert check["verdict"] == "warn" and check["numbers"]["worst_cascade_gap_points"] == 1.0
+    report["attacks"]["square"]["robust_accuracy"] = 0.498  # 0.2 points: AutoAttack does not warn either
+    assert audit.check_black_box(report)["verdict"] == "pass"

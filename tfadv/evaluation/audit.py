@@ -126,7 +126,9 @@ def check_more_steps(report: dict) -> dict:
 
 def check_black_box(report: dict) -> dict:
     """AutoAttack's check_square_sr: warns when a black-box attack ends more than SQUARE_TOLERANCE (0.2 points)
-    below the best white-box attack. l-inf only: an l2 attack at its own radius is another threat model."""
+    below the best white-box attack, or, in a cascade, below the white-box stages of its own cascade
+    (cumulative accuracies: Square broke points APGD / FAB left robust). l-inf only: an l2 attack at its own
+    radius is another threat model."""
     classes = attack_classes(report)
     black = _select(classes, kind=("score_based", "transfer"), norm="linf")
     white = _select(classes, kind=("gradient", "minimum_norm"), norm="linf")
@@ -136,10 +138,19 @@ def check_black_box(report: dict) -> dict:
     best_black, best_white = min(black.values()), min(white.values())
     # strictly more than 0.2 points below, as AutoAttack; 1e-9 absorbs float noise in the fractions
     ok = best_black >= best_white - SQUARE_TOLERANCE - 1e-9
+    # within a cascade (AutoAttack's own run), cumulative accuracies: the black-box stage against the
+    # white-box stages of the same cascade, as check_square_sr does
+    gap = 0.0
+    for name, accuracy in black.items():
+        group = classes[name]["group"]
+        own = [a for n, a in white.items() if group and classes[n]["group"] == group]
+        if own:
+            gap = max(gap, min(own) - accuracy)
+    ok = ok and gap <= SQUARE_TOLERANCE + 1e-9
     return _with_classes(_verdict("black_box_vs_white_box", ok,
                     {"best_black_box": best_black, "best_black_box_attack": min(black, key=black.get),
                      "best_white_box": best_white, "best_white_box_attack": min(white, key=white.get),
-                     "threshold_points": SQUARE_TOLERANCE * 100,
+                     "worst_cascade_gap_points": round(gap * 100, 4), "threshold_points": SQUARE_TOLERANCE * 100,
                      "classified_from": _classified_from(classes, [*black, *white])},
                     f"a black-box attack should not end more than {SQUARE_TOLERANCE * 100:g} points below the "
                     f"white-box ones (AutoAttack's Square check): the gradients mislead the white-box attacks; run "

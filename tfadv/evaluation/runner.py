@@ -494,11 +494,11 @@ def format_markdown(report: dict, audit: Optional[dict] = None, title: str = "Ro
             classified.update(check.get("classification", {}))
         if classified:
             lines += ["", "How the audit classified the attacks it compared (and where that came from):", "",
-                      "| attack | kind | norm | loss | targeted | steps | restarts | EOT | classified from |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "| attack | kind | norm | loss | targeted | steps | restarts | EOT | cascade | classified from |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
             for name, c in classified.items():
                 lines.append(f"| {name} | {c['kind']} | {c['norm']} | {c['loss']} | {c['targeted']} | {c['steps']} | "
-                             f"{c['restarts']} | {c['eot_iter']} | {c['classified_from']} |")
+                             f"{c['restarts']} | {c['eot_iter']} | {c['group'] or ''} | {c['classified_from']} |")
     return "\n".join(lines) + "\n"
 
 
