@@ -168,6 +168,13 @@ def main(argv):
             cli.fail(f"--eot_iter applies to APGD attacks (apgd_ce, apgd_dlr, apgd_t, --suite=autoattack*), and none "
                      f"of {', '.join(s.name for s in specs) or 'the selected attacks'} is one")
         specs = [evaluation.with_eot(s, FLAGS.eot_iter) if s.kind in ("apgd", "apgd_t") else s for s in specs]
+    unique = {}
+    for s in specs:  # pgd20 and pgd20_linf are one attack (canonical names): run it once
+        if s.name in unique and unique[s.name].group != s.group:
+            cli.fail(f"--attacks/--suite: {s.name} is asked for both alone and in the {s.group or unique[s.name].group} "
+                     f"cascade; drop it from --attacks or run the suites separately")
+        unique.setdefault(s.name, s)
+    specs = list(unique.values())
     unknown = [d for d in FLAGS.diagnostics if d not in DIAGNOSTICS]
     if unknown:
         cli.fail(f"--diagnostics: unknown {unknown}; valid: {', '.join(DIAGNOSTICS)}")

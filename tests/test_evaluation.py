@@ -165,3 +165,20 @@ def test_the_autoattack_cascade_runs_every_stage_on_a_remainder_of_one(natural_m
             assert report["attacks"][name]["attacked"] == reference["attacks"][name]["attacked"], (b, name)
             assert report["attacks"][name]["robust_accuracy"] == reference["attacks"][name]["robust_accuracy"]
         np.testing.assert_array_equal(report["per_example_robust"], reference["per_example_robust"])
+
+
+def test_evaluate_script_runs_one_attack_once_whatever_its_spelling(natural_mlp, tmp_path):
+    import json
+
+    from test_cli import run_script
+
+    from tfadv import export
+
+    path = export.export(natural_mlp, str(tmp_path / "model"), {"dataset": "digits", "eps": 0.125})
+    output = tmp_path / "eval.json"
+    result = run_script("evaluate.py", f"--model_dir={path}", "--attacks=pgd10,pgd10_linf_r1,fgsm_linf",
+                        "--num_examples=30", "--noprogress", "--noaudit", f"--output={output}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert list(report["attacks"]) == ["pgd10", "fgsm"]
+    assert report["attacks"]["pgd10"]["kind"] == "gradient" and report["attacks"]["pgd10"]["targeted"] is False
