@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from tfadv.attacks import rng
 from tfadv.attacks.losses import LOSS_NAMES, cw_margin, objective
-from tfadv.attacks.pgd import _per_example, clip_to_box, project, steepest_step
+from tfadv.attacks.pgd import _per_example, clip_to_box, project, steepest_step, while_loop
 
 APGD_NORMS = ("linf", "l2")
 MOMENTUM = 0.75
@@ -215,7 +215,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
     state = (x_start, x_start, grad_start, loss_start, eta, x_start, loss_start, grad_start,
              tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool), loss_start, x_found, found,
              tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None])))
-    _, state = tf.while_loop(lambda k, _: k <= steps, body, (tf.constant(1), state), parallel_iterations=1)
+    _, state = while_loop(lambda k, _: k <= steps, body, (tf.constant(1), state))
     (_, _, _, _, eta, x_best, loss_best, _, _, _, _, x_found, found, trace) = state
     x_adv = tf.where(_per_example(found, x), x_found, x_best)
     return APGDRun(x_adv, x_best, loss_best, found, eta, trace.stack())

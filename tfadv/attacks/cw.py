@@ -18,13 +18,13 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from tfadv.attacks.pgd import _per_example, while_loop
+
 CWResult = collections.namedtuple("CWResult", ["x_adv", "norms", "found"])
 _BOX = 0.999999  # tanh-space margin so that pixels at exactly 0 or 1 have finite w
 _UPPER = 1e10
 
 
-def _per_example(values, like):
-    return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], axis=0))
 
 
 def _margin(logits, labels, targets, confidence):
@@ -103,8 +103,7 @@ def carlini_wagner_l2(logits_fn: Callable, x, labels, *, targets=None, confidenc
 
         state = (tf.constant(0), w_clean, tf.zeros_like(x), tf.zeros_like(x), tf.ones([batch], tf.bool),
                  tf.fill([batch], float("inf")), best_norm, best_x, tf.zeros([batch], tf.bool))
-        state = tf.while_loop(lambda i, *rest: (i < steps) & tf.reduce_any(rest[3]), body, state,
-                              parallel_iterations=1)
+        state = while_loop(lambda i, *rest: (i < steps) & tf.reduce_any(rest[3]), body, state)
         return state[6], state[7], state[8]
 
     const = tf.fill([batch], float(initial_const))

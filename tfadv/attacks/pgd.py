@@ -36,8 +36,36 @@ def _flat_norm(delta, norm):
 
 
 def _per_example(values, like):
-    """Reshapes a [B] vector to broadcast against a [B, ...] tensor."""
+    """Reshapes a [B] vector to broadcast against a [B, ...] tensor.
+
+    With a static rank the target shape is a Python list, so a static batch size (e.g. 1) survives the reshape;
+    a shape computed as a tensor would give [None, 1, ...], and broadcasting that against [1, H, W, C] has an
+    unknown batch, which breaks `tf.while_loop`'s shape check when the batch holds a single example.
+    """
+    rank = like.shape.rank
+    if rank is not None:
+        return tf.reshape(values, [-1] + [1] * (rank - 1))
     return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], axis=0))
+
+
+def _keep_shape(new, old):
+    if isinstance(new, tf.Tensor) and isinstance(old, tf.Tensor) and not tf.executing_eagerly():
+        new = tf.ensure_shape(new, old.shape)
+    return new
+
+
+def while_loop(cond, body, loop_vars):
+    """`tf.while_loop` (one iteration at a time) whose loop variables keep the static shapes they enter with.
+
+    The attacks' loop variables are per-example tensors of the batch's shape; an op in the body whose static
+    shape inference loses the batch size (broadcasting [None, 1] against [1, D] gives [None, D]) would make the
+    loop refuse a batch of one. The body's outputs are pinned to the entry shapes (a runtime-checked
+    `tf.ensure_shape`), which is what they are at run time.
+    """
+    def pinned(*state):
+        return tf.nest.map_structure(_keep_shape, tuple(body(*state)), tuple(state))
+
+    return tf.while_loop(cond, pinned, loop_vars, parallel_iterations=1)
 
 
 def perturbation_norm(delta, norm):
@@ -178,8 +206,7 @@ def _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, 
 
 def repeat(body, value, times):
     """`value = body(value)` `times` times, as a graph loop (Keras compiles train_step without AutoGraph)."""
-    return tf.while_loop(lambda i, _: i < times, lambda i, v: (i + 1, body(v)), (tf.constant(0), value),
-                         parallel_iterations=1)[1]
+    return while_loop(lambda i, _: i < times, lambda i, v: (i + 1, body(v)), (tf.constant(0), value))[1]
 
 
 def success(logits, labels, targets=None):

@@ -30,6 +30,7 @@ from typing import Callable
 import tensorflow as tf
 
 from tfadv.attacks import rng
+from tfadv.attacks.pgd import while_loop
 
 SquareRun = collections.namedtuple("SquareRun", ["x_adv", "margin", "queries"])
 SQUARE_NORMS = ("linf", "l2")
@@ -204,9 +205,9 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
         used = used + tf.cast(active, tf.int32)
         return i + 1, x_best, margin_best, used
 
-    _, x_best, margin_best, used = tf.while_loop(
+    _, x_best, margin_best, used = while_loop(
         lambda i, _x, margin, _u: (i < queries - 1) & tf.reduce_any(margin > 0.0), body,
-        (tf.constant(0), x_best, margin_best, used), parallel_iterations=1)
+        (tf.constant(0), x_best, margin_best, used))
     # the clean input where the initialisation did not help and nothing was found is not needed: x_best is
     # always a point of the ball; examples misclassified from the start keep their (also misclassified) x_best
     return SquareRun(x_best, margin_best, used)
