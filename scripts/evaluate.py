@@ -4,7 +4,9 @@
   python scripts/evaluate.py --model_dir=runs/digits-pgd --suite=standard,autoattack --output_dir=runs/digits-pgd/eval
 
 `--suite=autoattack` is AutoAttack-standard (APGD-CE -> APGD-T -> FAB-T -> Square, each on the points still
-robust); suites combine with commas. `--output_dir` gets report.json, report.md and plots/.
+robust); `--suite=autoattack_rand` is AutoAttack's version for randomised defenses (APGD-CE -> APGD-DLR, 20
+EOT draws per step); suites combine with commas. `--eot_iter=N` averages the gradient of every APGD attack
+over N forward passes (randomised models). `--output_dir` gets report.json, report.md and plots/.
 
 The dataset and eps default to what the run recorded; `--flagfile`, `--dataset` and `--eps` (pixel levels)
 override them. `--examples=PATH.npz` (arrays x in [0,1] NHWC and y) replaces the dataset's test split.
@@ -28,9 +30,11 @@ SUITES = {
     # full = standard + C&W, DeepFool, restarts, the sweeps (and transfer attacks when --source_model is given)
     "full": ["fgsm", "pgd20", "pgd100", "cw20", "cw100", "dlr100", "pgd50_r5", "apgd_ce", "apgd_t", "pgd20_l2",
              "pgd20_l1", "cwl2", "deepfool_l2", "deepfool_linf"],
-    # AutoAttack-standard as one cascade (tfadv.evaluation.autoattack_specs)
-    "autoattack": "linf",
-    "autoattack_l2": "l2",
+    # AutoAttack as one cascade (tfadv.evaluation.autoattack_specs): (version, norm)
+    "autoattack": ("standard", "linf"),
+    "autoattack_l2": ("standard", "l2"),
+    "autoattack_rand": ("rand", "linf"),
+    "autoattack_rand_l2": ("rand", "l2"),
 }
 DIAGNOSTICS = ("eps_l", "gradients", "lipschitz", "linearity", "landscape", "confidence", "sweep")
 
@@ -57,6 +61,9 @@ flags.DEFINE_string("examples", None, "an .npz with x (float [0,1], NHWC) and y 
 flags.DEFINE_string("output", None, "write the report as JSON here")
 flags.DEFINE_boolean("progress", True, "show a progress bar with ETA for each attack (stderr)")
 flags.DEFINE_integer("eval_batch_size", 256, "examples per attack batch")
+flags.DEFINE_integer("eot_iter", 1, "APGD attacks (apgd_ce, apgd_dlr, apgd_t, the AutoAttack suites) average the "
+                     "gradient over this many forward passes per step (EOT, for randomised models; "
+                     "--suite=autoattack_rand uses 20)", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -148,13 +155,26 @@ def main(argv):
             if isinstance(SUITES[name], list):
                 names += [n for n in SUITES[name] if n not in names]
             else:
-                specs += evaluation.autoattack_specs(radii, SUITES[name])
+                version, norm = SUITES[name]
+                specs += evaluation.autoattack_specs(radii, norm, version)
         if source_fn is not None and "transfer_pgd20" not in names:
             names.append("transfer_pgd20")
     try:
         specs = [evaluation.parse_attack(name, radii, step, source_fn) for name in names] + specs
     except ValueError as error:
         cli.fail(f"--attacks: {error}")
+    if FLAGS["eot_iter"].present:
+        if not any(s.kind in ("apgd", "apgd_t") for s in specs):
+            cli.fail(f"--eot_iter applies to APGD attacks (apgd_ce, apgd_dlr, apgd_t, --suite=autoattack*), and none "
+                     f"of {', '.join(s.name for s in specs) or 'the selected attacks'} is one")
+        specs = [evaluation.with_eot(s, FLAGS.eot_iter) if s.kind in ("apgd", "apgd_t") else s for s in specs]
+    unique = {}
+    for s in specs:  # pgd20 and pgd20_linf are one attack (canonical names): run it once
+        if s.name in unique and unique[s.name].group != s.group:
+            cli.fail(f"--attacks/--suite: {s.name} is asked for both alone and in the {s.group or unique[s.name].group} "
+                     f"cascade; drop it from --attacks or run the suites separately")
+        unique.setdefault(s.name, s)
+    specs = list(unique.values())
     unknown = [d for d in FLAGS.diagnostics if d not in DIAGNOSTICS]
     if unknown:
         cli.fail(f"--diagnostics: unknown {unknown}; valid: {', '.join(DIAGNOSTICS)}")

@@ -7,6 +7,7 @@ import tensorflow as tf
 from conftest import accuracy
 
 from tfadv import attacks
+from tfadv.attacks import rng as attacks_rng
 
 apgd_module = importlib.import_module("tfadv.attacks.apgd")
 
@@ -248,3 +249,79 @@ def test_agrees_with_art_auto_projected_gradient_descent(natural_mlp, batch):
     ours = tf.function(lambda images, labels: apgd_module.apgd(fn, images, labels, eps=EPS, seed=0))(x, y)
     # ART keeps only its final iterate; APGD here also keeps misclassified points met on the way
     assert accuracy(natural_mlp, ours, y) <= accuracy(natural_mlp, reference, y) + 0.02
+
+
+class _CountingNoisyModel:
+    """A linear-softmax toy whose logits are (x + sigma * n_k) W, n_k the k-th of a fixed list of noises, k
+    counting the calls: a randomised model whose draws a test can replay by hand."""
+
+    def __init__(self, noises, weights, sigma):
+        self.noises, self.weights, self.sigma, self.calls = noises, weights, sigma, 0
+
+    def __call__(self, images):
+        noise = self.noises[self.calls % len(self.noises)]
+        self.calls += 1
+        flat = tf.reshape(images + self.sigma * noise, [tf.shape(images)[0], -1])
+        return tf.sin(flat @ self.weights)  # non-linear, so the mean gradient is not the gradient at the mean
+
+
+def test_eot_averages_the_gradient_and_the_objective_over_the_passes():
+    r = np.random.default_rng(4)
+    x = tf.constant(r.uniform(0, 1, size=(5, 3, 3, 1)), tf.float32)
+    labels = tf.constant([0, 1, 2, 3, 4])
+    noises = [tf.constant(r.normal(size=(5, 3, 3, 1)), tf.float32) for _ in range(4)]
+    model = _CountingNoisyModel(noises, tf.constant(r.normal(size=(9, 6)) * 3.0, tf.float32), 0.3)
+    for loss in ("ce", "dlr"):
+        values, gradient, _ = apgd_module._evaluate(model, x, labels, loss, None, eot_iter=4)
+        # by hand: one pass per noise, each with its own tape, then the plain means
+        hand_values, hand_gradients = [], []
+        for noise in noises:
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                logits = tf.sin(tf.reshape(x + 0.3 * noise, [5, 9]) @ model.weights)
+                value = attacks.objective(loss, logits, labels)
+                total = tf.reduce_sum(value)
+            hand_values.append(value.numpy())
+            hand_gradients.append(tape.gradient(total, x).numpy())
+        np.testing.assert_allclose(values.numpy(), np.mean(hand_values, 0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(gradient.numpy(), np.mean(hand_gradients, 0), rtol=1e-4, atol=1e-6)
+        # and not merely any one of the passes
+        assert all(np.abs(gradient.numpy() - g).max() > 1e-3 for g in hand_gradients)
+    # apgd / apgd_targeted make eot_iter passes per gradient: 1 clean pass + eot_iter * (start + steps);
+    # APGD-T adds one pass per target to merge the targets
+    model.calls = 0
+    apgd_module.apgd(model, x, labels, eps=0.1, steps=3, eot_iter=4, seed=0)
+    assert model.calls == 1 + 4 * (1 + 3)
+    model.calls = 0
+    apgd_module.apgd_targeted(model, x, labels, eps=0.1, steps=3, num_targets=2, eot_iter=4, seed=0)
+    assert model.calls == 1 + 2 * (4 * (1 + 3) + 1)
+    model.calls = 0
+    attacks.pgd(model, x, labels, eps=0.1, step_size=0.05, steps=3, eot_iter=4)
+    assert model.calls == 4 * 3
+
+
+def test_eot_on_a_deterministic_model_changes_nothing(natural_mlp, batch):
+    x, y = batch
+    x, y = x[:100], y[:100]
+    fn = _logits_fn(natural_mlp)
+    keys = attacks_rng.example_keys(tf.range(len(y)))
+    for eot_iter in (1, 2, 4):  # exact means: x + x = 2x; four equal terms differ from x by rounding at most
+        run = tf.function(lambda a, b, k, n=eot_iter: (
+            apgd_module.apgd(fn, a, b, eps=EPS, steps=20, keys=k, eot_iter=n),
+            apgd_module.apgd_targeted(fn, a, b, eps=EPS, steps=10, num_targets=2, keys=k, eot_iter=n)))
+        outputs = [o.numpy() for o in run(x, y, keys)]
+        if eot_iter == 1:
+            reference = outputs
+            continue
+        for ours, theirs in zip(outputs, reference):
+            np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_eot_iter_is_checked():
+    x = tf.fill([2, 2, 2, 1], 0.5)
+    fn = lambda images: tf.reshape(images, [2, 4])  # noqa: E731
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="eot_iter"):
+            apgd_module.apgd(fn, x, [0, 1], eps=0.1, steps=2, eot_iter=bad)
+        with pytest.raises(ValueError, match="eot_iter"):
+            apgd_module.apgd_targeted(fn, x, [0, 1], eps=0.1, steps=2, eot_iter=bad)

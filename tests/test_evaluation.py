@@ -94,3 +94,91 @@ def test_attack_names_and_class_checks():
     with pytest.raises(ValueError, match="3"):
         evaluation.check_classes([evaluation.parse_attack("dlr20", EPS)], 2)
     evaluation.check_classes(specs, 4)
+
+
+@pytest.mark.parametrize("given, canonical", [
+    ("pgd20_linf", "pgd20"), ("pgd20_r1", "pgd20"), ("pgd20_linf_r1", "pgd20"), ("pgd50_r5", "pgd50_r5"),
+    ("pgd20_l2", "pgd20_l2"), ("fgsm_linf", "fgsm"), ("apgd_ce100", "apgd_ce"), ("apgd_ce50", "apgd_ce50"),
+    ("apgd_t100_linf_r1", "apgd_t"), ("square5000", "square"), ("square1000_l2", "square1000_l2"),
+    ("fab_t100", "fab_t"), ("deepfool50_linf", "deepfool"), ("cwl2_1000_b9", "cwl2"), ("cwl2_200", "cwl2_200"),
+    ("cwl2_1000_b5", "cwl2_b5"), ("cw20_linf", "cw20")])
+def test_one_attack_has_one_name(given, canonical):
+    spec = evaluation.parse_attack(given, EPS)
+    assert spec.name == canonical
+    assert spec == evaluation.parse_attack(canonical, EPS)
+    assert evaluation.parse_attack(canonical, EPS).name == canonical
+
+
+def test_equal_attacks_give_equal_numbers_whatever_their_name(natural_mlp, digits):
+    """train.py measured `pgd20_linf`, evaluate.py `pgd20`: the same attack with differently salted random
+    starts gave different robust accuracies on the same model and examples."""
+    x, y = digits.test[0][:300], digits.test[1][:300]
+    assert evaluation.canonical_attack_name("pgd", 20, "linf") == "pgd20"
+    assert evaluation.canonical_attack_name("pgd", 20, "l2", restarts=3) == "pgd20_l2_r3"
+    long, short = (evaluation.parse_attack(n, EPS) for n in ("pgd20_linf", "pgd20"))
+    assert long == short
+    a = evaluation.evaluate(_fn(natural_mlp), x, y, [long])
+    b = evaluation.evaluate(_fn(natural_mlp), x, y, [short])
+    assert a["attacks"]["pgd20"]["robust_accuracy"] == b["attacks"]["pgd20"]["robust_accuracy"]
+    np.testing.assert_array_equal(a["per_example_robust"], b["per_example_robust"])
+    # a spec built by hand under another name draws the same random numbers as the parsed one
+    import dataclasses
+    renamed = dataclasses.replace(short, name="my_pgd")
+    c = evaluation.evaluate(_fn(natural_mlp), x, y, [renamed])
+    np.testing.assert_array_equal(c["per_example_robust"], a["per_example_robust"])
+
+
+def _light_autoattack():
+    """AutoAttack-standard's cascade with fewer iterations (the cascade logic is what is tested)."""
+    import dataclasses
+    return [dataclasses.replace(s, steps={"apgd": 10, "apgd_t": 5, "fab_t": 5, "square": 100}[s.kind])
+            for s in evaluation.autoattack_specs(EPS)]
+
+
+def test_the_autoattack_cascade_runs_every_stage_on_a_remainder_of_one(natural_mlp, digits):
+    x_all, y_all = digits.test
+    fn = _fn(natural_mlp)
+    specs = _light_autoattack()
+    # 7 examples: 6 that APGD-CE breaks and 1 it does not (found on the full test set, then checked in place)
+    first_stage = evaluation.Evaluator(fn, specs[:1])
+    full = first_stage(x_all[:200], y_all[:200])
+    robust = np.flatnonzero(full["per_example_robust"])
+    broken = np.flatnonzero(~full["per_example_robust"])
+    chosen = None
+    for candidate in robust:
+        indices = np.concatenate([broken[:3], [candidate], broken[3:6]])
+        if first_stage(x_all[indices], y_all[indices])["per_example_robust"].sum() == 1:
+            chosen = indices
+            break
+    assert chosen is not None
+    x, y = x_all[chosen], y_all[chosen]
+    evaluator = evaluation.Evaluator(fn, specs)  # one compiled graph per attack serves every batch size
+    reports = {}
+    for b in (64, 3, 1):
+        evaluator.batch_size = b
+        reports[b] = evaluator(x, y)
+    reference = reports[64]
+    assert reference["attacks"]["apgd_t"]["attacked"] == 1  # exactly one point left after APGD-CE
+    for b, report in reports.items():
+        for name in ("apgd_ce", "apgd_t", "fab_t", "square"):
+            assert name in report["attacks"], (b, name)
+            assert report["attacks"][name]["attacked"] == reference["attacks"][name]["attacked"], (b, name)
+            assert report["attacks"][name]["robust_accuracy"] == reference["attacks"][name]["robust_accuracy"]
+        np.testing.assert_array_equal(report["per_example_robust"], reference["per_example_robust"])
+
+
+def test_evaluate_script_runs_one_attack_once_whatever_its_spelling(natural_mlp, tmp_path):
+    import json
+
+    from test_cli import run_script
+
+    from tfadv import export
+
+    path = export.export(natural_mlp, str(tmp_path / "model"), {"dataset": "digits", "eps": 0.125})
+    output = tmp_path / "eval.json"
+    result = run_script("evaluate.py", f"--model_dir={path}", "--attacks=pgd10,pgd10_linf_r1,fgsm_linf",
+                        "--num_examples=30", "--noprogress", "--noaudit", f"--output={output}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert list(report["attacks"]) == ["pgd10", "fgsm"]
+    assert report["attacks"]["pgd10"]["kind"] == "gradient" and report["attacks"]["pgd10"]["targeted"] is False

@@ -63,8 +63,57 @@ def test_schedule_halves_p_at_the_published_iterations():
                 4001: 0.00625, 6001: 0.003125, 8001: 0.0015625, 9999: 0.0015625}
     for iteration, p in expected.items():
         assert float(p_selection(0.8, iteration, 10000)) == pytest.approx(p)
-    # rescaled to 10000 queries: with 1000 queries, iteration 2 is 20 -> p halved once
-    assert float(p_selection(0.8, 2, 1000)) == pytest.approx(0.4)
+    # rescaled to 10000 queries (the explicit `rescale` option): with 1000 queries, iteration 2 is 20 -> p
+    # halved once
+    assert float(p_selection(0.8, 2, 1000, rescale=True)) == pytest.approx(0.4)
+
+
+# Croce & Hein's reference Square (autoattack/square.py, `p_selection`) with AutoAttack-standard's
+# `resc_schedule=False`: p = p_init on iterations 0..10, p_init / 2 on 11..50, / 4 on 51..200, / 8 on
+# 201..500, / 16 on 501..1000, / 32 on 1001..2000, / 64 on 2001..4000, / 128 on 4001..6000, / 256 on
+# 6001..8000, / 512 beyond; the same schedule for l-inf and l2. Written out by hand, not computed.
+REFERENCE_P = {
+    0: 0.8, 9: 0.8, 10: 0.8, 11: 0.4, 49: 0.4, 50: 0.4, 51: 0.2, 199: 0.2, 200: 0.2, 201: 0.1, 499: 0.1,
+    500: 0.1, 501: 0.05, 999: 0.05, 1000: 0.05, 1001: 0.025, 1999: 0.025, 2000: 0.025, 2001: 0.0125,
+    3999: 0.0125, 4000: 0.0125, 4001: 0.00625, 4999: 0.00625, 5999: 0.00625, 6000: 0.00625, 6001: 0.003125,
+    7999: 0.003125, 8000: 0.003125, 8001: 0.0015625, 9999: 0.0015625,
+}
+
+
+def test_default_schedule_is_autoattack_standard_not_rescaled_to_the_budget():
+    for iteration, p in REFERENCE_P.items():
+        assert float(p_selection(0.8, iteration, 5000)) == pytest.approx(p, rel=1e-6), iteration
+        assert float(p_selection(0.8, tf.constant(iteration), 5000, rescale=False)) == pytest.approx(p, rel=1e-6)
+    # the rescaled variant (i' = floor(i * 10000 / queries)) differs at 5000 queries: 10 -> 20, 500 -> 1000
+    rescaled = {iteration: float(p_selection(0.8, iteration, 5000, rescale=True)) for iteration in REFERENCE_P}
+    assert rescaled[10] == pytest.approx(0.4) and rescaled[500] == pytest.approx(0.05)
+    assert rescaled[4999] == pytest.approx(0.0015625)
+    assert sum(rescaled[i] != pytest.approx(p) for i, p in REFERENCE_P.items()) >= 20
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_the_attack_uses_the_unrescaled_schedule_by_default(setup, norm, monkeypatch):
+    """square/square_run call p_selection with rescale=False unless rescale_schedule=True is passed."""
+    import tfadv.attacks.square as square_module
+
+    seen = []
+    original = square_module.p_selection
+
+    def spy(p_init, iteration, queries, rescale=None):
+        seen.append(rescale)
+        return original(p_init, iteration, queries, rescale=rescale)
+
+    monkeypatch.setattr(square_module, "p_selection", spy)
+    fn, x, y, keys = setup
+    eps = 0.125 if norm == "linf" else 1.0
+    default = square(fn, x[:20], y[:20], eps=eps, norm=norm, queries=30, keys=keys[:20])
+    assert seen and not any(seen)
+    seen.clear()
+    rescaled = square(fn, x[:20], y[:20], eps=eps, norm=norm, queries=30, keys=keys[:20], rescale_schedule=True)
+    assert seen and all(seen)
+    # 30 queries rescaled reach p_init / 512 within the run, not rescaled p stays at p_init / 2 at most: the
+    # windows differ, so do the images
+    assert not np.array_equal(default.numpy(), rescaled.numpy())
 
 
 def test_bad_arguments_are_refused(setup):

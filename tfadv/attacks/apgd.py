@@ -42,7 +42,8 @@ import tensorflow as tf
 
 from tfadv.attacks import rng
 from tfadv.attacks.losses import LOSS_NAMES, cw_margin, objective
-from tfadv.attacks.pgd import _per_example, clip_to_box, project, steepest_step
+from tfadv.attacks.pgd import (_check_eot, _per_example, clip_to_box, expected_value_and_gradient, project,
+                               steepest_step, while_loop)
 
 APGD_NORMS = ("linf", "l2")
 MOMENTUM = 0.75
@@ -138,29 +139,27 @@ def _check(norm, loss, steps, restarts, rho):
         raise ValueError(f"rho must be in (0, 1], got {rho!r}")
 
 
-def _evaluate(logits_fn, x, labels, loss, targets):
-    """(objective [B] float32, d objective / d x, misclassified [B])."""
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        logits = logits_fn(x)
-        values = objective(loss, logits, labels, targets)
-        total = tf.reduce_sum(values)
-    gradient = tape.gradient(total, x)
-    if gradient is None:  # no gradient path to the input: zero steps (the step size then halves)
-        gradient = tf.zeros_like(x)
+def _evaluate(logits_fn, x, labels, loss, targets, eot_iter=1):
+    """(objective [B] float32, d objective / d x, misclassified [B]); with `eot_iter` > 1 the objective and
+    the gradient are means over that many passes of a (randomised) `logits_fn` and misclassification is read
+    from the last pass."""
+    values, gradient, logits = expected_value_and_gradient(
+        logits_fn, x, lambda logits: objective(loss, logits, labels, targets), eot_iter)
     wrong = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
-    return values, tf.cast(gradient, tf.float32), wrong
+    return values, gradient, wrong
 
 
 def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=100, rho=0.75, targets=None,
-             seed=None, clean_wrong=None, keys=None) -> APGDRun:
+             seed=None, clean_wrong=None, keys=None, eot_iter: int = 1) -> APGDRun:
     """One APGD run from a random start (Algorithm 1), with its diagnostics; see `apgd` for the attack.
 
     `seed` is None (stateful random start) or a shape-[2] int seed for a stateless one. `clean_wrong` ([B]
     bool) marks examples the clean input already misclassifies: they keep `x` unless another misclassified
     point is met. `keys` ([B] int64 per-example keys) overrides `seed` with a batch-independent start.
+    `eot_iter`: gradient and objective averaged over that many passes (see `apgd`).
     """
     _check(norm, loss, steps, 1, rho)
+    _check_eot(eot_iter)
     x = tf.convert_to_tensor(x, tf.float32)
     labels = tf.cast(labels, tf.int32)
     targets = None if targets is None else tf.cast(targets, tf.int32)
@@ -171,7 +170,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
         return x + clip_to_box(x, project(point - x, eps, norm))
 
     x_start = _random_start(x, eps, norm, seed, keys)
-    loss_start, grad_start, wrong_start = _evaluate(logits_fn, x_start, labels, loss, targets)
+    loss_start, grad_start, wrong_start = _evaluate(logits_fn, x_start, labels, loss, targets, eot_iter)
     if clean_wrong is None:
         found, x_found = wrong_start, x_start
     else:
@@ -188,7 +187,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
         z = feasible(x_cur + steepest_step(grad, _per_example(eta, x), norm))
         alpha = tf.where(k == 1, 1.0, MOMENTUM)  # the first step has no momentum
         x_new = feasible(x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev))
-        loss_new, grad_new, wrong = _evaluate(logits_fn, x_new, labels, loss, targets)
+        loss_new, grad_new, wrong = _evaluate(logits_fn, x_new, labels, loss, targets, eot_iter)
 
         increases = increases + tf.cast(loss_new > loss_cur, tf.int32)
         improved = loss_new > loss_best
@@ -215,7 +214,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
     state = (x_start, x_start, grad_start, loss_start, eta, x_start, loss_start, grad_start,
              tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool), loss_start, x_found, found,
              tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None])))
-    _, state = tf.while_loop(lambda k, _: k <= steps, body, (tf.constant(1), state), parallel_iterations=1)
+    _, state = while_loop(lambda k, _: k <= steps, body, (tf.constant(1), state))
     (_, _, _, _, eta, x_best, loss_best, _, _, _, _, x_found, found, trace) = state
     x_adv = tf.where(_per_example(found, x), x_found, x_best)
     return APGDRun(x_adv, x_best, loss_best, found, eta, trace.stack())
@@ -247,7 +246,7 @@ def _misclassified(logits_fn, x, labels):
 
 
 def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=100, restarts=1, rho=0.75,
-         targets=None, seed: Optional[int] = None, keys=None):
+         targets=None, seed: Optional[int] = None, keys=None, eot_iter: int = 1):
     """APGD on `loss` ("ce": APGD-CE, "dlr": APGD-DLR, "cw"); with `targets`, the targeted version (with
     loss="dlr" the targeted DLR loss of APGD-T, which needs at least 4 classes; untargeted DLR needs 3).
 
@@ -255,8 +254,15 @@ def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=1
     starts an example keeps the first misclassified point, else the one with the highest objective. `seed`
     (an int) makes the random starts reproducible; `keys` ([B] int64, `rng.example_keys`) makes them
     per-example and independent of batching.
+
+    `eot_iter` (AutoAttack's `rand` version, for randomised defences: 20): every step's gradient is the mean of
+    `eot_iter` forward/backward passes of `logits_fn`, and so is the objective that drives the step-size
+    checkpoints and the best-point bookkeeping (the reference averages the gradient but keeps the last pass's
+    loss; the mean is the lower-variance estimate and equal to it for a deterministic `logits_fn`). Whether a
+    point misclassifies is read from the last pass, as in the reference.
     """
     _check(norm, loss, steps, restarts, rho)
+    _check_eot(eot_iter)
     x = tf.convert_to_tensor(x, tf.float32)
     labels = tf.cast(labels, tf.int32)
     clean_wrong = _misclassified(logits_fn, x, labels)
@@ -264,7 +270,7 @@ def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=1
     for restart in range(restarts):
         run = apgd_run(logits_fn, x, labels, eps=eps, norm=norm, loss=loss, steps=steps, rho=rho,
                        targets=targets, seed=_stateless_seed(seed, restart), clean_wrong=clean_wrong,
-                       keys=_fold(keys, restart))
+                       keys=_fold(keys, restart), eot_iter=eot_iter)
         if restarts == 1:
             return run.x_adv
         best = _keep_worst(logits_fn, labels, run.x_adv,
@@ -281,14 +287,16 @@ def top_wrong_classes(logits, labels, count):
 
 
 def apgd_targeted(logits_fn: Callable, x, labels, *, eps, norm="linf", steps=100, num_targets=9, restarts=1,
-                  rho=0.75, seed: Optional[int] = None, keys=None):
+                  rho=0.75, seed: Optional[int] = None, keys=None, eot_iter: int = 1):
     """APGD-T: APGD on the targeted DLR loss, once for each of the top-`num_targets` wrong classes by clean
     logit (K - 1 when there are fewer), each run starting from the clean input.
 
     Per example the first target (in that order) whose run misclassifies wins; unsuccessful examples keep
-    the point with the highest untargeted CW margin over the targets. Needs at least 4 classes.
+    the point with the highest untargeted CW margin over the targets. Needs at least 4 classes. `eot_iter` as
+    in `apgd`.
     """
     _check(norm, "dlr", steps, restarts, rho)
+    _check_eot(eot_iter)
     if not isinstance(num_targets, int) or num_targets < 1:
         raise ValueError(f"num_targets must be a positive int, got {num_targets!r}")
     x = tf.convert_to_tensor(x, tf.float32)
@@ -306,6 +314,7 @@ def apgd_targeted(logits_fn: Callable, x, labels, *, eps, norm="linf", steps=100
         for restart in range(restarts):
             run = apgd_run(logits_fn, x, labels, eps=eps, norm=norm, loss="dlr", steps=steps, rho=rho,
                            targets=candidates[:, index], seed=_stateless_seed(seed, index * restarts + restart),
-                           clean_wrong=clean_wrong, keys=_fold(keys, index * restarts + restart))
+                           clean_wrong=clean_wrong, keys=_fold(keys, index * restarts + restart),
+                           eot_iter=eot_iter)
             best = _keep_worst(logits_fn, labels, run.x_adv, lambda logits: cw_margin(logits, labels), best)
     return best[0]

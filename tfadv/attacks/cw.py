@@ -18,13 +18,13 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from tfadv.attacks.pgd import _per_example, value_and_gradient, while_loop
+
 CWResult = collections.namedtuple("CWResult", ["x_adv", "norms", "found"])
 _BOX = 0.999999  # tanh-space margin so that pixels at exactly 0 or 1 have finite w
 _UPPER = 1e10
 
 
-def _per_example(values, like):
-    return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], axis=0))
 
 
 def _margin(logits, labels, targets, confidence):
@@ -70,19 +70,19 @@ def carlini_wagner_l2(logits_fn: Callable, x, labels, *, targets=None, confidenc
     best_x = x
 
     def objective(w, const):
-        x_new = (tf.tanh(w) + 1.0) / 2.0
+        """(x', ||x' - x||^2, logits, loss, d loss / d w): the margin term's gradient is taken in float32 with
+        the network's backward pass loss-scaled (`value_and_gradient`), the rest analytically."""
+        tanh = tf.tanh(w)
+        x_new = (tanh + 1.0) / 2.0
         distance = tf.reduce_sum(tf.reshape(tf.square(x_new - x), [batch, -1]), axis=1)
-        logits = logits_fn(x_new)
-        margin = _margin(logits, labels, targets, confidence)
-        return x_new, distance, logits, distance + const * tf.nn.relu(margin)
+        penalty, penalty_gradient, logits = value_and_gradient(
+            logits_fn, x_new, lambda logits: const * tf.nn.relu(_margin(logits, labels, targets, confidence)))
+        gradient_x = 2.0 * (x_new - x) + penalty_gradient
+        return x_new, distance, logits, distance + penalty, gradient_x * (1.0 - tf.square(tanh)) / 2.0
 
     def search_step(const, best_norm, best_x):
         def body(i, w, m, v, active, previous, best_norm, best_x, found_now):
-            with tf.GradientTape() as tape:
-                tape.watch(w)
-                x_new, distance, logits, loss = objective(w, const)
-                total = tf.reduce_sum(loss)
-            gradient = tape.gradient(total, w)
+            x_new, distance, logits, loss, gradient = objective(w, const)
             ok = success(logits)
             norm = tf.sqrt(distance)
             improved = ok & (norm < best_norm) & active
@@ -103,8 +103,7 @@ def carlini_wagner_l2(logits_fn: Callable, x, labels, *, targets=None, confidenc
 
         state = (tf.constant(0), w_clean, tf.zeros_like(x), tf.zeros_like(x), tf.ones([batch], tf.bool),
                  tf.fill([batch], float("inf")), best_norm, best_x, tf.zeros([batch], tf.bool))
-        state = tf.while_loop(lambda i, *rest: (i < steps) & tf.reduce_any(rest[3]), body, state,
-                              parallel_iterations=1)
+        state = while_loop(lambda i, *rest: (i < steps) & tf.reduce_any(rest[3]), body, state)
         return state[6], state[7], state[8]
 
     const = tf.fill([batch], float(initial_const))

@@ -11,6 +11,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfadv.attacks.pgd import _per_example, while_loop
+
 DEEPFOOL_NORMS = ("l2", "linf")
 
 
@@ -19,6 +21,7 @@ def deepfool(logits_fn: Callable, x, labels, *, norm="l2", num_candidates=10, ov
     are returned unchanged (norm 0); examples never flipped keep their last iterate."""
     if norm not in DEEPFOOL_NORMS:
         raise ValueError(f"DeepFool supports {DEEPFOOL_NORMS}, got {norm!r}")
+    max_iterations = int(max_iterations)
     x = tf.convert_to_tensor(x, tf.float32)
     labels = tf.cast(labels, tf.int32)
     clean = tf.cast(logits_fn(x), tf.float32)
@@ -27,8 +30,7 @@ def deepfool(logits_fn: Callable, x, labels, *, norm="l2", num_candidates=10, ov
     others = tf.where(tf.one_hot(labels, clean.shape[-1]) > 0, -np.inf, clean)
     candidates = tf.concat([labels[:, None], tf.math.top_k(others, k=count - 1).indices], axis=1)
 
-    @tf.function(reduce_retracing=True)
-    def step(images, candidates):
+    def step(images):
         with tf.GradientTape() as tape:
             tape.watch(images)
             logits = tf.gather(tf.cast(logits_fn(images), tf.float32), candidates, batch_dims=1)
@@ -48,17 +50,22 @@ def deepfool(logits_fn: Callable, x, labels, *, norm="l2", num_candidates=10, ov
             r = ((tf.abs(f_l) + 1e-4) / (tf.reduce_sum(tf.abs(w_l), -1) + 1e-12))[:, None] * tf.sign(w_l)
         return tf.reshape(r, tf.shape(images))
 
-    r_total = tf.zeros_like(x)
-    active = tf.equal(tf.argmax(clean, -1, output_type=tf.int32), labels)
-    x_adv = x
-    for _ in range(int(max_iterations)):
-        if not bool(tf.reduce_any(active)):
-            break
-        r = step(x_adv, candidates)
-        r_total = tf.where(active[:, None, None, None] if len(x.shape) == 4 else active[:, None], r_total + r,
-                           r_total)
+    def body(i, x_adv, r_total, active):
+        r = step(x_adv)
+        r_total = tf.where(_per_example(active, x), r_total + r, r_total)
         x_adv = tf.clip_by_value(x + (1.0 + overshoot) * r_total, 0.0, 1.0)
-        active = active & tf.equal(tf.argmax(tf.cast(logits_fn(x_adv), tf.float32), -1, output_type=tf.int32), labels)
+        predicted = tf.argmax(tf.cast(logits_fn(x_adv), tf.float32), -1, output_type=tf.int32)
+        return i + 1, x_adv, r_total, active & tf.equal(predicted, labels)
+
+    def loop(x_adv, r_total, active):
+        # a graph loop (examples stop one by one through `active`), so the attack compiles with tf.function
+        return while_loop(lambda i, _x, _r, active: (i < max_iterations) & tf.reduce_any(active), body,
+                          (tf.constant(0), x_adv, r_total, active))[1]
+
+    active = tf.equal(tf.argmax(clean, -1, output_type=tf.int32), labels)
+    if tf.executing_eagerly():  # called eagerly: compile the loop once for this call
+        loop = tf.function(loop)
+    x_adv = loop(x, tf.zeros_like(x), active)
     delta = tf.reshape(x_adv - x, [tf.shape(x)[0], -1])
     norms = tf.norm(delta, axis=-1) if norm == "l2" else tf.reduce_max(tf.abs(delta), axis=-1)
     return x_adv, norms

@@ -31,6 +31,7 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from tfadv.attacks import rng
+from tfadv.attacks.pgd import _per_example, value_and_gradient, while_loop
 
 FAB_NORMS = ("linf", "l2")
 _BIG = 1e12
@@ -83,8 +84,6 @@ def _norm(delta, norm):
     return tf.reduce_max(tf.abs(flat), axis=1) if norm == "linf" else tf.sqrt(tf.reduce_sum(tf.square(flat), axis=1))
 
 
-def _per_example(values, like):
-    return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], axis=0))
 
 
 def _check(norm, steps, num_targets, restarts):
@@ -106,15 +105,11 @@ def fab_run(logits_fn: Callable, x, labels, targets, *, norm="linf", steps=100, 
     x0 = _flat(x)
 
     def linearise(point):
-        with tf.GradientTape() as tape:
-            tape.watch(point)
-            logits = tf.cast(logits_fn(point), tf.float32)
-            gap = (tf.gather(logits, labels, batch_dims=1) - tf.gather(logits, targets, batch_dims=1))
-            total = tf.reduce_sum(gap)
-        gradient = tape.gradient(total, point)
-        if gradient is None:
-            gradient = tf.zeros_like(point)
-        return gap, _flat(tf.cast(gradient, tf.float32))
+        # g = z_y - z_t and its input gradient, in float32 whatever the model's compute dtype
+        gap, gradient, _ = value_and_gradient(
+            logits_fn, point,
+            lambda logits: tf.gather(logits, labels, batch_dims=1) - tf.gather(logits, targets, batch_dims=1))
+        return gap, _flat(gradient)
 
     def body(k, point, best, best_norm):
         gap, w = linearise(point)
@@ -142,7 +137,7 @@ def fab_run(logits_fn: Callable, x, labels, targets, *, norm="linf", steps=100, 
 
     point = x if start is None else tf.convert_to_tensor(start, tf.float32)
     state = (tf.constant(0), point, x, tf.fill([batch], float("inf")))
-    _, _, best, best_norm = tf.while_loop(lambda k, *_: k < steps, body, state, parallel_iterations=1)
+    _, _, best, best_norm = while_loop(lambda k, *_: k < steps, body, state)
     return best, best_norm
 
 

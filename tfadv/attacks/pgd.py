@@ -36,8 +36,36 @@ def _flat_norm(delta, norm):
 
 
 def _per_example(values, like):
-    """Reshapes a [B] vector to broadcast against a [B, ...] tensor."""
+    """Reshapes a [B] vector to broadcast against a [B, ...] tensor.
+
+    With a static rank the target shape is a Python list, so a static batch size (e.g. 1) survives the reshape;
+    a shape computed as a tensor would give [None, 1, ...], and broadcasting that against [1, H, W, C] has an
+    unknown batch, which breaks `tf.while_loop`'s shape check when the batch holds a single example.
+    """
+    rank = like.shape.rank
+    if rank is not None:
+        return tf.reshape(values, [-1] + [1] * (rank - 1))
     return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(like) - 1], tf.int32)], axis=0))
+
+
+def _keep_shape(new, old):
+    if isinstance(new, tf.Tensor) and isinstance(old, tf.Tensor) and not tf.executing_eagerly():
+        new = tf.ensure_shape(new, old.shape)
+    return new
+
+
+def while_loop(cond, body, loop_vars):
+    """`tf.while_loop` (one iteration at a time) whose loop variables keep the static shapes they enter with.
+
+    The attacks' loop variables are per-example tensors of the batch's shape; an op in the body whose static
+    shape inference loses the batch size (broadcasting [None, 1] against [1, D] gives [None, D]) would make the
+    loop refuse a batch of one. The body's outputs are pinned to the entry shapes (a runtime-checked
+    `tf.ensure_shape`), which is what they are at run time.
+    """
+    def pinned(*state):
+        return tf.nest.map_structure(_keep_shape, tuple(body(*state)), tuple(state))
+
+    return tf.while_loop(cond, pinned, loop_vars, parallel_iterations=1)
 
 
 def perturbation_norm(delta, norm):
@@ -140,15 +168,69 @@ def steepest_step(gradient, step_size, norm, x_adv=None, l1_sparsity: float = 0.
     return tf.reshape(step, shape)
 
 
-def input_gradient(logits_fn, x, labels, loss="ce", targets=None):
-    """(objective [B], gradient d objective / d x), the objective summed over the batch for the gradient."""
+def _power_of_two_scale(gradient):
+    """Per example [B] 2^-floor(log2(max |gradient|)) (1 where the gradient is zero): multiplying by it puts the
+    largest entry in [1, 2) and is exact in floating point."""
+    largest = tf.reduce_max(tf.abs(tf.reshape(gradient, [tf.shape(gradient)[0], -1])), axis=1)
+    exponent = tf.floor(tf.math.log(tf.where(largest > 0.0, largest, 1.0)) / tf.math.log(2.0))
+    return tf.pow(2.0, -tf.clip_by_value(exponent, -120.0, 120.0))
+
+
+def value_and_gradient(logits_fn, x, objective_fn):
+    """(values [B] float32, d sum(values) / d x float32, logits float32) for `objective_fn(logits) -> [B]`.
+
+    The objective is computed in float32 from the logits cast to float32, and its gradient at the logits is
+    taken in float32. Under mixed precision the network backpropagates in float16 / bfloat16, where a small
+    loss gradient (a confidently classified example) underflows to zero; so each example's logit gradient is
+    scaled by a power of two bringing its largest entry into [1, 2) before it enters the network and the
+    input gradient is unscaled in float32 afterwards (exact: a float32 model gives the same bits as an
+    unscaled backward pass). `x` stays float32; a model casts it to its compute dtype inside.
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        values = objective(loss, logits_fn(x), labels, targets)
+        raw = logits_fn(x)
+    logits = tf.cast(raw, tf.float32)
+    with tf.GradientTape() as inner:
+        inner.watch(logits)
+        values = tf.cast(objective_fn(logits), tf.float32)
         total = tf.reduce_sum(values)
-    gradient = tape.gradient(total, x)
+    upstream = inner.gradient(total, logits)
+    if upstream is None:
+        return values, tf.zeros_like(x), logits
+    scale = _power_of_two_scale(upstream)
+    gradient = tape.gradient(raw, x, output_gradients=tf.cast(upstream * scale[:, None], raw.dtype))
     if gradient is None:  # a model with no gradient path to its input (e.g. stop_gradient): a zero step
-        gradient = tf.zeros_like(x)
+        return values, tf.zeros_like(x), logits
+    return values, tf.cast(gradient, tf.float32) / _per_example(scale, x), logits
+
+
+def _check_eot(eot_iter):
+    if not isinstance(eot_iter, int) or isinstance(eot_iter, bool) or eot_iter < 1:
+        raise ValueError(f"eot_iter must be a positive int, got {eot_iter!r}")
+
+
+def expected_value_and_gradient(logits_fn, x, objective_fn, eot_iter: int = 1):
+    """Expectation over Transformation: (values, gradient) averaged over `eot_iter` forward/backward passes of a
+    possibly randomised `logits_fn`, and the logits of the last pass (float32). eot_iter=1 is one plain pass."""
+    _check_eot(eot_iter)
+    values, gradient, logits = value_and_gradient(logits_fn, x, objective_fn)
+    if eot_iter == 1:
+        return values, gradient, logits
+
+    def body(i, values, gradient, _):
+        more_values, more_gradient, logits = value_and_gradient(logits_fn, x, objective_fn)
+        return i + 1, values + more_values, gradient + more_gradient, logits
+
+    _, values, gradient, logits = while_loop(lambda i, *_: i < eot_iter, body,
+                                             (tf.constant(1), values, gradient, logits))
+    return values / float(eot_iter), gradient / float(eot_iter), logits
+
+
+def input_gradient(logits_fn, x, labels, loss="ce", targets=None):
+    """(objective [B], gradient d objective / d x), the objective summed over the batch for the gradient;
+    float32 whatever the model's compute dtype (see `value_and_gradient`)."""
+    values, gradient, _ = value_and_gradient(logits_fn, x, lambda logits: objective(loss, logits, labels, targets))
     return values, gradient
 
 
@@ -162,14 +244,15 @@ def fgsm(logits_fn: Callable, x, labels, *, eps, loss="ce", targets=None, norm="
 
 
 def _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, random_start, l1_sparsity,
-              keys=None):
+              keys=None, eot_iter=1):
     if random_start:
         delta = clip_to_box(x, random_init(x, eps, norm, keys=keys))
     else:
         delta = tf.zeros_like(x)
 
     def ascend(delta):
-        _, gradient = input_gradient(logits_fn, x + delta, labels, loss, targets)
+        _, gradient, _ = expected_value_and_gradient(
+            logits_fn, x + delta, lambda logits: objective(loss, logits, labels, targets), eot_iter)
         delta = delta + steepest_step(gradient, step_size, norm, x + delta, l1_sparsity)
         return clip_to_box(x, project(delta, eps, norm))
 
@@ -178,8 +261,7 @@ def _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, 
 
 def repeat(body, value, times):
     """`value = body(value)` `times` times, as a graph loop (Keras compiles train_step without AutoGraph)."""
-    return tf.while_loop(lambda i, _: i < times, lambda i, v: (i + 1, body(v)), (tf.constant(0), value),
-                         parallel_iterations=1)[1]
+    return while_loop(lambda i, _: i < times, lambda i, v: (i + 1, body(v)), (tf.constant(0), value))[1]
 
 
 def success(logits, labels, targets=None):
@@ -191,14 +273,16 @@ def success(logits, labels, targets=None):
 
 
 def pgd(logits_fn: Callable, x, labels, *, eps, step_size, steps, norm="linf", loss="ce", targets=None,
-        random_start=True, restarts=1, l1_sparsity=0.95, keys=None):
+        random_start=True, restarts=1, l1_sparsity=0.95, keys=None, eot_iter: int = 1):
     """Projected gradient descent (BIM without random start) with restarts keeping the worst case per example.
 
     Across restarts an example keeps the first successful perturbation; among unsuccessful ones, the one with
     the highest objective. `keys` ([B] int64, `rng.example_keys`) makes the random starts per-example and
-    independent of batching; restart r uses `rng.fold(keys, r)`.
+    independent of batching; restart r uses `rng.fold(keys, r)`. `eot_iter` > 1 averages each step's gradient
+    over that many passes of a randomised `logits_fn` (Expectation over Transformation).
     """
     _check_norm(norm)
+    _check_eot(eot_iter)
     if restarts < 1:
         raise ValueError(f"restarts must be at least 1, got {restarts}")
     x = tf.convert_to_tensor(x, tf.float32)
@@ -206,7 +290,7 @@ def pgd(logits_fn: Callable, x, labels, *, eps, step_size, steps, norm="linf", l
     best = None
     for restart in range(restarts):
         candidate = _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, random_start,
-                              l1_sparsity, None if keys is None else rng.fold(keys, restart))
+                              l1_sparsity, None if keys is None else rng.fold(keys, restart), eot_iter)
         if restarts == 1:
             return candidate
         logits = logits_fn(candidate)

@@ -11,10 +11,14 @@ with random signs per channel, normalised to ||delta|| = eps; each iteration mov
 one window and a second random window into the first one, adding a fresh pseudo-Gaussian square, rescaled so
 the total stays at eps; kept if it lowers the margin.
 
-Schedule (as the reference code): the iteration index is rescaled to a 10000-query budget,
-i' = floor(i / queries * 10000), and p = p_init / 2^k with k the number of thresholds
-10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 that i' exceeds; s = round(sqrt(p * H * W)) clamped to
-[1, H - 1] (l-inf) or at least 3 and odd (l2); window corners uniform in [0, H - s) x [0, W - s).
+Schedule (the reference `p_selection`, the same for l-inf and l2): p = p_init / 2^k with k the number of
+thresholds 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 that the iteration index i exceeds (p_init on
+iterations 0..10, p_init / 2 on 11..50, ..., p_init / 512 beyond 8000). AutoAttack-standard builds the
+reference SquareAttack with `resc_schedule=False`, so by default the thresholds are NOT rescaled to the query
+budget (with 5000 queries p never falls below p_init / 128). `rescale_schedule=True` gives the reference's
+other variant (also ART's only one): i is first mapped to a 10000-query budget, i' = floor(i * 10000 /
+queries). s = round(sqrt(p * H * W)) clamped to [1, H - 1] (l-inf) or at least 3 and odd (l2); window
+corners uniform in [0, H - s) x [0, W - s).
 
 Readings: the reference draws one window position per iteration for the whole batch; here every example
 draws its own (from its key), so an example's result does not depend on the batch it is in. Examples that
@@ -30,6 +34,7 @@ from typing import Callable
 import tensorflow as tf
 
 from tfadv.attacks import rng
+from tfadv.attacks.pgd import while_loop
 
 SquareRun = collections.namedtuple("SquareRun", ["x_adv", "margin", "queries"])
 SQUARE_NORMS = ("linf", "l2")
@@ -44,9 +49,13 @@ def _margin(logits, labels):
     return correct - other
 
 
-def p_selection(p_init, iteration, queries):
-    """The share of the image a window covers at `iteration` (a tensor) of a `queries` budget."""
-    scaled = tf.math.floordiv(tf.cast(iteration, tf.int64) * 10000, queries)
+def p_selection(p_init, iteration, queries, rescale=False):
+    """The share of the image a window covers at `iteration` (an int or int tensor, from 0) of a `queries`
+    budget: p_init halved once for every threshold the iteration exceeds. With `rescale` the iteration is
+    first mapped to a 10000-query budget (floor(iteration * 10000 / queries)); AutoAttack-standard does not."""
+    scaled = tf.cast(iteration, tf.int64)
+    if rescale:
+        scaled = tf.math.floordiv(scaled * 10000, queries)
     halvings = tf.add_n([tf.cast(scaled > t, tf.float32) for t in _THRESHOLDS])
     return p_init / tf.pow(2.0, halvings)
 
@@ -122,8 +131,9 @@ def _check(x, norm, queries, p_init):
 
 
 def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000, p_init=0.8,
-               keys=None) -> SquareRun:
-    """Square with diagnostics: SquareRun(x_adv, margin [B], queries [B] used per example)."""
+               keys=None, rescale_schedule=False) -> SquareRun:
+    """Square with diagnostics: SquareRun(x_adv, margin [B], queries [B] used per example).
+    `rescale_schedule`: map the p-schedule to the query budget (see `p_selection`); off in AutoAttack."""
     x = tf.convert_to_tensor(x, tf.float32)
     _check(x, norm, queries, p_init)
     labels = tf.cast(labels, tf.int32)
@@ -158,7 +168,7 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
     def body(i, x_best, margin_best, used):
         active = margin_best > 0.0
         step_keys = None if keys is None else rng.fold(keys, i + 1)
-        p = p_selection(p_init, i, queries)
+        p = p_selection(p_init, i, queries, rescale=rescale_schedule)
         if norm == "linf":
             size = tf.cast(tf.round(tf.sqrt(p * height * width)), tf.int32)
             size = tf.clip_by_value(size, 1, min(height, width) - 1)
@@ -204,15 +214,18 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
         used = used + tf.cast(active, tf.int32)
         return i + 1, x_best, margin_best, used
 
-    _, x_best, margin_best, used = tf.while_loop(
+    _, x_best, margin_best, used = while_loop(
         lambda i, _x, margin, _u: (i < queries - 1) & tf.reduce_any(margin > 0.0), body,
-        (tf.constant(0), x_best, margin_best, used), parallel_iterations=1)
+        (tf.constant(0), x_best, margin_best, used))
     # the clean input where the initialisation did not help and nothing was found is not needed: x_best is
     # always a point of the ball; examples misclassified from the start keep their (also misclassified) x_best
     return SquareRun(x_best, margin_best, used)
 
 
-def square(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000, p_init=0.8, keys=None):
+def square(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000, p_init=0.8, keys=None,
+           rescale_schedule=False):
     """Square Attack (untargeted, margin loss): adversarial images in the eps-ball of `norm` and [0,1].
-    `keys` ([B] int64, `rng.example_keys`) make every random choice per example and batch-independent."""
-    return square_run(logits_fn, x, labels, eps=eps, norm=norm, queries=queries, p_init=p_init, keys=keys).x_adv
+    `keys` ([B] int64, `rng.example_keys`) make every random choice per example and batch-independent.
+    `rescale_schedule=False` (AutoAttack-standard) keeps the p-schedule's thresholds at fixed iterations."""
+    return square_run(logits_fn, x, labels, eps=eps, norm=norm, queries=queries, p_init=p_init, keys=keys,
+                      rescale_schedule=rescale_schedule).x_adv

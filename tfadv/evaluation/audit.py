@@ -14,7 +14,6 @@ Each check returns a verdict ("pass", "warn" or "n/a") with the numbers behind i
 
 from __future__ import annotations
 
-import re
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -23,6 +22,18 @@ import tensorflow as tf
 from tfadv import attacks
 
 TOLERANCE = 0.02  # accuracy differences below 2 points are noise on small evaluation sets
+# AutoAttack's check_square_sr (fra31/auto-attack, autoattack/checks.py): Square ending more than 0.2 points of
+# robust accuracy below the best other attack means the white-box attacks were fooled.
+SQUARE_TOLERANCE = 0.002
+# AutoAttack's check_randomized: logits (each scaled to unit l2 norm) of repeated forward passes differing by more
+# than this, or a different number of correct predictions, mean a randomised defense.
+RANDOMIZED_TOLERANCE = 1e-4
+RANDOMIZED_RUNS = 5
+# AutoAttack's check_range_output: outputs within this of a probability distribution are not logits.
+RANGE_TOLERANCE = 1e-5
+FROM_METADATA = "report metadata"
+FROM_NAME = "attack name parsed by tfadv.evaluation.parse_attack (the report has no per-attack metadata)"
+_FIELDS = ("attack", "kind", "norm", "loss", "eps", "steps", "restarts", "targeted", "eot_iter")
 
 
 def _verdict(name, ok, numbers, explanation):
@@ -33,74 +44,224 @@ def _not_applicable(name, why):
     return {"check": name, "verdict": "n/a", "numbers": {}, "explanation": why}
 
 
-def _steps(name):
-    match = re.match(r"^(pgd|cw|dlr|apgd_ce|apgd_t)(\d+)?", name)
-    return int(match.group(2)) if match and match.group(2) else None
-
-
 def _batched(fn, x, y, batch_size):
     parts = [fn(tf.constant(x[s:s + batch_size]), tf.constant(y[s:s + batch_size])).numpy()
              for s in range(0, len(x), batch_size)]
     return np.concatenate(parts) if parts else np.zeros([0])
 
 
-def _linf(name):
-    """An l-inf attack by its name (`_l2` / `_l1` mark the other norms)."""
-    return "_l" not in name
+def attack_classes(report: dict) -> Dict[str, dict]:
+    """How each attack of `report` is classified: {name: {attack, kind, norm, loss, eps, steps, restarts,
+    targeted, eot_iter, group, robust_accuracy, classified_from}}.
+
+    The checks use this and nothing else. It is the metadata the runner records per attack ("kind" is
+    gradient, score_based, minimum_norm or transfer). An entry without metadata (a report written before
+    tfadv recorded it) is classified once by the runner's own parser, `parse_attack`, and says so in
+    `classified_from`; a name the parser does not know is an error.
+    """
+    from tfadv.evaluation import runner
+
+    classes = {}
+    for name, entry in report["attacks"].items():
+        if "kind" in entry and "norm" in entry:
+            meta, source = {k: entry.get(k) for k in _FIELDS}, FROM_METADATA
+        else:
+            radius = float(entry.get("eps", 1.0))
+            try:
+                spec = runner.parse_attack(name, {"linf": radius, "l2": radius, "l1": radius},
+                                           source=(lambda images: images) if name.startswith("transfer_") else None)
+            except ValueError as error:
+                raise ValueError(f"attack {name!r} in the report has no metadata (kind, norm, loss, ...) and its name "
+                                 f"is not one tfadv.evaluation.parse_attack knows ({error}); re-run the evaluation "
+                                 f"with this tfadv to record it") from None
+            meta, source = {k: spec.metadata()[k] for k in _FIELDS}, FROM_NAME
+        classes[name] = {**meta, "group": entry.get("group"), "robust_accuracy": entry["robust_accuracy"],
+                         "classified_from": source}
+    return classes
+
+
+def _classified_from(classes, names) -> str:
+    return ", ".join(sorted({classes[n]["classified_from"] for n in names}))
+
+
+def _with_classes(check, classes, names):
+    """The check with the classification of the attacks it compared (JSON: where each came from)."""
+    check["classification"] = {n: classes[n] for n in names}
+    return check
+
+
+def _select(classes, **wanted):
+    """{name: robust accuracy} of the attacks whose metadata matches; a tuple value matches any of its items."""
+    def matches(meta):
+        return all(meta[k] in v if isinstance(v, tuple) else meta[k] == v for k, v in wanted.items())
+
+    return {n: c["robust_accuracy"] for n, c in classes.items() if matches(c)}
 
 
 def check_one_step(report: dict) -> dict:
-    attacks_ = report["attacks"]
-    multi = {k: v["robust_accuracy"] for k, v in attacks_.items() if k.startswith("pgd") and _linf(k)}
-    if "fgsm" not in attacks_ or not multi:
+    classes = attack_classes(report)
+    fgsm = _select(classes, attack="fgsm", norm="linf")
+    multi = _select(classes, attack="pgd", norm="linf")
+    if not fgsm or not multi:
         return _not_applicable("one_step_vs_multi_step", "needs fgsm and an l-inf pgdN attack")
-    fgsm = attacks_["fgsm"]["robust_accuracy"]
-    strongest = min(multi.values())
-    return _verdict("one_step_vs_multi_step", fgsm >= strongest - TOLERANCE, {"fgsm": fgsm, "best_pgd": strongest},
-                    "FGSM should not leave fewer examples robust than multi-step PGD")
+    one, strongest = min(fgsm.values()), min(multi.values())
+    return _with_classes(_verdict("one_step_vs_multi_step", one >= strongest - TOLERANCE,
+                    {"fgsm": one, "best_pgd": strongest, "best_pgd_attack": min(multi, key=multi.get),
+                     "classified_from": _classified_from(classes, [*fgsm, *multi])},
+                    "FGSM should not leave fewer examples robust than multi-step PGD"), classes, [*fgsm, *multi])
 
 
 def check_more_steps(report: dict) -> dict:
-    linf_ce = sorted(((s, k, v["robust_accuracy"]) for k, v in report["attacks"].items()
-                      if k.startswith("pgd") and _linf(k) and (s := _steps(k))), key=lambda t: t[0])
-    if len(linf_ce) < 2:
-        return _not_applicable("more_steps_help", "needs two l-inf pgdN attacks with different N")
-    rises = [(a[1], b[1]) for a, b in zip(linf_ce, linf_ce[1:]) if b[2] > a[2] + TOLERANCE]
-    return _verdict("more_steps_help", not rises, {k: acc for _, k, acc in linf_ce},
-                    "robust accuracy must not rise with more PGD steps" + (f" (rises: {rises})" if rises else ""))
+    classes = attack_classes(report)
+    chosen = _select(classes, attack="pgd", norm="linf")
+    linf_ce = sorted(((classes[k]["steps"], classes[k]["restarts"], k, acc) for k, acc in chosen.items()))
+    if len({(s, r) for s, r, _, _ in linf_ce}) < 2:
+        return _not_applicable("more_steps_help", "needs two l-inf pgdN attacks with different N (or restarts)")
+    rises = [(a[2], b[2]) for a, b in zip(linf_ce, linf_ce[1:]) if b[3] > a[3] + TOLERANCE]
+    return _with_classes(_verdict("more_steps_help", not rises, {**{k: acc for _, _, k, acc in linf_ce},
+                                                   "classified_from": _classified_from(classes, chosen)},
+                    "robust accuracy must not rise with more PGD steps" + (f" (rises: {rises})" if rises else "")),
+        classes, chosen)
 
 
 def check_black_box(report: dict) -> dict:
-    # l-inf only: an l2 attack at its own radius is another threat model, not a stronger white-box attack
-    attacks_ = {k: v for k, v in report["attacks"].items() if _linf(k)}
-    black = {k: v["robust_accuracy"] for k, v in attacks_.items() if k.startswith(("square", "transfer"))}
-    white = {k: v["robust_accuracy"] for k, v in attacks_.items() if not k.startswith(("square", "transfer"))}
+    """AutoAttack's check_square_sr: warns when a black-box attack ends more than SQUARE_TOLERANCE (0.2 points)
+    below the best white-box attack, or, in a cascade, below the white-box stages of its own cascade
+    (cumulative accuracies: Square broke points APGD / FAB left robust). l-inf only: an l2 attack at its own
+    radius is another threat model."""
+    classes = attack_classes(report)
+    black = _select(classes, kind=("score_based", "transfer"), norm="linf")
+    white = _select(classes, kind=("gradient", "minimum_norm"), norm="linf")
     if not black or not white:
-        return _not_applicable("black_box_vs_white_box", "needs a black-box (square, transfer) and a white-box attack")
-    return _verdict("black_box_vs_white_box", min(black.values()) >= min(white.values()) - TOLERANCE,
-                    {"best_black_box": min(black.values()), "best_white_box": min(white.values())},
-                    "a black-box attack should not beat the white-box ones")
+        return _not_applicable("black_box_vs_white_box", "needs an l-inf black-box (score-based such as square, or "
+                                                         "transfer) and an l-inf white-box attack")
+    best_black, best_white = min(black.values()), min(white.values())
+    # strictly more than 0.2 points below, as AutoAttack; 1e-9 absorbs float noise in the fractions
+    ok = best_black >= best_white - SQUARE_TOLERANCE - 1e-9
+    # within a cascade (AutoAttack's own run), cumulative accuracies: the black-box stage against the
+    # white-box stages of the same cascade, as check_square_sr does
+    gap = 0.0
+    for name, accuracy in black.items():
+        group = classes[name]["group"]
+        own = [a for n, a in white.items() if group and classes[n]["group"] == group]
+        if own:
+            gap = max(gap, min(own) - accuracy)
+    ok = ok and gap <= SQUARE_TOLERANCE + 1e-9
+    return _with_classes(_verdict("black_box_vs_white_box", ok,
+                    {"best_black_box": best_black, "best_black_box_attack": min(black, key=black.get),
+                     "best_white_box": best_white, "best_white_box_attack": min(white, key=white.get),
+                     "worst_cascade_gap_points": round(gap * 100, 4), "threshold_points": SQUARE_TOLERANCE * 100,
+                     "classified_from": _classified_from(classes, [*black, *white])},
+                    f"a black-box attack should not end more than {SQUARE_TOLERANCE * 100:g} points below the "
+                    f"white-box ones (AutoAttack's Square check): the gradients mislead the white-box attacks; run "
+                    f"Square with more queries / restarts or an adaptive attack"), classes, [*black, *white])
 
 
 LOSS_GAP = 0.05  # CE-based robust accuracy this far above the margin/DLR-based one is not noise
-_CE_ATTACK = re.compile(r"^(pgd\d+|apgd_ce)")
-_MARGIN_ATTACK = re.compile(r"^(cw\d+|dlr\d+|apgd_dlr|apgd_t)")
 
 
 def check_loss_dependence(report: dict) -> dict:
-    attacks_ = report["attacks"]
-    ce = {k: v["robust_accuracy"] for k, v in attacks_.items() if _linf(k) and _CE_ATTACK.match(k)}
-    margin = {k: v["robust_accuracy"] for k, v in attacks_.items() if _linf(k) and _MARGIN_ATTACK.match(k)}
+    classes = attack_classes(report)
+    ce = _select(classes, kind="gradient", norm="linf", loss="ce", attack=("pgd", "apgd_ce"))
+    margin = _select(classes, kind="gradient", norm="linf", loss=("cw", "dlr"))
     if not ce or not margin:
         return _not_applicable("loss_dependence", "needs an l-inf cross-entropy attack (pgdN, apgd_ce) and a "
                                                   "margin / DLR one (cwN, dlrN, apgd_dlr, apgd_t)")
     best_ce, best_margin = min(ce.values()), min(margin.values())
-    return _verdict("loss_dependence", best_ce <= best_margin + LOSS_GAP,
+    return _with_classes(_verdict("loss_dependence", best_ce <= best_margin + LOSS_GAP,
                     {"best_ce": best_ce, "best_ce_attack": min(ce, key=ce.get), "best_margin": best_margin,
-                     "best_margin_attack": min(margin, key=margin.get), "gap": round(best_ce - best_margin, 4)},
+                     "best_margin_attack": min(margin, key=margin.get), "gap": round(best_ce - best_margin, 4),
+                     "classified_from": _classified_from(classes, [*ce, *margin])},
                     "cross-entropy attacks leave many more points robust than margin / DLR attacks: the loss "
                     "surface of CE is flattened (label smoothing, logit squeezing, saturated softmax); report "
-                    "the margin / DLR / AutoAttack numbers, not the CE ones")
+                    "the margin / DLR / AutoAttack numbers, not the CE ones"), classes, [*ce, *margin])
+
+
+def check_randomized(logits_fn: Callable, x, y, runs: int = RANDOMIZED_RUNS, eot_iter: int = 1) -> dict:
+    """AutoAttack's check_randomized: `runs` forward passes on the same inputs (AutoAttack: the first batch);
+    a randomised defense gives different logits (each scaled to unit l2 norm, compared pairwise) or a
+    different number of correct predictions. With `eot_iter` > 1 (the report's APGD attacks averaged
+    gradients over EOT draws) a randomised model passes."""
+    x = tf.constant(np.asarray(x, np.float32))
+    y = np.asarray(y)
+    outputs, correct = [], []
+    for _ in range(runs):
+        logits = np.asarray(logits_fn(x), np.float64)
+        correct.append(int(np.sum(np.argmax(logits, -1) == y)))
+        outputs.append(logits / (np.linalg.norm(logits, axis=-1, keepdims=True) + 1e-10))
+    difference = max((float(np.linalg.norm(a - b, axis=-1).max()) for i, a in enumerate(outputs)
+                      for b in outputs[i + 1:]), default=0.0)
+    randomised = difference > RANDOMIZED_TOLERANCE or len(set(correct)) > 1
+    numbers = {"max_logit_difference": difference, "correct_per_run": ",".join(map(str, correct)),
+               "runs": runs, "randomised": randomised, "eot_iter": eot_iter}
+    return _verdict("randomized_defense", not randomised or eot_iter > 1, numbers,
+                    "the forward pass is not deterministic (a randomised defense): attacks on one draw of the "
+                    "randomness overstate robustness; average the gradient over draws with --eot_iter=20 (APGD "
+                    "attacks) or use --suite=autoattack_rand (AutoAttack's rand version)")
+
+
+def check_range(logits_fn: Callable, x) -> dict:
+    """AutoAttack's check_range_output: outputs that are a probability distribution are not logits."""
+    output = np.asarray(logits_fn(tf.constant(np.asarray(x, np.float32))), np.float64)
+    probabilities = bool(output.max() < 1 + RANGE_TOLERANCE and output.min() > -RANGE_TOLERANCE and
+                         np.all(np.abs(output.sum(-1) - 1) < RANGE_TOLERANCE))
+    return _verdict("logits_not_probabilities", not probabilities,
+                    {"min_output": float(output.min()), "max_output": float(output.max())},
+                    "the model outputs a probability distribution: attacks need its logits (softmax saturates "
+                    "and its cross-entropy gradients vanish)")
+
+
+def gradient_statistics(logits_fn: Callable, x, y, batch_size: int = 256) -> dict:
+    """Input-gradient statistics: paper 002's Table 2 (min / mean / max of the squared l2 norm of the
+    cross-entropy gradient w.r.t. the input, ||grad_x L(x, y)||_2^2, over all, correctly and wrongly
+    classified images; inputs in [0, 1]), the l1 norms of the CE and CW-margin gradients, correctness."""
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int32)
+
+    def norms(loss):
+        def fn(images, labels):
+            _, gradient = attacks.input_gradient(logits_fn, images, labels, loss)
+            flat = tf.reshape(gradient, [tf.shape(images)[0], -1])
+            return tf.stack([tf.reduce_sum(tf.abs(flat), -1), tf.reduce_sum(tf.square(flat), -1)], -1)
+        return tf.function(fn, reduce_retracing=True)
+
+    def correct(images, labels):
+        return tf.equal(tf.argmax(logits_fn(images), -1, output_type=tf.int32), labels)
+
+    ce = _batched(norms("ce"), x, y, batch_size).reshape(-1, 2)
+    margin = _batched(norms("cw"), x, y, batch_size).reshape(-1, 2)
+    ok = _batched(tf.function(correct, reduce_retracing=True), x, y, batch_size).astype(bool).reshape(-1)
+    squared = ce[:, 1]
+    table = {}
+    for subset, mask in (("all", np.ones_like(ok)), ("correct", ok), ("wrong", ~ok)):
+        values = squared[mask]
+        table[subset] = ({"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max()),
+                          "count": int(mask.sum())} if mask.any() else {"count": 0})
+    return {"paper_002_table_2": table, "ce_l1": ce[:, 0], "margin_l1": margin[:, 0], "ce_l2_squared": squared,
+            "correct": ok}
+
+
+def check_vanishing_gradients(logits_fn: Callable, x, y, batch_size: int = 256, stats: Optional[dict] = None):
+    """Warns when the input gradient vanishes: any correctly classified point (the points an attack works on)
+    with an all-zero CE or margin gradient (AutoAttack's check_zero_gradients), or more than 10 % of them with
+    a CW-margin gradient below 1e-8 in l1. Reports paper 002's statistic (||grad_x CE||_2^2, Table 2)."""
+    stats = stats or gradient_statistics(logits_fn, x, y, batch_size)
+    ok, margin, ce = stats["correct"], stats["margin_l1"], stats["ce_l1"]
+    vanishing = float(np.mean(margin[ok] < 1e-8)) if ok.any() else 0.0
+    zero = int(np.sum((margin[ok] == 0) | (ce[ok] == 0)))
+    table = stats["paper_002_table_2"]
+    check = _verdict("vanishing_gradients", vanishing <= 0.1 and zero == 0, {
+        "points_with_zero_gradient": zero,
+        "share_margin_gradient_below_1e-8": vanishing,
+        "share_ce_gradient_below_1e-8": float(np.mean(ce[ok] < 1e-8)) if ok.any() else 0.0,
+        "paper002_ce_gradient_l2_squared_mean": table["all"].get("mean", 0.0),
+        "paper002_ce_gradient_l2_squared_mean_correct": table["correct"].get("mean", 0.0),
+        "median_margin_gradient_l1": float(np.median(margin)) if len(margin) else 0.0},
+        "the input gradient should not vanish on correctly classified points: an all-zero CE or margin gradient "
+        "on any of them (AutoAttack's zero-gradient check) or a margin gradient below 1e-8 on more than 10 % "
+        "(cross-entropy's may saturate on confident points: prefer CW/DLR losses then)")
+    check["paper_002_table_2"] = table
+    return check
 
 
 def _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed):
@@ -108,17 +269,16 @@ def _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed):
     here so that every suite gets every verdict; returns a report of the probes (named in the verdicts)."""
     from tfadv.evaluation import runner
 
-    names = report["attacks"]
-    plain = [k for k in names if not report["attacks"][k].get("group")]
+    classes = attack_classes(report)
+    plain = {n: c for n, c in classes.items() if not c["group"]}
     wanted = []
-    if "fgsm" not in plain:
+    if not _select(plain, attack="fgsm", norm="linf"):
         wanted.append("fgsm")
-    pgd_steps = {_steps(k) for k in plain if k.startswith("pgd") and _linf(k)}
-    if len(pgd_steps - {None}) < 2:
+    if len({(plain[n]["steps"], plain[n]["restarts"]) for n in _select(plain, attack="pgd", norm="linf")}) < 2:
         wanted += [n for n in ("pgd10", "pgd50") if n not in plain]
-    if not any(_linf(k) and _MARGIN_ATTACK.match(k) for k in names):
+    if not _select(classes, kind="gradient", norm="linf", loss=("cw", "dlr")):
         wanted.append("cw50")
-    if square_queries and not any(k.startswith(("square", "transfer")) for k in names):
+    if square_queries and not _select(classes, kind=("score_based", "transfer"), norm="linf"):
         wanted.append(f"square{square_queries}")
     if not wanted:
         return {"attacks": {}}
@@ -130,12 +290,14 @@ def audit(logits_fn: Callable, x, y, report: dict, eps: float, batch_size: int =
           unbounded_steps: int = 100, seed: int = 0, square_queries: int = 0) -> Dict[str, dict]:
     """Runs every check; `report` is an evaluation report of the same examples (tfadv.evaluation.evaluate).
 
-    Checks that compare attacks use the report's attacks; when it lacks FGSM, two l-inf PGD step counts
-    (e.g. an AutoAttack-only suite) or a margin / DLR attack, the audit runs FGSM / PGD-10 / PGD-50 / CW-50
-    itself, and with `square_queries`
-    a Square attack when the report has no black-box attack. Cascaded attacks (AutoAttack) enter the
-    black-box check with their cumulative accuracy: Square breaking more than the tolerance of the points
-    the white-box attacks left robust is the warning sign.
+    Attacks are classified by the metadata the runner records per attack (`attack_classes`; each comparing
+    check names its source in `classified_from`). Checks that compare attacks use the report's attacks; when
+    it lacks FGSM, two l-inf PGD step counts (e.g. an AutoAttack-only suite) or a margin / DLR attack, the
+    audit runs FGSM / PGD-10 / PGD-50 / CW-50 itself, and with `square_queries` a Square attack when the
+    report has no l-inf black-box attack. Cascaded attacks (AutoAttack) enter the black-box check with their
+    cumulative accuracy: Square breaking more than 0.2 points beyond the white-box attacks is the warning
+    sign (AutoAttack's own check). AutoAttack's randomised-defense, logits-range and zero-gradient checks
+    run on the model; its dynamic-defense check has no TensorFlow form (AutoAttack skips it for TF too).
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
@@ -162,32 +324,20 @@ def audit(logits_fn: Callable, x, y, report: dict, eps: float, batch_size: int =
     rng = np.random.default_rng(seed)
     noisy = np.clip(x + rng.choice([-eps, eps], size=x.shape).astype(np.float32), 0, 1)
     acc_noise = float(_batched(tf.function(correct, reduce_retracing=True), noisy, y, batch_size).mean())
-    attacked = [v["robust_accuracy"] for k, v in report["attacks"].items() if _linf(k)]
+    attacked = _select(attack_classes(report), norm="linf")
     if attacked:
-        checks.append(_verdict("random_noise", acc_noise >= min(attacked) - TOLERANCE,
-                               {"random_sign_noise": acc_noise, "best_attack": min(attacked)},
+        checks.append(_verdict("random_noise", acc_noise >= min(attacked.values()) - TOLERANCE,
+                               {"random_sign_noise": acc_noise, "best_attack": min(attacked.values())},
                                "random +-eps noise should not hurt more than an attack"))
     else:
         checks.append(_not_applicable("random_noise", "needs an l-inf attack in the report"))
 
-    def gradient_norms(loss):
-        def norms(images, labels):
-            _, gradient = attacks.input_gradient(logits_fn, images, labels, loss)
-            return tf.reduce_sum(tf.abs(tf.reshape(gradient, [tf.shape(images)[0], -1])), axis=-1)
-        return tf.function(norms, reduce_retracing=True)
-
-    # The CW margin's gradient does not saturate the way cross-entropy's does on confident points, so a
-    # vanishing margin gradient means the model hides its gradient (the CE share is reported alongside).
-    margin = _batched(gradient_norms("cw"), x, y, batch_size)
-    ce = _batched(gradient_norms("ce"), x, y, batch_size)
-    ok = _batched(tf.function(correct, reduce_retracing=True), x, y, batch_size).astype(bool)
-    vanishing = float(np.mean(margin[ok] < 1e-8)) if ok.any() else 0.0
-    checks.append(_verdict("vanishing_gradients", vanishing <= 0.1, {
-        "share_margin_gradient_below_1e-8": vanishing,
-        "share_ce_gradient_below_1e-8": float(np.mean(ce[ok] < 1e-8)) if ok.any() else 0.0,
-        "median_margin_gradient_l1": float(np.median(margin)) if len(margin) else 0.0},
-        "the margin's input gradient should not vanish on correctly classified points (cross-entropy's may "
-        "saturate on confident points: prefer CW/DLR losses then)"))
+    checks.append(check_vanishing_gradients(logits_fn, x, y, batch_size))
+    if len(y):
+        eot = max([c["eot_iter"] or 1 for c in attack_classes(report).values()
+                   if c["attack"] in ("apgd_ce", "apgd_dlr", "apgd_t")], default=1)
+        checks.append(check_randomized(logits_fn, x[:batch_size], y[:batch_size], eot_iter=eot))
+        checks.append(check_range(logits_fn, x[:batch_size]))
     return {c["check"]: c for c in checks}
 
 

@@ -48,7 +48,7 @@ def evaluate(outputs_fn: Callable, x, y, specs: Sequence, protocol: str = "white
 
     def crafted(spec, source):
         def fn(images, labels, indices):
-            keys = rng.example_keys(indices, seed, _salt(spec.name, source))
+            keys = rng.example_keys(indices, seed, _salt(spec.canonical_name, source))
             x_adv = spec.run(branch(source), images, labels, keys)
             fooled = tf.not_equal(tf.argmax(branch(source)(x_adv), -1, output_type=tf.int32), labels)
             return x_adv, fooled

@@ -16,15 +16,28 @@ from tfadv import attacks
 from tfadv.attacks import rng
 
 _ATTACK_PATTERN = re.compile(
-    r"^(fgsm|pgd|cw|dlr|apgd_ce|apgd_dlr|apgd_t|deepfool|square|fab_t)(\d+)?(?:_(linf|l2|l1))?(?:_r(\d+))?$")
+    r"^(fgsm|pgd|cw|dlr|apgd_ce|apgd_dlr|apgd_t|deepfool|square|fab_t)(\d+)?(?:_(linf|l2|l1))?(?:_r(\d+))?"
+    r"(?:_eot(\d+))?$")
 _CWL2_PATTERN = re.compile(r"^cwl2(?:_(\d+))?(?:_b(\d+))?$")
 APGD_DEFAULT_STEPS = 100
 FAB_DEFAULT_STEPS = 100
 SQUARE_DEFAULT_QUERIES = 5000
+DEEPFOOL_DEFAULT_STEPS = 50
 CWL2_DEFAULT_STEPS = 1000
 CWL2_DEFAULT_SEARCH = 9
+# the step count a name may omit, per family (pgd / cw / dlr always name theirs)
+DEFAULT_STEPS = {"fgsm": 1, "apgd_ce": APGD_DEFAULT_STEPS, "apgd_dlr": APGD_DEFAULT_STEPS, "apgd_t": APGD_DEFAULT_STEPS,
+                 "fab_t": FAB_DEFAULT_STEPS, "square": SQUARE_DEFAULT_QUERIES, "deepfool": DEEPFOOL_DEFAULT_STEPS,
+                 "cwl2": CWL2_DEFAULT_STEPS}
 # AutoAttack-standard (Croce & Hein, 2020): each attack on the points still robust, from the clean input.
 AUTOATTACK = ("apgd_ce", "apgd_t", "fab_t", "square")
+# AutoAttack's version='rand' for randomised defenses: APGD-CE then APGD-DLR, 1 restart each, the gradient
+# averaged over 20 EOT draws per step (fra31/auto-attack set_version('rand')).
+AUTOATTACK_RAND = ("apgd_ce", "apgd_dlr")
+AUTOATTACK_RAND_EOT = 20
+# What the audit compares: how an attack uses the model (AttackSpec.category; recorded as "kind" in reports).
+CATEGORIES = {"fgsm": "gradient", "pgd": "gradient", "apgd": "gradient", "apgd_t": "gradient",
+              "square": "score_based", "deepfool": "minimum_norm", "fab_t": "minimum_norm", "cwl2": "minimum_norm"}
 MIN_CLASSES = {"apgd_t": 4, "dlr": 3, "fab_t": 2}  # targeted DLR needs 4 classes, DLR 3
 
 
@@ -48,6 +61,42 @@ class AttackSpec:
     group: Optional[str] = None
     # Transfer attacks craft on this source model's logits and are evaluated on the target.
     source: Optional[Callable] = dataclasses.field(default=None, compare=False, repr=False)
+    # APGD kinds: gradients averaged over this many forward passes per step (EOT, for randomised models)
+    eot_iter: int = 1
+
+    @property
+    def family(self) -> str:
+        """The attack's name stem: fgsm, pgd / cw / dlr (PGD on CE / CW margin / DLR), apgd_ce, apgd_dlr, ..."""
+        if self.kind == "pgd":
+            return {"ce": "pgd", "cw": "cw", "dlr": "dlr"}[self.loss]
+        if self.kind == "apgd":
+            return {"ce": "apgd_ce", "dlr": "apgd_dlr", "cw": "apgd_cw"}[self.loss]
+        return self.kind
+
+    @property
+    def canonical_name(self) -> str:
+        """The one name of this attack (`parse_attack` names every spec so): defaults left out."""
+        inner = canonical_attack_name(self.family, self.steps, self.norm, self.restarts, self.search_steps,
+                                      self.eot_iter)
+        return f"transfer_{inner}" if self.source is not None else inner
+
+    @property
+    def category(self) -> str:
+        """gradient, score_based, minimum_norm or transfer."""
+        return "transfer" if self.source is not None else CATEGORIES[self.kind]
+
+    @property
+    def targeted(self) -> bool:
+        return self.kind in ("apgd_t", "fab_t")
+
+    def metadata(self) -> dict:
+        """What the runner records per attack in a report (the audit classifies attacks by this alone)."""
+        meta = {"attack": self.family, "kind": self.category, "norm": self.norm, "loss": self.loss, "eps": self.eps,
+                "steps": self.steps, "step_size": self.step_size, "restarts": self.restarts,
+                "targeted": self.targeted, "eot_iter": self.eot_iter}
+        if self.kind == "cwl2":
+            meta["binary_search_steps"] = self.search_steps
+        return meta
 
     @property
     def min_classes(self) -> int:
@@ -73,12 +122,16 @@ class AttackSpec:
 
             x_adv, norms = deepfool(logits_fn, x, y, norm=self.norm, max_iterations=self.steps)
             return at_budget(x, x_adv, norms, self.eps)
+        # eot_iter is passed only when it is not 1, the attacks' default
+        eot = {"eot_iter": self.eot_iter} if self.eot_iter != 1 else {}
+        if self.eot_iter != 1 and self.kind not in ("apgd", "apgd_t"):
+            raise ValueError(f"attack {self.name!r}: eot_iter applies to APGD attacks only")
         if self.kind == "apgd":
             return attacks.apgd(logits_fn, x, y, eps=self.eps, norm=self.norm, loss=self.loss, steps=self.steps,
-                                restarts=self.restarts, keys=keys)
+                                restarts=self.restarts, keys=keys, **eot)
         if self.kind == "apgd_t":
             return attacks.apgd_targeted(logits_fn, x, y, eps=self.eps, norm=self.norm, steps=self.steps,
-                                         restarts=self.restarts, keys=keys)
+                                         restarts=self.restarts, keys=keys, **eot)
         if self.kind == "square":
             from tfadv.attacks.square import square
 
@@ -104,6 +157,30 @@ def at_budget(x, x_adv, norms, eps: float, tolerance: float = 1e-6):
     return tf.where(tf.reshape(within, [-1] + [1] * (len(x.shape) - 1)), x_adv, x)
 
 
+def canonical_attack_name(family: str, steps: Optional[int] = None, norm: str = "linf", restarts: int = 1,
+                          search_steps: Optional[int] = None, eot_iter: int = 1) -> str:
+    """The one name of an attack, as `parse_attack` gives it: `family` (fgsm, pgd, cw, dlr, apgd_ce, apgd_dlr,
+    apgd_t, deepfool, square, fab_t, cwl2) with its step count unless it is the family's default, then `_l2` /
+    `_l1` (l-inf, the default, is left out), `_rN` for N > 1 restarts and `_eotN` for N > 1 EOT draws.
+    E.g. ("pgd", 20, "linf") -> "pgd20", ("apgd_ce", 100, "l2") -> "apgd_ce_l2", ("cwl2", 1000, "l2", 1, 5) ->
+    "cwl2_b5". Equal attacks get equal names, and so equal random numbers (the Evaluator salts by this name).
+    """
+    if family == "cwl2":
+        steps = CWL2_DEFAULT_STEPS if steps is None else int(steps)
+        search = CWL2_DEFAULT_SEARCH if not search_steps else int(search_steps)
+        return "cwl2" + (f"_{steps}" if steps != CWL2_DEFAULT_STEPS else "") + \
+            (f"_b{search}" if search != CWL2_DEFAULT_SEARCH else "")
+    if family == "fgsm" or (steps is not None and DEFAULT_STEPS.get(family) == int(steps)):
+        steps = None
+    if steps is None and family in ("pgd", "cw", "dlr"):
+        raise ValueError(f"{family} needs a step count")
+    name = family + ("" if steps is None else str(int(steps)))
+    name += "" if norm == "linf" else f"_{norm}"
+    name += f"_r{int(restarts)}" if restarts and int(restarts) != 1 else ""
+    name += f"_eot{int(eot_iter)}" if eot_iter and int(eot_iter) != 1 else ""
+    return name
+
+
 def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = None,
                  source: Optional[Callable] = None) -> AttackSpec:
     """`fgsm`, `pgd20`, `pgd100`, `cw20` (PGD on the CW margin), `dlr50`, `apgd_ce`, `apgd_dlr`, `apgd_t` (APGD-T
@@ -111,17 +188,25 @@ def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = 
     `fab_t` (FAB-T, 9 targets x 100 steps), `square` (Square, 5000 queries unless a count follows, e.g.
     `square1000`), `deepfool`, `cwl2` (Carlini-Wagner L2: 9 binary-search steps x 1000 Adam steps;
     `cwl2_200_b5` = 200 steps x 5 searches), with optional `_l2` / `_l1` norm and `_rN` restarts, e.g.
-    `pgd20_l2`, `pgd50_r5`; `transfer_<attack>` crafts on `source` (a source model's logits_fn) and is
-    evaluated on the target. `eps` maps norm -> radius; PGD's default step size is eps/4 for l-inf (2/255 at
-    8/255) and 2.5 eps / steps for l2 and l1 (Madry et al.). Minimum-norm attacks (deepfool, fab_t, cwl2)
-    count an example as broken when the perturbation they find is within eps.
+    `pgd20_l2`, `pgd50_r5`, and for APGD `_eotN` (gradients averaged over N forward passes, for randomised
+    models); `transfer_<attack>` crafts on `source` (a source model's logits_fn) and is evaluated on the
+    target. `eps` maps norm -> radius; PGD's default step size is eps/4 for l-inf (2/255 at 8/255) and
+    2.5 eps / steps for l2 and l1 (Madry et al.). Minimum-norm attacks (deepfool, fab_t, cwl2) count an
+    example as broken when the perturbation they find is within eps.
+
+    The spec's name is canonical (`canonical_attack_name`): `pgd20_linf`, `pgd20_r1` and `pgd20` are one
+    attack named `pgd20`, with the same random numbers.
     """
-    name = name.strip()
+    spec = _parse(name.strip(), eps, step_size, source)
+    return dataclasses.replace(spec, name=spec.canonical_name)
+
+
+def _parse(name, eps, step_size, source) -> AttackSpec:
     if name.startswith("transfer_"):
         if source is None:
             raise ValueError(f"attack {name!r} needs a source model (--source_model)")
-        inner = parse_attack(name[len("transfer_"):], eps, step_size)
-        return dataclasses.replace(inner, name=name, source=source)
+        inner = _parse(name[len("transfer_"):], eps, step_size, None)
+        return dataclasses.replace(inner, source=source)
     cwl2 = _CWL2_PATTERN.match(name)
     if cwl2:
         steps, search = int(cwl2.group(1) or CWL2_DEFAULT_STEPS), int(cwl2.group(2) or CWL2_DEFAULT_SEARCH)
@@ -132,7 +217,13 @@ def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = 
     if not match:
         raise ValueError(f"unknown attack {name!r}; use fgsm, pgdN / cwN / dlrN, apgd_ce, apgd_dlr, apgd_t, fab_t, "
                          f"square, deepfool, cwl2 with optional _l2, _l1 and _rN, e.g. fgsm,pgd20,cw20,pgd20_l2")
-    family, steps, norm, restarts = match.groups()
+    family, steps, norm, restarts, eot = match.groups()
+    if eot is not None:
+        if not family.startswith("apgd"):
+            raise ValueError(f"attack {name!r}: _eotN applies to APGD attacks (apgd_ce, apgd_dlr, apgd_t) only")
+        if int(eot) < 1:
+            raise ValueError(f"attack {name!r}: the EOT count must be positive")
+    eot_iter = int(eot or 1)
     norm = norm or "linf"
     radius = eps[norm]
     if family == "fgsm":
@@ -142,7 +233,7 @@ def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = 
     if family in ("deepfool", "square", "fab_t", "apgd_ce", "apgd_dlr", "apgd_t") and norm == "l1":
         raise ValueError(f"attack {name!r}: {family} supports linf and l2")
     if family == "deepfool":
-        return AttackSpec(name, "deepfool", "margin", int(steps or 50), norm, 1, radius, radius)
+        return AttackSpec(name, "deepfool", "margin", int(steps or DEEPFOOL_DEFAULT_STEPS), norm, 1, radius, radius)
     if family == "square":
         if restarts:
             raise ValueError(f"attack {name!r}: square takes a query count, not restarts")
@@ -155,7 +246,7 @@ def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = 
         loss = {"apgd_ce": "ce", "apgd_dlr": "dlr", "apgd_t": "dlr"}[family]
         # APGD sets its own step size (2 eps, halved at checkpoints)
         return AttackSpec(name, kind, loss, int(steps or APGD_DEFAULT_STEPS), norm, int(restarts or 1), radius,
-                          2 * radius)
+                          2 * radius, eot_iter=eot_iter)
     if not steps:
         raise ValueError(f"attack {name!r} needs a step count, e.g. {family}20")
     steps = int(steps)
@@ -167,12 +258,33 @@ def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = 
     return AttackSpec(name, "pgd", loss, steps, norm, int(restarts or 1), radius, step_size)
 
 
-def autoattack_specs(eps: Dict[str, float], norm: str = "linf") -> list:
-    """AutoAttack-standard: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries), run as one
-    cascade (group "autoattack"), each attack from the clean input on the points still robust."""
+def with_eot(spec: AttackSpec, eot_iter: int) -> AttackSpec:
+    """An APGD spec with `eot_iter` EOT draws per step, renamed canonically (`apgd_ce` -> `apgd_ce_eot20`)."""
+    if spec.kind not in ("apgd", "apgd_t"):
+        raise ValueError(f"attack {spec.name!r}: eot_iter applies to APGD attacks only")
+    if int(eot_iter) < 1:
+        raise ValueError(f"eot_iter must be positive, got {eot_iter}")
+    changed = dataclasses.replace(spec, eot_iter=int(eot_iter))
+    return dataclasses.replace(changed, name=changed.canonical_name)
+
+
+def autoattack_specs(eps: Dict[str, float], norm: str = "linf", version: str = "standard") -> list:
+    """AutoAttack as one cascade, each attack from the clean input on the points still robust.
+
+    version "standard": APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries), group
+    "autoattack"; "rand" (for randomised defenses): APGD-CE and APGD-DLR, 100 steps, 1 restart, 20 EOT draws
+    per step, group "autoattack_rand". Other norms than l-inf add `_<norm>` to the group.
+    """
     suffix = "" if norm == "linf" else f"_{norm}"
-    group = "autoattack" if norm == "linf" else f"autoattack_{norm}"
-    return [dataclasses.replace(parse_attack(name + suffix, eps), group=group) for name in AUTOATTACK]
+    if version == "standard":
+        names, group = AUTOATTACK, "autoattack"
+    elif version == "rand":
+        names, group = [f"{n}_eot{AUTOATTACK_RAND_EOT}" for n in AUTOATTACK_RAND], "autoattack_rand"
+    else:
+        raise ValueError(f"unknown AutoAttack version {version!r}; valid: standard, rand")
+    group += suffix
+    return [dataclasses.replace(parse_attack(name.replace("_eot", suffix + "_eot") if "_eot" in name
+                                             else name + suffix, eps), group=group) for name in names]
 
 
 def check_classes(specs: Sequence[AttackSpec], num_classes: int):
@@ -183,8 +295,9 @@ def check_classes(specs: Sequence[AttackSpec], num_classes: int):
                          f"classes and its targeted form (APGD-T) 4")
 
 
-def _salt(name: str) -> int:
-    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+def _salt(spec: AttackSpec) -> int:
+    """Per-attack salt of the example keys, from the canonical name: equal attacks, equal random numbers."""
+    return zlib.crc32(spec.canonical_name.encode()) & 0x7FFFFFFF
 
 
 class Progress:
@@ -216,6 +329,23 @@ class Progress:
             self.stream.flush()
 
 
+def _batch_polymorphic(fn):
+    """`fn(images, labels, indices)` compiled once per image shape with an unknown batch dimension, so that a
+    cascade stage left with a single point (or a last batch of one) runs the same graph as a full batch
+    instead of tracing a batch-1 graph first (static batch-1 shapes broke loop invariants in attacks)."""
+    compiled = {}
+
+    def call(images, labels, indices):
+        shape = tuple(images.shape[1:])
+        if shape not in compiled:
+            compiled[shape] = tf.function(fn, input_signature=[
+                tf.TensorSpec([None, *shape], images.dtype), tf.TensorSpec([None], labels.dtype),
+                tf.TensorSpec([None], indices.dtype)])
+        return compiled[shape](images, labels, indices)
+
+    return call
+
+
 class Evaluator:
     """Clean and robust accuracy of one model under a list of attacks, each compiled once.
 
@@ -242,10 +372,10 @@ class Evaluator:
 
         def attack(spec):
             def fn(images, labels, indices):
-                keys = rng.example_keys(indices, self.seed, _salt(spec.name))
+                keys = rng.example_keys(indices, self.seed, _salt(spec))
                 return self._correct(spec.run(self.logits_fn, images, labels, keys), labels)
 
-            return tf.function(fn, reduce_retracing=True) if spec.compiled else fn
+            return _batch_polymorphic(fn) if spec.compiled else fn
 
         self._attacks = {spec.name: attack(spec) for spec in self.specs}
 
@@ -288,13 +418,10 @@ class Evaluator:
             worst_by_norm.setdefault(spec.norm, correct.copy())
             worst_by_norm[spec.norm] &= result
             report["attacks"][spec.name] = {
-                "robust_accuracy": float(result.mean()) if count else 0.0,
-                "eps": spec.eps, "norm": spec.norm, "loss": spec.loss, "steps": spec.steps,
-                "step_size": spec.step_size, "restarts": spec.restarts, "attacked": int(len(targets)),
-                "seconds": round(seconds, 3), "images_per_second": round(len(targets) / max(seconds, 1e-9), 1),
+                "robust_accuracy": float(result.mean()) if count else 0.0, **spec.metadata(),
+                "attacked": int(len(targets)), "seconds": round(seconds, 3),
+                "images_per_second": round(len(targets) / max(seconds, 1e-9), 1),
             }
-            if spec.kind == "cwl2":
-                report["attacks"][spec.name]["binary_search_steps"] = spec.search_steps
             if spec.group:
                 report["attacks"][spec.name]["group"] = spec.group
                 report["groups"][spec.group] = {"robust_accuracy": float(result.mean()) if count else 0.0,
@@ -362,6 +489,16 @@ def format_markdown(report: dict, audit: Optional[dict] = None, title: str = "Ro
             numbers = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                 for k, v in check["numbers"].items())
             lines.append(f"| {name} | {check['verdict']} | {numbers} |")
+        classified = {}
+        for check in audit.values():
+            classified.update(check.get("classification", {}))
+        if classified:
+            lines += ["", "How the audit classified the attacks it compared (and where that came from):", "",
+                      "| attack | kind | norm | loss | targeted | steps | restarts | EOT | cascade | classified from |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for name, c in classified.items():
+                lines.append(f"| {name} | {c['kind']} | {c['norm']} | {c['loss']} | {c['targeted']} | {c['steps']} | "
+                             f"{c['restarts']} | {c['eot_iter']} | {c['group'] or ''} | {c['classified_from']} |")
     return "\n".join(lines) + "\n"
 
 
