@@ -81,7 +81,8 @@ def run_diagnostics(names, logits_fn, x, y, eps, plots):
               f"{result['gradient_gap']['median']:.4g}, coherence {result['coherence']['median']:.3f}")
     if "gradients" in names:
         out["gradients"] = landscape.gradient_magnitudes(logits_fn, x, y)
-        print("input-gradient L1 norms:", json.dumps(out["gradients"]))
+        print("input-gradient ||grad_x CE||_2^2 (paper 002 Table 2):",
+              json.dumps(out["gradients"]["squared_l2_norm"]))
     if "lipschitz" in names:
         out["lipschitz"] = landscape.local_lipschitz(logits_fn, x, eps)
         print(f"local Lipschitz: upper {out['lipschitz']['upper']:.4g}, lower {out['lipschitz']['lower']:.4g}")
