@@ -249,6 +249,38 @@ def test_agrees_with_art_auto_projected_gradient_descent(natural_mlp, batch):
     ours = tf.function(lambda images, labels: apgd_module.apgd(fn, images, labels, eps=EPS, seed=0))(x, y)
     # ART keeps only its final iterate; APGD here also keeps misclassified points met on the way
     assert accuracy(natural_mlp, ours, y) <= accuracy(natural_mlp, reference, y) + 0.02
+    # and it is not a different attack: measured (2 seeds each) ART 45.0 / 44.7 %, here 43.3 / 46.0 %
+    assert accuracy(natural_mlp, ours, y) >= accuracy(natural_mlp, reference, y) - 0.03
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", 0.75)])
+def test_apgd_dlr_agrees_with_art(natural_mlp, batch, norm, eps):
+    """APGD-DLR against ART's AutoProjectedGradientDescent(loss_type="difference_logits_ratio"), 100 steps, one
+    start, natural MLP, 300 test images. Measured (2 seeds each): l-inf ART 49.0 / 48.3 %, here 48.0 / 49.3 %;
+    l2 (eps 0.75) ART 34.3 / 33.7 %, here 34.0 / 35.0 %. Tolerance 3 points either way.
+    (ART's l2 APGD-CE leaves 43-44 % where this one leaves 34-35 %, as both implementations' APGD-DLR do; it is
+    not used as a reference.)"""
+    pytest.importorskip("art")
+    import keras
+    from art.attacks.evasion import AutoProjectedGradientDescent
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    x, y = batch
+    fn = _logits_fn(natural_mlp)
+    classifier = TensorFlowV2Classifier(model=lambda images, training=False: fn(images), nb_classes=10,
+                                        input_shape=(8, 8, 1), clip_values=(0.0, 1.0),
+                                        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True))
+    np.random.seed(0)
+    reference = AutoProjectedGradientDescent(classifier, norm=np.inf if norm == "linf" else 2, eps=eps,
+                                             eps_step=2 * eps, max_iter=100, nb_random_init=1, batch_size=len(y),
+                                             loss_type="difference_logits_ratio", verbose=False).generate(x, y)
+    keys = attacks_rng.example_keys(tf.range(len(y)))
+    ours = tf.function(lambda images, labels, k: apgd_module.apgd(fn, images, labels, eps=eps, norm=norm, loss="dlr",
+                                                                  keys=k))(x, y, keys)
+    theirs, mine = accuracy(natural_mlp, reference, y), accuracy(natural_mlp, ours, y)
+    print(f"APGD-DLR {norm}: ART {theirs:.4f}, tfadv {mine:.4f}")
+    assert abs(mine - theirs) <= 0.03
+    assert mine < accuracy(natural_mlp, x, y) - 0.3
 
 
 class _CountingNoisyModel:

@@ -4,6 +4,7 @@ from tfadv.attacks.losses import LOSS_NAMES, cross_entropy, cw_margin, dlr, obje
 from tfadv.attacks.pgd import (
     NORMS,
     clip_to_box,
+    expected_value_and_gradient,
     fgsm,
     input_gradient,
     perturbation_norm,
@@ -13,12 +14,14 @@ from tfadv.attacks.pgd import (
     repeat,
     steepest_step,
     success,
+    value_and_gradient,
 )
 from tfadv.attacks.targets import least_likely, most_confusing
 from tfadv.attacks.apgd import apgd, apgd_targeted
 
 __all__ = [
-    "apgd", "apgd_targeted", "LOSS_NAMES", "NORMS", "clip_to_box", "cross_entropy", "cw_margin", "dlr", "fgsm", "input_gradient",
+    "apgd", "apgd_targeted", "LOSS_NAMES", "NORMS", "clip_to_box", "cross_entropy", "cw_margin", "dlr",
+    "expected_value_and_gradient", "fgsm", "input_gradient",
     "least_likely", "most_confusing", "objective", "perturbation_norm", "pgd", "project", "random_init", "repeat",
-    "steepest_step", "success", "targeted_dlr",
+    "steepest_step", "success", "targeted_dlr", "value_and_gradient",
 ]
