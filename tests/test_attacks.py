@@ -107,7 +107,7 @@ def test_target_helpers():
     logits = tf.constant([[5.0, 4.0, 1.0, 3.0], [0.0, 1.0, 2.0, 9.0]])
     labels = tf.constant([0, 3])
     assert attacks.most_confusing(logits, labels).numpy().tolist() == [1, 2]
-    assert attacks.least_likely(logits).numpy().tolist() == [2, 0]
+    assert attacks.least_likely(logits, labels).numpy().tolist() == [2, 0]
 
 
 def test_loss_values_on_hand_written_logits():
