@@ -140,9 +140,9 @@ def _check(norm, loss, steps, restarts, rho):
 
 
 def _evaluate(logits_fn, x, labels, loss, targets, eot_iter=1):
-    """(objective [B] float32, d objective / d x, misclassified [B]); with `eot_iter` > 1 the objective and
-    the gradient are means over that many passes of a (randomised) `logits_fn` and misclassification is read
-    from the last pass."""
+    """(objective [B] float32, d objective / d x, misclassified [B]); with `eot_iter` > 1 the gradient is the
+    mean over that many passes of a (randomised) `logits_fn`, the objective and misclassification are the last
+    pass's (as the reference APGD)."""
     values, gradient, logits = expected_value_and_gradient(
         logits_fn, x, lambda logits: objective(loss, logits, labels, targets), eot_iter)
     wrong = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
@@ -256,10 +256,9 @@ def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=1
     per-example and independent of batching.
 
     `eot_iter` (AutoAttack's `rand` version, for randomised defences: 20): every step's gradient is the mean of
-    `eot_iter` forward/backward passes of `logits_fn`, and so is the objective that drives the step-size
-    checkpoints and the best-point bookkeeping (the reference averages the gradient but keeps the last pass's
-    loss; the mean is the lower-variance estimate and equal to it for a deterministic `logits_fn`). Whether a
-    point misclassifies is read from the last pass, as in the reference.
+    `eot_iter` forward/backward passes of `logits_fn`; the objective that drives the step-size checkpoints and
+    the best-point bookkeeping, and whether a point misclassifies, are the last pass's, as in the reference
+    (Croce & Hein's `autopgd_base.py`).
     """
     _check(norm, loss, steps, restarts, rho)
     _check_eot(eot_iter)

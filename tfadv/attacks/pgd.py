@@ -211,20 +211,22 @@ def _check_eot(eot_iter):
 
 
 def expected_value_and_gradient(logits_fn, x, objective_fn, eot_iter: int = 1):
-    """Expectation over Transformation: (values, gradient) averaged over `eot_iter` forward/backward passes of a
-    possibly randomised `logits_fn`, and the logits of the last pass (float32). eot_iter=1 is one plain pass."""
+    """Expectation over Transformation as AutoAttack's APGD does it: the gradient averaged over `eot_iter`
+    forward/backward passes of a possibly randomised `logits_fn`; the values and logits of the *last* pass
+    (the reference keeps the last pass's loss for its step-size and best-point bookkeeping). float32;
+    eot_iter=1 is one plain pass."""
     _check_eot(eot_iter)
     values, gradient, logits = value_and_gradient(logits_fn, x, objective_fn)
     if eot_iter == 1:
         return values, gradient, logits
 
-    def body(i, values, gradient, _):
-        more_values, more_gradient, logits = value_and_gradient(logits_fn, x, objective_fn)
-        return i + 1, values + more_values, gradient + more_gradient, logits
+    def body(i, _, gradient, __):
+        values, more_gradient, logits = value_and_gradient(logits_fn, x, objective_fn)
+        return i + 1, values, gradient + more_gradient, logits
 
     _, values, gradient, logits = while_loop(lambda i, *_: i < eot_iter, body,
                                              (tf.constant(1), values, gradient, logits))
-    return values / float(eot_iter), gradient / float(eot_iter), logits
+    return values, gradient / float(eot_iter), logits
 
 
 def input_gradient(logits_fn, x, labels, loss="ce", targets=None):
