@@ -106,8 +106,8 @@ class AttackSpec:
 
     @property
     def compiled(self) -> bool:
-        # DeepFool stops examples one by one with Python control flow (its inner step is compiled)
-        return self.kind != "deepfool"
+        # every attack is a graph (DeepFool's per-example stopping is a tf.while_loop since 2026-11-27)
+        return True
 
     def run(self, logits_fn, x, y, keys=None):
         """Adversarial images for (x, y); `keys` ([B] int64, `tfadv.attacks.rng.example_keys`) make the random
