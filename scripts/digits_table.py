@@ -3,7 +3,10 @@ it on all 450 test images at eps 2/16 and prints a Markdown table (seconds per e
 first row of the table). The training tables use FGSM, PGD-20 (CE), PGD-20 (CW margin) and PGD-100;
 `--table=evaluation` runs the standard suite plus AutoAttack-standard with the gradient-masking audit and
 reports the suite's run time; `--table=ssat` adds AutoAttack and builds Co-SSAT(PGD-AT) from the SSAT and
-PGD-AT rows, evaluated white-box, half-white-box and with paper 000 App. H.2's AutoAttack dispatch.
+PGD-AT rows, evaluated white-box, half-white-box and with paper 000 App. H.2's AutoAttack dispatch;
+`--table=label_smoothing` also prints paper 004's linear-robustness (eps_L) table for four of its rows;
+`--table=smoothening` is paper 001's robust-overfitting table (PGD-AT, + self-teachers, + SWA) on a
+300-image training subset.
 
   python scripts/digits_table.py --table=baselines --runs_dir=runs/digits-table
 """
@@ -66,6 +69,17 @@ TABLES = {
         ("PGD-AT", "--defense=pgd"),
     ],
 }
+# paper 001 on digits: 300 training images, 150 epochs, LR 0.1 x0.1 at 50 / 100, validation every 2 epochs
+SMOOTHENING = "--train_examples=300 --epochs=150 --lr=0.1 --lr_decay_epochs=50,100 --val_every=2"
+TABLES["smoothening"] = [
+    ("natural (standard teacher)", f"--defense=natural {SMOOTHENING}"),
+    ("PGD-AT", f"--defense=pgd {SMOOTHENING}"),
+    ("+ KD (`--kd_adv_teacher --kd_std_teacher`)", f"--defense=pgd {SMOOTHENING} --kd_adv_teacher={{PGD-AT}} "
+                                                     "--kd_std_teacher={natural (standard teacher)}"),
+    ("+ KD + SWA (`--swa`)", f"--defense=pgd {SMOOTHENING} --kd_adv_teacher={{PGD-AT}} "
+                             "--kd_std_teacher={natural (standard teacher)} --swa"),
+]
+EPS_L_ROWS = ("natural", "uniform LS a=0.5", "logit squeeze b=0.5 + noise 0.5", "PGD-AT")
 TABLES["evaluation"] = [
     ("natural", "--defense=natural"),
     ("label smoothing (uniform a=0.5)", "--defense=label_smoothing --ls_method=uniform --ls_alpha=0.5"),
@@ -98,6 +112,8 @@ def main(argv):
     if FLAGS.table not in TABLES:
         cli.fail(f"--table: unknown {FLAGS.table!r}; valid: {', '.join(TABLES)}")
     os.makedirs(FLAGS.runs_dir, exist_ok=True)
+    if FLAGS.table == "smoothening":
+        return smoothening_table()
     eval_args, columns = EVALUATION.get(FLAGS.table, DEFAULT_EVALUATION)
     audit = FLAGS.table == "evaluation"
     header = ["defense", "flags", "clean"] + [c for c, _ in columns] + ["worst case (ℓ∞)"]
@@ -133,6 +149,51 @@ def main(argv):
     print("\n".join(lines))
     if FLAGS.table == "ssat":
         cossat_rows(outs["SSAT"], outs["PGD-AT"])
+    if FLAGS.table == "label_smoothing":
+        eps_l_rows({name: outs[name] for name in EPS_L_ROWS})
+
+
+def smoothening_table():
+    """Paper 001's robust-overfitting table from each run's robust_overfitting.md numbers (test RA = PGD-20 at
+    eps 2/16 on all 450 test images; best = the best-validation-RA checkpoint)."""
+    outs = {}
+    lines = ["| run | RA best | RA final | RA diff | SA best | SA final | SA diff | best epoch |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for index, (name, args) in enumerate(TABLES["smoothening"]):
+        out = os.path.join(FLAGS.runs_dir, f"smoothening-{index}")
+        outs[name] = out
+        for other, path in outs.items():
+            args = args.replace("{" + other + "}", path)
+        run("train.py", "--flagfile=flags/digits.cfg", *args.split(), f"--output_dir={out}", "--overwrite",
+            log=out + ".train.log")
+        if index == 0:
+            continue
+        with open(f"{out}/metrics.json") as handle:
+            metrics = json.load(handle)
+        best, final = metrics["best"], metrics["final"]
+        cells = [best["robust_accuracy"], final["robust_accuracy"], best["robust_accuracy"] - final["robust_accuracy"],
+                 best["clean_accuracy"], final["clean_accuracy"], best["clean_accuracy"] - final["clean_accuracy"]]
+        line = f"| {name} | " + " | ".join(f"{100 * v:.2f}" for v in cells) + f" | {best['epoch']} |"
+        lines.append(line)
+        print(line, flush=True)
+    print("\n".join(lines))
+
+
+def eps_l_rows(outs):
+    """Paper 004 Table 1's columns: the share predicted robust by the linear estimate eps_L (eps < eps_L), FGSM on
+    the cross-entropy and on the CW margin, and the medians behind eps_L; all 450 test images, eps 2/16."""
+    lines = ["| model | predicted | FGSM (CE) | FGSM (CW) | median logit gap | median gradient gap | median coherence |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, out in outs.items():
+        run("evaluate.py", f"--model_dir={out}", "--attacks=fgsm", "--diagnostics=eps_l", "--num_examples=-1",
+            "--noaudit", "--noprogress", f"--output={out}/eps_l.json", log=out + ".eps_l.log")
+        with open(f"{out}/eps_l.json") as handle:
+            result = json.load(handle)["diagnostics"]["eps_l"]
+        lines.append(f"| {name} | {100 * result['predicted_robust_accuracy']:.1f} | "
+                     f"{100 * result['fgsm_ce_accuracy']:.1f} | {100 * result['fgsm_cw_accuracy']:.1f} | "
+                     f"{result['logit_gap']['median']:.2f} | {result['gradient_gap']['median']:.1f} | "
+                     f"{result['coherence']['median']:.2f} |")
+    print("\n".join(lines))
 
 
 def cossat_rows(ssat, base):
