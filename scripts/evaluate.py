@@ -170,10 +170,19 @@ def main(argv):
                      f"of {', '.join(s.name for s in specs) or 'the selected attacks'} is one")
         specs = [evaluation.with_eot(s, FLAGS.eot_iter) if s.kind in ("apgd", "apgd_t") else s for s in specs]
     unique = {}
+    explicit = {evaluation.parse_attack(n, radii, step, source_fn).name for n in FLAGS.attacks} \
+        if FLAGS["attacks"].present else set()
     for s in specs:  # pgd20 and pgd20_linf are one attack (canonical names): run it once
         if s.name in unique and unique[s.name].group != s.group:
-            cli.fail(f"--attacks/--suite: {s.name} is asked for both alone and in the {s.group or unique[s.name].group} "
-                     f"cascade; drop it from --attacks or run the suites separately")
+            alone, cascade = (s, unique[s.name]) if s.group is None else (unique[s.name], s)
+            if alone.name in explicit:
+                cli.fail(f"--attacks: {s.name} is asked for both alone and in the {cascade.group} cascade; drop it "
+                         f"from --attacks or run the suites separately")
+            # a suite's standalone entry that another suite runs as a cascade stage: reported with the cascade
+            print(f"note: {s.name} runs as a stage of the {cascade.group} cascade (on the points still robust), "
+                  f"not also alone")
+            unique[s.name] = cascade
+            continue
         unique.setdefault(s.name, s)
     specs = list(unique.values())
     unknown = [d for d in FLAGS.diagnostics if d not in DIAGNOSTICS]

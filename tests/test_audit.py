@@ -244,3 +244,15 @@ def test_square_in_a_cascade_is_checked_against_its_own_cascade_as_autoattack_do
     assert check["verdict"] == "warn" and check["numbers"]["worst_cascade_gap_points"] == 1.0
     report["attacks"]["square"]["robust_accuracy"] = 0.498  # 0.2 points: AutoAttack does not warn either
     assert audit.check_black_box(report)["verdict"] == "pass"
+
+
+def test_a_transfer_pgd_is_not_counted_as_a_white_box_pgd():
+    """`transfer_pgd20` (added whenever --source_model is given) is a transfer attack: it must not enter the
+    white-box PGD comparisons (it made `more_steps_help` warn: PGD-20 0.50, transfer 0.80, PGD-100 0.49)."""
+    meta = lambda name: evaluation.parse_attack(name, {"linf": 0.125}, source=lambda x: x).metadata()  # noqa: E731
+    report = {"attacks": {"pgd20": _entry(0.50, **meta("pgd20")), "pgd100": _entry(0.49, **meta("pgd100")),
+                          "transfer_pgd20": _entry(0.80, **meta("transfer_pgd20")), "fgsm": _entry(0.60, **meta("fgsm"))}}
+    assert audit.attack_classes(report)["transfer_pgd20"]["kind"] == "transfer"
+    more = audit.check_more_steps(report)
+    assert more["verdict"] == "pass" and "transfer_pgd20" not in more["numbers"]
+    assert audit.check_one_step(report)["numbers"]["best_pgd"] == 0.49

@@ -182,3 +182,8 @@ def test_evaluate_script_runs_one_attack_once_whatever_its_spelling(natural_mlp,
     report = json.loads(output.read_text())
     assert list(report["attacks"]) == ["pgd10", "fgsm"]
     assert report["attacks"]["pgd10"]["kind"] == "gradient" and report["attacks"]["pgd10"]["targeted"] is False
+    # an attack typed alone that a requested cascade also runs is refused with one line, before any work
+    both = run_script("evaluate.py", f"--model_dir={path}", "--attacks=apgd_ce", "--suite=autoattack",
+                      "--num_examples=30", "--noprogress", "--noaudit", f"--output={tmp_path / 'both.json'}")
+    assert both.returncode == 2 and "error: --attacks: apgd_ce is asked for both alone" in both.stderr
+    assert not (tmp_path / "both.json").exists()

@@ -18,7 +18,6 @@ JIT_MODES = ("auto", "true", "false")
 DISTRIBUTE_MODES = ("none", "mirrored")
 PRECISIONS = ("none", "bfloat16", "float16")
 OPTIMIZERS = ("sgd", "adam")
-WEIGHT_DECAY_SCOPES = ("all", "kernels")
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip")
 
 
@@ -165,7 +164,9 @@ class TrainConfig:
         _one_of("ls_method", self.ls_method, ("none",) + targets.LS_METHODS)
         _one_of("squeeze_reduction", self.squeeze_reduction, losses.SQUEEZE_REDUCTIONS)
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
-        _one_of("weight_decay_scope", self.weight_decay_scope, WEIGHT_DECAY_SCOPES)
+        if self.optimizer == "adam" and self.momentum != TrainConfig.momentum:
+            raise ConfigError("momentum", "applies to --optimizer=sgd; Adam has its own moment estimates")
+        _one_of("weight_decay_scope", self.weight_decay_scope, training.WEIGHT_DECAY_SCOPES)
         _one_of("augmentation", self.augmentation, AUGMENTATIONS)
         if not 0.0 <= self.eps_warmup_epochs <= self.epochs:
             raise ConfigError("eps_warmup_epochs", f"must be in [0, --epochs={self.epochs}], got {self.eps_warmup_epochs}")

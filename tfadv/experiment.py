@@ -217,6 +217,11 @@ def build_optimizer(config: TrainConfig, schedule):
     return optimizer
 
 
+# The attacks' per-example randomness in validation and the final test figure: evaluate.py's --seed default, so
+# `evaluate.py --attacks=pgd20 --num_examples=<eval_examples>` reproduces the run's number whatever its --seed.
+EVALUATION_SEED = 0
+
+
 def robust_attack_name(steps: int, norm: str) -> str:
     """The name `evaluate.py --attacks=...` gives the same attack (same spec, same per-example randomness), so
     the final figure in metrics.json and an evaluation of the same model and examples agree."""
@@ -235,7 +240,7 @@ def pgd_accuracy_fn(eps: float, steps: int, norm: str = "linf", batch_size: int 
         if id(network) not in evaluators:
             # Evaluation always uses inference-mode BatchNorm.
             evaluators[id(network)] = evaluation.Evaluator(lambda images: network(images, training=False),
-                                                           [spec], batch_size)
+                                                           [spec], batch_size, seed=EVALUATION_SEED)
         report = evaluators[id(network)](x, y)
         return report["clean_accuracy"], report["attacks"][spec.name]["robust_accuracy"]
 
@@ -423,7 +428,7 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
         "defense": config.defense, "dataset": config.dataset, "model": config.model,
         "eps": eps, "eps_levels": config.eps, "norm": config.norm,
         "final": {"epoch": config.epochs, "clean_accuracy": final_clean, "robust_accuracy": final_robust,
-                  "robust_attack": attack_name, "num_examples": int(len(test_y)),
+                  "robust_attack": attack_name, "num_examples": int(len(test_y)), "attack_seed": EVALUATION_SEED,
                   "weights": f"SWA average of {swa.count} epochs" if swa is not None and swa.count else "last epoch"},
         "validation": validation_info,
     }

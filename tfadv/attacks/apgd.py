@@ -156,7 +156,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
     `seed` is None (stateful random start) or a shape-[2] int seed for a stateless one. `clean_wrong` ([B]
     bool) marks examples the clean input already misclassifies: they keep `x` unless another misclassified
     point is met. `keys` ([B] int64 per-example keys) overrides `seed` with a batch-independent start.
-    `eot_iter`: gradient and objective averaged over that many passes (see `apgd`).
+    `eot_iter`: gradient averaged over that many passes, the objective the last pass's (see `apgd`).
     """
     _check(norm, loss, steps, 1, rho)
     _check_eot(eot_iter)

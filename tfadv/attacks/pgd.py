@@ -176,7 +176,7 @@ def _power_of_two_scale(gradient):
     return tf.pow(2.0, -tf.clip_by_value(exponent, -120.0, 120.0))
 
 
-def value_and_gradient(logits_fn, x, objective_fn):
+def value_and_gradient(logits_fn, x, objective_fn, independent: bool = True):
     """(values [B] float32, d sum(values) / d x float32, logits float32) for `objective_fn(logits) -> [B]`.
 
     The objective is computed in float32 from the logits cast to float32, and its gradient at the logits is
@@ -185,6 +185,11 @@ def value_and_gradient(logits_fn, x, objective_fn):
     scaled by a power of two bringing its largest entry into [1, 2) before it enters the network and the
     input gradient is unscaled in float32 afterwards (exact: a float32 model gives the same bits as an
     unscaled backward pass). `x` stays float32; a model casts it to its compute dtype inside.
+
+    Per-example scales are exact only when the examples do not interact in the forward pass. With
+    `independent=False` (a forward pass that couples the batch, e.g. BatchNorm in training mode inside a
+    training attack, `--attack_bn_mode=train`) one power of two for the whole batch is used instead, which is
+    exact for any model (and protects the batch's largest gradients from underflow).
     """
     x = tf.convert_to_tensor(x, tf.float32)
     with tf.GradientTape() as tape:
@@ -199,6 +204,8 @@ def value_and_gradient(logits_fn, x, objective_fn):
     if upstream is None:
         return values, tf.zeros_like(x), logits
     scale = _power_of_two_scale(upstream)
+    if not independent:
+        scale = tf.fill(tf.shape(scale), tf.reduce_min(scale))  # the batch's largest entry into [1, 2)
     gradient = tape.gradient(raw, x, output_gradients=tf.cast(upstream * scale[:, None], raw.dtype))
     if gradient is None:  # a model with no gradient path to its input (e.g. stop_gradient): a zero step
         return values, tf.zeros_like(x), logits
@@ -210,18 +217,18 @@ def _check_eot(eot_iter):
         raise ValueError(f"eot_iter must be a positive int, got {eot_iter!r}")
 
 
-def expected_value_and_gradient(logits_fn, x, objective_fn, eot_iter: int = 1):
+def expected_value_and_gradient(logits_fn, x, objective_fn, eot_iter: int = 1, independent: bool = True):
     """Expectation over Transformation as AutoAttack's APGD does it: the gradient averaged over `eot_iter`
     forward/backward passes of a possibly randomised `logits_fn`; the values and logits of the *last* pass
     (the reference keeps the last pass's loss for its step-size and best-point bookkeeping). float32;
     eot_iter=1 is one plain pass."""
     _check_eot(eot_iter)
-    values, gradient, logits = value_and_gradient(logits_fn, x, objective_fn)
+    values, gradient, logits = value_and_gradient(logits_fn, x, objective_fn, independent)
     if eot_iter == 1:
         return values, gradient, logits
 
     def body(i, _, gradient, __):
-        values, more_gradient, logits = value_and_gradient(logits_fn, x, objective_fn)
+        values, more_gradient, logits = value_and_gradient(logits_fn, x, objective_fn, independent)
         return i + 1, values, gradient + more_gradient, logits
 
     _, values, gradient, logits = while_loop(lambda i, *_: i < eot_iter, body,
@@ -246,7 +253,7 @@ def fgsm(logits_fn: Callable, x, labels, *, eps, loss="ce", targets=None, norm="
 
 
 def _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, random_start, l1_sparsity,
-              keys=None, eot_iter=1):
+              keys=None, eot_iter=1, independent=True):
     if random_start:
         delta = clip_to_box(x, random_init(x, eps, norm, keys=keys))
     else:
@@ -254,7 +261,7 @@ def _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, 
 
     def ascend(delta):
         _, gradient, _ = expected_value_and_gradient(
-            logits_fn, x + delta, lambda logits: objective(loss, logits, labels, targets), eot_iter)
+            logits_fn, x + delta, lambda logits: objective(loss, logits, labels, targets), eot_iter, independent)
         delta = delta + steepest_step(gradient, step_size, norm, x + delta, l1_sparsity)
         return clip_to_box(x, project(delta, eps, norm))
 
@@ -275,13 +282,16 @@ def success(logits, labels, targets=None):
 
 
 def pgd(logits_fn: Callable, x, labels, *, eps, step_size, steps, norm="linf", loss="ce", targets=None,
-        random_start=True, restarts=1, l1_sparsity=0.95, keys=None, eot_iter: int = 1):
+        random_start=True, restarts=1, l1_sparsity=0.95, keys=None, eot_iter: int = 1,
+        independent_examples: bool = True):
     """Projected gradient descent (BIM without random start) with restarts keeping the worst case per example.
 
     Across restarts an example keeps the first successful perturbation; among unsuccessful ones, the one with
     the highest objective. `keys` ([B] int64, `rng.example_keys`) makes the random starts per-example and
     independent of batching; restart r uses `rng.fold(keys, r)`. `eot_iter` > 1 averages each step's gradient
     over that many passes of a randomised `logits_fn` (Expectation over Transformation).
+    `independent_examples=False` for a `logits_fn` whose forward pass couples the batch (BatchNorm in training
+    mode): see `value_and_gradient`.
     """
     _check_norm(norm)
     _check_eot(eot_iter)
@@ -292,7 +302,8 @@ def pgd(logits_fn: Callable, x, labels, *, eps, step_size, steps, norm="linf", l
     best = None
     for restart in range(restarts):
         candidate = _pgd_once(logits_fn, x, labels, eps, step_size, steps, norm, loss, targets, random_start,
-                              l1_sparsity, None if keys is None else rng.fold(keys, restart), eot_iter)
+                              l1_sparsity, None if keys is None else rng.fold(keys, restart), eot_iter,
+                              independent_examples)
         if restarts == 1:
             return candidate
         logits = logits_fn(candidate)

@@ -100,8 +100,8 @@ def _select(classes, **wanted):
 
 def check_one_step(report: dict) -> dict:
     classes = attack_classes(report)
-    fgsm = _select(classes, attack="fgsm", norm="linf")
-    multi = _select(classes, attack="pgd", norm="linf")
+    fgsm = _select(classes, attack="fgsm", kind="gradient", norm="linf")
+    multi = _select(classes, attack="pgd", kind="gradient", norm="linf")
     if not fgsm or not multi:
         return _not_applicable("one_step_vs_multi_step", "needs fgsm and an l-inf pgdN attack")
     one, strongest = min(fgsm.values()), min(multi.values())
@@ -113,7 +113,7 @@ def check_one_step(report: dict) -> dict:
 
 def check_more_steps(report: dict) -> dict:
     classes = attack_classes(report)
-    chosen = _select(classes, attack="pgd", norm="linf")
+    chosen = _select(classes, attack="pgd", kind="gradient", norm="linf")
     linf_ce = sorted(((classes[k]["steps"], classes[k]["restarts"], k, acc) for k, acc in chosen.items()))
     if len({(s, r) for s, r, _, _ in linf_ce}) < 2:
         return _not_applicable("more_steps_help", "needs two l-inf pgdN attacks with different N (or restarts)")
@@ -272,9 +272,10 @@ def _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed):
     classes = attack_classes(report)
     plain = {n: c for n, c in classes.items() if not c["group"]}
     wanted = []
-    if not _select(plain, attack="fgsm", norm="linf"):
+    if not _select(plain, attack="fgsm", kind="gradient", norm="linf"):
         wanted.append("fgsm")
-    if len({(plain[n]["steps"], plain[n]["restarts"]) for n in _select(plain, attack="pgd", norm="linf")}) < 2:
+    white_pgd = _select(plain, attack="pgd", kind="gradient", norm="linf")
+    if len({(plain[n]["steps"], plain[n]["restarts"]) for n in white_pgd}) < 2:
         wanted += [n for n in ("pgd10", "pgd50") if n not in plain]
     if not _select(classes, kind="gradient", norm="linf", loss=("cw", "dlr")):
         wanted.append("cw50")

@@ -150,6 +150,12 @@ class Trainer(keras.Model):
         """Logits as the training attack sees them; BatchNorm mode set by `--attack_bn_mode`."""
         return self.network(x, training=self.attack.bn_mode == "train")
 
+    @property
+    def attack_independent(self) -> bool:
+        """Whether the training attack's forward pass treats examples independently (inference-mode BatchNorm);
+        in training mode the batch statistics couple them, which the attacks' gradient scaling must know."""
+        return self.attack.bn_mode != "train"
+
     def eval_logits(self, x):
         """Logits with BatchNorm in inference mode (targets, labels and evaluation)."""
         return self.network(x, training=False)

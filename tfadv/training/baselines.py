@@ -33,7 +33,8 @@ class PGDTrainer(Trainer):
         a = self.attack
         x_adv = attacks.pgd(self.attack_logits, x, labels, eps=a.eps, step_size=a.step_size, steps=a.steps,
                             norm=a.norm, random_start=a.random_start,
-                            keys=self.example_keys(tf.shape(x)[0], SALT_ATTACK_START))
+                            keys=self.example_keys(tf.shape(x)[0], SALT_ATTACK_START),
+                            independent_examples=self.attack_independent)
         return tf.stop_gradient(x_adv)
 
     def training_loss(self, x, labels):
@@ -52,7 +53,8 @@ class FGSMRSTrainer(PGDTrainer):
     def adversarial_examples(self, x, labels):
         a = self.attack
         x_adv = attacks.pgd(self.attack_logits, x, labels, eps=a.eps, step_size=a.step_size, steps=1,
-                            norm=a.norm, random_start=True, keys=self.example_keys(tf.shape(x)[0], SALT_ATTACK_START))
+                            norm=a.norm, random_start=True, keys=self.example_keys(tf.shape(x)[0], SALT_ATTACK_START),
+                            independent_examples=self.attack_independent)
         return tf.stop_gradient(x_adv)
 
 
@@ -112,11 +114,12 @@ class TRADESTrainer(Trainer):
         delta = attacks.clip_to_box(x, attacks.project(0.001 * start, a.eps, a.norm))
 
         def ascend(delta):
-            with tf.GradientTape() as tape:
-                x_adv = x + delta
-                tape.watch(x_adv)
-                kl = tf.reduce_sum(losses.kl_divergence(clean_logits, self.attack_logits(x_adv)))
-            gradient = tape.gradient(kl, x_adv)
+            # the KL and its input gradient in float32 (loss-scaled under float16: near the clean point the KL's
+            # gradient is tiny and would underflow in a float16 backward pass)
+            x_adv = x + delta
+            _, gradient, _ = attacks.value_and_gradient(
+                self.attack_logits, x_adv, lambda logits: losses.kl_divergence(clean_logits, logits),
+                independent=self.attack_independent)
             delta = delta + attacks.steepest_step(gradient, a.step_size, a.norm, x_adv)
             return attacks.clip_to_box(x, attacks.project(delta, a.eps, a.norm))
 

@@ -68,7 +68,8 @@ class BATTrainer(Trainer):
             target = None  # untargeted: one step up the true label's cross-entropy
         x_adv = attacks.pgd(self.attack_logits, x, labels, eps=a.eps, step_size=a.step_size, steps=1,
                             norm=a.norm, loss="ce", targets=target, random_start=a.random_start,
-                            keys=self.example_keys(tf.shape(x)[0], SALT_ATTACK_START))
+                            keys=self.example_keys(tf.shape(x)[0], SALT_ATTACK_START),
+                            independent_examples=self.attack_independent)
         return tf.stop_gradient(x_adv)
 
     def training_loss(self, x, labels):
