@@ -266,5 +266,8 @@ def test_eps_warmup_trains_every_defense_and_is_refused_without_an_attack(defens
                                  eps_warmup_epochs=1.0, free_replays=2, ssat_replays=2)
     assert len(history) == 2 and np.isfinite(float(history[-1]["loss"]))
     assert "--eps_warmup_epochs=1.0" in (out / "flags.txt").read_text()
+    # one epoch of 1212 // 64 = 18 minibatches, each 2 updates for the replay methods (Free-AT, SSAT m=2)
+    replays = 2 if defense in ("free", "ssat") else 1
+    assert metrics["eps_warmup"] == {"epochs": 1.0, "optimizer_updates": 18 * replays}
     with pytest.raises(ConfigError, match="--eps_warmup_epochs"):
         TrainConfig(defense="natural", eps_warmup_epochs=1.0, output_dir="x").validate()

@@ -449,6 +449,8 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
         }
     if teacher_records:
         metrics["teachers"] = teacher_records
+    if trainer.eps_warmup_updates:
+        metrics["eps_warmup"] = {"epochs": config.eps_warmup_epochs, "optimizer_updates": trainer.eps_warmup_updates}
     seconds = [float(r["epoch_seconds"]) for r in history if r.get("epoch_seconds")]
     metrics["train_seconds"] = round(sum(seconds), 2)
     metrics["images_per_second"] = round(len(seconds) * steps * config.batch_size / max(sum(seconds), 1e-9), 1)
