@@ -228,8 +228,10 @@ def test_mirrored_training_over_two_logical_cpu_devices_matches_one_device(tmp_p
         weights.append([w.numpy() for w in network.weights])
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["final"]["clean_accuracy"] > 0.8 and metrics["warnings"] == []
+    # measured 2026-11-27 after 2 epochs: largest difference 7.5e-8 (pgd), 1.8e-7 (free), 8.9e-8 (logit squeeze);
+    # with the squeeze penalty reduced per replica (the old bug) the weights differed by 0.09 after 3 steps
     for two, one in zip(*weights):
-        np.testing.assert_allclose(two, one, rtol=0, atol=2e-4)
+        np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
 
 
 def test_evaluate_suite_audit_diagnostics_and_transfer(runs, tmp_path):
