@@ -49,3 +49,22 @@ def pgd_at_mlp(digits):
     dataset = tf.data.Dataset.from_tensor_slices((x, y.astype("int32"))).shuffle(len(y), seed=0).batch(64)
     trainer.fit(dataset, epochs=20, verbose=0)
     return network
+
+
+class InputRecorder(keras.layers.Layer):
+    """Identity layer that records (training flag, input) of every eager forward pass: which images a
+    weight update (training=True) or a label/target computation (training=False) saw."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def call(self, inputs, training=None):
+        import tensorflow as tf
+
+        if tf.executing_eagerly():
+            self.seen.append((bool(training), np.array(inputs)))
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

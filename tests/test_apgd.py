@@ -232,17 +232,23 @@ def test_bad_arguments_are_refused():
         apgd_module.apgd_targeted(fn, x, [0, 1], eps=0.1, num_targets=0)
 
 
+def _art_classifier(fn):
+    """ART's view of a digits logits function (10 classes, [0, 1] pixels)."""
+    import keras
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    return TensorFlowV2Classifier(model=lambda images, training=False: fn(images), nb_classes=10,
+                                  input_shape=(8, 8, 1), clip_values=(0.0, 1.0),
+                                  loss_object=keras.losses.CategoricalCrossentropy(from_logits=True))
+
+
 def test_agrees_with_art_auto_projected_gradient_descent(natural_mlp, batch):
     pytest.importorskip("art")
-    import keras
     from art.attacks.evasion import AutoProjectedGradientDescent
-    from art.estimators.classification import TensorFlowV2Classifier
 
     x, y = batch
     fn = _logits_fn(natural_mlp)
-    classifier = TensorFlowV2Classifier(model=lambda images, training=False: fn(images), nb_classes=10,
-                                        input_shape=(8, 8, 1), clip_values=(0.0, 1.0),
-                                        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True))
+    classifier = _art_classifier(fn)
     reference = AutoProjectedGradientDescent(classifier, norm=np.inf, eps=EPS, eps_step=2 * EPS, max_iter=100,
                                              nb_random_init=1, batch_size=len(y), loss_type="cross_entropy",
                                              verbose=False).generate(x, y)
@@ -261,15 +267,11 @@ def test_apgd_dlr_agrees_with_art(natural_mlp, batch, norm, eps):
     (ART's l2 APGD-CE leaves 43-44 % where this one leaves 34-35 %, as both implementations' APGD-DLR do; it is
     not used as a reference.)"""
     pytest.importorskip("art")
-    import keras
     from art.attacks.evasion import AutoProjectedGradientDescent
-    from art.estimators.classification import TensorFlowV2Classifier
 
     x, y = batch
     fn = _logits_fn(natural_mlp)
-    classifier = TensorFlowV2Classifier(model=lambda images, training=False: fn(images), nb_classes=10,
-                                        input_shape=(8, 8, 1), clip_values=(0.0, 1.0),
-                                        loss_object=keras.losses.CategoricalCrossentropy(from_logits=True))
+    classifier = _art_classifier(fn)
     np.random.seed(0)
     reference = AutoProjectedGradientDescent(classifier, norm=np.inf if norm == "linf" else 2, eps=eps,
                                              eps_step=2 * eps, max_iter=100, nb_random_init=1, batch_size=len(y),

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import InputRecorder
 from tfadv import attacks, data, losses, models, targets, training
 
 
@@ -137,12 +138,17 @@ def test_bat_variants_train_on_digits(digits, target, labels):
     else:
         soft = targets.bat(tf.constant(one_hot, tf.float32), tf.nn.softmax(clean), labels.beta, labels.gamma,
                            labels.top_k).numpy()  # Eq. 14/18 and top-k are checked by hand above
-    z = network(x_adv, training=True).numpy().astype(np.float64)
-    log_p = z - z.max(-1, keepdims=True)
-    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    log_p = _log_softmax64(network(x_adv, training=True))
     trainer.loss_tracker.reset_state()
     reported = float(trainer.train_step((x, y))["loss"])
     np.testing.assert_allclose(reported, -(soft * log_p).sum(-1).mean(), rtol=1e-4)
+
+
+def _log_softmax64(logits):
+    """log softmax in float64 numpy: the hand computation the trainers' reported losses are checked against."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 def test_madry_la_trains_pgd_examples_on_adversarial_labels(digits):
@@ -159,9 +165,7 @@ def test_madry_la_trains_pgd_examples_on_adversarial_labels(digits):
     soft = targets.bat(tf.one_hot(y, 10), tf.nn.softmax(network(x, training=False)), 9.0).numpy()
     x_adv = attacks.pgd(lambda v: network(v, training=False), x, y, eps=0.125, step_size=0.03, steps=3,
                         keys=trainer.example_keys(64, training.base.SALT_ATTACK_START))
-    z = network(x_adv, training=True).numpy().astype(np.float64)
-    log_p = z - z.max(-1, keepdims=True)
-    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    log_p = _log_softmax64(network(x_adv, training=True))
     trainer.loss_tracker.reset_state()
     reported = float(trainer.train_step((x, y))["loss"])
     np.testing.assert_allclose(reported, -(soft * log_p).sum(-1).mean(), rtol=1e-4)
@@ -184,24 +188,10 @@ def test_top_k_adversarial_labels_by_hand():
     np.testing.assert_allclose(q[3] / q[4], v[3] / v[4], rtol=1e-5)  # proportional to v_k
 
 
-class _Recorder(keras.layers.Layer):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.seen = []
-
-    def call(self, inputs, training=None):
-        if tf.executing_eagerly():
-            self.seen.append((bool(training), np.array(inputs)))
-        return inputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-
 def _bn_network():
     """A network whose training-mode and inference-mode outputs differ (fresh BatchNorm moving statistics)."""
     keras.utils.set_random_seed(0)
-    recorder = _Recorder()
+    recorder = InputRecorder()
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.Dense(32)(keras.layers.Flatten()(recorder(inputs)))
     h = keras.layers.BatchNormalization()(h)

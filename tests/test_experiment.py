@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tfadv import callbacks, config as config_lib, data, experiment
 from tfadv.config import ConfigError, TrainConfig
+from test_swa import _bn_net
 
 QUIET = dict(log=lambda *_: None)
 
@@ -146,17 +147,9 @@ def test_swa_validation_and_best_checkpoint_use_the_average(tmp_path_factory, di
     assert "SWA-averaged" in best["selected_by"] and metrics["final"]["weights"] == "SWA average of 4 epochs"
 
 
-def _bn_net():
-    inputs = keras.Input((8, 8, 1))
-    h = keras.layers.Dense(16)(keras.layers.Flatten()(inputs))
-    h = keras.layers.BatchNormalization(name="bn")(h)
-    return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.ReLU()(h)))
-
-
 def test_swa_validation_checkpoints_the_average_with_recomputed_batchnorm(digits, tmp_path):
     keras.utils.set_random_seed(1)
-    net = _bn_net()
-    net.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net = _bn_net()  # compiled with SGD(0.05)
     x, y = digits.train
     bn_data = data.eval_pipeline((x, y), 64).map(lambda images, labels: images)
     swa = callbacks.StochasticWeightAveraging(net, start_epoch=2, bn_data=bn_data)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import InputRecorder
 from tfadv import attacks, callbacks, data, losses, models, targets, training
 
 
@@ -190,25 +191,9 @@ def test_pgd_with_als_trains_on_als_targets(digits):
     assert float(tf.reduce_mean(ga - gb)) < 0  # descent raises the arg-min logit under ALS
 
 
-class _InputRecorder(keras.layers.Layer):
-    """Identity layer that records (training flag, input) of every eager forward pass."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.seen = []
-
-    def call(self, inputs, training=None):
-        if tf.executing_eagerly():
-            self.seen.append((bool(training), np.array(inputs)))
-        return inputs
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-
 def _recording_network(batch_norm=False):
     keras.utils.set_random_seed(0)
-    recorder = _InputRecorder()
+    recorder = InputRecorder()
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.Dense(32)(keras.layers.Flatten()(recorder(inputs)))
     if batch_norm:

@@ -8,12 +8,10 @@ from its last completed epoch (rerun the same command).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import shutil
 import sys
-import time
 from typing import Callable
 
 import keras
@@ -146,7 +144,7 @@ def _teacher_record(path: str, checkpoint: str, wanted: str) -> dict:
     if os.path.exists(metrics_path):
         with open(metrics_path) as handle:
             run_metrics = json.load(handle)
-        entry = run_metrics.get({"best": "best", "best_clean": "best_clean", "final": "final"}[checkpoint]) or {}
+        entry = run_metrics.get(checkpoint) or {}  # metrics.json names its entries after the checkpoints
         for key in ("epoch", "clean_accuracy", "robust_accuracy", "robust_attack", "num_examples",
                     "val_clean_accuracy", "val_robust_accuracy", "selected_by"):
             if key in entry:
