@@ -264,3 +264,21 @@ def test_eps_warmup_trains_every_defense_and_is_refused_without_an_attack(defens
     assert metrics["eps_warmup"] == {"epochs": 1.0, "optimizer_updates": 18 * replays}
     with pytest.raises(ConfigError, match="--eps_warmup_epochs"):
         TrainConfig(defense="natural", eps_warmup_epochs=1.0, output_dir="x").validate()
+
+
+@pytest.mark.parametrize("flag, other", [("augmentation", "crop"), ("weight_decay_scope", "kernels"),
+                                         ("optimizer", "adam")])
+def test_each_new_run_flag_changes_the_trained_weights(flag, other, tmp_path_factory):
+    """--augmentation, --weight_decay_scope and --optimizer reach the run: the same run with the other value
+    trains other weights (an ignored flag would give identical ones; training is keyed, so equal flags do)."""
+    weights = []
+    for value in (None, other, None):
+        overrides = {} if value is None else {flag: value}
+        if flag == "optimizer" and value == "adam":
+            overrides["lr"] = 1e-3
+        out, _, _ = _run(tmp_path_factory, f"{flag}-{value}", defense="natural", epochs=1, val_every=1,
+                         weight_decay=5e-3, **overrides)
+        network, _ = experiment.load_run_network(str(out))
+        weights.append([w.numpy() for w in network.weights])
+    assert all(np.array_equal(a, b) for a, b in zip(weights[0], weights[2]))  # same flags: same weights
+    assert any(not np.array_equal(a, b) for a, b in zip(weights[0], weights[1]))
