@@ -109,6 +109,18 @@ class TrainConfig:
     def spec(self) -> data.DatasetSpec:
         return data.get_spec(self.dataset)
 
+    def budget(self) -> "Budget":
+        """eps, the training step sizes and the noise, in levels and fractions (THE conversion: `budget()`)."""
+        return budget(self.spec, eps=self.eps, step_size=self.step_size, noise_sigma=self.noise_sigma,
+                      bat_step_size=self.bat_step_size or self.eps,
+                      ssat_step_size=self.ssat_step_size or self.eps / self.ssat_replays)
+
+    def build_network(self):
+        """A freshly initialised network for this run's dataset and model (normalisation is its first layer)."""
+        spec = self.spec
+        return models.build(self.model, spec.image_shape, spec.num_classes, spec.mean, spec.std,
+                            **self.model_options())
+
     def model_options(self) -> dict:
         return {"depth": self.wrn_depth, "width": self.wrn_width} if self.model == "wide_resnet" else {}
 
@@ -319,6 +331,105 @@ def read_flagfile(path: str) -> TrainConfig:
             else:
                 values[name] = None if value == "None" else value
     return TrainConfig(**values)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# THE one conversion of pixel levels (the command-line unit) to fractions of the [0, 1] pixel range
+
+# Default l2 / l1 radii when none is given, as fractions: l2 0.5 (the CIFAR convention, 128/255 ~ 0.5), l1 12 on
+# 32x32x3 inputs scaled by the number of input values (so it keeps its meaning per pixel on other shapes).
+DEFAULT_EPS_L2 = 0.5
+DEFAULT_EPS_L1_PER_3072 = 12.0
+RADIUS_NAMES = {"linf": "eps", "l2": "eps_l2", "l1": "eps_l1"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Radii, step sizes and noise of a run or an evaluation, in both units: `levels` (the dataset's pixel
+    levels, what the flags say: 8 = 8/255 on CIFAR, 2 = 2/16 on digits) and `fractions` (of the [0, 1] pixel
+    range, what the attacks use). Made by `budget()` only; read `fraction(name)` / `level(name)`."""
+
+    dataset: str
+    pixel_max: float
+    levels: dict
+    fractions: dict
+
+    def fraction(self, name: str) -> Optional[float]:
+        return self.fractions.get(name)
+
+    def level(self, name: str) -> Optional[float]:
+        return self.levels.get(name)
+
+    @property
+    def eps(self) -> float:
+        return self.fractions["eps"]
+
+    def radius(self, norm: str) -> float:
+        return self.fractions[RADIUS_NAMES[norm]]
+
+    def radii(self) -> dict:
+        """{norm: radius as a fraction} for the norms this budget has a radius for."""
+        return {norm: self.fractions[name] for norm, name in RADIUS_NAMES.items() if name in self.fractions}
+
+    def to_json(self) -> dict:
+        """{name: {"levels": .., "fraction": ..}} (plus the pixel range), for metrics, reports and metadata."""
+        out = {"pixel_max": self.pixel_max}
+        for name, fraction in self.fractions.items():
+            out[name] = {"levels": self.levels[name], "fraction": fraction}
+        return out
+
+
+def budget(spec: "data.DatasetSpec", **levels) -> Budget:
+    """THE conversion of pixel levels to fractions of [0, 1] (nothing else in tfadv divides by `pixel_max`).
+
+    Each keyword is a size in the dataset's pixel levels (`eps`, `step_size`, `noise_sigma`, `eps_l2`,
+    `eps_l1`, a method's step size, ...); `None` leaves it out, except `eps_l2` / `eps_l1`, which then take the
+    default radii (given as fractions, recorded in levels too). Raises ConfigError (naming the flag) for a
+    non-finite or negative size.
+    """
+    import math
+
+    pixel_max = float(spec.pixel_max)
+    fractions, recorded = {}, {}
+    for name, value in levels.items():
+        if value is None:
+            continue
+        value = float(value)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(name, f"must be a finite, non-negative size in pixel levels, got {value}")
+        recorded[name], fractions[name] = value, value / pixel_max
+    height, width, channels = spec.image_shape
+    defaults = {"eps_l2": DEFAULT_EPS_L2, "eps_l1": DEFAULT_EPS_L1_PER_3072 * height * width * channels / 3072}
+    for name, fraction in defaults.items():
+        if name not in fractions:
+            fractions[name], recorded[name] = fraction, fraction * pixel_max
+    return Budget(spec.name, pixel_max, recorded, fractions)
+
+
+def read_flag_values(path: str, _seen=None) -> dict:
+    """{flag name: raw value} of a flagfile, following nested `--flagfile=` lines as absl does (later lines
+    win; `--name` is "true", `--noname` "false"). Unknown names are kept: the caller picks what it needs."""
+    seen = set() if _seen is None else _seen
+    real = os.path.realpath(path)
+    if real in seen:
+        raise ConfigError("flagfile", f"{path} includes itself")
+    seen.add(real)
+    values = {}
+    with open(path) as handle:
+        for raw in handle:
+            line = raw.strip()
+            if not line.startswith("--"):
+                continue
+            name, equals, value = line[2:].partition("=")
+            if name == "flagfile":
+                values.update(read_flag_values(value, seen))
+            elif equals:
+                values[name] = value
+            elif name.startswith("no") and len(name) > 2:
+                values[name[2:]] = "false"  # no tfadv flag name starts with "no"
+            else:
+                values[name] = "true"
+    return values
 
 
 def _one_of(flag, value, allowed):

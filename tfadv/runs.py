@@ -1,0 +1,166 @@
+"""The run directory: its layout, atomic writes, and loading a run's network or configuration.
+
+Nothing else in tfadv spells a path inside a run directory. A training run writes:
+
+    <run>/flags.txt                  the flags that reproduce it (both units recorded in metrics.json)
+    <run>/checkpoints/               best.weights.h5 (best validation RA), best_clean.weights.h5, final.weights.h5,
+                                     resume/ (the resumable checkpoint)
+    <run>/saved_model/1/             the SavedModel (with tfadv.json metadata)
+    <run>/history.csv  metrics.json  robust_overfitting.md  plots/  tensorboard/
+
+A Co-SSAT build writes calibration.{json,md}, detector.json, metrics.json, plots/ and saved_model/1/; an
+evaluation with --output_dir writes report.json, report.md and plots/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+FLAGS_FILE = "flags.txt"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+OVERFITTING_FILE = "robust_overfitting.md"
+CHECKPOINTS_DIR = "checkpoints"
+RESUME_DIR = "resume"
+SAVED_MODEL_DIR = os.path.join("saved_model", "1")
+PLOTS_DIR = "plots"
+TENSORBOARD_DIR = "tensorboard"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+CALIBRATION_JSON = "calibration.json"
+CALIBRATION_MD = "calibration.md"
+DETECTOR_FILE = "detector.json"
+# Checkpoints kept by robust validation (paper 001's code keeps both): "best_robust" is the best-robust-accuracy
+# checkpoint (the run's reported best and the robust self-teacher), "best_clean" the best-clean one (the standard
+# self-teacher). The values are the file stems (and the keys of metrics.json's entries).
+CHECKPOINTS = {"best_robust": "best", "best_clean": "best_clean", "final": "final"}
+
+
+def path(run_dir: str, *parts: str) -> str:
+    return os.path.join(run_dir, *parts)
+
+
+def flags_path(run_dir: str) -> str:
+    return os.path.join(run_dir, FLAGS_FILE)
+
+
+def metrics_path(run_dir: str) -> str:
+    return os.path.join(run_dir, METRICS_FILE)
+
+
+def history_path(run_dir: str) -> str:
+    return os.path.join(run_dir, HISTORY_FILE)
+
+
+def checkpoints_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, CHECKPOINTS_DIR)
+
+
+def checkpoint_path(run_dir: str, which: str) -> str:
+    """`which`: a CHECKPOINTS key (best_robust, best_clean, final) or a file stem (best, best_clean, final)."""
+    stem = CHECKPOINTS.get(which, which)
+    return os.path.join(run_dir, CHECKPOINTS_DIR, f"{stem}.weights.h5")
+
+
+def checkpoint_relpath(which: str) -> str:
+    """The checkpoint's path relative to the run directory (as metrics.json records it)."""
+    return os.path.join(CHECKPOINTS_DIR, f"{CHECKPOINTS.get(which, which)}.weights.h5")
+
+
+def resume_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, CHECKPOINTS_DIR, RESUME_DIR)
+
+
+def saved_model_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, SAVED_MODEL_DIR)
+
+
+def plots_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, PLOTS_DIR)
+
+
+def tensorboard_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, TENSORBOARD_DIR)
+
+
+def is_run(run_dir: str) -> bool:
+    """Whether `run_dir` is a tfadv training run (it has flags.txt)."""
+    return os.path.exists(flags_path(run_dir))
+
+
+def find_saved_model(location: str) -> Optional[str]:
+    """The SavedModel directory at `location` (a SavedModel itself, or a run / build holding saved_model/1), or
+    None when there is none."""
+    if os.path.exists(os.path.join(location, "saved_model.pb")):
+        return location
+    candidate = saved_model_dir(location)
+    if os.path.exists(os.path.join(candidate, "saved_model.pb")):
+        return candidate
+    return None
+
+
+def atomic_write(target: str, text: str):
+    """Writes `text` to `target` via a temporary file, so a crash never leaves a half-written file."""
+    tmp = f"{target}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, target)
+
+
+@dataclasses.dataclass
+class Run:
+    """A finished (or interrupted) training run on disk: its configuration and where its pieces are."""
+
+    path: str
+    config: object  # tfadv.config.TrainConfig
+
+    @property
+    def dataset(self) -> str:
+        return self.config.dataset
+
+    @property
+    def defense(self) -> str:
+        return self.config.defense
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def data_dir(self) -> Optional[str]:
+        return self.config.data_dir
+
+    @property
+    def budget(self):
+        """The run's Budget (eps and sizes in levels and fractions)."""
+        return self.config.budget()
+
+    def has_checkpoint(self, which: str) -> bool:
+        return os.path.exists(checkpoint_path(self.path, which))
+
+    def network(self, which: str = "final"):
+        """The run's network with the `which` checkpoint's weights (FileNotFoundError if it is missing)."""
+        weights = checkpoint_path(self.path, which)
+        if not os.path.exists(weights):
+            raise FileNotFoundError(f"{self.path} is not a finished tfadv run: {weights} is missing")
+        network = self.config.build_network()
+        network.load_weights(weights)
+        return network
+
+
+def load_run(run_dir: str) -> Run:
+    """The run in `run_dir` (FileNotFoundError when it has no flags.txt)."""
+    from tfadv import config as config_lib
+
+    flags = flags_path(run_dir)
+    if not os.path.exists(flags):
+        raise FileNotFoundError(f"{run_dir} is not a tfadv run: {flags} is missing")
+    return Run(run_dir, config_lib.read_flagfile(flags))
+
+
+def load_run_network(run_dir: str, which: str = "final"):
+    """(network, config) of a finished run: its flags.txt and its `which` checkpoint."""
+    run = load_run(run_dir)
+    return run.network(which), run.config

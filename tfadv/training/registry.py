@@ -1,0 +1,114 @@
+"""The registry of training methods: a method is one module that defines its options, its Keras `Model`
+subclass (the trainer, with its own `train_step`) and registers both here under its name, with what it
+supports. Nothing else lists methods: the run config, the flags and the scripts read this registry.
+
+    @dataclasses.dataclass(frozen=True)
+    class Options:            # the method's own hyperparameters; flag = "<flag_prefix>_<field>"
+        replays: int = option(8, "replays m of each minibatch")
+
+    register(Method("free", FreeTrainer, Options, flag_prefix="free",
+                    supports={"label_smoothing", "logit_squeeze", "distillation"}))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, FrozenSet, Optional, Tuple
+
+# What a method can combine with (refused with both flags named when a method does not declare it):
+#   label_smoothing     --ls_method (targets of the outer loss)
+#   logit_squeeze       --squeeze_beta
+#   distillation        --kd_adv_teacher / --kd_std_teacher
+#   adversarial_labels  the --bat_beta/--bat_gamma/--bat_eps_y/--bat_top_k section (BAT; PGD with --pgd_labels=bat)
+FEATURES = ("label_smoothing", "logit_squeeze", "distillation", "adversarial_labels")
+NORMS = ("linf", "l2", "l1")
+
+
+class OptionError(ValueError):
+    """A bad method option; `flag` is the command-line name (what the user typed)."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"--{flag}: {message}")
+        self.flag = flag
+
+
+def option(default, help: str, **metadata):
+    """A dataclass field of a method's (or a config section's) options, with its --help text."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """A method without hyperparameters of its own."""
+
+    def validate(self, run) -> None:
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A training method: `trainer(network, attack, options=..., **common)` is its Keras Model subclass."""
+
+    name: str
+    trainer: type
+    options: type = NoOptions
+    flag_prefix: str = ""
+    supports: FrozenSet[str] = frozenset()
+    norms: Tuple[str, ...] = NORMS
+    clean: bool = False  # trains on clean inputs only (its eps is the validation radius and may be 0)
+    description: str = ""
+    # optimizer updates per minibatch (Free-AT and SSAT replay each minibatch m times)
+    updates_per_batch: Callable[[object], int] = lambda options: 1
+
+    def __post_init__(self):
+        unknown = set(self.supports) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"method {self.name!r}: unknown features {sorted(unknown)}; known: {FEATURES}")
+        object.__setattr__(self, "supports", frozenset(self.supports))
+
+    def flag(self, field: str) -> str:
+        """The command-line name of one of this method's option fields."""
+        return f"{self.flag_prefix}_{field}" if self.flag_prefix else field
+
+    def flags(self) -> Dict[str, str]:
+        """{flag name: option field name}."""
+        return {self.flag(f.name): f.name for f in dataclasses.fields(self.options)}
+
+
+_METHODS: Dict[str, Method] = {}
+
+
+def register(method: Method, replace: bool = False) -> Method:
+    """Adds a method (a test may register a toy one; `replace` re-registers a name)."""
+    if method.name in _METHODS and not replace:
+        raise ValueError(f"a training method named {method.name!r} is already registered")
+    taken = {flag: other.name for other in _METHODS.values() if other.name != method.name for flag in other.flags()}
+    clashes = sorted(set(method.flags()) & set(taken))
+    if clashes:
+        raise ValueError(f"method {method.name!r}: flags {clashes} are already used by {[taken[c] for c in clashes]}")
+    _METHODS[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    _METHODS.pop(name, None)
+
+
+def get(name: str) -> Method:
+    if name not in _METHODS:
+        raise KeyError(name)
+    return _METHODS[name]
+
+
+def names() -> Tuple[str, ...]:
+    return tuple(_METHODS)
+
+
+def methods() -> Tuple[Method, ...]:
+    return tuple(_METHODS.values())
+
+
+def lookup(name: str) -> Optional[Method]:
+    return _METHODS.get(name)
