@@ -43,6 +43,36 @@ def parse_flags_or_exit(argv):
         fail(str(error))
 
 
+def training_flagfile_parser(argv):
+    """An `app.run(flags_parser=...)` parser for scripts that define only their own flags but accept a training
+    flagfile (e.g. `--flagfile=flags/cifar10.cfg` for the dataset and eps): each `--flagfile=PATH` is replaced,
+    in place, by the `--name=value` lines of that file (nested flagfiles followed) for the flags this script
+    defines; training-only flags in it are skipped; an unknown name is still an error. Flags after
+    `--flagfile` override it, as with absl's own flagfiles."""
+    from tfadv import config as config_lib
+
+    defined = set(flags.FLAGS)
+    training_names = config_lib.flag_names()
+    expanded = [argv[0]]
+    for arg in argv[1:]:
+        name, equals, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("--") or name != "flagfile" or not equals:
+            expanded.append(arg)
+            continue
+        try:
+            values = config_lib.read_flag_values(value)
+        except OSError as error:
+            fail(f"--flagfile: cannot read {value}: {error.strerror or error}")
+        except config_lib.ConfigError as error:
+            fail(str(error))
+        for key, raw in values.items():
+            if key in defined:
+                expanded.append(f"--{key}={raw}")
+            elif key not in training_names:
+                fail(f"--flagfile={value}: unknown flag --{key}")
+    return parse_flags_or_exit(expanded)
+
+
 def define_train_flags():
     d = TrainConfig()
     f = flags

@@ -406,6 +406,11 @@ def budget(spec: "data.DatasetSpec", **levels) -> Budget:
     return Budget(spec.name, pixel_max, recorded, fractions)
 
 
+def flag_names() -> set:
+    """The names of every training flag (a training flagfile may hold any of them)."""
+    return {field.name for field in dataclasses.fields(TrainConfig)} | {"flagfile"}
+
+
 def read_flag_values(path: str, _seen=None) -> dict:
     """{flag name: raw value} of a flagfile, following nested `--flagfile=` lines as absl does (later lines
     win; `--name` is "true", `--noname` "false"). Unknown names are kept: the caller picks what it needs."""

@@ -59,14 +59,22 @@ class Method:
     norms: Tuple[str, ...] = NORMS
     clean: bool = False  # trains on clean inputs only (its eps is the validation radius and may be 0)
     description: str = ""
+    # features the method cannot run without (label_smoothing needs --ls_method, logit_squeeze --squeeze_beta)
+    requires: FrozenSet[str] = frozenset()
     # optimizer updates per minibatch (Free-AT and SSAT replay each minibatch m times)
     updates_per_batch: Callable[[object], int] = lambda options: 1
+    # the training attack's step size in pixel levels from (options, --eps, --step_size), all in levels
+    # (BAT: --bat_step_size or eps; SSAT: --ssat_step_size or eps / m); budget() converts it
+    step_levels: Callable[[object, float, float], float] = lambda options, eps, step_size: step_size
+    # whether the training attack starts at a random point of the eps-ball (BAT: --bat_random_start)
+    random_start: Callable[[object], bool] = lambda options: True
 
     def __post_init__(self):
         unknown = set(self.supports) - set(FEATURES)
         if unknown:
             raise ValueError(f"method {self.name!r}: unknown features {sorted(unknown)}; known: {FEATURES}")
         object.__setattr__(self, "supports", frozenset(self.supports))
+        object.__setattr__(self, "requires", frozenset(self.requires))
 
     def flag(self, field: str) -> str:
         """The command-line name of one of this method's option fields."""
