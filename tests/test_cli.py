@@ -60,7 +60,7 @@ def test_missing_tfds_dataset_is_one_clear_message_and_nothing_is_written(tmp_pa
 
 
 def _config(tmp_path, **overrides):
-    return dataclasses.replace(TrainConfig(output_dir=str(tmp_path / "run"), epochs=1), **overrides)
+    return TrainConfig.from_flags(output_dir=str(tmp_path / "run"), epochs=1).replace(**overrides)
 
 
 def test_config_validation_names_the_flag(tmp_path):
@@ -89,11 +89,11 @@ def test_a_finished_run_is_refused_without_overwrite(tmp_path):
     with pytest.raises(experiment.RunError, match="finished run.*--overwrite"):
         experiment.train(config, log=lambda *_: None)
     assert os.path.getmtime(metrics) == stamp
-    other = dataclasses.replace(config, lr=0.01)
+    other = config.replace(lr=0.01)
     os.remove(metrics)  # now it looks interrupted: other flags must not resume it
     with pytest.raises(experiment.RunError, match="different flags"):
         experiment.train(other, log=lambda *_: None)
-    experiment.train(dataclasses.replace(other, overwrite=True), log=lambda *_: None)
+    experiment.train(other.replace(overwrite=True), log=lambda *_: None)
     assert os.path.exists(metrics)
 
 

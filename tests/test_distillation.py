@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfadv import export, experiment, losses, models, training
+from tfadv import runs, export, experiment, losses, models, training
 from tfadv.config import ConfigError, TrainConfig
 
 
@@ -47,16 +47,16 @@ def test_a_teacher_of_the_wrong_shape_is_refused(tmp_path, digits):
     wrong = models.build("mlp", (28, 28, 1), 10)
     export.export(wrong, str(tmp_path / "teacher"))
     with pytest.raises(ConfigError) as info:
-        experiment.load_teacher(str(tmp_path / "teacher"), "kd_adv_teacher", digits.spec)
+        runs.load_teacher(str(tmp_path / "teacher"), "kd_adv_teacher", digits.spec)
     assert info.value.flag == "kd_adv_teacher" and "(28, 28, 1)" in str(info.value)
     classes = models.build("mlp", (8, 8, 1), 5)
     export.export(classes, str(tmp_path / "five"))
     with pytest.raises(ConfigError, match="5 classes"):
-        experiment.load_teacher(str(tmp_path / "five"), "kd_std_teacher", digits.spec)
-    config = TrainConfig(output_dir=str(tmp_path / "run"), kd_adv_teacher=str(tmp_path / "teacher"))
+        runs.load_teacher(str(tmp_path / "five"), "kd_std_teacher", digits.spec)
+    config = TrainConfig.from_flags(output_dir=str(tmp_path / "run"), kd_adv_teacher=str(tmp_path / "teacher"))
     with pytest.raises(ConfigError):
         experiment.train(config, log=lambda *_: None)
     assert not (tmp_path / "run").exists()
-    bad = dataclasses.replace(config, kd_adv_teacher=str(tmp_path / "nowhere"))
+    bad = config.replace(kd_adv_teacher=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="kd_adv_teacher"):
         bad.validate()

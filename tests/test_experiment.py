@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfadv import callbacks, config as config_lib, data, experiment
+from tfadv import runs, callbacks, config as config_lib, data, experiment
 from tfadv.config import ConfigError, TrainConfig
 from test_swa import _bn_net
 
@@ -24,7 +24,7 @@ def _run(tmp_path_factory, name, **overrides):
                   eps=2.0, step_size=0.5, attack_steps=3, val_every=1, val_attack_steps=5, eval_attack_steps=5,
                   output_dir=str(out))
     values.update(overrides)
-    metrics = experiment.train(TrainConfig(**values), **QUIET)
+    metrics = experiment.train(TrainConfig.from_flags(**values), **QUIET)
     with open(out / "history.csv") as handle:
         history = list(csv.DictReader(handle))
     return out, metrics, history
@@ -46,7 +46,7 @@ def _first_argmax(history, column):
 
 
 def test_validation_is_a_held_out_share_of_the_training_split_by_default(pgd_run, digits):
-    assert TrainConfig().val_fraction == 0.1  # paper 001's 9:1
+    assert TrainConfig().data.val_fraction == 0.1  # paper 001's 9:1
     out, metrics, _ = pgd_run
     validation = metrics["validation"]
     assert "held-out 0.1 of the training split" in validation["source"]
@@ -108,8 +108,8 @@ def test_teachers_are_the_best_clean_and_best_robust_checkpoints_and_are_recorde
             assert record[key] == entry[key], key
     assert standard["weight"] == 0.25 and robust["weight"] == 0.5
     # the loaded standard teacher computes what the best-clean file holds
-    logits_fn, _ = experiment.load_teacher(str(natural_dir), "kd_std_teacher", digits.spec, "best_clean", **QUIET)
-    network, _ = experiment.load_run_network(str(natural_dir), "best_clean")
+    logits_fn, _ = runs.load_teacher(str(natural_dir), "kd_std_teacher", digits.spec, "best_clean", **QUIET)
+    network, _ = runs.load_run_network(str(natural_dir), "best_clean")
     x = digits.test[0][:32]
     np.testing.assert_array_equal(logits_fn(x).numpy(), network(x, training=False).numpy())
 
@@ -122,9 +122,9 @@ def test_final_pgd_in_metrics_has_the_evaluation_name(pgd_run):
 
 def test_swa_start_follows_paper_001s_code():
     # 0-based epoch index >= first decay + 5 in paper 001's code (55 for decays at 50, 150) = 1-based epoch 56
-    config = TrainConfig(epochs=200, lr_decay_epochs=[50, 150], swa=True)
+    config = TrainConfig.from_flags(epochs=200, lr_decay_epochs=[50, 150], swa=True)
     assert config.swa_start() == 56
-    assert dataclasses.replace(config, swa_start_epoch=10).swa_start() == 10
+    assert config.replace(swa_start_epoch=10).swa_start() == 10
 
 
 def test_swa_validation_and_best_checkpoint_use_the_average(tmp_path_factory, digits):
@@ -136,7 +136,7 @@ def test_swa_validation_and_best_checkpoint_use_the_average(tmp_path_factory, di
     assert any(row["val_robust_accuracy"] != row["val_raw_robust_accuracy"] for row in history[2:])
     # the best checkpoint, evaluated again on the validation split, gives the SWA curve's number
     splits = data.load("digits", val_fraction=0.1, seed=0)
-    network, _ = experiment.load_run_network(str(out), "best")
+    network, _ = runs.load_run_network(str(out), "best")
     measure = experiment.pgd_accuracy_fn(0.125, 5)
     clean, robust = measure(network, *splits.val)
     best = metrics["best"]
@@ -192,11 +192,11 @@ def test_no_warning_for_a_model_that_learned(pgd_run):
 
 
 def test_optimizer_flag_builds_the_papers_optimiser():
-    assert isinstance(experiment.build_optimizer(TrainConfig(optimizer="adam"), 1e-4), keras.optimizers.Adam)
-    sgd = experiment.build_optimizer(TrainConfig(momentum=0.5), 0.1)
+    assert isinstance(experiment.build_optimizer(TrainConfig.from_flags(optimizer="adam"), 1e-4), keras.optimizers.Adam)
+    sgd = experiment.build_optimizer(TrainConfig.from_flags(momentum=0.5), 0.1)
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.5
     with pytest.raises(ConfigError, match="--optimizer"):
-        TrainConfig(optimizer="rmsprop", output_dir="x").validate()
+        TrainConfig.from_flags(optimizer="rmsprop", output_dir="x").validate()
 
 
 def test_mnist_flagfile_is_madrys_setting():
@@ -221,7 +221,7 @@ def test_history_is_truncated_to_the_checkpointed_epochs(tmp_path):
 
 
 def test_flags_file_round_trips_the_new_fields(tmp_path):
-    config = TrainConfig(optimizer="adam", weight_decay_scope="kernels", eps_warmup_epochs=2.5,
+    config = TrainConfig.from_flags(optimizer="adam", weight_decay_scope="kernels", eps_warmup_epochs=2.5,
                          augmentation="none", output_dir=str(tmp_path))
     path = tmp_path / "flags.txt"
     path.write_text(config.to_flagfile())
@@ -231,11 +231,11 @@ def test_flags_file_round_trips_the_new_fields(tmp_path):
 
 @pytest.mark.parametrize("defense", ["pgd", "fgsm_rs", "bat"])
 def test_eps_warmup_grows_the_training_perturbation_linearly(defense, digits):
-    config = TrainConfig(defense=defense, eps=2.0, step_size=1.0, attack_steps=5, eps_warmup_epochs=2.0,
+    config = TrainConfig.from_flags(defense=defense, eps=2.0, step_size=1.0, attack_steps=5, eps_warmup_epochs=2.0,
                          output_dir="unused")
     keras.utils.set_random_seed(0)
-    network = experiment.build_network(config)
-    trainer = experiment.build_trainer(config, network, None, updates_per_epoch=4)
+    network = config.build_network()
+    trainer = config.build_trainer(network, None, updates_per_epoch=4)
     assert trainer.eps_warmup_updates == 8
     trainer.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=False)
     trainer.optimizer.build(network.trainable_variables)
@@ -263,7 +263,7 @@ def test_eps_warmup_trains_every_defense_and_is_refused_without_an_attack(defens
     replays = 2 if defense in ("free", "ssat") else 1
     assert metrics["eps_warmup"] == {"epochs": 1.0, "optimizer_updates": 18 * replays}
     with pytest.raises(ConfigError, match="--eps_warmup_epochs"):
-        TrainConfig(defense="natural", eps_warmup_epochs=1.0, output_dir="x").validate()
+        TrainConfig.from_flags(defense="natural", eps_warmup_epochs=1.0, output_dir="x").validate()
 
 
 @pytest.mark.parametrize("flag, other", [("augmentation", "crop"), ("weight_decay_scope", "kernels"),
@@ -278,7 +278,7 @@ def test_each_new_run_flag_changes_the_trained_weights(flag, other, tmp_path_fac
             overrides["lr"] = 1e-3
         out, _, _ = _run(tmp_path_factory, f"{flag}-{value}", defense="natural", epochs=1, val_every=1,
                          weight_decay=5e-3, **overrides)
-        network, _ = experiment.load_run_network(str(out))
+        network, _ = runs.load_run_network(str(out))
         weights.append([w.numpy() for w in network.weights])
     assert all(np.array_equal(a, b) for a, b in zip(weights[0], weights[2]))  # same flags: same weights
     assert any(not np.array_equal(a, b) for a, b in zip(weights[0], weights[1]))

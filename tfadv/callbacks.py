@@ -259,14 +259,6 @@ class EpochLog(keras.callbacks.Callback):
         self.log(f"epoch {epoch + 1}/{total} " + json.dumps(shown))
 
 
-def atomic_write(path: str, text: str):
-    """Writes `text` to `path` via a temporary file, so a crash never leaves a half-written file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def recompute_batchnorm(network, batches) -> int:
     """Sets every BatchNorm layer's moving mean/variance to the average of its batch statistics over one pass
     of `batches` (an iterable of image batches or (images, labels) pairs) — the statistics of the current

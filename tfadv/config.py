@@ -1,18 +1,27 @@
-"""The typed, validated configuration of a training run.
+"""The typed, validated configuration of a training run, as nested sections.
 
-Sizes on the command line (`eps`, `step_size`) are in the dataset's pixel levels (8 means 8/255 on 8-bit
-images; digits have 16 levels); `attack_config()` converts them once, here, to fractions of [0, 1].
-Validation happens before anything is written, and every failure names the flag.
+A run config is the chosen `defense` (a method of `tfadv.training.registry`), the options of every registered
+method (each method module owns its `Options`), and one section per concern: data, model, optimizer (and
+schedule), attack, adversarial labels, smoothing, distillation, SWA, validation, runtime. Every field of a
+section (and of a method's options) is one command-line flag of the same name (method options: prefixed, e.g.
+`ssat_replays`); `define_flags()` generates the absl flags from the fields, so flagfiles keep working.
+
+Sizes on the command line (`eps`, step sizes, noise) are in the dataset's pixel levels (8 means 8/255 on 8-bit
+images; digits have 16 levels); `budget()` converts them, once, to fractions of [0, 1]. Validation happens
+before anything is written, and every failure names the flag.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import List, Optional
 
 from tfadv import data, losses, models, targets, training
 from tfadv.callbacks import LR_SCHEDULES
+from tfadv.training import registry
+from tfadv.training.registry import option
 
 JIT_MODES = ("auto", "true", "false")
 DISTRIBUTE_MODES = ("none", "mirrored")
@@ -29,310 +38,306 @@ class ConfigError(ValueError):
         self.flag = flag
 
 
+def _one_of(flag, value, allowed):
+    if value not in allowed:
+        raise ConfigError(flag, f"unknown value {value!r}; valid: {', '.join(allowed)}")
+
+
+def _positive_ints(section, *names):
+    for name in names:
+        if getattr(section, name) < 1:
+            raise ConfigError(name, f"must be a positive integer, got {getattr(section, name)}")
+
+
+def _non_negative(section, *names):
+    for name in names:
+        if getattr(section, name) < 0:
+            raise ConfigError(name, f"must not be negative, got {getattr(section, name)}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sections: each field is a flag of the same name; `validate(run)` checks the section (run = the TrainConfig)
+
+
 @dataclasses.dataclass
-class TrainConfig:
-    defense: str = "pgd"
-    dataset: str = "digits"
-    model: str = "mlp"
-    wrn_depth: int = 28
-    wrn_width: int = 10
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.05
-    lr_schedule: str = "piecewise"
-    lr_decay_epochs: List[int] = dataclasses.field(default_factory=list)
-    lr_decay_factor: float = 0.1
-    lr_warmup_epochs: float = 0.0
-    lr_peak_fraction: float = 0.5
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    weight_decay_scope: str = "all"
-    eps: float = 2.0
-    eps_warmup_epochs: float = 0.0
-    step_size: float = 0.5
-    attack_steps: int = 10
-    norm: str = "linf"
-    attack_bn_mode: str = "eval"
-    free_replays: int = 8
-    trades_beta: float = 6.0
-    bat_attack: str = "mc"
-    bat_random_start: bool = True
-    bat_labels: str = "adversarial"
-    bat_beta: float = 0.0
-    bat_gamma: float = 0.01
-    bat_eps_y: float = 0.5
-    bat_top_k: int = 0
-    bat_step_size: float = 0.0
-    pgd_labels: str = "hard"
-    ssat_replays: int = 8
-    ssat_gamma: float = 0.3
-    ssat_lambda0: float = 1.0
-    ssat_lambda1: float = 0.3
-    ssat_target_beta: float = 0.2
-    ssat_step_size: float = 0.0
-    ssat_boundary_split: bool = True
-    ssat_adaptive: bool = True
-    swa: bool = False
-    swa_start_epoch: int = 0
-    swa_mode: str = "swa"
-    kd_adv_teacher: str = ""
-    kd_std_teacher: str = ""
-    kd_temperature: float = 2.0
-    kd_weights: List[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5, 0.25])
-    ls_method: str = "none"
-    ls_alpha: float = 0.0
-    bls_temperature: float = 0.001
-    squeeze_beta: float = 0.0
-    squeeze_reduction: str = "frobenius"
-    noise_sigma: float = 0.0
-    augmentation: str = "auto"
-    val_fraction: float = 0.1
-    train_examples: int = -1
-    val_every: int = 1
-    val_examples: int = 500
-    val_attack_steps: int = 10
-    eval_attack_steps: int = 20
-    eval_examples: int = -1
-    seed: int = 0
-    output_dir: str = ""
-    data_dir: Optional[str] = None
-    download: bool = False
-    overwrite: bool = False
-    jit_compile: str = "auto"
-    distribute: str = "none"
-    num_cpu_devices: int = 1
-    mixed_precision: str = "none"
+class DataSection:
+    dataset: str = option("digits", f"dataset: {', '.join(data.DATASETS)}")
+    data_dir: Optional[str] = option(None, "tensorflow-datasets directory (default: $TFDS_DATA_DIR or "
+                                           "~/tensorflow_datasets)")
+    download: bool = option(False, "let tensorflow-datasets download a missing dataset (off by default: offline "
+                                   "machines would wait minutes for network retries)")
+    val_fraction: float = option(0.1, "held-out share of the training split in [0,1) that selects the best "
+                                      "checkpoints (0.1 = paper 001's 9:1); 0 = none: curves on test images, no "
+                                      "checkpoint selection")
+    train_examples: int = option(-1, "train on the first N examples of the training split (after the validation "
+                                     "split; -1: all) — a small set makes robust overfitting easy to see")
+    augmentation: str = option("auto", "training augmentation: auto (the dataset's: crop_flip for CIFAR, crop for "
+                                       "SVHN, none for digits/MNIST), none, crop (pad-4 random crop), crop_flip")
+    noise_sigma: float = option(0.0, "Gaussian noise on training images, std in pixel levels (20 = 20/255 on "
+                                     "CIFAR), clipped to [0, 1]; 0 = off")
 
-    # ------------------------------------------------------------------------------------------------------
-    @property
-    def spec(self) -> data.DatasetSpec:
-        return data.get_spec(self.dataset)
+    def validate(self, run):
+        _one_of("dataset", self.dataset, tuple(data.DATASETS))
+        _one_of("augmentation", self.augmentation, AUGMENTATIONS)
+        _non_negative(self, "noise_sigma")
+        spec = run.spec
+        if self.noise_sigma > spec.pixel_max:
+            raise ConfigError("noise_sigma", f"{self.noise_sigma} exceeds the pixel range of {self.dataset} "
+                                             f"(0..{spec.pixel_max:g} levels; it is in pixel levels, e.g. 20 for 20/255)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        if self.train_examples == 0 or self.train_examples < -1:
+            raise ConfigError("train_examples", f"must be positive or -1 (all), got {self.train_examples}")
+        if self.data_dir is not None and spec.tfds_name is not None:
+            if not os.path.isdir(self.data_dir) or not os.access(self.data_dir, os.R_OK | os.X_OK):
+                raise ConfigError("data_dir", f"{self.data_dir!r} is not a readable directory")
 
-    def budget(self) -> "Budget":
-        """eps, the training step sizes and the noise, in levels and fractions (THE conversion: `budget()`)."""
-        return budget(self.spec, eps=self.eps, step_size=self.step_size, noise_sigma=self.noise_sigma,
-                      bat_step_size=self.bat_step_size or self.eps,
-                      ssat_step_size=self.ssat_step_size or self.eps / self.ssat_replays)
 
-    def build_network(self):
-        """A freshly initialised network for this run's dataset and model (normalisation is its first layer)."""
-        spec = self.spec
-        return models.build(self.model, spec.image_shape, spec.num_classes, spec.mean, spec.std,
-                            **self.model_options())
+@dataclasses.dataclass
+class ModelSection:
+    model: str = option("mlp", f"network: {', '.join(models.MODEL_NAMES)}")
+    wrn_depth: int = option(28, "wide_resnet depth (6n+4: 28, 34)")
+    wrn_width: int = option(10, "wide_resnet width factor (10, 4)")
 
-    def model_options(self) -> dict:
+    def options(self) -> dict:
         return {"depth": self.wrn_depth, "width": self.wrn_width} if self.model == "wide_resnet" else {}
 
-    def attack_config(self) -> training.AttackConfig:
-        spec = self.spec
-        step, random_start = self.step_size, True
-        if self.defense == "bat":  # one step of --bat_step_size (default eps), random start by flag
-            step, random_start = (self.bat_step_size or self.eps), self.bat_random_start
-        if self.defense == "ssat":  # App. J rule 2: step eps / m
-            step = self.ssat_step_size or self.eps / self.ssat_replays
-        return training.AttackConfig(eps=spec.to_fraction(self.eps), step_size=spec.to_fraction(step),
-                                     steps=self.attack_steps, norm=self.norm, random_start=random_start,
-                                     bn_mode=self.attack_bn_mode)
+    def validate(self, run):
+        _one_of("model", self.model, models.MODEL_NAMES)
+        spec = run.spec
+        try:
+            models.build(self.model, spec.image_shape, spec.num_classes, **self.options())
+        except ValueError as error:
+            raise ConfigError("model", f"{self.model} cannot be built for {run.data.dataset} "
+                                       f"{spec.image_shape}: {error}") from None
 
-    def swa_start(self) -> int:
-        """The first averaged epoch, 1-based: --swa_start_epoch, or paper 001's code default, or 3/4 of the run.
 
-        Paper 001's code averages when its 0-based epoch index is >= swa_start = first decay + 5 (55 with LR
-        decays at 50, 150); its LR decays from 0-based epoch 50 on, as tfadv's piecewise schedule does. In
-        tfadv's 1-based epochs that is first decay + 6.
-        """
-        if self.swa_start_epoch:
-            return self.swa_start_epoch
-        if self.lr_schedule == "piecewise" and self.lr_decay_epochs:
-            return min(min(self.lr_decay_epochs) + 6, self.epochs)
-        return max(1, (3 * self.epochs) // 4)
+@dataclasses.dataclass
+class OptimizerSection:
+    """The optimizer and its learning-rate schedule."""
 
-    def ssat_config(self) -> training.SSATConfig:
-        return training.SSATConfig(self.ssat_replays, self.ssat_gamma, self.ssat_lambda0, self.ssat_lambda1,
-                                   self.ssat_target_beta, self.ssat_boundary_split, self.ssat_adaptive)
+    epochs: int = option(30, "training epochs (passes over the training split)")
+    batch_size: int = option(64, "global minibatch size")
+    lr: float = option(0.05, "base (piecewise, cosine) or peak (cyclic) learning rate")
+    lr_schedule: str = option("piecewise", f"learning-rate schedule: {', '.join(LR_SCHEDULES)}")
+    lr_decay_epochs: List[int] = option([], "piecewise: epochs at which the rate is multiplied by "
+                                            "--lr_decay_factor", item=int)
+    lr_decay_factor: float = option(0.1, "piecewise: the factor")
+    lr_warmup_epochs: float = option(0.0, "cosine: linear warm-up epochs")
+    lr_peak_fraction: float = option(0.5, "cyclic: where in the run the rate peaks, in (0,1)")
+    optimizer: str = option("sgd", "sgd (with --momentum; most papers' code) or adam (Madry et al.'s MNIST model: "
+                                   "--optimizer=adam --lr=1e-4 --batch_size=50)")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "L2 weight decay (coupled, as torch.optim.SGD)")
+    weight_decay_scope: str = option("all", "which weights decay: all (torch.optim.SGD in most papers' code) or "
+                                            "kernels (conv/dense kernels only, as BAT's and Madry's code)")
 
-    def label_adversary(self) -> training.LabelAdversary:
-        """BAT's label choice (--bat_labels), or Madry-LA's adversarial labels for --pgd_labels=bat."""
-        kind = self.bat_labels if self.defense == "bat" else "adversarial"
-        beta = self.bat_beta or targets.bat_beta_default(self.spec.num_classes)
-        return training.LabelAdversary(kind, beta, self.bat_gamma, self.bat_eps_y, self.bat_top_k or None)
+    def validate(self, run):
+        _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        if self.optimizer == "adam" and self.momentum != OptimizerSection.momentum:
+            raise ConfigError("momentum", "applies to --optimizer=sgd; Adam has its own moment estimates")
+        _one_of("weight_decay_scope", self.weight_decay_scope, training.WEIGHT_DECAY_SCOPES)
+        _positive_ints(self, "epochs", "batch_size")
+        if not self.lr > 0:
+            raise ConfigError("lr", f"must be positive, got {self.lr}")
+        _non_negative(self, "weight_decay", "momentum")
+        if not 0.0 < self.lr_peak_fraction < 1.0:
+            raise ConfigError("lr_peak_fraction", f"must be in (0, 1), got {self.lr_peak_fraction}")
+        if any(e < 1 for e in self.lr_decay_epochs):
+            raise ConfigError("lr_decay_epochs", f"epochs must be positive, got {self.lr_decay_epochs}")
 
-    def smoothing_config(self) -> training.SmoothingConfig:
+
+@dataclasses.dataclass
+class AttackSection:
+    """The training attack (each method reads what it needs; BAT and SSAT have their own step sizes)."""
+
+    eps: float = option(2.0, "perturbation radius in the dataset's pixel levels (8 = 8/255 on CIFAR)")
+    eps_warmup_epochs: float = option(0.0, "training eps (and step size) grow linearly from 0 to --eps over this "
+                                           "many epochs (common for MNIST-scale eps); 0 = off")
+    step_size: float = option(0.5, "attack step size in pixel levels (fgsm_rs: 1.25 eps; free: eps)")
+    attack_steps: int = option(10, "steps of the training attack (PGD-k, TRADES-k)")
+    norm: str = option("linf", "threat model of the training attack: linf, l2 (l1 for free/fgsm_rs/trades)")
+    attack_bn_mode: str = option("eval", "BatchNorm during the training attack: eval (inference statistics) or "
+                                         "train (Madry/Free-AT)")
+
+    def validate(self, run):
+        _one_of("norm", self.norm, run.method.norms)
+        _one_of("attack_bn_mode", self.attack_bn_mode, training.BN_MODES)
+        if not 0.0 <= self.eps_warmup_epochs <= run.optimization.epochs:
+            raise ConfigError("eps_warmup_epochs", f"must be in [0, --epochs={run.optimization.epochs}], got "
+                                                   f"{self.eps_warmup_epochs}")
+        if self.eps_warmup_epochs and run.method.clean:
+            raise ConfigError("eps_warmup_epochs", f"--defense={run.defense} trains on clean inputs; there is no "
+                                                   "training eps to warm up")
+        _positive_ints(self, "attack_steps")
+        if not self.step_size > 0:
+            raise ConfigError("step_size", f"must be positive, got {self.step_size}")
+        spec = run.spec
+        if self.eps < 0:
+            raise ConfigError("eps", f"must not be negative, got {self.eps}")
+        if self.norm == "linf" and self.eps > spec.pixel_max:
+            raise ConfigError("eps", f"{self.eps} exceeds the whole pixel range of {run.data.dataset} "
+                                     f"(0..{spec.pixel_max:g} levels; --eps is in pixel levels, e.g. 8 for 8/255)")
+        if self.eps == 0 and not run.method.clean:
+            raise ConfigError("eps", f"must be positive for --defense={run.defense}")
+
+
+@dataclasses.dataclass
+class LabelsSection:
+    """BAT's adversarial labels (paper 002 Eq. 14-18), used by --defense=bat and --pgd_labels=bat (Madry-LA)."""
+
+    bat_beta: float = option(0.0, "bat: beta of Eq. 16-18 (0 = 9 for <= 10 classes, 11 for more)")
+    bat_gamma: float = option(0.01, "bat: gamma of Eq. 14")
+    bat_eps_y: float = option(0.5, "bat: fixed label budget for --bat_labels=uniform")
+    bat_top_k: int = option(0, "bat: spread eps_y over the k wrong classes of largest loss (LA9 of section 5.4); "
+                               "0 = all")
+
+    def label_adversary(self, num_classes: int) -> training.LabelAdversary:
+        """Eq. 14 / 18 labels (kind "adversarial"; BAT swaps in its --bat_labels kind)."""
+        beta = self.bat_beta or targets.bat_beta_default(num_classes)
+        return training.LabelAdversary("adversarial", beta, self.bat_gamma, self.bat_eps_y, self.bat_top_k or None)
+
+    def validate(self, run):
+        _non_negative(self, "bat_beta", "bat_gamma", "bat_top_k")
+        if "adversarial_labels" in run.method.supports and self.bat_top_k >= run.spec.num_classes:
+            raise ConfigError("bat_top_k", f"must be below the {run.spec.num_classes} classes, got {self.bat_top_k}")
+        if not 0.0 < self.bat_eps_y < 1.0:
+            raise ConfigError("bat_eps_y", f"must be in (0, 1), got {self.bat_eps_y}")
+
+
+@dataclasses.dataclass
+class SmoothingSection:
+    """Targets and logit penalty of the outer minimisation (papers 003, 004), for every method that supports them."""
+
+    ls_method: str = option("none", "label smoothing of the outer minimisation: none, uniform (y - a(y - 1/K)), "
+                                    "sls, als, bls, sbls (paper 003); also for pgd, fgsm_rs, free, trades")
+    ls_alpha: float = option(0.0, "label-smoothing mass alpha in [0, 1]")
+    bls_temperature: float = option(0.001, "BLS temperature T (paper 003 default 0.001)")
+    squeeze_beta: float = option(0.0, "logit squeezing weight beta (paper 004); 0 = off")
+    squeeze_reduction: str = option("frobenius", "logit squeezing: frobenius (||Z||_F of the batch, paper 004 Eq. 5) "
+                                                 "or mean_l2")
+
+    def config(self) -> training.SmoothingConfig:
         return training.SmoothingConfig(self.ls_method, self.ls_alpha, self.bls_temperature, self.squeeze_beta,
                                         self.squeeze_reduction)
 
-    def validate(self) -> "TrainConfig":
-        """Raises ConfigError for the first bad value; returns self."""
-        _one_of("defense", self.defense, training.DEFENSES)
-        _one_of("dataset", self.dataset, tuple(data.DATASETS))
-        _one_of("model", self.model, models.MODEL_NAMES)
-        _one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _one_of("norm", self.norm, ("linf", "l2") if self.defense == "pgd" else ("linf", "l2", "l1"))
-        _one_of("attack_bn_mode", self.attack_bn_mode, training.BN_MODES)
-        _one_of("jit_compile", self.jit_compile, JIT_MODES)
-        _one_of("distribute", self.distribute, DISTRIBUTE_MODES)
-        _one_of("mixed_precision", self.mixed_precision, PRECISIONS)
+    def validate(self, run):
         _one_of("ls_method", self.ls_method, ("none",) + targets.LS_METHODS)
         _one_of("squeeze_reduction", self.squeeze_reduction, losses.SQUEEZE_REDUCTIONS)
-        _one_of("optimizer", self.optimizer, OPTIMIZERS)
-        if self.optimizer == "adam" and self.momentum != TrainConfig.momentum:
-            raise ConfigError("momentum", "applies to --optimizer=sgd; Adam has its own moment estimates")
-        _one_of("weight_decay_scope", self.weight_decay_scope, training.WEIGHT_DECAY_SCOPES)
-        _one_of("augmentation", self.augmentation, AUGMENTATIONS)
-        if not 0.0 <= self.eps_warmup_epochs <= self.epochs:
-            raise ConfigError("eps_warmup_epochs", f"must be in [0, --epochs={self.epochs}], got {self.eps_warmup_epochs}")
-        if self.eps_warmup_epochs and self.defense in training.CLEAN_DEFENSES:
-            raise ConfigError("eps_warmup_epochs", f"--defense={self.defense} trains on clean inputs; there is no "
-                                                   "training eps to warm up")
-        if self.ssat_replays < 1:
-            raise ConfigError("ssat_replays", f"must be a positive integer, got {self.ssat_replays}")
-        if not 0.0 <= self.ssat_lambda1 <= self.ssat_lambda0 <= 1.0:
-            raise ConfigError("ssat_lambda1", f"SSAT needs 0 <= lambda1 <= lambda0 <= 1 (Eq. 7), got "
-                                              f"lambda0={self.ssat_lambda0}, lambda1={self.ssat_lambda1}")
-        for flag in ("ssat_gamma", "ssat_target_beta", "ssat_step_size"):
-            if getattr(self, flag) < 0:
-                raise ConfigError(flag, f"must not be negative, got {getattr(self, flag)}")
-        if self.ssat_gamma > 1:
-            raise ConfigError("ssat_gamma", f"must be in [0, 1], got {self.ssat_gamma}")
-        if self.defense == "ssat" and self.ls_method != "none":
-            raise ConfigError("ls_method", "SSAT builds its own adaptive labels; --ls_method does not apply")
-        _one_of("swa_mode", self.swa_mode, ("swa", "iswa"))
-        if self.swa_start_epoch < 0 or self.swa_start_epoch > self.epochs:
-            raise ConfigError("swa_start_epoch", f"must be in 1..{self.epochs} (0 = automatic), got {self.swa_start_epoch}")
-        if self.kd_adv_teacher or self.kd_std_teacher:
-            if self.defense not in ("pgd", "trades", "fgsm_rs", "natural"):
-                raise ConfigError("kd_adv_teacher", f"distillation works with pgd, trades, fgsm_rs and natural, "
-                                                    f"not --defense={self.defense}")
-            if len(self.kd_weights) != 3 or any(w < 0 for w in self.kd_weights):
-                raise ConfigError("kd_weights", f"needs three non-negative weights (CE, robust teacher, standard "
-                                                f"teacher), got {self.kd_weights}")
-            if not self.kd_temperature > 0:
-                raise ConfigError("kd_temperature", f"must be positive, got {self.kd_temperature}")
-            for flag in ("kd_adv_teacher", "kd_std_teacher"):
-                path = getattr(self, flag)
-                if path and not os.path.isdir(path):
-                    raise ConfigError(flag, f"{path!r} is not a tfadv run directory or a SavedModel directory")
-        _one_of("bat_attack", self.bat_attack, training.BAT_ATTACKS)
-        _one_of("bat_labels", self.bat_labels, training.BAT_LABELS)
-        _one_of("pgd_labels", self.pgd_labels, ("hard", "bat"))
-        if self.pgd_labels == "bat" and self.defense != "pgd":
-            raise ConfigError("pgd_labels", "bat labels (Madry-LA) apply to --defense=pgd")
-        if (self.defense == "bat" or self.pgd_labels == "bat") and self.ls_method != "none":
-            raise ConfigError("ls_method", "BAT's labels replace label smoothing; use --bat_labels=uniform for "
-                                           "R-MC-LS")
-        for flag in ("bat_beta", "bat_gamma", "bat_top_k", "bat_step_size"):
-            if getattr(self, flag) < 0:
-                raise ConfigError(flag, f"must not be negative, got {getattr(self, flag)}")
-        if self.defense == "bat" and self.bat_top_k >= self.spec.num_classes:
-            raise ConfigError("bat_top_k", f"must be below the {self.spec.num_classes} classes, got {self.bat_top_k}")
-        if not 0.0 < self.bat_eps_y < 1.0:
-            raise ConfigError("bat_eps_y", f"must be in (0, 1), got {self.bat_eps_y}")
-        if self.defense == "label_smoothing" and self.ls_method == "none":
-            raise ConfigError("ls_method", f"--defense=label_smoothing needs a method: {', '.join(targets.LS_METHODS)}")
-        if self.defense == "logit_squeeze" and not self.squeeze_beta > 0:
-            raise ConfigError("squeeze_beta", "--defense=logit_squeeze needs a positive --squeeze_beta")
         if not 0.0 <= self.ls_alpha <= 1.0:
             raise ConfigError("ls_alpha", f"must be in [0, 1], got {self.ls_alpha}")
         if self.ls_method != "none" and self.ls_alpha == 0.0:
             raise ConfigError("ls_alpha", f"--ls_method={self.ls_method} needs a positive --ls_alpha")
         if not self.bls_temperature > 0:
             raise ConfigError("bls_temperature", f"must be positive, got {self.bls_temperature}")
-        for flag in ("epochs", "batch_size", "attack_steps", "free_replays", "val_every", "val_attack_steps",
-                     "eval_attack_steps", "num_cpu_devices"):
-            if getattr(self, flag) < 1:
-                raise ConfigError(flag, f"must be a positive integer, got {getattr(self, flag)}")
-        for flag in ("lr", "step_size"):
-            if not getattr(self, flag) > 0:
-                raise ConfigError(flag, f"must be positive, got {getattr(self, flag)}")
-        for flag in ("weight_decay", "trades_beta", "momentum", "squeeze_beta", "noise_sigma"):
-            if getattr(self, flag) < 0:
-                raise ConfigError(flag, f"must not be negative, got {getattr(self, flag)}")
-        spec = self.spec
-        limit = spec.pixel_max if self.norm == "linf" else None
-        if self.eps < 0:
-            raise ConfigError("eps", f"must not be negative, got {self.eps}")
-        if limit is not None and self.eps > limit:
-            raise ConfigError("eps", f"{self.eps} exceeds the whole pixel range of {self.dataset} "
-                                     f"(0..{spec.pixel_max:g} levels; --eps is in pixel levels, e.g. 8 for 8/255)")
-        if self.noise_sigma > spec.pixel_max:
-            raise ConfigError("noise_sigma", f"{self.noise_sigma} exceeds the pixel range of {self.dataset} "
-                                             f"(0..{spec.pixel_max:g} levels; it is in pixel levels, e.g. 20 for 20/255)")
-        if self.eps == 0 and self.defense not in training.CLEAN_DEFENSES:
-            raise ConfigError("eps", f"must be positive for --defense={self.defense}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
-        if self.train_examples == 0 or self.train_examples < -1:
-            raise ConfigError("train_examples", f"must be positive or -1 (all), got {self.train_examples}")
-        if not 0.0 < self.lr_peak_fraction < 1.0:
-            raise ConfigError("lr_peak_fraction", f"must be in (0, 1), got {self.lr_peak_fraction}")
-        if any(e < 1 for e in self.lr_decay_epochs):
-            raise ConfigError("lr_decay_epochs", f"epochs must be positive, got {self.lr_decay_epochs}")
+        _non_negative(self, "squeeze_beta")
+
+
+@dataclasses.dataclass
+class DistillationSection:
+    """Self-teacher distillation (paper 001)."""
+
+    kd_adv_teacher: str = option("", "distillation: the robust self-teacher (a tfadv run dir or a SavedModel) — "
+                                     "paper 001")
+    kd_std_teacher: str = option("", "distillation: the standard (naturally trained) teacher")
+    kd_temperature: float = option(2.0, "distillation temperature T")
+    kd_weights: List[float] = option([0.25, 0.5, 0.25], "weights of CE, robust teacher, standard teacher (paper "
+                                                        "0.25,0.5,0.25; official code 0.3,0.6,0.1)", item=float)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.kd_adv_teacher or self.kd_std_teacher)
+
+    def validate(self, run):
+        if not self.enabled:
+            return
+        if len(self.kd_weights) != 3 or any(w < 0 for w in self.kd_weights):
+            raise ConfigError("kd_weights", f"needs three non-negative weights (CE, robust teacher, standard "
+                                            f"teacher), got {self.kd_weights}")
+        if not self.kd_temperature > 0:
+            raise ConfigError("kd_temperature", f"must be positive, got {self.kd_temperature}")
+        for flag in ("kd_adv_teacher", "kd_std_teacher"):
+            path = getattr(self, flag)
+            if path and not os.path.isdir(path):
+                raise ConfigError(flag, f"{path!r} is not a tfadv run directory or a SavedModel directory")
+
+
+@dataclasses.dataclass
+class SWASection:
+    swa: bool = option(False, "stochastic weight averaging (paper 001): evaluation and export use the average")
+    swa_start_epoch: int = option(0, "first epoch averaged (0: 5 after the first LR decay)")
+    swa_mode: str = option("swa", "swa, or iswa (training continues from the average, paper 001 A1.6)")
+
+    def start(self, run) -> int:
+        """The first averaged epoch, 1-based: --swa_start_epoch, or paper 001's code default, or 3/4 of the run.
+
+        Paper 001's code averages when its 0-based epoch index is >= swa_start = first decay + 5 (55 with LR
+        decays at 50, 150); its LR decays from 0-based epoch 50 on, as tfadv's piecewise schedule does. In
+        tfadv's 1-based epochs that is first decay + 6.
+        """
+        o = run.optimization
+        if self.swa_start_epoch:
+            return self.swa_start_epoch
+        if o.lr_schedule == "piecewise" and o.lr_decay_epochs:
+            return min(min(o.lr_decay_epochs) + 6, o.epochs)
+        return max(1, (3 * o.epochs) // 4)
+
+    def validate(self, run):
+        _one_of("swa_mode", self.swa_mode, ("swa", "iswa"))
+        if self.swa_start_epoch < 0 or self.swa_start_epoch > run.optimization.epochs:
+            raise ConfigError("swa_start_epoch", f"must be in 1..{run.optimization.epochs} (0 = automatic), got "
+                                                 f"{self.swa_start_epoch}")
+
+
+@dataclasses.dataclass
+class ValidationSection:
+    """Robust validation during training and the final test evaluation."""
+
+    val_every: int = option(1, "robust validation every N epochs (and at the last)")
+    val_examples: int = option(500, "without --val_fraction: validate on this many test examples")
+    val_attack_steps: int = option(10, "PGD steps of the robust validation")
+    eval_attack_steps: int = option(20, "PGD steps of the final test evaluation")
+    eval_examples: int = option(-1, "final evaluation on the first N test examples (-1: all)")
+
+    def validate(self, run):
+        _positive_ints(self, "val_every", "val_attack_steps", "eval_attack_steps")
+
+
+@dataclasses.dataclass
+class RuntimeSection:
+    seed: int = option(0, "random seed (data order, augmentation, initialisation, attacks)")
+    output_dir: str = option("", "the run's directory")
+    overwrite: bool = option(False, "replace a finished run in --output_dir")
+    jit_compile: str = option("auto", f"XLA for train_step: {', '.join(JIT_MODES)}")
+    distribute: str = option("none", f"distribution: {', '.join(DISTRIBUTE_MODES)}")
+    num_cpu_devices: int = option(1, "split the CPU into N logical devices (mirrored tests)")
+    mixed_precision: str = option("none", f"compute dtype: {', '.join(PRECISIONS)}")
+
+    @property
+    def replicas(self) -> int:
+        return self.num_cpu_devices if self.distribute == "mirrored" else 1
+
+    def validate(self, run):
+        _one_of("jit_compile", self.jit_compile, JIT_MODES)
+        _one_of("distribute", self.distribute, DISTRIBUTE_MODES)
+        _one_of("mixed_precision", self.mixed_precision, PRECISIONS)
+        _positive_ints(self, "num_cpu_devices")
         if not self.output_dir:
             raise ConfigError("output_dir", "is required (the run's directory)")
-        if self.data_dir is not None and spec.tfds_name is not None:
-            if not os.path.isdir(self.data_dir) or not os.access(self.data_dir, os.R_OK | os.X_OK):
-                raise ConfigError("data_dir", f"{self.data_dir!r} is not a readable directory")
-        replicas = self.num_cpu_devices if self.distribute == "mirrored" else 1
-        if self.batch_size % replicas:
-            raise ConfigError("batch_size", f"{self.batch_size} does not split evenly over {replicas} replicas")
+        if run.optimization.batch_size % self.replicas:
+            raise ConfigError("batch_size", f"{run.optimization.batch_size} does not split evenly over "
+                                            f"{self.replicas} replicas")
         if self.num_cpu_devices > 1 and self.distribute != "mirrored":
             raise ConfigError("num_cpu_devices", "only makes sense with --distribute=mirrored")
-        try:
-            models.build(self.model, spec.image_shape, spec.num_classes, **self.model_options())
-        except ValueError as error:
-            raise ConfigError("model", f"{self.model} cannot be built for {self.dataset} "
-                                       f"{spec.image_shape}: {error}") from None
-        return self
-
-    def to_flagfile(self) -> str:
-        """A flagfile that reproduces the run (without --overwrite)."""
-        lines = ["# written by tfadv: `python scripts/train.py --flagfile=<this file>` reproduces the run"]
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name == "overwrite" or value is None:
-                continue
-            if isinstance(value, bool):
-                lines.append(f"--{field.name}" if value else f"--no{field.name}")
-            elif isinstance(value, list):
-                lines.append(f"--{field.name}={','.join(str(v) for v in value)}")
-            else:
-                lines.append(f"--{field.name}={value}")
-        return "\n".join(lines) + "\n"
 
 
-def read_flagfile(path: str) -> TrainConfig:
-    """The TrainConfig a run's flags.txt describes (the inverse of `TrainConfig.to_flagfile`)."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    values = {}
-    with open(path) as handle:
-        for raw in handle:
-            line = raw.strip()
-            if not line.startswith("--"):
-                continue
-            name, _, value = line[2:].partition("=")
-            if not _ and name.startswith("no") and name[2:] in fields:
-                values[name[2:]] = False
-                continue
-            if name not in fields:
-                continue  # a flag of a later or earlier tfadv version
-            default = getattr(TrainConfig(), name)
-            if not _:
-                values[name] = True
-            elif isinstance(default, bool):
-                values[name] = value.lower() in ("1", "true")
-            elif isinstance(default, list):
-                kind = float if name == "kd_weights" else int
-                values[name] = [kind(v) for v in value.split(",") if v]
-            elif isinstance(default, int):
-                values[name] = int(value)
-            elif isinstance(default, float):
-                values[name] = float(value)
-            else:
-                values[name] = None if value == "None" else value
-    return TrainConfig(**values)
-
-
+SECTIONS = (("data", DataSection), ("network", ModelSection), ("optimization", OptimizerSection),
+            ("attack", AttackSection), ("labels", LabelsSection), ("smoothing", SmoothingSection),
+            ("distillation", DistillationSection), ("averaging", SWASection), ("validation", ValidationSection),
+            ("runtime", RuntimeSection))
+# The flag that switches each feature on (a method that does not support it refuses it, naming this flag).
+FEATURE_FLAGS = {"label_smoothing": "ls_method", "logit_squeeze": "squeeze_beta", "distillation": "kd_adv_teacher"}
 # ----------------------------------------------------------------------------------------------------------
 # THE one conversion of pixel levels (the command-line unit) to fractions of the [0, 1] pixel range
 
@@ -406,11 +411,6 @@ def budget(spec: "data.DatasetSpec", **levels) -> Budget:
     return Budget(spec.name, pixel_max, recorded, fractions)
 
 
-def flag_names() -> set:
-    """The names of every training flag (a training flagfile may hold any of them)."""
-    return {field.name for field in dataclasses.fields(TrainConfig)} | {"flagfile"}
-
-
 def read_flag_values(path: str, _seen=None) -> dict:
     """{flag name: raw value} of a flagfile, following nested `--flagfile=` lines as absl does (later lines
     win; `--name` is "true", `--noname` "false"). Unknown names are kept: the caller picks what it needs."""
@@ -437,6 +437,296 @@ def read_flag_values(path: str, _seen=None) -> dict:
     return values
 
 
-def _one_of(flag, value, allowed):
-    if value not in allowed:
-        raise ConfigError(flag, f"unknown value {value!r}; valid: {', '.join(allowed)}")
+
+
+def _default_methods() -> dict:
+    return {method.name: method.options() for method in registry.methods()}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A run: the defense (a registered method), every method's options (`methods`), and the sections.
+
+    `config.<flag name>` reads that flag's value wherever it lives (`config.eps` is `config.attack.eps`,
+    `config.ssat_replays` is `config.methods["ssat"].replays`); `from_flags` / `flat` convert from / to the
+    flat {flag: value} form of the command line and flags.txt.
+    """
+
+    defense: str = "pgd"
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    network: ModelSection = dataclasses.field(default_factory=ModelSection)
+    optimization: OptimizerSection = dataclasses.field(default_factory=OptimizerSection)
+    attack: AttackSection = dataclasses.field(default_factory=AttackSection)
+    labels: LabelsSection = dataclasses.field(default_factory=LabelsSection)
+    smoothing: SmoothingSection = dataclasses.field(default_factory=SmoothingSection)
+    distillation: DistillationSection = dataclasses.field(default_factory=DistillationSection)
+    averaging: SWASection = dataclasses.field(default_factory=SWASection)
+    validation: ValidationSection = dataclasses.field(default_factory=ValidationSection)
+    runtime: RuntimeSection = dataclasses.field(default_factory=RuntimeSection)
+    methods: dict = dataclasses.field(default_factory=_default_methods)
+    # The flags the user gave directly (not through a flagfile); None = all of them (a library call). Another
+    # method's option with a non-default value is refused when given directly; from a flagfile (which may hold a
+    # dataset's settings for several methods, e.g. --free_replays in digits.cfg) it is recorded and unused.
+    explicit: Optional[frozenset] = dataclasses.field(default=None, compare=False, repr=False)
+
+    # -- flat access by flag name ----------------------------------------------------------------------------
+    def __getattr__(self, name):
+        if name.startswith("_") or name in ("defense", "methods", "explicit") or name in dict(SECTIONS):
+            raise AttributeError(name)
+        home = _flag_homes().get(name)
+        if home is None:
+            raise AttributeError(f"TrainConfig has no flag or attribute {name!r}")
+        kind, owner, field = home
+        container = self.methods.get(owner) if kind == "method" else getattr(self, owner)
+        if container is None:
+            raise AttributeError(name)
+        return getattr(container, field)
+
+    @classmethod
+    def from_flags(cls, values: Optional[dict] = None, strict: bool = True, explicit=None, **more) -> "TrainConfig":
+        """A config from {flag name: value} (values typed, or strings as in flags.txt). With `strict`, an
+        unknown flag name is a ConfigError; otherwise it is skipped (a flag of another tfadv version)."""
+        values = {**(values or {}), **more}
+        homes = _flag_homes()
+        sections = {name: {} for name, _ in SECTIONS}
+        method_values = {method.name: {} for method in registry.methods()}
+        defense = cls.defense
+        for name, value in values.items():
+            if name == "defense":
+                defense = value
+                continue
+            home = homes.get(name)
+            if home is None:
+                if strict:
+                    raise ConfigError(name, "unknown flag")
+                continue
+            kind, owner, field = home
+            typed = _typed(name, value, _field_of(kind, owner, field))
+            (method_values[owner] if kind == "method" else sections[owner])[field] = typed
+        built = {name: section_type(**sections[name]) for name, section_type in SECTIONS}
+        methods = {method.name: method.options(**method_values[method.name]) for method in registry.methods()}
+        return cls(defense=defense, methods=methods, explicit=None if explicit is None else frozenset(explicit),
+                   **built)
+
+    def flat(self) -> dict:
+        """{flag name: value} for every flag (the defense, the sections, every registered method's options)."""
+        out = {"defense": self.defense}
+        for name, _ in SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, name)))
+        for method in registry.methods():
+            options = self.methods.get(method.name) or method.options()
+            for flag, field in method.flags().items():
+                out[flag] = getattr(options, field)
+        return out
+
+    def replace(self, **values) -> "TrainConfig":
+        """A copy with some flags changed (by flag name)."""
+        return TrainConfig.from_flags({**self.flat(), **values}, explicit=self.explicit)
+
+    # -- derived ---------------------------------------------------------------------------------------------
+    @property
+    def spec(self) -> data.DatasetSpec:
+        return data.get_spec(self.data.dataset)
+
+    @property
+    def method(self) -> registry.Method:
+        return registry.get(self.defense)
+
+    @property
+    def options(self):
+        """The chosen method's options."""
+        return self.methods.get(self.defense) or self.method.options()
+
+    def budget(self) -> "Budget":
+        """eps, the training attack's step size (the method's rule: BAT --bat_step_size or eps, SSAT eps / m, ...)
+        and the noise, in levels and fractions (THE conversion: `budget()`)."""
+        a = self.attack
+        step = self.method.step_levels(self.options, a.eps, a.step_size)
+        return budget(self.spec, eps=a.eps, step_size=step, noise_sigma=self.data.noise_sigma)
+
+    def attack_config(self) -> training.AttackConfig:
+        b, a = self.budget(), self.attack
+        return training.AttackConfig(eps=b.eps, step_size=b.fraction("step_size"), steps=a.attack_steps,
+                                     norm=a.norm, random_start=self.method.random_start(self.options),
+                                     bn_mode=a.attack_bn_mode)
+
+    def updates_per_batch(self) -> int:
+        return int(self.method.updates_per_batch(self.options))
+
+    def swa_start(self) -> int:
+        return self.averaging.start(self)
+
+    def build_network(self):
+        """A freshly initialised network for this run's dataset and model (normalisation is its first layer)."""
+        spec = self.spec
+        return models.build(self.network.model, spec.image_shape, spec.num_classes, spec.mean, spec.std,
+                            **self.network.options())
+
+    def build_trainer(self, network, distillation=None, updates_per_epoch: int = 1) -> training.Trainer:
+        """The chosen method's trainer (a keras.Model with its train_step) around `network`."""
+        return self.method.trainer(
+            network, self.attack_config(), options=self.options, weight_decay=self.optimization.weight_decay,
+            weight_decay_scope=self.optimization.weight_decay_scope, smoothing=self.smoothing.config(),
+            distillation=distillation, label_adversary=self.labels.label_adversary(self.spec.num_classes),
+            seed=self.runtime.seed, batch_size=self.optimization.batch_size,
+            eps_warmup_updates=int(round(self.attack.eps_warmup_epochs * updates_per_epoch)))
+
+    # -- validation ------------------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        """Raises ConfigError for the first bad value (naming its flag); returns self."""
+        _one_of("defense", self.defense, registry.names())
+        _one_of("dataset", self.data.dataset, tuple(data.DATASETS))
+        method = self.method
+        try:
+            self.options.validate(self)
+        except registry.OptionError as error:
+            raise ConfigError(error.flag, str(error).split(": ", 1)[1]) from None
+        for other in registry.methods():
+            if other.name == self.defense or other.name not in self.methods:
+                continue
+            defaults, options = other.options(), self.methods[other.name]
+            for flag, field in other.flags().items():
+                given = self.explicit is None or flag in self.explicit
+                if given and getattr(options, field) != getattr(defaults, field):
+                    raise ConfigError(flag, f"applies to --defense={other.name}, not --defense={self.defense}")
+        for name, _ in SECTIONS:
+            getattr(self, name).validate(self)
+        active = {"label_smoothing": self.smoothing.ls_method != "none",
+                  "logit_squeeze": self.smoothing.squeeze_beta > 0,
+                  "distillation": self.distillation.enabled}
+        for feature, on in active.items():
+            flag = FEATURE_FLAGS[feature]
+            if feature == "distillation" and not self.distillation.kd_adv_teacher:
+                flag = "kd_std_teacher"
+            if on and feature not in method.supports:
+                supported = [m.name for m in registry.methods() if feature in m.supports]
+                raise ConfigError(flag, f"--defense={self.defense} does not apply {feature.replace('_', ' ')}; "
+                                        f"methods that do: {', '.join(supported)}")
+        for feature in method.requires:
+            if not active.get(feature):
+                if feature == "label_smoothing":
+                    raise ConfigError("ls_method", f"--defense={self.defense} needs a method: "
+                                                   f"{', '.join(targets.LS_METHODS)}")
+                raise ConfigError(FEATURE_FLAGS[feature], f"--defense={self.defense} needs a positive "
+                                                          f"--{FEATURE_FLAGS[feature]}")
+        self.budget()  # finite, non-negative sizes
+        return self
+
+    # -- flags.txt -------------------------------------------------------------------------------------------
+    def to_flagfile(self) -> str:
+        """A flagfile that reproduces the run (without --overwrite)."""
+        lines = ["# written by tfadv: `python scripts/train.py --flagfile=<this file>` reproduces the run"]
+        for name, value in self.flat().items():
+            if name == "overwrite" or value is None:
+                continue
+            if isinstance(value, bool):
+                lines.append(f"--{name}" if value else f"--no{name}")
+            elif isinstance(value, list):
+                lines.append(f"--{name}={','.join(str(v) for v in value)}")
+            else:
+                lines.append(f"--{name}={value}")
+        return "\n".join(lines) + "\n"
+
+
+def read_flagfile(path: str) -> TrainConfig:
+    """The TrainConfig a run's flags.txt describes (the inverse of `TrainConfig.to_flagfile`); flags of another
+    tfadv version are skipped."""
+    return TrainConfig.from_flags(read_flag_values(path), strict=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# flags: generated from the fields
+
+
+def _flag_homes() -> dict:
+    """{flag name: ("section", section name, field) or ("method", method name, field)}."""
+    homes = {}
+    for section, section_type in SECTIONS:
+        for field in dataclasses.fields(section_type):
+            homes[field.name] = ("section", section, field.name)
+    for method in registry.methods():
+        for flag, field in method.flags().items():
+            homes[flag] = ("method", method.name, field)
+    return homes
+
+
+def _field_of(kind: str, owner: str, name: str) -> dataclasses.Field:
+    owner_type = registry.get(owner).options if kind == "method" else dict(SECTIONS)[owner]
+    return {f.name: f for f in dataclasses.fields(owner_type)}[name]
+
+
+def _default(field: dataclasses.Field):
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def _typed(flag: str, value, field: dataclasses.Field):
+    """`value` (typed, or a string from a flagfile) as the field's type; ConfigError naming the flag if not."""
+    default = _default(field)
+    try:
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if isinstance(default, list):
+            item = field.metadata.get("item", str)
+            items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
+            return [item(v) for v in items]
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if default is None:
+            return None if value in (None, "None") else str(value)
+        return str(value)
+    except (TypeError, ValueError):
+        kind = field.metadata.get("item", type(default)).__name__
+        raise ConfigError(flag, f"expected {'comma-separated ' + kind + 's' if isinstance(default, list) else kind}, "
+                                f"got {value}") from None
+
+
+def flag_names() -> set:
+    """The names of every training flag (a training flagfile may hold any of them)."""
+    return set(_flag_homes()) | {"defense", "flagfile"}
+
+
+def define_flags(flag_values=None):
+    """Defines one absl flag per config field (today's names and defaults) and --defense."""
+    from absl import flags
+
+    flag_values = flag_values if flag_values is not None else flags.FLAGS
+    lines = [f"{m.name}" + (f" ({m.description})" if m.description else "") for m in registry.methods()]
+    flags.DEFINE_string("defense", TrainConfig.defense, "training method: " + ", ".join(lines),
+                        flag_values=flag_values)
+    fields = [(f, f.name) for _, section_type in SECTIONS for f in dataclasses.fields(section_type)]
+    for method in registry.methods():
+        fields += [(f, method.flag(f.name)) for f in dataclasses.fields(method.options)]
+    for field, name in fields:
+        help_text = field.metadata.get("help", name)
+        default = _default(field)
+        if isinstance(default, bool):
+            flags.DEFINE_boolean(name, default, help_text, flag_values=flag_values)
+        elif isinstance(default, list):
+            flags.DEFINE_list(name, [str(v) for v in default], help_text, flag_values=flag_values)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(name, default, help_text, flag_values=flag_values)
+        elif isinstance(default, float):
+            flags.DEFINE_float(name, default, help_text, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
+
+
+def from_parsed_flags(flag_values=None, argv=None) -> TrainConfig:
+    """The TrainConfig of parsed absl flags (ConfigError naming the flag for a malformed list entry). `argv`
+    (the command line) tells which flags were given directly rather than through a flagfile."""
+    from absl import flags
+
+    flag_values = flag_values if flag_values is not None else flags.FLAGS
+    explicit = None
+    if argv is not None:
+        explicit = set()
+        for arg in argv[1:]:
+            name = arg.lstrip("-").split("=", 1)[0]
+            if arg.startswith("-") and name != "flagfile":
+                explicit.add(name[2:] if name.startswith("no") and name not in flag_values else name)
+    return TrainConfig.from_flags({name: flag_values[name].value for name in flag_names() - {"flagfile"}},
+                                  explicit=explicit)
+
+

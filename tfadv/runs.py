@@ -164,3 +164,63 @@ def load_run_network(run_dir: str, which: str = "final"):
     """(network, config) of a finished run: its flags.txt and its `which` checkpoint."""
     run = load_run(run_dir)
     return run.network(which), run.config
+
+
+def _teacher_record(run_dir: str, checkpoint: str, wanted: str) -> dict:
+    """Which checkpoint of which run a teacher came from, with that checkpoint's recorded accuracies."""
+    import json
+
+    record = {"run": os.path.abspath(run_dir), "checkpoint": checkpoint_relpath(checkpoint),
+              "selected_by": wanted if checkpoint == CHECKPOINTS[wanted] else
+              f"final weights (the run kept no {wanted} checkpoint)"}
+    if os.path.exists(metrics_path(run_dir)):
+        with open(metrics_path(run_dir)) as handle:
+            run_metrics = json.load(handle)
+        entry = run_metrics.get(checkpoint) or {}  # metrics.json names its entries after the checkpoint stems
+        for key in ("epoch", "clean_accuracy", "robust_accuracy", "robust_attack", "num_examples",
+                    "val_clean_accuracy", "val_robust_accuracy", "selected_by"):
+            if key in entry:
+                record[("checkpoint_" + key) if key == "selected_by" else key] = entry[key]
+    return record
+
+
+def load_teacher(location: str, flag: str, spec, wanted: str = "best_robust", log=print):
+    """(logits_fn, record) of a frozen teacher (inference mode) from a tfadv run dir or a SavedModel, checked
+    against the dataset's input shape and class count before training starts. From a run directory, `wanted`
+    ("best_robust" for the robust self-teacher, "best_clean" for the standard one, as paper 001's code selects
+    them) names the checkpoint; `record` says which checkpoint of which run was loaded, with its accuracies from
+    the run's metrics.json. Raises ConfigError naming `flag`."""
+    from tfadv import export
+    from tfadv.config import ConfigError
+
+    if is_run(location):
+        checkpoint = CHECKPOINTS[wanted]
+        if not os.path.exists(checkpoint_path(location, checkpoint)):
+            log(f"warning: --{flag}: {location} has no {wanted} checkpoint (trained without a validation split or "
+                "by an older tfadv); using its final weights")
+            checkpoint = "final"
+        try:
+            network, _ = load_run_network(location, checkpoint)
+        except FileNotFoundError as error:
+            raise ConfigError(flag, str(error)) from None
+        record = _teacher_record(location, checkpoint, wanted)
+        network.trainable = False
+        shape, classes = tuple(network.input_shape[1:]), network.output_shape[-1]
+        logits_fn = lambda images: network(images, training=False)  # noqa: E731  frozen, inference BN
+    else:
+        saved = find_saved_model(location)
+        if saved is None:
+            raise ConfigError(flag, f"{location!r} is neither a tfadv run nor a SavedModel")
+        logits_fn = export.load_logits_fn(saved)
+        record = {"saved_model": os.path.abspath(saved), "checkpoint": "SavedModel (as exported)"}
+        shape = tuple(logits_fn.input_shape[1:])
+        if shape == tuple(spec.image_shape):
+            import tensorflow as tf
+
+            classes = logits_fn(tf.zeros((1,) + tuple(spec.image_shape))).shape[-1]
+        else:
+            classes = None
+    if shape != tuple(spec.image_shape) or classes != spec.num_classes:
+        raise ConfigError(flag, f"the teacher at {location} takes {shape} and predicts {classes} classes, but "
+                                f"{spec.name} has {tuple(spec.image_shape)} images and {spec.num_classes} classes")
+    return logits_fn, record

@@ -1,0 +1,169 @@
+"""The run config: flags generated from its sections and the methods' options, the same effective configuration
+for every flagfile as before the move, combinations a method does not support refused, a toy method registered
+in a test trained through the same path as the built-in ones."""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from conftest import ROOT
+from tfadv import config as config_lib, experiment, losses, runs, training
+from tfadv.config import ConfigError, TrainConfig
+from tfadv.training import registry
+
+BEFORE = os.path.join(ROOT, "tests", "data", "flag_configs_before.json")
+BEFORE_DERIVED = os.path.join(ROOT, "tests", "data", "flag_configs_before_derived.json")
+
+
+def _parse(argv):
+    values = flags.FlagValues()
+    config_lib.define_flags(values)
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # flagfiles name each other relative to the repository
+    try:
+        values(["train.py", *argv])
+    finally:
+        os.chdir(cwd)
+    return config_lib.from_parsed_flags(values, argv=["train.py", *argv])
+
+
+def _cases():
+    with open(BEFORE) as handle:
+        return json.load(handle)
+
+
+@pytest.mark.parametrize("command", sorted(_cases()))
+def test_every_flagfile_gives_the_configuration_it_gave_before_the_move(command):
+    """Captured with the flat TrainConfig of commit e7c4165 (tests/data/flag_configs_before*.json): every flag
+    value, and what the run derives from them (training attack in fractions, SWA start, updates per batch,
+    smoothing, SSAT options, adversarial labels), or the same refusal naming the same flag."""
+    before = _cases()[command]
+    with open(BEFORE_DERIVED) as handle:
+        derived = json.load(handle)[command]
+    config = _parse(command.split())
+    assert config.flat() == before
+    if "error" in derived:
+        with pytest.raises(ConfigError) as info:
+            config.validate()
+        assert str(info.value) == derived["error"]
+        return
+    config.validate()
+    assert dataclasses.asdict(config.attack_config()) == derived["attack"]
+    assert config.swa_start() == derived["swa_start"]
+    assert config.updates_per_batch() == derived["updates_per_batch"]
+    assert dataclasses.asdict(config.smoothing.config()) == derived["smoothing"]
+    if "ssat" in derived:
+        options = dataclasses.asdict(config.options)
+        assert {k: options[k] for k in derived["ssat"]} == derived["ssat"]
+    if "label_adversary" in derived:
+        adversary = config.labels.label_adversary(config.spec.num_classes)
+        if config.defense == "bat":
+            adversary = dataclasses.replace(adversary, kind=config.options.labels)
+        assert dataclasses.asdict(adversary) == derived["label_adversary"]
+
+
+def test_flags_txt_round_trips_every_flag(tmp_path):
+    config = TrainConfig.from_flags(defense="ssat", ssat_replays=3, swa=True, kd_weights=[0.3, 0.6, 0.1],
+                                    lr_decay_epochs=[3, 7], output_dir="x")
+    path = tmp_path / "flags.txt"
+    path.write_text(config.to_flagfile())
+    again = config_lib.read_flagfile(str(path))
+    assert again == config and again.flat() == config.flat()
+
+
+def test_a_flag_of_another_method_is_refused_when_given_directly_but_not_from_a_flagfile():
+    with pytest.raises(ConfigError) as info:
+        _parse(["--flagfile=flags/digits.cfg", "--defense=pgd", "--ssat_replays=4", "--output_dir=x"]).validate()
+    assert info.value.flag == "ssat_replays" and "--defense=ssat" in str(info.value)
+    # digits.cfg sets --free_replays=4 for Free-AT; a PGD run from it is fine (the value is recorded, unused)
+    config = _parse(["--flagfile=flags/digits.cfg", "--defense=pgd", "--output_dir=x"]).validate()
+    assert config.free_replays == 4 and config.defense == "pgd"
+
+
+@pytest.mark.parametrize("defense,extra,flag", [
+    ("bat", {"ls_method": "als", "ls_alpha": 0.1}, "ls_method"),
+    ("ssat", {"ls_method": "uniform", "ls_alpha": 0.1}, "ls_method"),
+])
+def test_a_feature_the_method_does_not_apply_is_refused_naming_the_flag(defense, extra, flag):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_flags(defense=defense, output_dir="x", **extra).validate()
+    assert info.value.flag == flag and f"--defense={defense}" in str(info.value)
+
+
+def test_every_registered_method_declares_what_it_supports():
+    for method in registry.methods():
+        assert set(method.supports) <= set(registry.FEATURES)
+        assert set(method.norms) <= {"linf", "l2", "l1"}
+    supported = {m.name: m.supports for m in registry.methods()}
+    # the three combinations that used to be dropped silently are declared (and so applied) now
+    assert {"logit_squeeze", "distillation", "adversarial_labels"} <= supported["pgd"]
+    assert {"label_smoothing", "logit_squeeze", "distillation"} <= supported["trades"]
+    assert "logit_squeeze" in supported["ssat"]
+
+
+def test_the_budget_is_the_one_conversion_and_records_both_units():
+    config = TrainConfig.from_flags(defense="bat", eps=2.0, bat_step_size=1.0, noise_sigma=4.0, output_dir="x")
+    budget = config.budget()
+    assert budget.eps == 2.0 / 16 and budget.fraction("step_size") == 1.0 / 16
+    assert budget.fraction("noise_sigma") == 0.25
+    assert budget.to_json()["eps"] == {"levels": 2.0, "fraction": 0.125}
+    ssat = TrainConfig.from_flags(defense="ssat", eps=2.0, ssat_replays=4, output_dir="x").budget()
+    assert ssat.level("step_size") == 0.5 and ssat.fraction("step_size") == 0.5 / 16  # App. J: eps / m
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_flags(eps=float("nan"), output_dir="x").budget()
+    assert info.value.flag == "eps"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a toy method, registered inside the test, trains through experiment.train like the built-in ones
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyOptions:
+    scale: float = registry.option(1.0, "toy: multiplies the cross-entropy")
+
+    def validate(self, run):
+        if self.scale < 0:
+            raise registry.OptionError("toy_scale", f"must not be negative, got {self.scale}")
+
+
+class ToyTrainer(training.Trainer):
+    """Clean training on scale * CE (scale 0: the weights never move)."""
+
+    def training_loss(self, x, labels):
+        logits = self.network(x, training=True)
+        return self.options.scale * tf.reduce_mean(losses.hard_cross_entropy(labels, logits)), logits
+
+
+@pytest.fixture
+def toy_method():
+    method = registry.register(registry.Method("toy", ToyTrainer, ToyOptions, flag_prefix="toy", clean=True))
+    yield method
+    registry.unregister("toy")
+
+
+def test_a_toy_method_registered_in_a_test_trains_through_the_same_path(tmp_path, toy_method):
+    common = dict(defense="toy", epochs=1, val_examples=50, eval_examples=50, weight_decay=0.0, eps=2.0,
+                  val_fraction=0.0)
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_flags(toy_scale=-1.0, output_dir=str(tmp_path / "bad"), **common).validate()
+    assert info.value.flag == "toy_scale"
+    frozen = TrainConfig.from_flags(toy_scale=0.0, output_dir=str(tmp_path / "frozen"), **common)
+    metrics = experiment.train(frozen, log=lambda *_: None)
+    keras.utils.set_random_seed(0)
+    initial = frozen.build_network()  # the run's initial weights (experiment seeds before building)
+    network, loaded = runs.load_run_network(frozen.output_dir)
+    assert loaded.defense == "toy" and loaded.toy_scale == 0.0
+    for before, after in zip(initial.get_weights(), network.get_weights()):
+        np.testing.assert_array_equal(before, after)  # a zero loss moved nothing
+    assert "--toy_scale=0.0" in open(runs.flags_path(frozen.output_dir)).read()
+    assert metrics["defense"] == "toy"
+    learning = TrainConfig.from_flags(toy_scale=1.0, output_dir=str(tmp_path / "learning"), **common)
+    trained = experiment.train(learning, log=lambda *_: None)
+    assert trained["final"]["clean_accuracy"] > metrics["final"]["clean_accuracy"] + 0.2
