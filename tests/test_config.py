@@ -93,7 +93,7 @@ def test_a_flag_of_another_method_is_refused_when_given_directly_but_not_from_a_
 def test_a_feature_the_method_does_not_apply_is_refused_naming_the_flag(defense, extra, flag):
     with pytest.raises(ConfigError) as info:
         TrainConfig.from_flags(defense=defense, output_dir="x", **extra).validate()
-    assert info.value.flag == flag and f"--defense={defense}" in str(info.value)
+    assert info.value.flag == flag and defense in str(info.value).lower()
 
 
 def test_every_registered_method_declares_what_it_supports():

@@ -14,6 +14,7 @@ before anything is written, and every failure names the flag.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import List, Optional
@@ -105,11 +106,21 @@ class ModelSection:
     def validate(self, run):
         _one_of("model", self.model, models.MODEL_NAMES)
         spec = run.spec
-        try:
-            models.build(self.model, spec.image_shape, spec.num_classes, **self.options())
-        except ValueError as error:
-            raise ConfigError("model", f"{self.model} cannot be built for {run.data.dataset} "
-                                       f"{spec.image_shape}: {error}") from None
+        error = _unbuildable(self.model, tuple(spec.image_shape), spec.num_classes,
+                             tuple(sorted(self.options().items())))
+        if error:
+            raise ConfigError("model", f"{self.model} cannot be built for {run.data.dataset} {spec.image_shape}: "
+                                       f"{error}")
+
+
+@functools.lru_cache(maxsize=64)
+def _unbuildable(model: str, image_shape: tuple, num_classes: int, options: tuple) -> str:
+    """Why the network cannot be built ("" if it can); cached: building a WRN-28-10 to check it takes seconds."""
+    try:
+        models.build(model, image_shape, num_classes, **dict(options))
+    except ValueError as error:
+        return str(error)
+    return ""
 
 
 @dataclasses.dataclass
@@ -392,8 +403,6 @@ def budget(spec: "data.DatasetSpec", **levels) -> Budget:
     default radii (given as fractions, recorded in levels too). Raises ConfigError (naming the flag) for a
     non-finite or negative size.
     """
-    import math
-
     pixel_max = float(spec.pixel_max)
     fractions, recorded = {}, {}
     for name, value in levels.items():
