@@ -23,12 +23,13 @@ flags.DEFINE_boolean("overwrite", False, "replace a finished build in --output_d
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory (default: the SSAT run's)")
 flags.DEFINE_boolean("download", False, "let tensorflow-datasets download a missing dataset")
 flags.DEFINE_string("detector_mode", "dlr", "dlr (DLR <= tau selects the base model) or vote (3 of 5 metrics)")
-flags.DEFINE_float("min_recall", 0.9, "calibration: the threshold must flag at least this share of targeted examples")
+flags.DEFINE_float("min_recall", 0.9,
+                   "calibration: the threshold must flag at least this share of targeted examples")
 flags.DEFINE_string("calibration_balance", "balanced_accuracy",
-                    "the calibration set has 2 targeted (positive) per untargeted (negative) example: balanced_accuracy "
-                    "= tau maximises (TPR + TNR) / 2 at --min_recall; subsample = keep as many positives as "
-                    "negatives (random, seeded by the SSAT run's --seed) and maximise accuracy; none = maximise "
-                    "accuracy on the 2:1 set (biased toward flagging)")
+                    "the calibration set has 2 targeted (positive) per untargeted (negative) example: "
+                    "balanced_accuracy = tau maximises (TPR + TNR) / 2 at --min_recall; subsample = keep as many "
+                    "positives as negatives (random, seeded by the SSAT run's --seed) and maximise accuracy; none = "
+                    "maximise accuracy on the 2:1 set (biased toward flagging)")
 flags.DEFINE_integer("calibration_examples", 1000, "training examples used for calibration (-1: all)")
 flags.DEFINE_integer("calibration_steps", 20, "steps of the calibration attacks")
 flags.DEFINE_integer("routing_examples", -1, "clean test examples for the routing report (-1: all)")

@@ -4,6 +4,7 @@ work, naming the flag; the script defines only its own flags."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -79,6 +80,18 @@ def test_the_library_call_writes_exactly_what_the_script_writes(tiny_runs):
     assert metrics["clean_routing"]["routed_to_base"] == pytest.approx(np.mean(flagged), abs=1e-9)
     metadata = json.loads((base / "library" / "saved_model/1/assets.extra/tfadv.json").read_text())
     assert metadata["budget"] == metrics["budget"] and metadata["eps"] == metrics["eps"]
+
+
+def test_overwrite_replaces_a_previous_build_with_the_same_result(tiny_runs, tmp_path):
+    base, _ = tiny_runs
+    out = tmp_path / "cossat"
+    shutil.copytree(base / "script", out)
+    (out / "stale.txt").write_text("from an older build")
+    cossat_build.build(str(base / "ssat"), str(base / "pgd"), str(out), overwrite=True, log=lambda line: None,
+                       **BUILD)
+    assert not (out / "stale.txt").exists()
+    for name in OUTPUT_FILES:
+        assert (out / name).read_bytes() == (base / "script" / name).read_bytes(), name
 
 
 def test_calibration_random_starts_are_keyed_on_the_seed(digits):

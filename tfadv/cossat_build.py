@@ -36,7 +36,8 @@ def build(ssat_run: str, base_run: str, output_dir: str, *, detector_mode: str =
 
     Args (the flags of scripts/build_cossat.py, same names):
       ssat_run, base_run: finished tfadv run directories (their final weights), trained on the same dataset.
-      output_dir: the build's directory; a finished build in it is replaced only with `overwrite`.
+      output_dir: the build's directory. A finished build there is refused unless `overwrite`, which removes a
+        previous (finished or interrupted) build after calibration; a training run there is always refused.
       detector_mode: one of `cossat.MODES`: "dlr" (DLR <= tau selects the base model) or "vote" (3 of 5 metrics).
       min_recall: in (0, 1]; the threshold must flag at least this share of targeted examples.
       calibration_balance: one of `cossat.BALANCES` (how the 2:1 targeted:untargeted set is handled; "subsample"
@@ -78,8 +79,8 @@ def build(ssat_run: str, base_run: str, output_dir: str, *, detector_mode: str =
     detector, report = cossat.calibrate(positive, negative, detector_mode, min_recall, calibration_balance,
                                         ssat.seed)
 
-    if overwrite and os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
+    if overwrite and is_build(output_dir):
+        shutil.rmtree(output_dir)  # only a (finished or interrupted) build: other directories are written into
     os.makedirs(runs.plots_dir(output_dir), exist_ok=True)
     cossat.plot_roc(report, os.path.join(runs.plots_dir(output_dir), ROC_PLOT))
     table, summary = calibration_markdown(report, detector)
@@ -123,6 +124,11 @@ def check_arguments(ssat_run, base_run, output_dir, detector_mode, min_recall, c
             raise ConfigError(flag, f"must be a positive number of examples or -1 (all), got {value}")
     if calibration_steps < 1:
         raise ConfigError("calibration_steps", f"must be at least 1, got {calibration_steps}")
+
+
+def is_build(directory: str) -> bool:
+    """Whether `directory` holds a Co-SSAT build, finished (metrics.json) or interrupted (detector.json)."""
+    return any(os.path.exists(runs.path(directory, name)) for name in (runs.METRICS_FILE, runs.DETECTOR_FILE))
 
 
 def check_output_dir(output_dir: str, overwrite: bool):
@@ -178,8 +184,8 @@ def calibration_markdown(report: dict, detector: cossat.Detector):
     summary = "\n".join(lines)
     lines += ["", "Candidates around the chosen DLR threshold (paper 000 Table 7 columns):", "",
               "| tau | TPR | FPR | precision | accuracy | balanced accuracy |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['threshold']:.4g} | {r['tpr']:.3f} | {r['fpr']:.3f} | {r['precision']:.3f} | {r['accuracy']:.3f} | "
-              f"{r['balanced_accuracy']:.3f} |" for r in cossat.table_rows(report, "dlr")]
+    lines += [f"| {r['threshold']:.4g} | {r['tpr']:.3f} | {r['fpr']:.3f} | {r['precision']:.3f} | "
+              f"{r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} |" for r in cossat.table_rows(report, "dlr")]
     return "\n".join(lines) + "\n", summary
 
 
