@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from conftest import ROOT
 from test_cli import run_script
-from tfadv import cossat
+from tfadv import cossat, runs
 
 
 def test_detector_metrics_on_hand_written_logits():
@@ -250,7 +250,7 @@ def test_build_cossat_writes_calibration_and_one_serving_graph(cossat_build):
     assert "balanced accuracy" in (out / "calibration.md").read_text()
     # routing on clean test images is exactly DLR(SSAT logits) <= tau
     from tfadv import data
-    ssat, _ = cossat.load_run_network(str(base / "ssat"))
+    ssat = runs.load_run(str(base / "ssat")).network()
     x_test, _ = data.load("digits").test
     dlr = cossat.detector_metrics(ssat(x_test, training=False))["dlr"].numpy()
     assert routing["routed_to_base"] == pytest.approx(np.mean(dlr <= chosen["threshold"]), abs=1e-9)
@@ -279,8 +279,8 @@ def test_served_graph_equals_the_in_process_model_without_tfadv(cossat_build, di
     assert served["dtypes"]["classes"] == "int32" and served["dtypes"]["use_base"] == "bool"
     assert all(b is None for b in served["batch"].values())
 
-    ssat, _ = cossat.load_run_network(str(base / "ssat"))
-    pgd, _ = cossat.load_run_network(str(base / "pgd"))
+    ssat = runs.load_run(str(base / "ssat")).network()
+    pgd = runs.load_run(str(base / "pgd")).network()
     detector = cossat.Detector.from_json(json.loads((base / "cossat" / "detector.json").read_text()))
     local = cossat.CoSSAT(ssat, pgd, detector).outputs(x)
     np.testing.assert_allclose(served["logits"], local["logits"].numpy(), rtol=1e-4, atol=1e-4)
@@ -293,8 +293,8 @@ def test_white_box_protocol_is_the_worst_case_over_composite_and_branches(cossat
     from tfadv.evaluation import cossat_protocols
 
     base, _ = cossat_build
-    ssat, _ = cossat.load_run_network(str(base / "ssat"))
-    pgd, _ = cossat.load_run_network(str(base / "pgd"))
+    ssat = runs.load_run(str(base / "ssat")).network()
+    pgd = runs.load_run(str(base / "pgd")).network()
     detector = cossat.Detector.from_json(json.loads((base / "cossat" / "detector.json").read_text()))
     model = cossat.CoSSAT(ssat, pgd, detector)
     x, y = digits.test[0][:150], digits.test[1][:150]
@@ -332,8 +332,8 @@ def test_aa_dispatch_classifies_each_branchs_adversarials_with_cossat(cossat_bui
     from tfadv.evaluation import cossat_protocols
 
     base, _ = cossat_build
-    ssat, _ = cossat.load_run_network(str(base / "ssat"))
-    pgd, _ = cossat.load_run_network(str(base / "pgd"))
+    ssat = runs.load_run(str(base / "ssat")).network()
+    pgd = runs.load_run(str(base / "pgd")).network()
     detector = cossat.Detector.from_json(json.loads((base / "cossat" / "detector.json").read_text()))
     model = cossat.CoSSAT(ssat, pgd, detector)
     x, y = digits.test[0][:120], digits.test[1][:120].astype(np.int32)

@@ -11,6 +11,9 @@ d * f_base(x) + (1 - d) * f_ssat(x).
 Calibration (App. G.1) has twice as many positives (targeted: CW-PGD and APGD-T) as negatives (untargeted
 PGD-CE), so tau (and each vote threshold) maximises the balanced accuracy (TPR + TNR) / 2 at the required
 recall by default; subsampling the positives, or plain accuracy on the 2:1 set, are the BALANCES options.
+
+Building a Co-SSAT model from an SSAT run and a base run (calibration, reports, SavedModel) is
+`tfadv.cossat_build.build`, which scripts/build_cossat.py calls.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import tensorflow as tf
 
 METRICS = ("dlr", "top1", "top2", "kl_uniform", "cw_abs")
 MODES = ("dlr", "vote")
+# One random-start stream per calibration attack (rng.example_keys salts), so no two share a start.
+CALIBRATION_SALTS = {"pgd_ce": 1, "pgd_cw": 2, "apgd_t": 3}
 
 
 def detector_metrics(logits) -> Dict[str, tf.Tensor]:
@@ -288,8 +293,9 @@ def export(model: CoSSAT, path: str, metadata: Optional[dict] = None) -> str:
 
 
 def save_detector(detector: Detector, path: str):
-    with open(path, "w") as handle:
-        json.dump(detector.to_json(), handle, indent=2)
+    from tfadv import runs
+
+    runs.atomic_write(path, json.dumps(detector.to_json(), indent=2))
 
 
 def table_rows(report: dict, metric: str, limit: int = 12) -> List[dict]:
@@ -302,41 +308,40 @@ def table_rows(report: dict, metric: str, limit: int = 12) -> List[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# building a Co-SSAT model from two tfadv runs
+# the calibration set and the routing report of a build (tfadv.cossat_build.build puts them together)
 
 
-def load_run_network(run_dir: str, weights: str = "final"):
-    """(network, TrainConfig) of a finished tfadv run."""
-    from tfadv import experiment
-
-    return experiment.load_run_network(run_dir, weights)
-
-
-def calibration_examples(ssat_network, x, y, eps, steps, batch_size=256):
+def calibration_examples(ssat_network, x, y, eps, steps, batch_size=256, seed=0):
     """SSAT logits on untargeted PGD-CE examples (negatives) and on targeted ones (positives): PGD on the CW
     margin toward the most confusing class, and APGD-T (targeted DLR over the top wrong classes; needs >= 4
-    classes))."""
+    classes). Every random start is keyed on (`seed`, the example's position in `x`, the attack), so the set
+    does not depend on the batch size or on TensorFlow's global random state."""
     from tfadv import attacks
+    from tfadv.attacks import rng
 
     logits_fn = lambda images: ssat_network(images, training=False)  # noqa: E731  attacks see inference BN
     step = eps / 4
     num_classes = int(ssat_network.output_shape[-1])
 
     @tf.function(reduce_retracing=True)
-    def run(images, labels):
+    def run(images, labels, indices):
         clean = logits_fn(images)
         target = attacks.most_confusing(clean, labels)
-        untargeted = attacks.pgd(logits_fn, images, labels, eps=eps, step_size=step, steps=steps, loss="ce")
+        untargeted = attacks.pgd(logits_fn, images, labels, eps=eps, step_size=step, steps=steps, loss="ce",
+                                 keys=rng.example_keys(indices, seed, CALIBRATION_SALTS["pgd_ce"]))
         targeted = attacks.pgd(logits_fn, images, labels, eps=eps, step_size=step, steps=steps, loss="cw",
-                               targets=target)
+                               targets=target, keys=rng.example_keys(indices, seed, CALIBRATION_SALTS["pgd_cw"]))
         outputs = [logits_fn(untargeted), logits_fn(targeted)]
         if num_classes >= 4:
-            outputs.append(logits_fn(attacks.apgd_targeted(logits_fn, images, labels, eps=eps, steps=steps)))
+            outputs.append(logits_fn(attacks.apgd_targeted(
+                logits_fn, images, labels, eps=eps, steps=steps,
+                keys=rng.example_keys(indices, seed, CALIBRATION_SALTS["apgd_t"]))))
         return outputs
 
     negative, positive = [], []
     for start in range(0, len(x), batch_size):
-        out = run(tf.constant(x[start:start + batch_size]), tf.constant(y[start:start + batch_size]))
+        stop = min(start + batch_size, len(x))
+        out = run(tf.constant(x[start:stop]), tf.constant(y[start:stop]), tf.range(start, stop, dtype=tf.int64))
         negative.append(out[0].numpy())
         positive.extend(o.numpy() for o in out[1:])
     return np.concatenate(positive), np.concatenate(negative)
