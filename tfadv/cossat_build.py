@@ -25,7 +25,6 @@ from typing import Callable, Optional
 from tfadv import cossat, data, runs
 from tfadv.config import ConfigError
 
-ROC_PLOT = "detector_roc.png"
 
 
 def build(ssat_run: str, base_run: str, output_dir: str, *, detector_mode: str = "dlr", min_recall: float = 0.9,
@@ -82,7 +81,7 @@ def build(ssat_run: str, base_run: str, output_dir: str, *, detector_mode: str =
     if overwrite and is_build(output_dir):
         shutil.rmtree(output_dir)  # only a (finished or interrupted) build: other directories are written into
     os.makedirs(runs.plots_dir(output_dir), exist_ok=True)
-    cossat.plot_roc(report, os.path.join(runs.plots_dir(output_dir), ROC_PLOT))
+    cossat.plot_roc(report, os.path.join(runs.plots_dir(output_dir), runs.DETECTOR_ROC_PLOT))
     table, summary = calibration_markdown(report, detector)
     runs.atomic_write(runs.path(output_dir, runs.CALIBRATION_MD), table)
     runs.atomic_write(runs.path(output_dir, runs.CALIBRATION_JSON), json.dumps(report, indent=2))

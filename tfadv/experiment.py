@@ -188,7 +188,7 @@ def _plot(history, schedule, config: TrainConfig, updates_per_epoch: int, plots_
     ax.set_ylabel("learning rate")
     ax.set_title(f"{o.lr_schedule} schedule")
     fig.tight_layout()
-    fig.savefig(os.path.join(plots_dir, "learning_rate.png"), dpi=120)
+    fig.savefig(os.path.join(plots_dir, runs.LEARNING_RATE_PLOT), dpi=120)
     plt.close(fig)
 
     rows = [r for r in history if r.get("val_robust_accuracy") not in (None, "", "nan", "NA")]
@@ -206,7 +206,7 @@ def _plot(history, schedule, config: TrainConfig, updates_per_epoch: int, plots_
         ax.legend()
         ax.set_title(f"{config.defense} on {config.data.dataset}")
         fig.tight_layout()
-        fig.savefig(os.path.join(plots_dir, "accuracy.png"), dpi=120)
+        fig.savefig(os.path.join(plots_dir, runs.ACCURACY_PLOT), dpi=120)
         plt.close(fig)
 
 

@@ -32,6 +32,11 @@ REPORT_MD = "report.md"
 CALIBRATION_JSON = "calibration.json"
 CALIBRATION_MD = "calibration.md"
 DETECTOR_FILE = "detector.json"
+# plots/ of a run, a Co-SSAT build and an evaluation
+LEARNING_RATE_PLOT = "learning_rate.png"
+ACCURACY_PLOT = "accuracy.png"
+DETECTOR_ROC_PLOT = "detector_roc.png"
+ROBUST_ACCURACY_PLOT = "robust_accuracy.png"
 # Checkpoints kept by robust validation (paper 001's code keeps both): "best_robust" is the best-robust-accuracy
 # checkpoint (the run's reported best and the robust self-teacher), "best_clean" the best-clean one (the standard
 # self-teacher). The values are the file stems (and the keys of metrics.json's entries).
