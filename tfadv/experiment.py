@@ -101,23 +101,18 @@ def updates_per_batch(config: TrainConfig) -> int:
 
 def build_trainer(config: TrainConfig, network: keras.Model, distillation=None,
                   updates_per_epoch: int = 1) -> training.Trainer:
-    attack = config.attack_config()
-    options = {"weight_decay": config.weight_decay, "weight_decay_scope": config.weight_decay_scope,
-               "smoothing": config.smoothing_config(), "seed": config.seed,
-               "eps_warmup_updates": int(round(config.eps_warmup_epochs * updates_per_epoch))}
-    if distillation is not None:
-        options["distillation"] = distillation
-    if config.defense == "free":
-        options.update(replays=config.free_replays, batch_size=config.batch_size)
-    if config.defense == "trades":
-        options.update(beta=config.trades_beta)
-    if config.defense == "bat":
-        options.update(target=config.bat_attack, labels=config.label_adversary())
-    if config.defense == "ssat":
-        options.update(ssat=config.ssat_config())
-    if config.defense == "pgd" and config.pgd_labels == "bat":
-        options.update(label_adversary=config.label_adversary())
-    return training.TRAINERS[config.defense](network, attack, **options)
+    """The registered method's trainer, with its Options read from the run's flags (flag = prefix_field) and
+    the common keywords every trainer takes."""
+    import dataclasses
+
+    method = training.registry.get(config.defense)
+    options = method.options(**{field: getattr(config, flag) for flag, field in method.flags().items()})
+    label_adversary = dataclasses.replace(config.label_adversary(), kind="adversarial")
+    return method.trainer(network, config.attack_config(), options, weight_decay=config.weight_decay,
+                          weight_decay_scope=config.weight_decay_scope, smoothing=config.smoothing_config(),
+                          distillation=distillation, label_adversary=label_adversary, seed=config.seed,
+                          eps_warmup_updates=int(round(config.eps_warmup_epochs * updates_per_epoch)),
+                          batch_size=config.batch_size)
 
 
 def load_run_network(run_dir: str, weights: str = "final"):
