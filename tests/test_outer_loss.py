@@ -121,3 +121,232 @@ def test_unchanged_combinations_train_as_before(name, digits):
     result = _run_scenario(name, digits)
     for key, value in result.items():
         np.testing.assert_allclose(value, float.fromhex(BEFORE[name][key]), rtol=1e-6, err_msg=f"{name} {key}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the same op order as the code before the composition, in-process (exact on any machine)
+
+def _logits(seed, rows=16, classes=10):
+    return tf.constant(np.random.default_rng(seed).normal(size=(rows, classes)).astype(np.float32) * 3)
+
+
+def _linear_teachers():
+    keras.utils.set_random_seed(3)
+    robust, standard = (models.build("linear", (8, 8, 1), 10) for _ in range(2))
+    return _teachers(robust, standard)
+
+
+def _plain_trainer(cls=training.NaturalTrainer, options=None, **keywords):
+    return cls(models.build("linear", (8, 8, 1), 10), ATTACKS["natural"], options, **keywords)
+
+
+def test_outer_loss_keeps_the_old_float_operations():
+    labels = tf.constant(np.arange(16) % 10, tf.int32)
+    logits, other = _logits(0), _logits(1)
+    x = tf.constant(np.random.default_rng(2).uniform(size=(16, 8, 8, 1)).astype(np.float32))
+    kd = _linear_teachers()
+    soft = tf.nn.softmax(_logits(4))
+    squeeze = S(squeeze_beta=0.3)
+    # hard labels, --ls_method, teachers, squeeze: mean CE, ce_weight * CE + sum of weighted KD means, + squeeze
+    smooth = S("sbls", 0.2, squeeze_beta=0.3)
+    old = tf.reduce_mean(losses.soft_cross_entropy(_plain_trainer(smoothing=smooth).soft_targets(labels, logits),
+                                                   logits))
+    old = kd.ce_weight * old + kd.loss(x, logits)
+    old += losses.logit_squeeze(logits, 0.3)
+    new = _plain_trainer(smoothing=smooth, distillation=kd).outer_loss(labels, logits, x)
+    assert float(new) == float(old)
+    hard = tf.reduce_mean(losses.hard_cross_entropy(labels, logits))
+    assert float(_plain_trainer().outer_loss(labels, logits, x)) == float(hard)
+    # BAT / Madry-LA: the mean soft CE on their labels (+ squeeze for BAT)
+    mean_soft = tf.reduce_mean(losses.soft_cross_entropy(soft, logits))
+    assert float(_plain_trainer().outer_loss(labels, logits, x, targets=soft)) == float(mean_soft)
+    with_squeeze = mean_soft + losses.logit_squeeze(logits, 0.3)
+    assert float(_plain_trainer(smoothing=squeeze).outer_loss(labels, logits, x, targets=soft)) == float(with_squeeze)
+    # TRADES with teachers: ce_weight * hard CE on the clean logits + KD on the adversarial pair
+    trades_old = kd.ce_weight * hard + kd.loss(x + 0.1, other)
+    trades_new = _plain_trainer(distillation=kd).outer_loss(labels, logits, x, distill_on=(x + 0.1, other))
+    assert float(trades_new) == float(trades_old)
+    # SSAT: the mean of Eq. 21 per example
+    wrong = tf.constant(np.arange(1, 17) % 10, tf.int32)
+    eq_21 = lambda t, z: ssat.regularised_loss(t, z, wrong, 0.2)  # noqa: E731
+    ssat_old = tf.reduce_mean(ssat.regularised_loss(soft, logits, wrong, 0.2))
+    ssat_new = _plain_trainer().outer_loss(labels, logits, x, targets=soft, per_example_ce=eq_21)
+    assert float(ssat_new) == float(ssat_old)
+
+
+def test_own_targets_refuse_label_smoothing_instead_of_dropping_it():
+    trainer = _plain_trainer(smoothing=S("uniform", 0.1))
+    soft = tf.nn.softmax(_logits(4))
+    with pytest.raises(ValueError, match="ls_method=uniform"):
+        trainer.outer_loss(tf.zeros([16], tf.int32), _logits(0), targets=soft)
+    with pytest.raises(ValueError, match="inputs"):
+        _plain_trainer(distillation=_linear_teachers()).outer_loss(tf.zeros([16], tf.int32), _logits(0))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# features that were dropped before, or are new with the composition: applied, and equal to the hand formula
+
+def _softmax64(z):
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _log_softmax64(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _ce(soft, z):
+    return -(np.asarray(soft, np.float64) * _log_softmax64(z)).sum(-1)
+
+
+def _kd(teacher, z, temperature=2.0):
+    """T^2 times the soft CE of the student's tempered softmax against the teacher's (paper 001)."""
+    return temperature ** 2 * _ce(_softmax64(np.asarray(teacher, np.float64) / temperature),
+                                  np.asarray(z, np.float64) / temperature)
+
+
+def _squeeze(z, beta):
+    z = np.asarray(z, np.float64)
+    return beta * np.sqrt((z ** 2).sum()) / len(z)
+
+
+def _kl(clean, adv):
+    return (_softmax64(clean) * (_log_softmax64(clean) - _log_softmax64(adv))).sum(-1)
+
+
+def _mlps(digits):
+    keras.utils.set_random_seed(0)
+    spec = digits.spec
+    return [models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std) for _ in range(3)]
+
+
+def _kd_terms(robust, standard, inputs, z):
+    """0.5 * KD(robust) + 0.25 * KD(standard), both teachers in inference mode on `inputs`."""
+    return (0.5 * _kd(robust(inputs, training=False), z).mean()
+            + 0.25 * _kd(standard(inputs, training=False), z).mean())
+
+
+def _batch(digits, index=0):
+    x, y = digits.train
+    return tf.constant(x[index * 64:(index + 1) * 64]), tf.constant(y[index * 64:(index + 1) * 64].astype("int32"))
+
+
+def _step(trainer, x, y):
+    return float(trainer.train_on_batch(x, y, return_dict=True)["loss"])
+
+
+def _pgd_bat(digits, feature, with_feature):
+    student, robust, standard = _mlps(digits)
+    keywords = {"squeeze": dict(smoothing=S(squeeze_beta=0.5)),
+                "teachers": dict(distillation=_teachers(robust, standard))}[feature] if with_feature else {}
+    trainer = training.PGDTrainer(student, ATTACKS["pgd"], pgd.Options(labels="bat"), label_adversary=LA(), **keywords)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+    x, y = _batch(digits)
+    soft = training.LabelAdversary().targets(y, student(x, training=False), 10).numpy()  # Eq. 14/18, clean
+    x_adv = trainer.adversarial_examples(x, y)  # keyed: the step's own PGD examples
+    z = student(x_adv, training=True).numpy()
+    expected = _ce(soft, z).mean()
+    if with_feature and feature == "squeeze":
+        expected += _squeeze(z, 0.5)
+    if with_feature and feature == "teachers":
+        expected = 0.25 * expected + _kd_terms(robust, standard, x_adv, z)
+    return _step(trainer, x, y), expected
+
+
+def _trades(digits, feature, with_feature):
+    student, robust, standard = _mlps(digits)
+    smoothing = {"ls": S("sbls", 0.2), "squeeze": S(squeeze_beta=0.5)}[feature] if with_feature else S()
+    trainer = training.TRADESTrainer(student, ATTACKS["trades"], trades.Options(beta=6.0), smoothing=smoothing,
+                                     distillation=_teachers(robust, standard))
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+    x, y = _batch(digits)
+    x_adv = trainer.adversarial_examples(x)
+    clean, adv = student(x, training=True).numpy(), student(x_adv, training=True).numpy()
+    one_hot = np.eye(10)[y.numpy()]
+    soft = one_hot
+    if with_feature and feature == "ls":  # SBLS on the *clean* logits: 0.2 on their highest wrong class
+        soft = 0.8 * one_hot + 0.2 * np.eye(10)[np.where(one_hot > 0, -np.inf, clean).argmax(-1)]
+    expected = 0.25 * _ce(soft, clean).mean() + _kd_terms(robust, standard, x_adv, adv)
+    if with_feature and feature == "squeeze":
+        expected += _squeeze(clean, 0.5)  # on the logits the CE is on: the clean ones
+    expected += 6.0 * _kl(clean, adv).mean()
+    return _step(trainer, x, y), expected
+
+
+def _ssat(digits, feature, with_feature):
+    student, robust, standard = _mlps(digits)
+    keywords = {"squeeze": dict(smoothing=S(squeeze_beta=0.5)),
+                "teachers": dict(distillation=_teachers(robust, standard))}[feature] if with_feature else {}
+    options = ssat.Options(replays=1, gamma=0.5, lambda0=0.9, lambda1=0.2, target_beta=0.3)
+    trainer = training.SSATTrainer(student, ATTACKS["ssat"], options, **keywords)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+    x, y = _batch(digits)
+    delta = trainer.initial_delta(x)  # keyed: the step's own start
+    z = student(x + delta, training=True).numpy()
+    one_hot = np.eye(10)[y.numpy()]
+    lam = 0.9 + (0.2 - 0.9) * np.minimum(np.abs(delta.numpy()).reshape(64, -1).max(1) / 0.125, 1.0)
+    soft = np.where((z.argmax(-1) != y.numpy())[:, None], one_hot, one_hot - lam[:, None] * (one_hot - 0.1))
+    wrong = np.eye(10)[np.where(one_hot > 0, -np.inf, z).argmax(-1)]
+    expected = (1.3 * _ce(soft, z) - 0.3 * _ce(wrong, z)).mean()  # Eq. 21
+    if with_feature and feature == "squeeze":
+        expected += _squeeze(z, 0.5)
+    if with_feature and feature == "teachers":
+        expected = 0.25 * expected + _kd_terms(robust, standard, x + delta, z)
+    return _step(trainer, x, y), expected
+
+
+def _bat(digits, feature, with_feature):
+    student, robust, standard = _mlps(digits)
+    keywords = dict(distillation=_teachers(robust, standard)) if with_feature else {}
+    trainer = training.BATTrainer(student, ATTACKS["bat"], label_adversary=LA(), **keywords)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+    x, y = _batch(digits)
+    clean = student(x, training=False)
+    soft = training.LabelAdversary().targets(y, clean, 10).numpy()
+    x_adv = trainer.adversarial_examples(x, y, clean)
+    z = student(x_adv, training=True).numpy()
+    expected = _ce(soft, z).mean()
+    if with_feature:
+        expected = 0.25 * expected + _kd_terms(robust, standard, x_adv, z)
+    return _step(trainer, x, y), expected
+
+
+def _free(digits, feature, with_feature):
+    student, robust, standard = _mlps(digits)
+    keywords = dict(distillation=_teachers(robust, standard)) if with_feature else {}
+    trainer = training.FreeTrainer(student, ATTACKS["free"], free.Options(replays=1), batch_size=64, **keywords)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
+    _step(trainer, *_batch(digits, 0))  # a first minibatch leaves a delta for the second
+    x, y = _batch(digits, 1)
+    x_adv = tf.clip_by_value(x + trainer.delta, 0.0, 1.0)
+    assert float(tf.reduce_max(tf.abs(x_adv - x))) > 0.1
+    z = student(x_adv, training=True).numpy()
+    expected = _ce(np.eye(10)[y.numpy()], z).mean()
+    if with_feature:
+        expected = 0.25 * expected + _kd_terms(robust, standard, x_adv, z)
+    return _step(trainer, x, y), expected
+
+
+CASES = {
+    "pgd_bat_labels+squeeze": (_pgd_bat, "squeeze"),
+    "pgd_bat_labels+teachers": (_pgd_bat, "teachers"),
+    "trades+teachers+ls_method": (_trades, "ls"),
+    "trades+teachers+squeeze": (_trades, "squeeze"),
+    "ssat+squeeze": (_ssat, "squeeze"),
+    "ssat+teachers": (_ssat, "teachers"),
+    "bat+teachers": (_bat, "teachers"),
+    "free+teachers": (_free, "teachers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_feature_is_applied_as_the_composed_formula(case, digits):
+    run, feature = CASES[case]
+    loss, expected = run(digits, feature, True)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    without, expected_without = run(digits, feature, False)
+    np.testing.assert_allclose(without, expected_without, rtol=1e-5)
+    assert abs(loss - without) > 1e-3 * abs(without), (loss, without)  # the feature changes the loss

@@ -7,7 +7,7 @@ from conftest import InputRecorder
 from tfadv import attacks, callbacks, data, losses, models, targets, training
 
 
-def _trainer(defense, digits, precision="float32", **options):
+def _trainer(defense, digits, precision="float32", options=None, **keywords):
     keras.mixed_precision.set_global_policy(
         {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision])
     try:
@@ -16,9 +16,9 @@ def _trainer(defense, digits, precision="float32", **options):
         step = 1.25 * 0.125 if defense == "fgsm_rs" else (0.125 if defense == "free" else 0.03)
         attack = training.AttackConfig(eps=0.125, step_size=step, steps=3)
         if defense == "free":
-            options.setdefault("replays", 2)
-            options.setdefault("batch_size", 64)
-        trainer = training.TRAINERS[defense](network, attack, **options)
+            options = options or training.FreeTrainer.Options(replays=2)
+            keywords.setdefault("batch_size", 64)
+        trainer = training.TRAINERS[defense](network, attack, options, **keywords)
         trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
         return trainer, network
     finally:
@@ -37,7 +37,7 @@ def test_each_defense_trains_one_epoch_with_finite_loss(defense, precision, digi
     logits = network(digits.test[0][:4], training=False)
     assert logits.dtype == tf.float32  # logits stay float32 under mixed precision
     # one weight update per minibatch, m per minibatch for the replay methods (Free-AT, SSAT)
-    updates_per_batch = {"free": 2, "ssat": trainer.ssat.replays if defense == "ssat" else 1}.get(defense, 1)
+    updates_per_batch = {"free": 2, "ssat": trainer.options.replays if defense == "ssat" else 1}.get(defense, 1)
     assert int(trainer.optimizer.iterations.numpy()) == 8 * updates_per_batch
     assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, network.trainable_variables))
 
@@ -51,7 +51,7 @@ def test_natural_training_learns(digits):
 
 
 def test_free_training_carries_delta_across_minibatches_inside_the_ball(digits):
-    trainer, _ = _trainer("free", digits, replays=3)
+    trainer, _ = _trainer("free", digits, options=training.FreeTrainer.Options(replays=3))
     assert float(tf.reduce_max(tf.abs(trainer.delta))) == 0.0
     ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1)
     trainer.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
@@ -207,7 +207,7 @@ def test_free_training_trains_only_on_images_inside_the_box(digits):
     # previous minibatch must not push the next minibatch outside the box.
     network, recorder = _recording_network()
     trainer = training.FreeTrainer(network, training.AttackConfig(eps=0.3, step_size=0.3, steps=1),
-                                   replays=2, batch_size=32)
+                                   training.FreeTrainer.Options(replays=2), batch_size=32)
     trainer.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
     x, y = digits.train
     for i in range(4):
@@ -274,7 +274,7 @@ def test_trades_objective_and_gradient_on_hand_written_logits():
     ce = -np.log(p[np.arange(2), labels])
     expected = ce.mean() + beta * kl.mean()
     network = models.build("linear", (8, 8, 1), 3)
-    trainer = training.TRADESTrainer(network, training.AttackConfig(0.1, 0.1, 1), beta=beta)
+    trainer = training.TRADESTrainer(network, training.AttackConfig(0.1, 0.1, 1), training.TRADESTrainer.Options(beta))
     z_clean, z_adv = tf.Variable(clean), tf.Variable(adv)
     with tf.GradientTape() as tape:
         objective = (trainer.outer_loss(tf.constant(labels), z_clean)
