@@ -7,7 +7,7 @@ from tfadv.training.base import (BAT_LABELS, BN_MODES, WEIGHT_DECAY_SCOPES, Atta
                                  LabelAdversary, SmoothingConfig, Trainer)
 
 # registration order is the order of `DEFENSES` (and of --defense's help)
-from tfadv.training import natural, pgd, fgsm_rs, free, trades, bat, ssat  # noqa: E402,I100
+from tfadv.training import natural, pgd, fgsm_rs, free, trades, bat, ssat  # noqa: E402,F401
 from tfadv.training import label_smoothing, logit_squeeze  # noqa: E402,F401
 
 from tfadv.training.natural import NaturalTrainer  # noqa: E402

@@ -23,11 +23,10 @@ stateful TensorFlow generator, so a run that is killed and resumed continues bit
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import keras
 import tensorflow as tf
-
-from typing import Optional
 
 from tfadv import attacks, losses, targets
 from tfadv.attacks import rng

@@ -21,6 +21,7 @@ objective stays Eq. 22 with hard labels.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import tensorflow as tf
 
@@ -119,7 +120,7 @@ class SSATTrainer(Trainer):
                 wrong = tf.stop_gradient(attacks.most_confusing(tf.cast(logits, tf.float32), labels))
                 soft = adaptive_labels(labels, tf.cast(logits, tf.float32), delta, a.eps, a.norm, s,
                                        self.num_classes)
-                eq_21 = lambda targets, z: regularised_loss(targets, z, wrong, s.target_beta)  # noqa: E731
+                eq_21 = functools.partial(regularised_loss, wrong_target=wrong, beta=s.target_beta)
                 weight_loss = self.outer_loss(labels, logits, x_adv, targets=soft, per_example_ce=eq_21)
                 attack_loss = tf.reduce_sum(regularised_loss(one_hot, logits, wrong, s.target_beta))
             self.apply_update(weight_loss, tape)
