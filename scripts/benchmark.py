@@ -64,8 +64,9 @@ def build_trainer(method, shape):
         name, attack = "fgsm_rs", training.AttackConfig(eps, 1.25 * eps, 1)
     else:
         name, attack = method, training.AttackConfig(eps, eps, 1)
-    options = {"replays": FLAGS.free_replays, "batch_size": FLAGS.batch_size} if name == "free" else {}
-    trainer = training.TRAINERS[name](network, attack, **options)
+    method = training.registry.get(name)
+    options = method.options(replays=FLAGS.free_replays) if name == "free" else None
+    trainer = method.trainer(network, attack, options, batch_size=FLAGS.batch_size)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     trainer.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile == "true")
     optimizer.build(network.trainable_variables)

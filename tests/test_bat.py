@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from conftest import InputRecorder
 from tfadv import attacks, data, losses, models, targets, training
+from tfadv.training import bat, pgd
 
 
 def _probabilities(seed, rows=6, classes=10):
@@ -65,7 +66,8 @@ def _bat_trainer(digits, network=None, target="mc", labels=training.LabelAdversa
     spec = digits.spec
     network = network or models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
     attack = training.AttackConfig(eps=0.125, step_size=0.125, steps=1, random_start=random_start)
-    trainer = training.BATTrainer(network, attack, target=target, labels=labels)
+    trainer = training.BATTrainer(network, attack, bat.Options(attack=target, labels=labels.kind),
+                                  label_adversary=labels)
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
     return trainer
 
@@ -154,7 +156,7 @@ def _log_softmax64(logits):
 def test_madry_la_trains_pgd_examples_on_adversarial_labels(digits):
     spec = digits.spec
     network = models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
-    trainer = training.PGDTrainer(network, training.AttackConfig(0.125, 0.03, 3),
+    trainer = training.PGDTrainer(network, training.AttackConfig(0.125, 0.03, 3), pgd.Options(labels="bat"),
                                   label_adversary=training.LabelAdversary())
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
     ds = data.train_pipeline(digits.train, spec, 64, seed=0, epochs=1)
@@ -218,7 +220,7 @@ def test_adversarial_labels_come_from_clean_inference_mode_probabilities(method,
         trainer = training.BATTrainer(network, training.AttackConfig(0.125, 0.125, 1, random_start=False))
     else:
         trainer = training.PGDTrainer(network, training.AttackConfig(0.125, 0.05, 3, random_start=False),
-                                      label_adversary=training.LabelAdversary())
+                                      pgd.Options(labels="bat"), label_adversary=training.LabelAdversary())
     trainer.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
     one_hot = tf.one_hot(y, 10)
     weights = network.get_weights()

@@ -10,16 +10,16 @@ from tfadv.training import ssat
 
 
 def test_lambda_falls_linearly_from_lambda0_to_lambda1():
-    config = ssat.SSATConfig(lambda0=1.0, lambda1=0.3)
+    config = ssat.Options(lambda0=1.0, lambda1=0.3)
     delta = tf.constant([[0.0, 0.0], [0.05, -0.02], [0.1, 0.0], [0.3, 0.0]])
     lam = ssat.smoothing_degree(delta, 0.1, "linf", config).numpy()
     np.testing.assert_allclose(lam, [1.0, 1.0 - 0.7 * 0.5, 0.3, 0.3], rtol=1e-6)
-    constant = ssat.smoothing_degree(delta, 0.1, "linf", ssat.SSATConfig(adaptive=False)).numpy()
+    constant = ssat.smoothing_degree(delta, 0.1, "linf", ssat.Options(adaptive=False)).numpy()
     np.testing.assert_allclose(constant, 0.3)
 
 
 def test_adaptive_labels_hard_for_misclassified_smooth_inside():
-    config = ssat.SSATConfig(lambda0=1.0, lambda1=0.3)
+    config = ssat.Options(lambda0=1.0, lambda1=0.3)
     labels = tf.constant([0, 1])
     logits = tf.constant([[2.0, 0.0, 0.0, 0.0], [3.0, 1.0, 0.0, 0.0]])  # row 2 is misclassified
     delta = tf.constant([[0.05, 0.0], [0.05, 0.0]])
@@ -27,7 +27,7 @@ def test_adaptive_labels_hard_for_misclassified_smooth_inside():
     lam = 0.65
     np.testing.assert_allclose(q[0], [1 - lam + lam / 4, lam / 4, lam / 4, lam / 4], rtol=1e-6)
     np.testing.assert_allclose(q[1], [0, 1, 0, 0])
-    everyone = ssat.adaptive_labels(labels, logits, delta, 0.1, "linf", ssat.SSATConfig(boundary_split=False), 4)
+    everyone = ssat.adaptive_labels(labels, logits, delta, 0.1, "linf", ssat.Options(boundary_split=False), 4)
     np.testing.assert_allclose(everyone.numpy()[1], [lam / 4, 1 - lam + lam / 4, lam / 4, lam / 4], rtol=1e-6)
 
 
@@ -47,9 +47,9 @@ def test_target_term_pushes_down_the_most_likely_wrong_class():
 def _trainer(digits, **options):
     spec = digits.spec
     network = models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
-    config = ssat.SSATConfig(**options)
+    config = ssat.Options(**options)
     attack = training.AttackConfig(eps=0.125, step_size=0.125 / config.replays, steps=1)
-    trainer = training.SSATTrainer(network, attack, ssat=config)
+    trainer = training.SSATTrainer(network, attack, config)
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
     return trainer
 
@@ -89,11 +89,11 @@ def test_ssat_trains_on_digits(digits, options):
     history = trainer.fit(ds, epochs=1, steps_per_epoch=10, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][-1])
     # then one minibatch of m = 2 replays by hand (Alg. 1), against a copy trained by plain SGD
-    config = trainer.ssat
+    config = trainer.options
     network = trainer.network
     hand = keras.models.clone_model(network)
     hand.set_weights(network.get_weights())
-    plain = training.SSATTrainer(network, trainer.attack, ssat=config, weight_decay=0.0)
+    plain = training.SSATTrainer(network, trainer.attack, config, weight_decay=0.0)
     plain.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.0), jit_compile=False)
     plain.optimizer.iterations.assign(trainer.optimizer.iterations)
     x, y = next(iter(ds))
@@ -130,7 +130,7 @@ def test_ssat_trains_on_digits(digits, options):
 
 def test_bad_lambdas_are_refused():
     with pytest.raises(ValueError, match="lambda1 <= lambda0"):
-        ssat.SSATConfig(lambda0=0.0, lambda1=0.3)
+        ssat.Options(lambda0=0.0, lambda1=0.3)
 
 
 @pytest.mark.parametrize("norm,eps", [("l2", 1.0), ("l1", 4.0), ("linf", 0.125)])
@@ -138,7 +138,7 @@ def test_initial_delta_lies_in_the_gamma_eps_ball_of_the_norm(digits, norm, eps)
     spec = digits.spec
     network = models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
     attack = training.AttackConfig(eps=eps, step_size=eps / 2, steps=1, norm=norm)
-    trainer = training.SSATTrainer(network, attack, ssat=ssat.SSATConfig(replays=2, gamma=0.3))
+    trainer = training.SSATTrainer(network, attack, ssat.Options(replays=2, gamma=0.3))
     trainer.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
     x = tf.fill([64, 8, 8, 1], 0.5)  # mid-grey: clipping to the box cannot shrink the start
     delta = trainer.initial_delta(x)
@@ -157,9 +157,9 @@ def test_ssat_step_uses_eq_6_7_labels_and_eq_21_loss(digits):
     spec = digits.spec
     keras.utils.set_random_seed(0)
     network = models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
-    config = ssat.SSATConfig(replays=1, gamma=0.5, lambda0=0.9, lambda1=0.2, target_beta=0.3)
+    config = ssat.Options(replays=1, gamma=0.5, lambda0=0.9, lambda1=0.2, target_beta=0.3)
     trainer = training.SSATTrainer(network, training.AttackConfig(eps=0.125, step_size=0.125, steps=1),
-                                   ssat=config, weight_decay=0.0)
+                                   config, weight_decay=0.0)
     trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.0), jit_compile=False)
     x, y = tf.constant(digits.train[0][:32]), tf.constant(digits.train[1][:32])
     delta = trainer.initial_delta(x)  # keyed: the train step draws the very same start

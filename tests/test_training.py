@@ -1,3 +1,6 @@
+import dataclasses
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -7,7 +10,7 @@ from conftest import InputRecorder
 from tfadv import attacks, callbacks, data, losses, models, targets, training
 
 
-def _trainer(defense, digits, precision="float32", **options):
+def _trainer(defense, digits, precision="float32", options=None, **keywords):
     keras.mixed_precision.set_global_policy(
         {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision])
     try:
@@ -16,9 +19,9 @@ def _trainer(defense, digits, precision="float32", **options):
         step = 1.25 * 0.125 if defense == "fgsm_rs" else (0.125 if defense == "free" else 0.03)
         attack = training.AttackConfig(eps=0.125, step_size=step, steps=3)
         if defense == "free":
-            options.setdefault("replays", 2)
-            options.setdefault("batch_size", 64)
-        trainer = training.TRAINERS[defense](network, attack, **options)
+            options = options or training.FreeTrainer.Options(replays=2)
+            keywords.setdefault("batch_size", 64)
+        trainer = training.TRAINERS[defense](network, attack, options, **keywords)
         trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
         return trainer, network
     finally:
@@ -37,7 +40,7 @@ def test_each_defense_trains_one_epoch_with_finite_loss(defense, precision, digi
     logits = network(digits.test[0][:4], training=False)
     assert logits.dtype == tf.float32  # logits stay float32 under mixed precision
     # one weight update per minibatch, m per minibatch for the replay methods (Free-AT, SSAT)
-    updates_per_batch = {"free": 2, "ssat": trainer.ssat.replays if defense == "ssat" else 1}.get(defense, 1)
+    updates_per_batch = {"free": 2, "ssat": trainer.options.replays if defense == "ssat" else 1}.get(defense, 1)
     assert int(trainer.optimizer.iterations.numpy()) == 8 * updates_per_batch
     assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, network.trainable_variables))
 
@@ -51,7 +54,7 @@ def test_natural_training_learns(digits):
 
 
 def test_free_training_carries_delta_across_minibatches_inside_the_ball(digits):
-    trainer, _ = _trainer("free", digits, replays=3)
+    trainer, _ = _trainer("free", digits, options=training.FreeTrainer.Options(replays=3))
     assert float(tf.reduce_max(tf.abs(trainer.delta))) == 0.0
     ds = data.train_pipeline(digits.train, digits.spec, 64, seed=0, epochs=1)
     trainer.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
@@ -207,7 +210,7 @@ def test_free_training_trains_only_on_images_inside_the_box(digits):
     # previous minibatch must not push the next minibatch outside the box.
     network, recorder = _recording_network()
     trainer = training.FreeTrainer(network, training.AttackConfig(eps=0.3, step_size=0.3, steps=1),
-                                   replays=2, batch_size=32)
+                                   training.FreeTrainer.Options(replays=2), batch_size=32)
     trainer.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
     x, y = digits.train
     for i in range(4):
@@ -274,7 +277,7 @@ def test_trades_objective_and_gradient_on_hand_written_logits():
     ce = -np.log(p[np.arange(2), labels])
     expected = ce.mean() + beta * kl.mean()
     network = models.build("linear", (8, 8, 1), 3)
-    trainer = training.TRADESTrainer(network, training.AttackConfig(0.1, 0.1, 1), beta=beta)
+    trainer = training.TRADESTrainer(network, training.AttackConfig(0.1, 0.1, 1), training.TRADESTrainer.Options(beta))
     z_clean, z_adv = tf.Variable(clean), tf.Variable(adv)
     with tf.GradientTape() as tape:
         objective = (trainer.outer_loss(tf.constant(labels), z_clean)
@@ -286,3 +289,144 @@ def test_trades_objective_and_gradient_on_hand_written_logits():
     np.testing.assert_allclose(g_adv.numpy(), beta / 2 * (q - p), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(g_clean.numpy(), (p - y) / 2 + beta / 2 * p * (np.log(p) - np.log(q) - kl[:, None]),
                                rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the registry: each method module registers its trainer, its Options (flags named as before) and its features
+
+FLAGS_BEFORE = {  # flag: (default, --help) as tfadv/cli.py defined them before the methods owned their options
+    "pgd_labels": ("hard", "pgd: hard, or bat (Madry-LA: BAT's adversarial labels)"),
+    "free_replays": (8, "free: replays m of each minibatch"),
+    "trades_beta": (6.0, "trades: weight of the KL term"),
+    "bat_attack": ("mc", "bat: mc (targeted most confusing), ll (least likely), fgsm (untargeted)"),
+    "bat_random_start": (True, "bat: uniform random start in the eps-ball"),
+    "bat_labels": ("adversarial", "bat: adversarial (Eq. 14/18), uniform (R-MC-LS, --bat_eps_y), hard"),
+    "bat_step_size": (0.0, "bat: step size in pixel levels (0 = eps)"),
+    "ssat_replays": (8, "ssat: replays m per minibatch (8 ResNet-18, 4 WRN)"),
+    "ssat_gamma": (0.3, "ssat: delta re-initialised uniformly in +-gamma*eps per minibatch"),
+    "ssat_lambda0": (1.0, "ssat: smoothing lambda at the clean point (Eq. 7)"),
+    "ssat_lambda1": (0.3, "ssat: smoothing lambda at ||delta|| = eps (0.3 ResNet-18, 0.4 WRN)"),
+    "ssat_target_beta": (0.2, "ssat: target regularisation beta (Eq. 21-22; 0.2 ResNet-18, 0.1 WRN; 0 = off)"),
+    "ssat_step_size": (0.0, "ssat: delta step in pixel levels (0 = eps / m)"),
+    "ssat_boundary_split": (True, "ssat: hard labels for misclassified perturbed points (off = smooth every point)"),
+    "ssat_adaptive": (True, "ssat: lambda falls with ||delta|| (off = constant lambda1)"),
+}
+
+CLEAN = {"label_smoothing", "logit_squeeze", "distillation"}
+METHODS = {  # name: (trainer, supports, requires, clean, norms)
+    "natural": ("NaturalTrainer", CLEAN, set(), True, ("linf", "l2", "l1")),
+    "pgd": ("PGDTrainer", CLEAN | {"adversarial_labels"}, set(), False, ("linf", "l2")),
+    "fgsm_rs": ("FGSMRSTrainer", CLEAN, set(), False, ("linf", "l2", "l1")),
+    "free": ("FreeTrainer", CLEAN, set(), False, ("linf", "l2", "l1")),
+    "trades": ("TRADESTrainer", CLEAN, set(), False, ("linf", "l2", "l1")),
+    "bat": ("BATTrainer", {"logit_squeeze", "distillation", "adversarial_labels"}, set(), False, ("linf", "l2", "l1")),
+    "ssat": ("SSATTrainer", {"logit_squeeze", "distillation"}, set(), False, ("linf", "l2", "l1")),
+    "label_smoothing": ("NaturalTrainer", CLEAN, {"label_smoothing"}, True, ("linf", "l2", "l1")),
+    "logit_squeeze": ("NaturalTrainer", CLEAN, {"logit_squeeze"}, True, ("linf", "l2", "l1")),
+}
+
+
+def test_every_method_is_registered_with_its_features_and_todays_flags():
+    registry = training.registry
+    assert training.DEFENSES == registry.names() == tuple(METHODS)  # the order of --defense's help, as before
+    assert training.CLEAN_DEFENSES == ("natural", "label_smoothing", "logit_squeeze")
+    flags = {}
+    for name, (trainer, supports, requires, clean, norms) in METHODS.items():
+        method = registry.get(name)
+        assert training.TRAINERS[name] is method.trainer and method.trainer.__name__ == trainer
+        assert (set(method.supports), set(method.requires), method.clean, method.norms) == (supports, requires,
+                                                                                            clean, norms)
+        assert method.trainer.Options is method.options
+        defaults = method.options()
+        for flag, field in method.flags().items():
+            declared = {f.name: f for f in dataclasses.fields(method.options)}[field]
+            flags[flag] = (getattr(defaults, field), declared.metadata["help"])
+            assert type(getattr(defaults, field)) is type(FLAGS_BEFORE[flag][0]), flag
+    assert flags == FLAGS_BEFORE
+
+
+def _run(defense="pgd", ls_method="none"):
+    return types.SimpleNamespace(defense=defense, spec=types.SimpleNamespace(num_classes=10),
+                                 smoothing=types.SimpleNamespace(ls_method=ls_method),
+                                 attack=types.SimpleNamespace(eps=2.0))
+
+
+@pytest.mark.parametrize("defense,options,run,flag,message", [
+    ("pgd", dict(labels="soft"), _run(), "pgd_labels", "unknown value 'soft'; valid: hard, bat"),
+    ("pgd", dict(labels="bat"), _run(ls_method="uniform"), "ls_method",
+     "BAT's labels replace label smoothing; use --bat_labels=uniform for R-MC-LS"),
+    ("pgd", dict(labels="bat"), _run("fgsm_rs"), "pgd_labels", "bat labels (Madry-LA) apply to --defense=pgd"),
+    ("free", dict(replays=0), _run("free"), "free_replays", "must be a positive integer, got 0"),
+    ("trades", dict(beta=-1.0), _run("trades"), "trades_beta", "must not be negative, got -1.0"),
+    ("bat", dict(attack="pgd"), _run("bat"), "bat_attack", "unknown value 'pgd'; valid: mc, ll, fgsm"),
+    ("bat", dict(labels="soft"), _run("bat"), "bat_labels",
+     "unknown value 'soft'; valid: adversarial, uniform, hard"),
+    ("bat", dict(step_size=-1.0), _run("bat"), "bat_step_size", "must not be negative, got -1.0"),
+    ("bat", dict(), _run("bat", "sls"), "ls_method",
+     "BAT's labels replace label smoothing; use --bat_labels=uniform for R-MC-LS"),
+    ("ssat", dict(replays=0), _run("ssat"), "ssat_replays", "must be a positive integer, got 0"),
+    ("ssat", dict(lambda0=0.2, lambda1=0.3), _run("ssat"), "ssat_lambda1",
+     "SSAT needs 0 <= lambda1 <= lambda0 <= 1 (Eq. 7), got lambda0=0.2, lambda1=0.3"),
+    ("ssat", dict(gamma=-0.1), _run("ssat"), "ssat_gamma", "must not be negative, got -0.1"),
+    ("ssat", dict(gamma=1.5), _run("ssat"), "ssat_gamma", "must be in [0, 1], got 1.5"),
+    ("ssat", dict(target_beta=-0.1), _run("ssat"), "ssat_target_beta", "must not be negative, got -0.1"),
+    ("ssat", dict(step_size=-1.0), _run("ssat"), "ssat_step_size", "must not be negative, got -1.0"),
+    ("ssat", dict(), _run("ssat", "als"), "ls_method",
+     "SSAT builds its own adaptive labels; --ls_method does not apply"),
+])
+def test_method_options_refuse_todays_bad_values_with_todays_messages(defense, options, run, flag, message):
+    method = training.registry.get(defense)
+    with pytest.raises(training.registry.OptionError) as info:
+        method.options(**options).validate(run)
+    assert info.value.flag == flag and str(info.value) == f"--{flag}: {message}"
+
+
+def test_method_options_accept_good_values_and_give_the_attack_budget_in_levels():
+    registry = training.registry
+    for method in registry.methods():
+        method.options().validate(_run(method.name))
+    registry.get("pgd").options(labels="bat").validate(_run("pgd"))
+    bat_method, ssat_method, free_method = registry.get("bat"), registry.get("ssat"), registry.get("free")
+    # BAT: --bat_step_size or eps, random start by flag; SSAT: --ssat_step_size or eps / m; others --step_size
+    assert bat_method.step_levels(bat_method.options(), 8.0, 2.0) == 8.0
+    assert bat_method.step_levels(bat_method.options(step_size=3.0), 8.0, 2.0) == 3.0
+    assert bat_method.random_start(bat_method.options(random_start=False)) is False
+    assert ssat_method.step_levels(ssat_method.options(replays=4), 8.0, 2.0) == 2.0
+    assert ssat_method.step_levels(ssat_method.options(step_size=1.5), 8.0, 2.0) == 1.5
+    assert registry.get("pgd").step_levels(registry.get("pgd").options(), 8.0, 2.0) == 2.0
+    assert ssat_method.updates_per_batch(ssat_method.options(replays=4)) == 4
+    assert free_method.updates_per_batch(free_method.options(replays=3)) == 3
+    assert registry.get("trades").updates_per_batch(registry.get("trades").options()) == 1
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_trainer_takes_the_same_keywords(name):
+    method = training.registry.get(name)
+    network = models.build("linear", (8, 8, 1), 10)
+    kd = training.Distillation({"robust": (lambda v: network(v, training=False), 0.5)}, ce_weight=0.5)
+    trainer = method.trainer(network, training.AttackConfig(0.1, 0.1, 1), method.options(), weight_decay=1e-4,
+                             weight_decay_scope="kernels", smoothing=training.SmoothingConfig(squeeze_beta=0.1),
+                             distillation=kd, label_adversary=training.LabelAdversary(beta=5.0), seed=3,
+                             eps_warmup_updates=2, batch_size=32)
+    assert trainer.options == method.options() and trainer.seed == 3 and trainer.distillation is kd
+    assert method.trainer(network, training.AttackConfig(0.1, 0.1, 1), batch_size=32).options == method.options()
+    with pytest.raises(TypeError, match="Options"):
+        method.trainer(network, training.AttackConfig(0.1, 0.1, 1), object(), batch_size=32)
+
+
+def test_label_adversary_reaches_bat_and_madry_la_only():
+    network = models.build("linear", (8, 8, 1), 10)
+    attack = training.AttackConfig(0.1, 0.1, 1)
+    given = training.LabelAdversary(beta=5.0, gamma=0.02, top_k=3)
+    assert training.PGDTrainer(network, attack, label_adversary=given).label_adversary is None
+    madry_la = training.PGDTrainer(network, attack, training.PGDTrainer.Options(labels="bat"), label_adversary=given)
+    assert madry_la.label_adversary == given
+    bat_trainer = training.BATTrainer(network, attack, training.BATTrainer.Options(labels="uniform"),
+                                      label_adversary=given)
+    assert bat_trainer.labels == dataclasses.replace(given, kind="uniform")
+    # without one: BAT's beta for the class count (9 for 10 classes, 11 for 100)
+    assert training.BATTrainer(network, attack).labels == training.LabelAdversary("adversarial", beta=9.0)
+    wide = models.build("linear", (8, 8, 1), 100)
+    assert training.BATTrainer(wide, attack).labels.beta == 11.0
+    with pytest.raises(ValueError, match="batch_size"):
+        training.FreeTrainer(network, attack)

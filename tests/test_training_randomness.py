@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfadv import models, training
+from tfadv.training import ssat
 
 ATTACK = training.AttackConfig(eps=0.125, step_size=0.05, steps=2)
 
@@ -14,10 +15,10 @@ DEFENSES = {
     "pgd": dict(),
     "fgsm_rs": dict(),
     "trades": dict(),
-    "ssat": dict(ssat=training.SSATConfig(replays=2)),
+    "ssat": dict(options=ssat.Options(replays=2)),
     "bat": dict(),
     "pgd_l2": dict(),
-    "ssat_l2": dict(ssat=training.SSATConfig(replays=2)),
+    "ssat_l2": dict(options=ssat.Options(replays=2)),
 }
 
 

@@ -1,26 +1,31 @@
-"""Training methods by name; each is a Keras Model subclass with its own train_step."""
+"""Training methods by name; each is a Keras Model subclass with its own train_step, defined in its own module
+with its `Options` and registered in `tfadv.training.registry` on import (importing this package registers
+them all). `TRAINERS`, `DEFENSES` and `CLEAN_DEFENSES` are read from the registry."""
 
-from tfadv.training.base import BN_MODES, WEIGHT_DECAY_SCOPES, AttackConfig, Distillation, SmoothingConfig, Trainer
-from tfadv.training.ssat import SSATConfig, SSATTrainer
-from tfadv.training.bat import BAT_ATTACKS, BAT_LABELS, BATTrainer, LabelAdversary
-from tfadv.training.baselines import FGSMRSTrainer, FreeTrainer, NaturalTrainer, PGDTrainer, TRADESTrainer
+from tfadv.training import registry
+from tfadv.training.base import (BAT_LABELS, BN_MODES, WEIGHT_DECAY_SCOPES, AttackConfig, Distillation,
+                                 LabelAdversary, SmoothingConfig, Trainer)
 
-TRAINERS = {
-    "natural": NaturalTrainer,
-    "pgd": PGDTrainer,
-    "fgsm_rs": FGSMRSTrainer,
-    "free": FreeTrainer,
-    "trades": TRADESTrainer,
-    "bat": BATTrainer,
-    "ssat": SSATTrainer,
-    # papers 003 / 004: natural training with soft targets or a logit penalty (and optional Gaussian noise)
-    "label_smoothing": NaturalTrainer,
-    "logit_squeeze": NaturalTrainer,
-}
+# registration order is the order of `DEFENSES` (and of --defense's help)
+from tfadv.training import natural, pgd, fgsm_rs, free, trades, bat, ssat  # noqa: E402,F401
+from tfadv.training import label_smoothing, logit_squeeze  # noqa: E402,F401
+
+from tfadv.training.natural import NaturalTrainer  # noqa: E402
+from tfadv.training.pgd import PGDTrainer  # noqa: E402
+from tfadv.training.fgsm_rs import FGSMRSTrainer  # noqa: E402
+from tfadv.training.free import FreeTrainer  # noqa: E402
+from tfadv.training.trades import TRADESTrainer  # noqa: E402
+from tfadv.training.bat import BAT_ATTACKS, BATTrainer  # noqa: E402
+from tfadv.training.ssat import SSATTrainer  # noqa: E402
+
+TRAINERS = {method.name: method.trainer for method in registry.methods()}
 
 # Defenses that train on clean inputs only (their eps is used for validation, and may be 0).
-CLEAN_DEFENSES = ("natural", "label_smoothing", "logit_squeeze")
+CLEAN_DEFENSES = tuple(method.name for method in registry.methods() if method.clean)
 
-DEFENSES = tuple(TRAINERS)
+DEFENSES = registry.names()
 
-__all__ = ["Distillation", "SSATConfig", "SSATTrainer", "BAT_ATTACKS", "BAT_LABELS", "BATTrainer", "LabelAdversary", "AttackConfig", "BN_MODES", "CLEAN_DEFENSES", "DEFENSES", "SmoothingConfig", "TRAINERS", "Trainer", "WEIGHT_DECAY_SCOPES"]
+__all__ = ["AttackConfig", "BAT_ATTACKS", "BAT_LABELS", "BATTrainer", "BN_MODES", "CLEAN_DEFENSES", "DEFENSES",
+           "Distillation", "FGSMRSTrainer", "FreeTrainer", "LabelAdversary", "NaturalTrainer", "PGDTrainer",
+           "SSATTrainer", "SmoothingConfig", "TRADESTrainer", "TRAINERS", "Trainer", "WEIGHT_DECAY_SCOPES",
+           "registry"]

@@ -4,6 +4,17 @@ A method subclass implements `training_loss(x, labels)`, which returns the mean 
 the logits whose accuracy is logged; the base applies PyTorch-style (coupled) L2 weight decay, loss scaling
 for float16, the 1/replicas scaling under `tf.distribute`, and metric bookkeeping.
 
+The outer minimisation is composed once, here (`Trainer.outer_loss`): targets -> cross-entropy -> distillation
+-> logit squeezing, from the pure functions of `tfadv.losses` / `tfadv.targets`. A method only says which
+logits (and inputs) it trains on and, if it has them, its own targets or its own per-example cross-entropy;
+every feature of the run (--ls_method, --squeeze_beta, the distillation teachers) is then applied by the same
+code for every method, so none can be dropped.
+
+Every trainer takes the same constructor: `Trainer(network, attack, options=None, *, weight_decay=5e-4,
+weight_decay_scope="all", smoothing=SmoothingConfig(), distillation=None, label_adversary=None, seed=0,
+eps_warmup_updates=0, batch_size=None)`; `options` is the method's own `Options` (its module's dataclass,
+registered with the method in `tfadv.training.registry`).
+
 Every random draw of a train_step is keyed (`Trainer.example_keys`): a hash of the run seed, the optimizer's
 iteration counter (which a checkpoint restores), the replica and the example's position in the batch, never a
 stateful TensorFlow generator, so a run that is killed and resumed continues bit-identically.
@@ -12,12 +23,14 @@ stateful TensorFlow generator, so a run that is killed and resumed continues bit
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import keras
 import tensorflow as tf
 
 from tfadv import attacks, losses, targets
 from tfadv.attacks import rng
+from tfadv.training import registry
 
 BN_MODES = ("eval", "train")
 WEIGHT_DECAY_SCOPES = ("all", "kernels")
@@ -76,6 +89,53 @@ class SmoothingConfig:
             raise ValueError(f"squeeze_reduction must be one of {losses.SQUEEZE_REDUCTIONS}")
 
 
+BAT_LABELS = ("adversarial", "uniform", "hard")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelAdversary:
+    """BAT's label choice for the weight update (paper 002), shared by BAT and PGD's Madry-LA
+    (--pgd_labels=bat). `adversarial`: Eq. 14 with eps_y from Eq. 18 (`beta`, `gamma`, optional `top_k`),
+    from the clean probabilities; `uniform`: a fixed budget `eps_y` spread evenly over the wrong classes
+    (Eq. 15); `hard`: one-hot. The run config builds it (kind "adversarial", beta resolved for the class count)
+    from --bat_beta/--bat_gamma/--bat_eps_y/--bat_top_k; BAT sets `kind` from its --bat_labels."""
+
+    kind: str = "adversarial"
+    beta: float = 9.0
+    gamma: float = 0.01
+    eps_y: float = 0.5
+    top_k: Optional[int] = None
+
+    def __post_init__(self):
+        if self.kind not in BAT_LABELS:
+            raise ValueError(f"labels must be one of {BAT_LABELS}, got {self.kind!r}")
+
+    def targets(self, labels, clean_logits, num_classes):
+        one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
+        if self.kind == "hard":
+            return one_hot
+        if self.kind == "uniform":
+            return targets.sls(one_hot, self.eps_y)
+        probabilities = tf.nn.softmax(tf.cast(clean_logits, tf.float32), axis=-1)
+        return targets.bat(one_hot, probabilities, self.beta, self.gamma, self.top_k)
+
+
+def one_of(flag: str, value, allowed) -> None:
+    """Raises `registry.OptionError` unless `value` is in `allowed` (the run config's wording)."""
+    if value not in allowed:
+        raise registry.OptionError(flag, f"unknown value {value!r}; valid: {', '.join(allowed)}")
+
+
+def not_negative(flag: str, value) -> None:
+    if value < 0:
+        raise registry.OptionError(flag, f"must not be negative, got {value}")
+
+
+def positive_integer(flag: str, value) -> None:
+    if value < 1:
+        raise registry.OptionError(flag, f"must be a positive integer, got {value}")
+
+
 class Distillation:
     """Self-teacher distillation (paper 001): frozen teachers, called in inference mode on the very inputs the
     student trains on (its adversarial examples). `teachers` maps name -> (logits_fn, weight); `ce_weight`
@@ -100,20 +160,36 @@ class Distillation:
 class Trainer(keras.Model):
     """Base class: `network` is the Keras model that is trained and exported (logits out)."""
 
-    def __init__(self, network: keras.Model, attack: AttackConfig, weight_decay: float = 5e-4,
-                 smoothing: SmoothingConfig = SmoothingConfig(), distillation: "Distillation" = None,
-                 seed: int = 0, weight_decay_scope: str = "all", eps_warmup_updates: int = 0, **kwargs):
-        """`seed` keys every random draw of the training attacks (with the optimizer's iteration, the replica
-        and the example's position). `weight_decay_scope` "all" decays every trainable variable, as
-        torch.optim.SGD(weight_decay=...) does in most papers' code; "kernels" only conv/dense kernels (not
-        biases, not BatchNorm gamma/beta), as BAT's official code does. `eps_warmup_updates` > 0 grows the
-        training attack's eps and step size linearly over that many optimizer updates (see `attack`)."""
+    # the method's own hyperparameters (a subclass sets its module's `Options`)
+    Options = registry.NoOptions
+
+    def __init__(self, network: keras.Model, attack: AttackConfig, options=None, *, weight_decay: float = 5e-4,
+                 weight_decay_scope: str = "all", smoothing: SmoothingConfig = SmoothingConfig(),
+                 distillation: "Distillation" = None, label_adversary: Optional[LabelAdversary] = None,
+                 seed: int = 0, eps_warmup_updates: int = 0, batch_size: Optional[int] = None, **kwargs):
+        """The same keywords for every method (the run config passes all of them; a method ignores what it
+        does not use: `label_adversary` is read by BAT and by PGD with --pgd_labels=bat, `batch_size` by Free-AT).
+
+        `options` is the method's `Options` (None: its defaults). `seed` keys every random draw of the
+        training attacks (with the optimizer's iteration, the replica and the example's position).
+        `weight_decay_scope` "all" decays every trainable variable, as torch.optim.SGD(weight_decay=...) does
+        in most papers' code; "kernels" only conv/dense kernels (not biases, not BatchNorm gamma/beta), as BAT's
+        official code does. `eps_warmup_updates` > 0 grows the training attack's eps and step size linearly
+        over that many optimizer updates (see `attack`). `smoothing` and `distillation` enter the outer loss
+        (`outer_loss`); `label_adversary` is BAT's label section (None: its defaults, beta for the class count).
+        """
+        if options is None:
+            options = self.Options()
+        if not isinstance(options, self.Options):
+            raise TypeError(f"{type(self).__name__} takes {self.Options.__module__}.{self.Options.__qualname__}, "
+                            f"got {type(options).__name__}")
         if weight_decay_scope not in WEIGHT_DECAY_SCOPES:
             raise ValueError(f"weight_decay_scope must be one of {WEIGHT_DECAY_SCOPES}, got {weight_decay_scope!r}")
         if eps_warmup_updates < 0:
             raise ValueError(f"eps_warmup_updates must not be negative, got {eps_warmup_updates}")
         super().__init__(name=kwargs.pop("name", type(self).__name__.lower()), **kwargs)
         self.network = network
+        self.options = options
         self.eps_warmup_updates = int(eps_warmup_updates)
         self.attack = attack
         self.smoothing = smoothing
@@ -121,9 +197,18 @@ class Trainer(keras.Model):
         self.weight_decay = float(weight_decay)
         self.weight_decay_scope = weight_decay_scope
         self.seed = int(seed)
+        self.batch_size = batch_size
         self.num_classes = int(network.output_shape[-1])
+        self._label_adversary = label_adversary
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    def label_adversary_of_kind(self, kind: str) -> LabelAdversary:
+        """The run's `label_adversary` (default: beta for this network's class count) with label `kind`."""
+        base = self._label_adversary
+        if base is None:
+            base = LabelAdversary(beta=targets.bat_beta_default(self.num_classes))
+        return dataclasses.replace(base, kind=kind)
 
     @property
     def attack(self) -> AttackConfig:
@@ -189,17 +274,39 @@ class Trainer(keras.Model):
             return one_hot
         return targets.smooth(s.method, one_hot, logits, s.alpha, s.temperature)
 
-    def outer_loss(self, labels, logits, inputs=None):
-        """Mean cross-entropy against `soft_targets`, plus logit squeezing when enabled, plus the distillation
-        terms on `inputs` (the images the logits came from) when teachers are set."""
-        if self.smoothing.method == "none":
+    def outer_loss(self, labels, logits, inputs=None, targets=None, per_example_ce=None, distill_on=None):
+        """THE outer minimisation of every method, composed here once (mean over the local batch):
+
+        1. targets: `targets` [B, K] when the method supplies its own (BAT's / Madry-LA's adversarial labels,
+           SSAT's adaptive labels; these methods do not take --ls_method, and a smoothing is refused here
+           rather than dropped), else `soft_targets(labels, logits)` (one-hot, or --ls_method's targets from
+           `logits` under stop_gradient);
+        2. cross-entropy per example: `per_example_ce(targets, logits)` -> [B] when the method has its own
+           (SSAT's Eq. 21: (1 + beta) CE(z, y) - beta CE(z, y')), else the soft-target cross-entropy (on hard
+           labels without any targets: the integer-label CE); its batch mean `ce`;
+        3. distillation, when teachers are set: `ce_weight * ce + sum_t weight_t * mean KD(teacher_t(x), z)`
+           on `distill_on` = (inputs, logits) (default: `inputs` and `logits`; TRADES passes its adversarial
+           pair while its CE is on the clean logits); `inputs` are the images the student logits came from;
+        4. logit squeezing of `logits` (--squeeze_beta), added last.
+        """
+        s = self.smoothing
+        if targets is not None and s.method != "none":
+            raise ValueError(f"{type(self).__name__} trains on its own targets; --ls_method={s.method} does not "
+                             "apply to it")
+        if targets is None and per_example_ce is None and s.method == "none":
             loss = tf.reduce_mean(losses.hard_cross_entropy(labels, logits))
         else:
-            loss = tf.reduce_mean(losses.soft_cross_entropy(self.soft_targets(labels, logits), logits))
+            if targets is None:
+                targets = self.soft_targets(labels, logits)
+            ce = losses.soft_cross_entropy if per_example_ce is None else per_example_ce
+            loss = tf.reduce_mean(ce(targets, logits))
         if self.distillation is not None:
-            loss = self.distillation.ce_weight * loss + self.distillation.loss(inputs, logits)
-        if self.smoothing.squeeze_beta:
-            loss += losses.logit_squeeze(logits, self.smoothing.squeeze_beta, self.smoothing.squeeze_reduction)
+            student_inputs, student_logits = (inputs, logits) if distill_on is None else distill_on
+            if student_inputs is None:
+                raise ValueError("distillation needs the inputs the student's logits came from")
+            loss = self.distillation.ce_weight * loss + self.distillation.loss(student_inputs, student_logits)
+        if s.squeeze_beta:
+            loss += losses.logit_squeeze(logits, s.squeeze_beta, s.squeeze_reduction)
         return loss
 
     # -- Keras plumbing ----------------------------------------------------------------------------------

@@ -4,59 +4,61 @@ Per minibatch: clean logits with BatchNorm in inference mode give the target (th
 the highest wrong logit, or the least likely wrong class, Eq. 23) and the clean probabilities for the
 adversarial labels; a uniform random start in the eps-ball; one step of `step_size` *down* the cross-entropy
 toward the target (or up the true label's for the untargeted variant); projection and clipping; the weight update uses only
-the adversarial images, against adversarial labels (Eq. 14 / 18), uniform labels (R-MC-LS) or hard ones.
+the adversarial images, against adversarial labels (Eq. 14 / 18), uniform labels (R-MC-LS) or hard ones:
+those labels are the targets of the composed outer loss (`Trainer.outer_loss`), so --squeeze_beta and the
+distillation teachers (on the adversarial images and logits) apply on top; --ls_method does not (BAT's labels
+replace it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import tensorflow as tf
 
-from tfadv import attacks, losses, targets
-from tfadv.training.base import SALT_ATTACK_START, Trainer
+from tfadv import attacks
+from tfadv.training import registry
+from tfadv.training.base import BAT_LABELS, SALT_ATTACK_START, LabelAdversary, Trainer, not_negative, one_of
+from tfadv.training.pgd import LS_REPLACED
+from tfadv.training.registry import option
 
 BAT_ATTACKS = ("mc", "ll", "fgsm")
-BAT_LABELS = ("adversarial", "uniform", "hard")
+
+__all__ = ["BAT_ATTACKS", "BAT_LABELS", "BATTrainer", "LabelAdversary", "Options"]
 
 
 @dataclasses.dataclass(frozen=True)
-class LabelAdversary:
-    """Which labels the weight update uses. `adversarial`: Eq. 14 with eps_y from Eq. 18 (`beta`, `gamma`,
-    optional `top_k`); `uniform`: a fixed budget `eps_y` spread evenly over the wrong classes (Eq. 15);
-    `hard`: one-hot."""
-
-    kind: str = "adversarial"
-    beta: float = 9.0
-    gamma: float = 0.01
-    eps_y: float = 0.5
-    top_k: Optional[int] = None
+class Options:
+    attack: str = option("mc", "bat: mc (targeted most confusing), ll (least likely), fgsm (untargeted)")
+    random_start: bool = option(True, "bat: uniform random start in the eps-ball")
+    labels: str = option("adversarial", "bat: adversarial (Eq. 14/18), uniform (R-MC-LS, --bat_eps_y), hard")
+    step_size: float = option(0.0, "bat: step size in pixel levels (0 = eps)")
 
     def __post_init__(self):
-        if self.kind not in BAT_LABELS:
-            raise ValueError(f"labels must be one of {BAT_LABELS}, got {self.kind!r}")
+        self.check()
 
-    def targets(self, labels, clean_logits, num_classes):
-        one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
-        if self.kind == "hard":
-            return one_hot
-        if self.kind == "uniform":
-            return targets.sls(one_hot, self.eps_y)
-        probabilities = tf.nn.softmax(tf.cast(clean_logits, tf.float32), axis=-1)
-        return targets.bat(one_hot, probabilities, self.beta, self.gamma, self.top_k)
+    def check(self) -> None:
+        one_of("bat_attack", self.attack, BAT_ATTACKS)
+        one_of("bat_labels", self.labels, BAT_LABELS)
+        not_negative("bat_step_size", self.step_size)
+
+    def validate(self, run) -> None:
+        self.check()
+        if run.defense == "bat" and run.smoothing.ls_method != "none":
+            raise registry.OptionError("ls_method", LS_REPLACED)
 
 
 class BATTrainer(Trainer):
-    """R-MC-LA by default; `target` in {mc, ll, fgsm} gives R-MC / R-LL / R-FGSM, `labels` the label kind."""
+    """R-MC-LA by default; `Options.attack` in {mc, ll, fgsm} gives R-MC / R-LL / R-FGSM, `Options.labels`
+    the label kind (of the run's `label_adversary`). The attack's step size and random start are the
+    AttackConfig's (the run config takes them from --bat_step_size / --bat_random_start)."""
 
-    def __init__(self, network, attack, target: str = "mc", labels: LabelAdversary = LabelAdversary(),
-                 **kwargs):
-        super().__init__(network, attack, **kwargs)
-        if target not in BAT_ATTACKS:
-            raise ValueError(f"bat_attack must be one of {BAT_ATTACKS}, got {target!r}")
-        self.target = target
-        self.labels = labels
+    Options = Options
+
+    def __init__(self, network, attack, options=None, **common):
+        super().__init__(network, attack, options, **common)
+        self.target = self.options.attack
+        self.labels = self.label_adversary_of_kind(self.options.labels)
 
     def adversarial_examples(self, x, labels, clean_logits):
         a = self.attack
@@ -78,7 +80,12 @@ class BATTrainer(Trainer):
         x_adv = self.adversarial_examples(x, labels, clean_logits)
         soft = self.labels.targets(labels, clean_logits, self.num_classes)
         logits = self.network(x_adv, training=True)
-        loss = tf.reduce_mean(losses.soft_cross_entropy(soft, logits))
-        if self.smoothing.squeeze_beta:
-            loss += losses.logit_squeeze(logits, self.smoothing.squeeze_beta, self.smoothing.squeeze_reduction)
-        return loss, logits
+        return self.outer_loss(labels, logits, x_adv, targets=soft), logits
+
+
+registry.register(registry.Method(
+    "bat", BATTrainer, Options, flag_prefix="bat",
+    supports={"logit_squeeze", "distillation", "adversarial_labels"},
+    step_levels=lambda options, eps, step_size: options.step_size or eps,
+    random_start=lambda options: options.random_start,
+    description="bilateral adversarial training (paper 002): one targeted step, adversarial labels"))

@@ -12,38 +12,58 @@ x + delta (BatchNorm in training mode, as Free-AT) feeds two backward passes:
 Ablations (paper Fig. 6): `boundary_split=False` smooths every point, `adaptive=False` uses a constant
 lambda = lambda1, `target_beta=0` drops the target term; with all three off and lambda1 = 0 this is Free-AT
 with delta re-initialised per minibatch (with lambda1 > 0 every point keeps uniform smoothing lambda1).
+The theta loss is the composed outer loss (`Trainer.outer_loss`) with SSAT's adaptive labels as its targets and
+Eq. 21 as its per-example cross-entropy, so --squeeze_beta (on the logits at x + delta) and the distillation
+teachers (on x + delta) apply on top; --ls_method does not (the adaptive labels replace it). The attack's
+objective stays Eq. 22 with hard labels.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import tensorflow as tf
 
 from tfadv import attacks, losses
-from tfadv.training.base import SALT_SSAT_START, Trainer, unpack
+from tfadv.training import registry
+from tfadv.training.base import SALT_SSAT_START, Trainer, not_negative, positive_integer, unpack
+from tfadv.training.registry import option
 
 
 @dataclasses.dataclass(frozen=True)
-class SSATConfig:
-    replays: int = 8
-    gamma: float = 0.3
-    lambda0: float = 1.0
-    lambda1: float = 0.3
-    target_beta: float = 0.2
-    boundary_split: bool = True
-    adaptive: bool = True
+class Options:
+    replays: int = option(8, "ssat: replays m per minibatch (8 ResNet-18, 4 WRN)")
+    gamma: float = option(0.3, "ssat: delta re-initialised uniformly in +-gamma*eps per minibatch")
+    lambda0: float = option(1.0, "ssat: smoothing lambda at the clean point (Eq. 7)")
+    lambda1: float = option(0.3, "ssat: smoothing lambda at ||delta|| = eps (0.3 ResNet-18, 0.4 WRN)")
+    target_beta: float = option(0.2, "ssat: target regularisation beta (Eq. 21-22; 0.2 ResNet-18, 0.1 WRN; "
+                                     "0 = off)")
+    step_size: float = option(0.0, "ssat: delta step in pixel levels (0 = eps / m)")
+    boundary_split: bool = option(True, "ssat: hard labels for misclassified perturbed points (off = smooth "
+                                        "every point)")
+    adaptive: bool = option(True, "ssat: lambda falls with ||delta|| (off = constant lambda1)")
 
     def __post_init__(self):
-        if self.replays < 1:
-            raise ValueError(f"ssat replays must be at least 1, got {self.replays}")
+        self.check()
+
+    def check(self) -> None:
+        positive_integer("ssat_replays", self.replays)
         if not 0.0 <= self.lambda1 <= self.lambda0 <= 1.0:
-            raise ValueError(f"SSAT needs 0 <= lambda1 <= lambda0 <= 1 (Eq. 7), got {self.lambda0}, {self.lambda1}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"ssat gamma must be in [0, 1], got {self.gamma}")
+            raise registry.OptionError("ssat_lambda1", f"SSAT needs 0 <= lambda1 <= lambda0 <= 1 (Eq. 7), got "
+                                                       f"lambda0={self.lambda0}, lambda1={self.lambda1}")
+        for name in ("gamma", "target_beta", "step_size"):
+            not_negative(f"ssat_{name}", getattr(self, name))
+        if self.gamma > 1:
+            raise registry.OptionError("ssat_gamma", f"must be in [0, 1], got {self.gamma}")
+
+    def validate(self, run) -> None:
+        self.check()
+        if run.defense == "ssat" and run.smoothing.ls_method != "none":
+            raise registry.OptionError("ls_method", "SSAT builds its own adaptive labels; --ls_method does not apply")
 
 
-def smoothing_degree(delta, eps, norm, config: SSATConfig):
+def smoothing_degree(delta, eps, norm, config: Options):
     """lambda(delta) per example (Eq. 7): lambda0 at the clean point, falling linearly to lambda1 at ||delta|| = eps."""
     if not config.adaptive:
         return tf.fill([tf.shape(delta)[0]], tf.constant(config.lambda1, tf.float32))
@@ -51,7 +71,7 @@ def smoothing_degree(delta, eps, norm, config: SSATConfig):
     return config.lambda0 + (config.lambda1 - config.lambda0) * ratio
 
 
-def adaptive_labels(labels, logits, delta, eps, norm, config: SSATConfig, num_classes):
+def adaptive_labels(labels, logits, delta, eps, norm, config: Options, num_classes):
     """Eq. 6: hard labels on misclassified perturbed points (B_O), adaptive uniform smoothing inside (B_I)."""
     one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
     lam = smoothing_degree(delta, eps, norm, config)[:, None]
@@ -71,9 +91,10 @@ def regularised_loss(soft_targets, logits, wrong_target, beta):
 
 
 class SSATTrainer(Trainer):
-    def __init__(self, network, attack, ssat: SSATConfig = SSATConfig(), **kwargs):
-        super().__init__(network, attack, **kwargs)
-        self.ssat = ssat
+    """Alg. 1: m replays per minibatch from a fresh delta; theta descends the outer loss on SSAT's adaptive
+    labels with Eq. 21's per-example CE, delta ascends Eq. 22 with hard labels."""
+
+    Options = Options
 
     def initial_delta(self, x):
         """A fresh start for every minibatch, then clipped to the box (App. J rule 1): a uniform draw in the
@@ -82,12 +103,12 @@ class SSATTrainer(Trainer):
         on the sphere, radius gamma * eps * u^(1/d)), so the start never leaves the ball, which a per-coordinate
         box draw would. Keyed (`example_keys`): the same (seed, iteration, position) gives the same start."""
         keys = self.example_keys(tf.shape(x)[0], SALT_SSAT_START)
-        start = attacks.random_init(x, self.ssat.gamma * self.attack.eps, self.attack.norm, keys=keys)
+        start = attacks.random_init(x, self.options.gamma * self.attack.eps, self.attack.norm, keys=keys)
         return attacks.clip_to_box(x, start)
 
     def train_step(self, data):
         x, labels = unpack(data)
-        a, s = self.attack, self.ssat
+        a, s = self.attack, self.options
         delta = self.initial_delta(x)
         one_hot = tf.one_hot(labels, self.num_classes, dtype=tf.float32)
         metrics = None
@@ -99,7 +120,8 @@ class SSATTrainer(Trainer):
                 wrong = tf.stop_gradient(attacks.most_confusing(tf.cast(logits, tf.float32), labels))
                 soft = adaptive_labels(labels, tf.cast(logits, tf.float32), delta, a.eps, a.norm, s,
                                        self.num_classes)
-                weight_loss = tf.reduce_mean(regularised_loss(soft, logits, wrong, s.target_beta))
+                eq_21 = functools.partial(regularised_loss, wrong_target=wrong, beta=s.target_beta)
+                weight_loss = self.outer_loss(labels, logits, x_adv, targets=soft, per_example_ce=eq_21)
                 attack_loss = tf.reduce_sum(regularised_loss(one_hot, logits, wrong, s.target_beta))
             self.apply_update(weight_loss, tape)
             gradient = tf.cast(tape.gradient(attack_loss, x_adv), tf.float32)
@@ -108,3 +130,10 @@ class SSATTrainer(Trainer):
             delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
             metrics = self._update_metrics(weight_loss, labels, logits)
         return metrics
+
+
+registry.register(registry.Method(
+    "ssat", SSATTrainer, Options, flag_prefix="ssat", supports={"logit_squeeze", "distillation"},
+    updates_per_batch=lambda options: options.replays,
+    step_levels=lambda options, eps, step_size: options.step_size or eps / options.replays,
+    description="surface-smoothing adversarial training (paper 000): adaptive labels, m replays"))

@@ -1,0 +1,75 @@
+"""Free adversarial training (Shafahi et al., "adversarial training for free"): each minibatch is replayed m
+times; one backward pass per replay gives both the weight gradient (of the outer loss) and the input
+gradient; delta is carried across minibatches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from tfadv import attacks
+from tfadv.training import registry
+from tfadv.training.base import Trainer, positive_integer, unpack
+from tfadv.training.registry import option
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    replays: int = option(8, "free: replays m of each minibatch")
+
+    def __post_init__(self):
+        positive_integer("free_replays", self.replays)
+
+    def validate(self, run) -> None:
+        positive_integer("free_replays", self.replays)
+
+
+class FreeTrainer(Trainer):
+    """Shafahi et al. "adversarial training for free": each minibatch is replayed m times; one backward pass
+    per replay gives both the weight gradient and the input gradient; delta is carried across minibatches.
+    Every replay trains on clip(x + delta, 0, 1), as the reference code clamps the input (the delta carried
+    over from the previous minibatch may push the new one out of the box); the input gradient is taken with
+    respect to delta through that clamp, as there. Needs `batch_size` (the global one; delta holds one
+    perturbation per example of the per-replica batch).
+    """
+
+    Options = Options
+
+    def __init__(self, network, attack, options=None, **common):
+        super().__init__(network, attack, options, **common)
+        if not self.batch_size:
+            raise ValueError("FreeTrainer needs batch_size: its delta holds one perturbation per example")
+        self.replays = int(self.options.replays)
+        # One perturbation per example of the per-replica batch (batches are full: drop_remainder=True).
+        per_replica = self.batch_size // tf.distribute.get_strategy().num_replicas_in_sync
+        shape = (per_replica,) + tuple(network.input_shape[1:])
+        self.delta = tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name="free_delta",
+                                 synchronization=tf.VariableSynchronization.ON_READ,
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def train_step(self, data):
+        x, labels = unpack(data)
+        a = self.attack
+        delta = tf.identity(self.delta)
+        for _ in range(self.replays):
+            with tf.GradientTape() as tape:
+                tape.watch(delta)
+                x_adv = tf.clip_by_value(x + delta, 0.0, 1.0)
+                logits = self.network(x_adv, training=True)
+                loss = self.outer_loss(labels, logits, x_adv)
+            (input_gradient,) = self.apply_update(loss, tape, extra_sources=[delta])
+            step = attacks.steepest_step(tf.cast(input_gradient, tf.float32), a.step_size, a.norm, x_adv)
+            delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
+            metrics = self._update_metrics(loss, labels, logits)
+        self.delta.assign(delta)
+        return metrics
+
+    def extra_state(self):
+        return {"free_delta": self.delta}
+
+
+registry.register(registry.Method(
+    "free", FreeTrainer, Options, flag_prefix="free", updates_per_batch=lambda options: options.replays,
+    supports={"label_smoothing", "logit_squeeze", "distillation"},
+    description="free adversarial training (Shafahi et al.): m replays per minibatch"))

@@ -1,0 +1,75 @@
+"""TRADES (Zhang et al.): outer loss on the clean logits + beta * KL(p(clean) || p(adv)), the adversarial
+example from k steps ascending that KL from a 0.001 * N(0, 1) start."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from tfadv import attacks, losses
+from tfadv.attacks import rng
+from tfadv.training import registry
+from tfadv.training.base import SALT_TRADES_START, Trainer, not_negative
+from tfadv.training.registry import option
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    beta: float = option(6.0, "trades: weight of the KL term")
+
+    def __post_init__(self):
+        not_negative("trades_beta", self.beta)
+
+    def validate(self, run) -> None:
+        not_negative("trades_beta", self.beta)
+
+
+class TRADESTrainer(Trainer):
+    """Zhang et al.: CE(clean) + beta * KL(p(clean) || p(adv)), adv from k steps ascending that KL.
+
+    The outer loss (`Trainer.outer_loss`) is on the *clean* logits: its cross-entropy against --ls_method's
+    targets built from the clean logits, and logit squeezing of the clean logits (the logits the CE is on);
+    the distillation teachers see the *adversarial* example and are compared with the adversarial logits (as
+    paper 001's code does). The beta * KL term is TRADES' own and is added last.
+    """
+
+    Options = Options
+
+    @property
+    def beta(self) -> float:
+        return float(self.options.beta)
+
+    def adversarial_examples(self, x):
+        a = self.attack
+        clean_logits = tf.stop_gradient(self.attack_logits(x))
+        # TRADES starts 0.001 * N(0, 1) away from the clean point.
+        start = rng.normal(self.example_keys(tf.shape(x)[0], SALT_TRADES_START), tf.shape(x)[1:])
+        delta = attacks.clip_to_box(x, attacks.project(0.001 * start, a.eps, a.norm))
+
+        def ascend(delta):
+            # the KL and its input gradient in float32 (loss-scaled under float16: near the clean point the KL's
+            # gradient is tiny and would underflow in a float16 backward pass)
+            x_adv = x + delta
+            _, gradient, _ = attacks.value_and_gradient(
+                self.attack_logits, x_adv, lambda logits: losses.kl_divergence(clean_logits, logits),
+                independent=self.attack_independent)
+            delta = delta + attacks.steepest_step(gradient, a.step_size, a.norm, x_adv)
+            return attacks.clip_to_box(x, attacks.project(delta, a.eps, a.norm))
+
+        return tf.stop_gradient(x + attacks.repeat(ascend, delta, a.steps))
+
+    def training_loss(self, x, labels):
+        x_adv = self.adversarial_examples(x)
+        # Two forward passes, as the reference code does: each has its own BatchNorm batch statistics.
+        clean_logits = self.network(x, training=True)
+        adv_logits = self.network(x_adv, training=True)
+        robust = tf.reduce_mean(losses.kl_divergence(clean_logits, adv_logits))
+        loss = self.outer_loss(labels, clean_logits, x, distill_on=(x_adv, adv_logits))
+        return loss + self.beta * robust, clean_logits
+
+
+registry.register(registry.Method(
+    "trades", TRADESTrainer, Options, flag_prefix="trades",
+    supports={"label_smoothing", "logit_squeeze", "distillation"},
+    description="TRADES (Zhang et al.): clean CE + beta * KL(clean || adversarial)"))
