@@ -136,6 +136,8 @@ class ToyOptions:
 class ToyTrainer(training.Trainer):
     """Clean training on scale * CE (scale 0: the weights never move)."""
 
+    Options = ToyOptions
+
     def training_loss(self, x, labels):
         logits = self.network(x, training=True)
         return self.options.scale * tf.reduce_mean(losses.hard_cross_entropy(labels, logits)), logits

@@ -513,7 +513,10 @@ class TrainConfig:
             typed = _typed(name, value, _field_of(kind, owner, field))
             (method_values[owner] if kind == "method" else sections[owner])[field] = typed
         built = {name: section_type(**sections[name]) for name, section_type in SECTIONS}
-        methods = {method.name: method.options(**method_values[method.name]) for method in registry.methods()}
+        try:  # a method's Options checks its own values when it is made
+            methods = {method.name: method.options(**method_values[method.name]) for method in registry.methods()}
+        except registry.OptionError as error:
+            raise ConfigError(error.flag, str(error).split(": ", 1)[1]) from None
         return cls(defense=defense, methods=methods, explicit=None if explicit is None else frozenset(explicit),
                    **built)
 
