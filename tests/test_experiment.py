@@ -255,8 +255,9 @@ def test_eps_warmup_grows_the_training_perturbation_linearly(defense, digits):
 
 @pytest.mark.parametrize("defense", ["pgd", "free", "trades", "bat", "ssat"])
 def test_eps_warmup_trains_every_defense_and_is_refused_without_an_attack(defense, digits, tmp_path_factory):
+    replays = {"free": {"free_replays": 2}, "ssat": {"ssat_replays": 2}}.get(defense, {})  # only its own options
     out, metrics, history = _run(tmp_path_factory, f"warmup-{defense}", defense=defense, epochs=2,
-                                 eps_warmup_epochs=1.0, free_replays=2, ssat_replays=2)
+                                 eps_warmup_epochs=1.0, **replays)
     assert len(history) == 2 and np.isfinite(float(history[-1]["loss"]))
     assert "--eps_warmup_epochs=1.0" in (out / "flags.txt").read_text()
     # one epoch of 1212 // 64 = 18 minibatches, each 2 updates for the replay methods (Free-AT, SSAT m=2)

@@ -2,6 +2,8 @@
 with its `Options` and registered in `tfadv.training.registry` on import (importing this package registers
 them all). `TRAINERS`, `DEFENSES` and `CLEAN_DEFENSES` are read from the registry."""
 
+import dataclasses
+
 from tfadv.training import registry
 from tfadv.training.base import (BAT_LABELS, BN_MODES, WEIGHT_DECAY_SCOPES, AttackConfig, Distillation,
                                  LabelAdversary, SmoothingConfig, Trainer)
@@ -25,7 +27,21 @@ CLEAN_DEFENSES = tuple(method.name for method in registry.methods() if method.cl
 
 DEFENSES = registry.names()
 
+
+def make(name: str, network, attack: AttackConfig, **kwargs) -> Trainer:
+    """The registered method `name` wrapped around `network` (any keras.Model mapping [0, 1] images to logits):
+    a keras.Model to `compile` and `fit`. `attack` is in fractions of [0, 1]; `kwargs` are the method's own
+    option fields (e.g. `replays=4` for free, `labels="bat"` for pgd) and the common keywords (weight_decay,
+    weight_decay_scope, smoothing, distillation, label_adversary, seed, eps_warmup_updates, batch_size).
+
+        trainer = tfadv.training.make("trades", network, AttackConfig(eps=8/255, step_size=2/255, steps=10), beta=6.0)
+    """
+    method = registry.get(name)
+    fields = {field.name for field in dataclasses.fields(method.options)}
+    options = method.options(**{key: kwargs.pop(key) for key in list(kwargs) if key in fields})
+    return method.trainer(network, attack, options, **kwargs)
+
 __all__ = ["AttackConfig", "BAT_ATTACKS", "BAT_LABELS", "BATTrainer", "BN_MODES", "CLEAN_DEFENSES", "DEFENSES",
            "Distillation", "FGSMRSTrainer", "FreeTrainer", "LabelAdversary", "NaturalTrainer", "PGDTrainer",
            "SSATTrainer", "SmoothingConfig", "TRADESTrainer", "TRAINERS", "Trainer", "WEIGHT_DECAY_SCOPES",
-           "registry"]
+           "make", "registry"]
