@@ -1,31 +1,22 @@
-"""Evaluate a SavedModel (or a tfadv run dir) under attacks: clean, per-attack and worst-case accuracy.
-
-  python scripts/evaluate.py --model_dir=runs/digits-pgd --attacks=fgsm,pgd20,pgd100,cw20 --output=eval.json
-  python scripts/evaluate.py --model_dir=runs/digits-pgd --suite=standard,autoattack --output_dir=runs/digits-pgd/eval
-
-The dataset and eps default to what the model recorded; `--flagfile` (a training flagfile: only its dataset,
-eps, seed, ... are read), `--dataset` and `--eps` (pixel levels) override them. The library call behind this
-script is `tfadv.evaluation.evaluate_model`.
-"""
+"""Evaluates a SavedModel or run dir under attacks (tfadv.evaluation.evaluate_model). Dataset and eps default to the
+model's recorded ones; --flagfile (a training flagfile), --dataset and --eps (pixel levels) override them."""
 
 from tfadv import cli
 
 cli.quiet_tensorflow()
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags as F  # noqa: E402
 
 from tfadv import data, evaluation, export, runs  # noqa: E402
 from tfadv.evaluation import api  # noqa: E402
 
-F = flags
 F.DEFINE_string("model_dir", None, "a SavedModel directory or a tfadv run directory")
-F.DEFINE_list("attacks", list(api.DEFAULT_ATTACKS), "attacks, e.g. fgsm,pgd20,pgd100,cw20,dlr50,pgd20_l2,pgd50_r5,"
-              "transfer_pgd20 (with --source_model); with --suite, only when given explicitly (then added to the suites)")
+F.DEFINE_list("attacks", list(api.DEFAULT_ATTACKS), "attacks, e.g. fgsm,pgd20,cw20,dlr50,pgd20_l2,pgd50_r5,apgd_t,"
+              "transfer_pgd20 (with --source_model); with --suite only when given (then added to it)")
 F.DEFINE_list("suite", [], f"named attack suites, comma-separated: {', '.join(evaluation.SUITES)}")
 F.DEFINE_string("source_model", None, "transfer attacks: craft on this SavedModel / run dir")
 F.DEFINE_boolean("audit", True, "run the gradient-masking audit")
-F.DEFINE_integer("audit_square_queries", 1000, "the audit runs Square with this many queries when the suite has no "
-                 "black-box attack (0: skip)")
+F.DEFINE_integer("audit_square_queries", 1000, "queries of the audit's Square probe if no black-box attack ran")
 F.DEFINE_list("diagnostics", [], f"diagnostics: {', '.join(api.DIAGNOSTICS)}")
 F.DEFINE_string("plots_dir", None, "where diagnostic PNGs go (default: next to --output, or ./eval_plots)")
 F.DEFINE_string("cossat_protocol", None, f"for a Co-SSAT SavedModel: {', '.join(api.COSSAT_PROTOCOLS)}")
@@ -40,50 +31,45 @@ F.DEFINE_string("output", None, "write the report as JSON here")
 F.DEFINE_string("output_dir", None, "write report.json, report.md and plots/ here")
 F.DEFINE_boolean("progress", True, "show a progress bar with ETA for each attack (stderr)")
 F.DEFINE_integer("eval_batch_size", 256, "examples per attack batch")
-F.DEFINE_integer("eot_iter", 1, "APGD attacks average the gradient over this many forward passes per step (EOT, "
-                 "randomised models; --suite=autoattack_rand uses 20)", lower_bound=1)
+F.DEFINE_integer("eot_iter", 1, "APGD attacks average each step's gradient over N passes (EOT)", lower_bound=1)
 F.DEFINE_integer("seed", 0, "random seed of the attacks")
 F.DEFINE_string("data_dir", None, "tensorflow-datasets directory")
 F.DEFINE_boolean("download", False, "let tensorflow-datasets download a missing dataset")
 FLAGS = F.FLAGS
 
 
+def _examples(spec=None):  # (x, y, where from): --examples, else the first --num_examples of spec's test split
+    try:
+        if spec is None:
+            return (*data.load_examples(FLAGS.examples), FLAGS.examples)
+        return (*data.take(data.load(spec.name, FLAGS.data_dir, 0.0, FLAGS.seed, FLAGS.download).test,
+                           FLAGS.num_examples), f"{spec.name} test split")
+    except (OSError, ValueError, data.DataUnavailableError) as error:  # a dataset that is not there: exit code 1
+        cli.fail(str(error) if spec else f"--examples: {error}", code=1 if spec else cli.USAGE_ERROR)
+
+
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]} (flags are --name=value)")
     cli.quiet_logging()
-    if not FLAGS.model_dir:
-        cli.fail("--model_dir is required (a SavedModel or a tfadv run directory)")
-    path = runs.find_saved_model(FLAGS.model_dir) or cli.fail(f"--model_dir={FLAGS.model_dir}: no SavedModel there "
-                                                               f"(nor in {runs.saved_model_dir(FLAGS.model_dir)})")
+    path = runs.find_saved_model(FLAGS.model_dir or "") or cli.fail(
+        f"--model_dir={FLAGS.model_dir}: no SavedModel there" if FLAGS.model_dir else "--model_dir is required")
     try:
-        x = y = None
-        if FLAGS.examples:
-            try:
-                x, y = data.load_examples(FLAGS.examples)
-            except (OSError, ValueError) as error:
-                cli.fail(f"--examples: {error}")
+        given = _examples() if FLAGS.examples else None
         spec, budget = api.evaluation_budget(export.read_metadata(path), FLAGS.dataset, FLAGS.eps, FLAGS.eps_l2,
-                                             FLAGS.eps_l1, FLAGS.attack_step_size, None if x is None else x.shape[1:])
-        radii, step = budget.radii(), budget.fraction("attack_step_size")
+                                             FLAGS.eps_l1, FLAGS.attack_step_size, given and given[0].shape[1:])
         source_fn = api.load_model(FLAGS.source_model)[0] if FLAGS.source_model else None
-        specs = api.resolve_attacks(FLAGS.attacks if FLAGS["attacks"].present else None, FLAGS.suite, radii, step,
-                                    source_fn, FLAGS.eot_iter if FLAGS["eot_iter"].present else None)
+        specs = api.resolve_attacks(FLAGS.attacks if FLAGS["attacks"].present else None, FLAGS.suite, budget.radii(),
+                                    budget.fraction("attack_step_size"), source_fn,
+                                    FLAGS.eot_iter if FLAGS["eot_iter"].present else None)
         api.check_options(FLAGS.diagnostics, FLAGS.cossat_protocol)
-        if x is None:
-            try:
-                x, y = data.take(data.load(spec.name, FLAGS.data_dir, 0.0, FLAGS.seed, FLAGS.download).test,
-                                 FLAGS.num_examples)
-            except data.DataUnavailableError as error:
-                cli.fail(str(error), code=1)
+        x, y, source = given or _examples(spec)
         evaluation.evaluate_model(
             path, x, y, specs, suite=FLAGS.suite, budget=budget, seed=FLAGS.seed, batch_size=FLAGS.eval_batch_size,
             audit=FLAGS.audit, audit_square_queries=FLAGS.audit_square_queries, diagnostics=FLAGS.diagnostics,
             cossat_protocol=FLAGS.cossat_protocol, output_dir=FLAGS.output_dir, output=FLAGS.output,
-            plots_dir=FLAGS.plots_dir, progress=FLAGS.progress, model_name=FLAGS.model_dir,
-            examples_source=FLAGS.examples or f"{spec.name} test split",
-            report_fields={"model_dir": FLAGS.model_dir, "dataset": spec.name,
-                           "source": FLAGS.examples or f"{spec.name} test split"})
+            plots_dir=FLAGS.plots_dir, progress=FLAGS.progress, model_name=FLAGS.model_dir, examples_source=source,
+            report_fields={"model_dir": FLAGS.model_dir, "dataset": spec.name, "source": source})
     except api.EvaluationError as error:
         cli.fail(str(error))
 

@@ -246,7 +246,7 @@ class AttackSpec:
             logits_fn = self.source
         entry = self.entry
         if self.eot_iter != 1 and not entry.eot:
-            raise ValueError(f"attack {self.name!r}: eot_iter applies to {', '.join(_eot_families())} only")
+            raise ValueError(f"attack {self.name!r}: eot_iter applies to {_eot_attacks()} only")
         return entry.run(self, logits_fn, x, y, keys)
 
 
@@ -258,6 +258,10 @@ def at_budget(x, x_adv, norms, eps: float, tolerance: float = 1e-6):
 
 def _eot_families():
     return [e.family for e in _REGISTRY.values() if e.eot]
+
+
+def _eot_attacks() -> str:
+    return f"the attacks that average gradients over EOT draws (APGD: {', '.join(_eot_families())})"
 
 
 def canonical_attack_name(family: str, steps: Optional[int] = None, norm: Optional[str] = None, restarts: int = 1,
@@ -347,7 +351,7 @@ def _parse(name: str, eps: Dict[str, float], step_size: Optional[float]) -> Atta
     entry, parts = _match(name)
     family = entry.family
     if parts["eot"] is not None and not entry.eot:
-        raise ValueError(f"attack {name!r}: _eotN applies to {', '.join(_eot_families())} only")
+        raise ValueError(f"attack {name!r}: _eotN applies to {_eot_attacks()} only")
     if parts["steps"] is not None and not entry.step_count:
         raise ValueError(f"attack {name!r}: {family} takes no step count")
     if parts["restarts"] is not None and not entry.restarts:
@@ -401,7 +405,7 @@ def with_eot(spec: AttackSpec, eot_iter: int) -> AttackSpec:
     """An EOT-capable spec (APGD) with `eot_iter` EOT draws per step, renamed canonically (`apgd_ce` ->
     `apgd_ce_eot20`)."""
     if not spec.supports_eot:
-        raise ValueError(f"attack {spec.name!r}: eot_iter applies to {', '.join(_eot_families())} only")
+        raise ValueError(f"attack {spec.name!r}: eot_iter applies to {_eot_attacks()} only")
     if int(eot_iter) < 1:
         raise ValueError(f"eot_iter must be positive, got {eot_iter}")
     changed = dataclasses.replace(spec, eot_iter=int(eot_iter))
