@@ -42,8 +42,9 @@ import tensorflow as tf
 
 from tfadv.attacks import rng
 from tfadv.attacks.losses import LOSS_NAMES, cw_margin, objective
-from tfadv.attacks.pgd import (_check_eot, _per_example, clip_to_box, expected_value_and_gradient, project,
-                               steepest_step, while_loop)
+from tfadv.attacks.ops import (check_eot, clip_to_box, expected_value_and_gradient, flat_norm, per_example, project,
+                               top_wrong_classes, while_loop)
+from tfadv.attacks.pgd import steepest_step
 
 APGD_NORMS = ("linf", "l2")
 MOMENTUM = 0.75
@@ -112,17 +113,12 @@ def _random_start(x, eps, norm, seed, keys=None):
     if keys is not None:
         t = (rng.uniform(keys, shape[1:], stream=0, minval=-1.0, maxval=1.0) if norm == "linf"
              else rng.normal(keys, shape[1:], stream=1))
-        flat = tf.reshape(t, [shape[0], -1])
-        size = (tf.reduce_max(tf.abs(flat), axis=1) if norm == "linf"
-                else tf.sqrt(tf.reduce_sum(tf.square(flat), axis=1)))
     elif norm == "linf":
         t = (tf.random.uniform(shape, -1.0, 1.0) if seed is None
              else tf.random.stateless_uniform(shape, seed, -1.0, 1.0))
-        size = tf.reduce_max(tf.abs(tf.reshape(t, [shape[0], -1])), axis=1)
     else:
         t = tf.random.normal(shape) if seed is None else tf.random.stateless_normal(shape, seed)
-        size = tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(t, [shape[0], -1])), axis=1))
-    delta = eps * t / _per_example(size + 1e-12, x)
+    delta = eps * t / per_example(flat_norm(t, norm) + 1e-12, x)
     return x + clip_to_box(x, delta)
 
 
@@ -159,7 +155,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
     `eot_iter`: gradient averaged over that many passes, the objective the last pass's (see `apgd`).
     """
     _check(norm, loss, steps, 1, rho)
-    _check_eot(eot_iter)
+    check_eot(eot_iter)
     x = tf.convert_to_tensor(x, tf.float32)
     labels = tf.cast(labels, tf.int32)
     targets = None if targets is None else tf.cast(targets, tf.int32)
@@ -176,7 +172,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
     else:
         clean_wrong = tf.cast(clean_wrong, tf.bool)
         found = clean_wrong | wrong_start
-        x_found = tf.where(_per_example(wrong_start, x), x_start, x)
+        x_found = tf.where(per_example(wrong_start, x), x_start, x)
     eta = tf.fill([batch], INITIAL_STEP) * eps
     window_table = tf.constant(_window_lengths(steps), tf.int32)
 
@@ -184,24 +180,24 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
         (x_cur, x_prev, grad, loss_cur, eta, x_best, loss_best, grad_best, increases, halved_last,
          loss_best_last, x_found, found, trace) = state
         trace = trace.write(k - 1, eta)
-        z = feasible(x_cur + steepest_step(grad, _per_example(eta, x), norm))
+        z = feasible(x_cur + steepest_step(grad, per_example(eta, x), norm))
         alpha = tf.where(k == 1, 1.0, MOMENTUM)  # the first step has no momentum
         x_new = feasible(x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev))
         loss_new, grad_new, wrong = _evaluate(logits_fn, x_new, labels, loss, targets, eot_iter)
 
         increases = increases + tf.cast(loss_new > loss_cur, tf.int32)
         improved = loss_new > loss_best
-        x_best = tf.where(_per_example(improved, x), x_new, x_best)
-        grad_best = tf.where(_per_example(improved, x), grad_new, grad_best)
+        x_best = tf.where(per_example(improved, x), x_new, x_best)
+        grad_best = tf.where(per_example(improved, x), grad_new, grad_best)
         loss_best = tf.where(improved, loss_new, loss_best)
-        x_found = tf.where(_per_example(wrong, x), x_new, x_found)
+        x_found = tf.where(per_example(wrong, x), x_new, x_found)
         found = found | wrong
 
         window = tf.gather(window_table, k)
         at_checkpoint = tf.fill([batch], window > 0)
         halve = at_checkpoint & should_halve(increases, window, rho, halved_last, loss_best, loss_best_last)
         eta = tf.where(halve, eta / 2.0, eta)
-        restart = _per_example(halve, x)
+        restart = per_example(halve, x)
         x_next = tf.where(restart, x_best, x_new)
         grad_next = tf.where(restart, grad_best, grad_new)
         loss_next = tf.where(halve, loss_best, loss_new)
@@ -216,7 +212,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
              tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None])))
     _, state = while_loop(lambda k, _: k <= steps, body, (tf.constant(1), state))
     (_, _, _, _, eta, x_best, loss_best, _, _, _, _, x_found, found, trace) = state
-    x_adv = tf.where(_per_example(found, x), x_found, x_best)
+    x_adv = tf.where(per_example(found, x), x_found, x_best)
     return APGDRun(x_adv, x_best, loss_best, found, eta, trace.stack())
 
 
@@ -237,7 +233,7 @@ def _keep_worst(logits_fn, labels, candidate, value_fn, best):
         return candidate, value, won
     best_x, best_value, best_won = best
     better = (won & ~best_won) | ((won == best_won) & (value > best_value))
-    return (tf.where(_per_example(better, candidate), candidate, best_x), tf.where(better, value, best_value),
+    return (tf.where(per_example(better, candidate), candidate, best_x), tf.where(better, value, best_value),
             best_won | won)
 
 
@@ -261,7 +257,7 @@ def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=1
     (Croce & Hein's `autopgd_base.py`).
     """
     _check(norm, loss, steps, restarts, rho)
-    _check_eot(eot_iter)
+    check_eot(eot_iter)
     x = tf.convert_to_tensor(x, tf.float32)
     labels = tf.cast(labels, tf.int32)
     clean_wrong = _misclassified(logits_fn, x, labels)
@@ -277,14 +273,6 @@ def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=1
     return best[0]
 
 
-def top_wrong_classes(logits, labels, count):
-    """[B, count] the `count` highest-scoring wrong classes by logit, highest first."""
-    logits = tf.cast(logits, tf.float32)
-    mask = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
-    masked = tf.where(mask, tf.fill(tf.shape(logits), -float("inf")), logits)
-    return tf.math.top_k(masked, k=count).indices
-
-
 def apgd_targeted(logits_fn: Callable, x, labels, *, eps, norm="linf", steps=100, num_targets=9, restarts=1,
                   rho=0.75, seed: Optional[int] = None, keys=None, eot_iter: int = 1):
     """APGD-T: APGD on the targeted DLR loss, once for each of the top-`num_targets` wrong classes by clean
@@ -295,7 +283,7 @@ def apgd_targeted(logits_fn: Callable, x, labels, *, eps, norm="linf", steps=100
     in `apgd`.
     """
     _check(norm, "dlr", steps, restarts, rho)
-    _check_eot(eot_iter)
+    check_eot(eot_iter)
     if not isinstance(num_targets, int) or num_targets < 1:
         raise ValueError(f"num_targets must be a positive int, got {num_targets!r}")
     x = tf.convert_to_tensor(x, tf.float32)

@@ -18,13 +18,11 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from tfadv.attacks.pgd import _per_example, value_and_gradient, while_loop
+from tfadv.attacks.ops import per_example, top_wrong_logit, value_and_gradient, while_loop
 
 CWResult = collections.namedtuple("CWResult", ["x_adv", "norms", "found"])
 _BOX = 0.999999  # tanh-space margin so that pixels at exactly 0 or 1 have finite w
 _UPPER = 1e10
-
-
 
 
 def _margin(logits, labels, targets, confidence):
@@ -33,12 +31,10 @@ def _margin(logits, labels, targets, confidence):
     if targets is None:
         own = tf.one_hot(labels, num_classes, on_value=True, off_value=False)
         real = tf.reduce_sum(tf.where(own, logits, 0.0), axis=-1)
-        other = tf.reduce_max(tf.where(own, -1e9, logits), axis=-1)
-        return real - other + confidence  # success when <= 0
+        return real - top_wrong_logit(logits, labels) + confidence  # success when <= 0
     own = tf.one_hot(targets, num_classes, on_value=True, off_value=False)
     target = tf.reduce_sum(tf.where(own, logits, 0.0), axis=-1)
-    other = tf.reduce_max(tf.where(own, -1e9, logits), axis=-1)
-    return other - target + confidence
+    return top_wrong_logit(logits, targets) - target + confidence
 
 
 def carlini_wagner_l2(logits_fn: Callable, x, labels, *, targets=None, confidence: float = 0.0,
@@ -87,13 +83,13 @@ def carlini_wagner_l2(logits_fn: Callable, x, labels, *, targets=None, confidenc
             norm = tf.sqrt(distance)
             improved = ok & (norm < best_norm) & active
             best_norm = tf.where(improved, norm, best_norm)
-            best_x = tf.where(_per_example(improved, x), x_new, best_x)
+            best_x = tf.where(per_example(improved, x), x_new, best_x)
             found_now = found_now | (ok & active)
             t = tf.cast(i + 1, tf.float32)
             m = beta1 * m + (1.0 - beta1) * gradient
             v = beta2 * v + (1.0 - beta2) * tf.square(gradient)
             update = learning_rate * (m / (1.0 - beta1 ** t)) / (tf.sqrt(v / (1.0 - beta2 ** t)) + adam_eps)
-            w = tf.where(_per_example(active, x), w - update, w)
+            w = tf.where(per_example(active, x), w - update, w)
             if abort_early:
                 check = tf.equal(tf.math.floormod(i + 1, check_every), 0)
                 stalled = check & (loss > 0.9999 * previous)
@@ -116,5 +112,5 @@ def carlini_wagner_l2(logits_fn: Callable, x, labels, *, targets=None, confidenc
         bisect = upper < _UPPER / 10
         const = tf.where(bisect, (lower + upper) / 2.0, const * 10.0)
     found = tf.math.is_finite(best_norm)
-    return CWResult(tf.where(_per_example(found, x), best_x, x), best_norm, found)
+    return CWResult(tf.where(per_example(found, x), best_x, x), best_norm, found)
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 
-from tfadv.attacks.pgd import _per_example, while_loop
+from tfadv.attacks.ops import masked_logits, per_example, while_loop
 
 DEEPFOOL_NORMS = ("l2", "linf")
 
@@ -27,8 +26,7 @@ def deepfool(logits_fn: Callable, x, labels, *, norm="l2", num_candidates=10, ov
     clean = tf.cast(logits_fn(x), tf.float32)
     count = min(int(num_candidates), int(clean.shape[-1]))
     # candidate classes: the true class first, then the highest other clean logits
-    others = tf.where(tf.one_hot(labels, clean.shape[-1]) > 0, -np.inf, clean)
-    candidates = tf.concat([labels[:, None], tf.math.top_k(others, k=count - 1).indices], axis=1)
+    candidates = tf.concat([labels[:, None], tf.math.top_k(masked_logits(clean, labels), k=count - 1).indices], axis=1)
 
     def step(images):
         with tf.GradientTape() as tape:
@@ -52,7 +50,7 @@ def deepfool(logits_fn: Callable, x, labels, *, norm="l2", num_candidates=10, ov
 
     def body(i, x_adv, r_total, active):
         r = step(x_adv)
-        r_total = tf.where(_per_example(active, x), r_total + r, r_total)
+        r_total = tf.where(per_example(active, x), r_total + r, r_total)
         x_adv = tf.clip_by_value(x + (1.0 + overshoot) * r_total, 0.0, 1.0)
         predicted = tf.argmax(tf.cast(logits_fn(x_adv), tf.float32), -1, output_type=tf.int32)
         return i + 1, x_adv, r_total, active & tf.equal(predicted, labels)

@@ -31,7 +31,7 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from tfadv.attacks import rng
-from tfadv.attacks.pgd import _per_example, value_and_gradient, while_loop
+from tfadv.attacks.ops import flat_norm, per_example, top_wrong_classes, value_and_gradient, while_loop
 
 FAB_NORMS = ("linf", "l2")
 _BIG = 1e12
@@ -79,13 +79,6 @@ def _flat(x):
     return tf.reshape(x, [tf.shape(x)[0], -1])
 
 
-def _norm(delta, norm):
-    flat = _flat(delta)
-    return tf.reduce_max(tf.abs(flat), axis=1) if norm == "linf" else tf.sqrt(tf.reduce_sum(tf.square(flat), axis=1))
-
-
-
-
 def _check(norm, steps, num_targets, restarts):
     if norm not in FAB_NORMS:
         raise ValueError(f"FAB supports norm {' or '.join(FAB_NORMS)}, got {norm!r}")
@@ -127,9 +120,9 @@ def fab_run(logits_fn: Callable, x, labels, targets, *, norm="linf", steps=100, 
         new = tf.clip_by_value((p1 + eta * d1) * (1.0 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0)
         new_image = tf.reshape(new, tf.shape(x))
         wrong = tf.not_equal(tf.argmax(logits_fn(new_image), -1, output_type=tf.int32), labels)
-        distance = _norm(new_image - x, norm)
+        distance = flat_norm(new_image - x, norm)
         improved = wrong & (distance < best_norm)
-        best = tf.where(_per_example(improved, x), new_image, best)
+        best = tf.where(per_example(improved, x), new_image, best)
         best_norm = tf.where(improved, distance, best_norm)
         pulled = x0 + (new - x0) * beta
         new = tf.where(wrong[:, None], pulled, new)
@@ -153,8 +146,6 @@ def fab_targeted(logits_fn: Callable, x, labels, *, norm="linf", steps=100, num_
     num_classes = clean_logits.shape[-1]
     if num_classes is None or num_classes < 2:
         raise ValueError("FAB-T needs a static number of classes, at least 2")
-    from tfadv.attacks.apgd import top_wrong_classes
-
     candidates = top_wrong_classes(clean_logits, labels, min(num_targets, num_classes - 1))
     clean_wrong = tf.not_equal(tf.argmax(clean_logits, -1, output_type=tf.int32), labels)
     best = x
@@ -171,11 +162,11 @@ def fab_targeted(logits_fn: Callable, x, labels, *, norm="linf", steps=100, num_
                     t = rng.uniform(restart_keys, shape, stream=1, minval=-1.0, maxval=1.0, batch=tf.shape(x)[0])
                 else:
                     t = rng.normal(restart_keys, shape, stream=2, batch=tf.shape(x)[0])
-                t = t / _per_example(_norm(t, norm) + 1e-12, x)
-                start = tf.clip_by_value(x + _per_example(radius, x) * t, 0.0, 1.0)
+                t = t / per_example(flat_norm(t, norm) + 1e-12, x)
+                start = tf.clip_by_value(x + per_example(radius, x) * t, 0.0, 1.0)
             candidate, candidate_norm = fab_run(logits_fn, x, labels, candidates[:, index], norm=norm, steps=steps,
                                                 alpha_max=alpha_max, eta=eta, beta=beta, start=start)
             better = candidate_norm < best_norm
-            best = tf.where(_per_example(better, x), candidate, best)
+            best = tf.where(per_example(better, x), candidate, best)
             best_norm = tf.where(better, candidate_norm, best_norm)
     return best, best_norm

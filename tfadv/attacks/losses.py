@@ -6,18 +6,13 @@ the target (`targeted_objective`), i.e. lowers its cross-entropy / raises its ma
 
 import tensorflow as tf
 
+from tfadv.attacks.ops import top_wrong_logit
+
 LOSS_NAMES = ("ce", "cw", "dlr")
 
 
 def _sorted_desc(logits):
     return tf.sort(logits, axis=-1, direction="DESCENDING")
-
-
-def _max_other(logits, labels):
-    """The largest logit among the classes other than `labels`."""
-    num_classes = tf.shape(logits)[-1]
-    mask = tf.one_hot(labels, num_classes, on_value=True, off_value=False)
-    return tf.reduce_max(tf.where(mask, tf.fill(tf.shape(logits), logits.dtype.min), logits), axis=-1)
 
 
 def _true_logit(logits, labels):
@@ -30,7 +25,7 @@ def cross_entropy(logits, labels):
 
 def cw_margin(logits, labels):
     """Carlini-Wagner margin: max_{j != y} z_j - z_y (positive once misclassified)."""
-    return _max_other(logits, labels) - _true_logit(logits, labels)
+    return top_wrong_logit(logits, labels) - _true_logit(logits, labels)
 
 
 def dlr(logits, labels):
@@ -38,7 +33,7 @@ def dlr(logits, labels):
     if logits.shape[-1] is not None and logits.shape[-1] < 3:
         raise ValueError(f"the DLR loss needs at least 3 classes, got {logits.shape[-1]}")
     top = _sorted_desc(logits)
-    return -(_true_logit(logits, labels) - _max_other(logits, labels)) / (top[:, 0] - top[:, 2] + 1e-12)
+    return -(_true_logit(logits, labels) - top_wrong_logit(logits, labels)) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
 def targeted_dlr(logits, labels, targets):

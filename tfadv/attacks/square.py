@@ -34,7 +34,7 @@ from typing import Callable
 import tensorflow as tf
 
 from tfadv.attacks import rng
-from tfadv.attacks.pgd import while_loop
+from tfadv.attacks.ops import top_wrong_logit, while_loop
 
 SquareRun = collections.namedtuple("SquareRun", ["x_adv", "margin", "queries"])
 SQUARE_NORMS = ("linf", "l2")
@@ -45,8 +45,7 @@ def _margin(logits, labels):
     logits = tf.cast(logits, tf.float32)
     own = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
     correct = tf.reduce_sum(tf.where(own, logits, 0.0), axis=-1)
-    other = tf.reduce_max(tf.where(own, -float("inf"), logits), axis=-1)
-    return correct - other
+    return correct - top_wrong_logit(logits, labels)
 
 
 def p_selection(p_init, iteration, queries, rescale=False):

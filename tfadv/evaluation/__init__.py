@@ -1,9 +1,16 @@
-"""Evaluation: attack suites, robust accuracy with the worst case per example, reports."""
+"""Evaluation: the attack registry and suites (specs), the Evaluator (runner), reports, and `evaluate_model`,
+the library call behind scripts/evaluate.py."""
 
-from tfadv.evaluation.runner import (AUTOATTACK, AUTOATTACK_RAND, AttackSpec, Evaluator, at_budget, autoattack_specs,
-                                     canonical_attack_name, check_classes, evaluate, format_markdown, format_table,
-                                     parse_attack, plot_report, with_eot)
+from tfadv.evaluation.specs import (AUTOATTACK, AUTOATTACK_RAND, SUITES, AttackEntry, AttackSpec, NameOption,
+                                    at_budget, attack_entry, autoattack_specs, canonical_attack_name, check_classes,
+                                    parse_attack, register_attack, registered_attacks, suite_specs,
+                                    unregister_attack, with_eot)
+from tfadv.evaluation.runner import Evaluator, evaluate
+from tfadv.evaluation.reports import format_markdown, format_table, plot_report
+from tfadv.evaluation.api import EvaluationError, evaluate_model, resolve_attacks
 
-__all__ = ["AUTOATTACK", "AUTOATTACK_RAND", "AttackSpec", "Evaluator", "at_budget", "autoattack_specs",
-           "canonical_attack_name", "check_classes", "evaluate", "format_markdown", "format_table", "parse_attack",
-           "plot_report", "with_eot"]
+__all__ = ["AUTOATTACK", "AUTOATTACK_RAND", "SUITES", "AttackEntry", "AttackSpec", "EvaluationError", "Evaluator",
+           "NameOption", "at_budget", "attack_entry", "autoattack_specs", "canonical_attack_name", "check_classes",
+           "evaluate", "evaluate_model", "format_markdown", "format_table", "parse_attack", "plot_report",
+           "register_attack", "registered_attacks", "resolve_attacks", "suite_specs", "unregister_attack",
+           "with_eot"]

@@ -59,7 +59,7 @@ def attack_classes(report: dict) -> Dict[str, dict]:
     tfadv recorded it) is classified once by the runner's own parser, `parse_attack`, and says so in
     `classified_from`; a name the parser does not know is an error.
     """
-    from tfadv.evaluation import runner
+    from tfadv.evaluation import specs
 
     classes = {}
     for name, entry in report["attacks"].items():
@@ -68,8 +68,9 @@ def attack_classes(report: dict) -> Dict[str, dict]:
         else:
             radius = float(entry.get("eps", 1.0))
             try:
-                spec = runner.parse_attack(name, {"linf": radius, "l2": radius, "l1": radius},
-                                           source=(lambda images: images) if name.startswith("transfer_") else None)
+                # a source is needed only by transfer attacks (the parser ignores it for the others)
+                spec = specs.parse_attack(name, {"linf": radius, "l2": radius, "l1": radius},
+                                          source=lambda images: images)
             except ValueError as error:
                 raise ValueError(f"attack {name!r} in the report has no metadata (kind, norm, loss, ...) and its name "
                                  f"is not one tfadv.evaluation.parse_attack knows ({error}); re-run the evaluation "
@@ -267,7 +268,7 @@ def check_vanishing_gradients(logits_fn: Callable, x, y, batch_size: int = 256, 
 def _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed):
     """The attacks the report-based checks need but the report lacks (FGSM, PGD-10/50, CW-50, Square), run
     here so that every suite gets every verdict; returns a report of the probes (named in the verdicts)."""
-    from tfadv.evaluation import runner
+    from tfadv.evaluation import runner, specs
 
     classes = attack_classes(report)
     plain = {n: c for n, c in classes.items() if not c["group"]}
@@ -280,11 +281,11 @@ def _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed):
     if not _select(classes, kind="gradient", norm="linf", loss=("cw", "dlr")):
         wanted.append("cw50")
     if square_queries and not _select(classes, kind=("score_based", "transfer"), norm="linf"):
-        wanted.append(f"square{square_queries}")
+        wanted.append(specs.canonical_attack_name("square", square_queries))
     if not wanted:
         return {"attacks": {}}
-    specs = [runner.parse_attack(n, {"linf": eps}) for n in wanted]
-    return runner.Evaluator(logits_fn, specs, batch_size, seed)(x, y)
+    probes = [specs.parse_attack(n, {"linf": eps}) for n in wanted]
+    return runner.Evaluator(logits_fn, probes, batch_size, seed)(x, y)
 
 
 def audit(logits_fn: Callable, x, y, report: dict, eps: float, batch_size: int = 256,
@@ -335,8 +336,8 @@ def audit(logits_fn: Callable, x, y, report: dict, eps: float, batch_size: int =
 
     checks.append(check_vanishing_gradients(logits_fn, x, y, batch_size))
     if len(y):
-        eot = max([c["eot_iter"] or 1 for c in attack_classes(report).values()
-                   if c["attack"] in ("apgd_ce", "apgd_dlr", "apgd_t")], default=1)
+        # the most EOT draws any attack of the report averaged over (attacks without EOT record 1)
+        eot = max([c["eot_iter"] or 1 for c in attack_classes(report).values()], default=1)
         checks.append(check_randomized(logits_fn, x[:batch_size], y[:batch_size], eot_iter=eot))
         checks.append(check_range(logits_fn, x[:batch_size]))
     return {c["check"]: c for c in checks}

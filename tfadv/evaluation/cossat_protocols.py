@@ -107,7 +107,7 @@ def evaluate(outputs_fn: Callable, x, y, specs: Sequence, protocol: str = "white
                                             "attacks": [s.name for s in specs if s.group == spec.group]}
         worst &= robust
         report["attacks"][spec.name] = {"robust_accuracy": float(robust.mean()), "per_source": per_source,
-                                        "seconds": round(time.time() - start, 3)}
+                                        "seconds": round(time.time() - start, 3), **spec.metadata()}
         if spec.group:
             report["attacks"][spec.name]["group"] = spec.group
         if log:

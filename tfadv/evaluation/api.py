@@ -1,0 +1,348 @@
+"""`evaluate_model`: the library call behind scripts/evaluate.py. A model (a SavedModel or run directory, a
+`keras.Model` mapping [0,1] images to logits, or any `logits_fn`), examples, attack names and/or suites, and a
+budget in; the report dict out, with report.json, report.md and plots/robust_accuracy.png written on request.
+
+    from tfadv import config, data, evaluation
+    budget = config.budget(data.get_spec("cifar10"), eps=8)
+    report = evaluation.evaluate_model(model, x, y, suite="autoattack", budget=budget, output_dir="eval")
+
+The evaluation side never imports the training side (tfadv.config is only read duck-typed: a Budget is
+anything with `radii()`, and `to_json()` / `fraction(name)` when present).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Dict, Optional, Sequence, Union
+
+from tfadv import runs
+from tfadv.evaluation import reports, runner, specs as specs_lib
+
+DIAGNOSTICS = ("eps_l", "gradients", "lipschitz", "linearity", "landscape", "confidence", "sweep")
+COSSAT_PROTOCOLS = {"white_box": ["white_box"], "half_white_box": ["half_white_box"], "aa_dispatch": ["aa_dispatch"],
+                    "both": ["white_box", "half_white_box"], "all": ["white_box", "half_white_box", "aa_dispatch"]}
+DEFAULT_ATTACKS = ("fgsm", "pgd20", "cw20")
+TRANSFER_ATTACK = "transfer_pgd20"  # what a suite adds when a source model is given
+
+
+class EvaluationError(ValueError):
+    """A bad argument of `evaluate_model`; the message names the evaluate.py flag and what is allowed."""
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def radii_of(budget) -> Dict[str, float]:
+    """{norm: radius as a fraction of the pixel range} of a tfadv.config.Budget or of such a dict."""
+    if budget is None:
+        raise EvaluationError("budget is required: tfadv.config.budget(spec, eps=...) or {norm: radius}")
+    return dict(budget.radii()) if hasattr(budget, "radii") else {k: float(v) for k, v in dict(budget).items()}
+
+
+def resolve_attacks(attacks: Optional[Sequence[str]] = None, suites: Union[str, Sequence[str]] = (),
+                    radii: Optional[Dict[str, float]] = None, step_size: Optional[float] = None,
+                    source: Optional[Callable] = None, eot_iter: Optional[int] = None,
+                    log: Optional[Callable] = print) -> list:
+    """The AttackSpecs to run, each once.
+
+    `attacks`: names (None: fgsm, pgd20, cw20 without a suite, nothing more with one); `suites`: names of
+    SUITES, combined in order (with a `source` model a suite adds transfer_pgd20); `eot_iter`: every EOT-capable
+    attack (APGD) averages its gradient over that many draws. An attack two suites ask for runs once, as a
+    cascade stage when one of them runs it so (said in `log`); asked for explicitly in `attacks` and also in
+    a cascade it is refused. Raises EvaluationError.
+    """
+    suites = _as_list(suites)
+    explicit = attacks is not None
+    names = list(DEFAULT_ATTACKS) if attacks is None and not suites else list(attacks or [])
+    specs = []
+    bad = [name for name in suites if name not in specs_lib.SUITES]
+    if bad:
+        raise EvaluationError(f"--suite: unknown {', '.join(map(repr, bad))}; valid: {', '.join(specs_lib.SUITES)}")
+    for suite in suites:
+        if isinstance(specs_lib.SUITES[suite], list):
+            names += [n for n in specs_lib.SUITES[suite] if n not in names]
+        else:
+            specs += specs_lib.suite_specs(suite, radii)
+    if suites and source is not None and TRANSFER_ATTACK not in names:
+        names.append(TRANSFER_ATTACK)
+    try:
+        specs = [specs_lib.parse_attack(name, radii, step_size, source) for name in names] + specs
+        asked = {specs_lib.parse_attack(n, radii, step_size, source).name for n in attacks} if explicit else set()
+    except ValueError as error:
+        raise EvaluationError(f"--attacks: {error}") from None
+    if eot_iter is not None:
+        if not any(s.supports_eot for s in specs):
+            eot = ", ".join(e.family for e in specs_lib.registered_attacks().values() if e.eot)
+            raise EvaluationError(f"--eot_iter applies to APGD attacks ({eot}, --suite=autoattack*), and none of "
+                                  f"{', '.join(s.name for s in specs) or 'the selected attacks'} is one")
+        specs = [specs_lib.with_eot(s, eot_iter) if s.supports_eot else s for s in specs]
+    unique = {}
+    for s in specs:  # pgd20 and pgd20_linf are one attack (canonical names): run it once
+        if s.name in unique and unique[s.name].group != s.group:
+            alone, cascade = (s, unique[s.name]) if s.group is None else (unique[s.name], s)
+            if alone.name in asked:
+                raise EvaluationError(f"--attacks: {s.name} is asked for both alone and in the {cascade.group} "
+                                      f"cascade; drop it from --attacks or run the suites separately")
+            # a suite's standalone entry that another suite runs as a cascade stage: reported with the cascade
+            if log:
+                log(f"note: {s.name} runs as a stage of the {cascade.group} cascade (on the points still robust), "
+                    f"not also alone")
+            unique[s.name] = cascade
+            continue
+        unique.setdefault(s.name, s)
+    return list(unique.values())
+
+
+def recorded_eps_levels(metadata: dict, spec) -> float:
+    """The eps, in `spec`'s pixel levels, that a SavedModel's tfadv.json records: its "budget" (levels), else its
+    "eps_levels", else its "eps" fraction (what tfadv wrote before it recorded levels), whose level count is
+    recovered and accepted only if `tfadv.config.budget` gives back exactly that fraction. EvaluationError
+    naming --eps when there is none."""
+    from tfadv import config
+
+    recorded_max = metadata.get("budget", {}).get("pixel_max", metadata.get("pixel_max"))
+    same_range = recorded_max is None or float(recorded_max) == float(spec.pixel_max)
+    levels = metadata.get("budget", {}).get("eps", {}).get("levels", metadata.get("eps_levels"))
+    if levels is not None and same_range:
+        return float(levels)
+    if "eps" not in metadata:
+        raise EvaluationError(f"--eps: the model records no eps; give it in pixel levels of {spec.name} "
+                              f"(0..{spec.pixel_max:g})")
+    fraction = float(metadata["eps"])
+    level = round(fraction * spec.pixel_max, 9)  # a candidate, checked against the one conversion below
+    if abs(config.budget(spec, eps=level).eps - fraction) > 1e-12:
+        raise EvaluationError(f"--eps: the model records eps {fraction:g} of the pixel range, not a level count of "
+                              f"{spec.name}; give --eps in pixel levels")
+    return level
+
+
+def evaluation_budget(metadata: dict, dataset: Optional[str] = None, eps: Optional[float] = None,
+                      eps_l2: Optional[float] = None, eps_l1: Optional[float] = None,
+                      attack_step_size: Optional[float] = None, examples_shape=None):
+    """(dataset spec, tfadv.config.Budget) of an evaluation: the dataset and eps (pixel levels) from the
+    arguments, else from the model's recorded metadata. A model that records no dataset needs `dataset`, or
+    `examples_shape` (user examples) with `eps` (then in 8-bit levels, n/255). EvaluationError names the flag."""
+    from tfadv import config, data
+
+    name = dataset or metadata.get("dataset")
+    if name is None:
+        if examples_shape is None or eps is None:
+            raise EvaluationError("--dataset: the model records no dataset (no tfadv.json): give --dataset or a "
+                                  "training --flagfile, or --examples with --eps")
+        spec = data.DatasetSpec("examples", tuple(examples_shape), 0, 255.0, (0.0,), (1.0,), "none")
+    else:
+        try:
+            spec = data.get_spec(name)
+        except ValueError as error:
+            raise EvaluationError(f"--dataset: {error}") from None
+    levels = recorded_eps_levels(metadata, spec) if eps is None else eps
+    try:
+        result = config.budget(spec, eps=levels, eps_l2=eps_l2, eps_l1=eps_l1, attack_step_size=attack_step_size)
+    except config.ConfigError as error:
+        raise EvaluationError(str(error)) from None
+    if not result.eps <= 1:
+        raise EvaluationError(f"--eps: {levels} is outside the pixel range of {spec.name} (0..{spec.pixel_max:g} "
+                              f"levels)")
+    return spec, result
+
+
+def check_options(diagnostics: Sequence[str] = (), cossat_protocol: Optional[str] = None):
+    """Raises EvaluationError for an unknown diagnostic or Co-SSAT protocol."""
+    unknown = [d for d in diagnostics if d not in DIAGNOSTICS]
+    if unknown:
+        raise EvaluationError(f"--diagnostics: unknown {unknown}; valid: {', '.join(DIAGNOSTICS)}")
+    if cossat_protocol is not None and cossat_protocol not in COSSAT_PROTOCOLS:
+        raise EvaluationError(f"--cossat_protocol: unknown {cossat_protocol!r}; valid: {', '.join(COSSAT_PROTOCOLS)}")
+
+
+def load_model(model):
+    """(logits_fn, path or None) of a SavedModel / run directory path, a keras.Model (called in inference
+    mode) or a logits_fn."""
+    if isinstance(model, (str, os.PathLike)):
+        from tfadv import export
+
+        path = runs.find_saved_model(os.fspath(model))
+        if path is None:
+            raise EvaluationError(f"--model_dir={model}: no SavedModel there (nor in "
+                                  f"{runs.saved_model_dir(os.fspath(model))})")
+        return export.load_logits_fn(path), path
+    if hasattr(model, "trainable_variables") and hasattr(model, "layers"):  # keras.Model: BN in inference mode
+        network = model
+        logits_fn = lambda images: network(images, training=False)  # noqa: E731
+        logits_fn.input_shape = getattr(network, "input_shape", None)
+        return logits_fn, None
+    if not callable(model):
+        raise EvaluationError(f"model must be a SavedModel path, a keras.Model or a logits_fn, got {type(model)}")
+    return model, None
+
+
+def run_diagnostics(names, logits_fn, x, y, eps, plots, log: Callable = print) -> dict:
+    """The requested geometry diagnostics (tfadv.evaluation.landscape / diagnostics); PNGs into `plots`."""
+    from tfadv.evaluation import diagnostics as linear, landscape
+
+    out = {}
+    if "eps_l" in names:
+        result = linear.linear_robustness(logits_fn, x, y, eps)
+        linear.plot_linear_robustness(result, os.path.join(plots, "linear_robustness.png"))
+        result.pop("per_example")
+        out["eps_l"] = result
+        log(f"linear robustness estimate (paper 004 Eq. 4): predicted {result['predicted_robust_accuracy']:.4f}, "
+            f"FGSM-CE {result['fgsm_ce_accuracy']:.4f}, FGSM-CW {result['fgsm_cw_accuracy']:.4f}; median eps_L "
+            f"{result['eps_l']['median']}, logit gap {result['logit_gap']['median']:.4g}, gradient gap "
+            f"{result['gradient_gap']['median']:.4g}, coherence {result['coherence']['median']:.3f}")
+    if "gradients" in names:
+        out["gradients"] = landscape.gradient_magnitudes(logits_fn, x, y)
+        log("input-gradient ||grad_x CE||_2^2 (paper 002 Table 2): " +
+            json.dumps(out["gradients"]["squared_l2_norm"]))
+    if "lipschitz" in names:
+        out["lipschitz"] = landscape.local_lipschitz(logits_fn, x, eps)
+        log(f"local Lipschitz: upper {out['lipschitz']['upper']:.4g}, lower {out['lipschitz']['lower']:.4g}")
+    if "linearity" in names:
+        out["linearity"] = landscape.local_linearity(logits_fn, x, y, eps)
+        log(f"local linearity: gradient alignment {out['linearity']['gradient_alignment']:.4f}, "
+            f"linearity gap {out['linearity']['linearity_gap']:.4g}")
+    if "landscape" in names:
+        out["landscape"] = landscape.loss_landscape(logits_fn, x, y, eps)
+        landscape.plot_landscape(out["landscape"], os.path.join(plots, "loss_landscape.png"))
+    if "confidence" in names:
+        out["confidence"] = landscape.confidence_profile(logits_fn, x, y, eps)
+        log("sorted confidence (clean): " + " ".join(f"{v:.3f}" for v in out["confidence"]["clean"]))
+    if "sweep" in names:
+        eps_values = [eps * f for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)]
+        out["sweep"] = landscape.accuracy_sweep(logits_fn, x, y, eps_values, [1, 2, 5, 10, 20, 50, 100])
+        landscape.plot_sweep(out["sweep"], os.path.join(plots, "accuracy_sweeps.png"))
+        log("accuracy vs eps: " + " ".join(f"{v:.3f}" for v in out["sweep"]["accuracy_vs_eps"]))
+    return out
+
+
+def _cossat_outputs(logits_fn):
+    """`outputs_fn(images) -> dict` of a loaded Co-SSAT SavedModel (EvaluationError for any other model)."""
+    loaded = getattr(logits_fn, "saved_model", None)
+    loaded = loaded.signatures["serving_default"] if loaded is not None else None
+    if loaded is None or "ssat_logits" not in loaded.structured_outputs:
+        raise EvaluationError("--cossat_protocol needs a Co-SSAT SavedModel (from scripts/build_cossat.py)")
+    return lambda images: loaded(images=images)
+
+
+def _cossat(outputs_fn, x, y, specs, radii, protocols, batch_size, seed, log):
+    from tfadv.evaluation import cossat_protocols
+
+    out = {}
+    for protocol in protocols:
+        # App. H.2 dispatches AutoAttack's examples: with no AutoAttack suite requested, it brings its own
+        chosen = specs if protocol != "aa_dispatch" or any(s.group for s in specs) else \
+            specs_lib.autoattack_specs(radii)
+        result = cossat_protocols.evaluate(outputs_fn, x, y, chosen, protocol, batch_size, log=log, seed=seed)
+        out[protocol] = result
+        log(f"Co-SSAT {protocol}: worst case {result['worst_case_accuracy']:.4f}")
+    return out
+
+
+def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Union[str, Sequence[str]] = (),
+                   budget=None, step_size: Optional[float] = None, seed: int = 0, batch_size: int = 256,
+                   eot_iter: Optional[int] = None, audit: bool = True, audit_square_queries: int = 1000,
+                   diagnostics: Sequence[str] = (), cossat_protocol: Optional[str] = None, source_model=None,
+                   output_dir: Optional[str] = None, output: Optional[str] = None, plots_dir: Optional[str] = None,
+                   progress: bool = False, log: Optional[Callable] = print, model_name: Optional[str] = None,
+                   examples_source: str = "examples", report_fields: Optional[dict] = None) -> dict:
+    """Clean, per-attack and worst-case accuracy of `model` on (x, y) ([0,1] NHWC, int labels); returns the
+    report dict (tfadv.evaluation.Evaluator's, with the audit, diagnostics and Co-SSAT protocols when asked).
+
+    `model`: a SavedModel or run directory path, a keras.Model ([0,1] images -> logits, run with
+    training=False) or a logits_fn. `attacks`: names (`resolve_attacks`) or AttackSpecs already resolved;
+    `suite`: SUITES names; `budget`: a tfadv.config.Budget (its radii, and its "attack_step_size" when it has one) or
+    {norm: radius} in fractions; `step_size`: PGD's step size as a fraction (default: the budget's, else
+    eps/4 for l-inf, 2.5 eps/steps for l2/l1); `eot_iter`: EOT draws for every APGD attack; `audit`: the
+    gradient-masking audit (with a Square probe of `audit_square_queries` when no black-box attack ran);
+    `diagnostics`: DIAGNOSTICS names; `cossat_protocol`: a COSSAT_PROTOCOLS key (needs a Co-SSAT SavedModel);
+    `source_model`: transfer attacks craft on it (same forms as `model`). `output` gets the JSON report;
+    `output_dir` gets report.json, report.md and plots/robust_accuracy.png; diagnostic plots go to `plots_dir`
+    (default: output_dir/plots, else next to `output`, else ./eval_plots). `log` (None: silent) gets the
+    progress lines; `report_fields` are added to the report. Raises EvaluationError for bad arguments before
+    any attack runs.
+    """
+    import numpy as np
+
+    say = log or (lambda *_: None)
+    radii = radii_of(budget)
+    if step_size is None and hasattr(budget, "fraction"):
+        step_size = budget.fraction("attack_step_size")
+    source_fn = None if source_model is None else load_model(source_model)[0]
+    if attacks and all(isinstance(a, specs_lib.AttackSpec) for a in attacks):
+        specs = list(attacks)  # already resolved (resolve_attacks)
+    else:
+        specs = resolve_attacks(attacks, suite, radii, step_size, source_fn, eot_iter, log)
+    diagnostics = list(diagnostics) + (["sweep"] if "full" in _as_list(suite) and "sweep" not in diagnostics else [])
+    check_options(diagnostics, cossat_protocol)
+    logits_fn, path = load_model(model)
+    outputs_fn = _cossat_outputs(logits_fn) if cossat_protocol else None
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int32)
+    expected = getattr(logits_fn, "input_shape", None)
+    if expected is not None and tuple(x.shape[1:]) != tuple(expected[1:]):
+        raise EvaluationError(f"the examples have shape {tuple(x.shape[1:])} but the model takes {tuple(expected[1:])}")
+    num_classes = int(logits_fn(x[:1]).shape[-1])
+    try:
+        specs_lib.check_classes(specs, num_classes)
+    except ValueError as error:
+        raise EvaluationError(f"--attacks/--suite: {error}") from None
+    shown = path or model_name or "the model"
+    say(f"evaluating {shown} on {len(y)} examples of the {examples_source}; eps {radii['linf']:.4f} (linf), "
+        f"{radii['l2']:.4f} (l2), {radii['l1']:.4f} (l1); attacks: {', '.join(s.name for s in specs)}")
+    report = runner.evaluate(logits_fn, x, y, specs, batch_size, log=log, seed=seed, progress=progress)
+    report.pop("per_example_robust")
+    report.update(report_fields or {})
+    report.update({"eps": radii["linf"], "eps_l2": radii["l2"], "eps_l1": radii["l1"]})
+    if hasattr(budget, "to_json"):
+        report["budget"] = budget.to_json()
+    say(reports.format_table(report))
+    if audit:
+        from tfadv.evaluation import audit as audit_lib
+
+        checks = audit_lib.audit(logits_fn, x, y, report, radii["linf"], batch_size, seed=seed,
+                                 square_queries=audit_square_queries)
+        report["audit"] = checks
+        say(audit_lib.format_audit(checks))
+        warning = audit_lib.summary(checks)
+        if warning:
+            say(f"WARNING: {warning}: treat these robust accuracies as upper bounds")
+    if output_dir:
+        plots = plots_dir or runs.plots_dir(output_dir)
+    else:
+        plots = plots_dir or (os.path.join(os.path.dirname(os.path.abspath(output)), runs.PLOTS_DIR) if output
+                              else "eval_plots")
+    if diagnostics:
+        os.makedirs(plots, exist_ok=True)
+        report["diagnostics"] = run_diagnostics(diagnostics, logits_fn, x, y, radii["linf"], plots, say)
+    if cossat_protocol:
+        report["cossat"] = _cossat(outputs_fn, x, y, specs, radii, COSSAT_PROTOCOLS[cossat_protocol], batch_size,
+                                   seed, say)
+    write_report(report, output=output, output_dir=output_dir, plots=plots, model_name=model_name or shown, log=say)
+    return report
+
+
+def write_report(report: dict, output: Optional[str] = None, output_dir: Optional[str] = None,
+                 plots: Optional[str] = None, model_name: str = "model", log: Callable = print):
+    """The JSON report to `output` and to output_dir/report.json; with `output_dir` also the bar chart
+    (`plots`/robust_accuracy.png) and report.md."""
+    targets = [output] if output else []
+    if output_dir:
+        targets.append(runs.path(output_dir, runs.REPORT_JSON))
+    for target in targets:
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        runs.atomic_write(target, json.dumps(report, indent=2))
+        log(f"report written to {target}")
+    if output_dir:
+        plots = plots or runs.plots_dir(output_dir)
+        os.makedirs(plots, exist_ok=True)
+        chart = reports.plot_report(report, os.path.join(plots, "robust_accuracy.png"),
+                                    f"{os.path.basename(os.path.normpath(model_name))}: robust accuracy")
+        log(f"chart written to {chart}")
+        markdown = runs.path(output_dir, runs.REPORT_MD)
+        runs.atomic_write(markdown, reports.format_markdown(report, report.get("audit"), f"Robustness of {model_name}")
+                          + f"\n![robust accuracy]({os.path.relpath(chart, output_dir)})\n")
+        log(f"summary written to {markdown}")

@@ -1,0 +1,96 @@
+"""Reports of an evaluation: a plain-text table, a Markdown summary and a bar chart."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+def format_table(report: dict) -> str:
+    """A plain-text table of a report (cascaded attacks show the accuracy after them, marked `+`)."""
+    rows = [("clean", report["clean_accuracy"], "", "")]
+    for name, entry in report["attacks"].items():
+        rows.append(((" + " if entry.get("group") else "") + name, entry["robust_accuracy"],
+                     f"{entry['seconds']:.1f}s", f"{entry['images_per_second']:.1f}"))
+    for group, entry in report.get("groups", {}).items():
+        rows.append((f"{group} (all)", entry["robust_accuracy"], f"{entry['seconds']:.1f}s", ""))
+    by_norm = report.get("worst_case_by_norm", {})
+    if len(by_norm) > 1:
+        rows += [(f"worst case ({norm})", value, "", "") for norm, value in by_norm.items()]
+    rows.append(("worst case" + (" (all norms)" if len(by_norm) > 1 else ""), report["worst_case_accuracy"], "", ""))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'attack'.ljust(width)}  accuracy    time  img/s", f"{'-' * width}  --------  ------  -----"]
+    lines += [f"{name.ljust(width)}  {value * 100:7.2f}%  {t:>6}  {ips:>5}" for name, value, t, ips in rows]
+    lines.append(f"({report['num_examples']} examples" + ("; + = cascade: accuracy after this attack, run on the "
+                                                          "points the earlier ones left robust)"
+                                                          if report.get("groups") else ")"))
+    return "\n".join(lines)
+
+
+def format_markdown(report: dict, audit: Optional[dict] = None, title: str = "Robustness report") -> str:
+    """A Markdown summary: accuracy per attack with time and images/s, groups, worst case, audit verdicts."""
+    by_norm = report.get("worst_case_by_norm", {})
+    per_norm = "".join(f"; {norm} attacks only **{value * 100:.2f} %**" for norm, value in by_norm.items()) \
+        if len(by_norm) > 1 else ""
+    lines = [f"# {title}", "", f"{report['num_examples']} examples; clean accuracy "
+             f"**{report['clean_accuracy'] * 100:.2f} %**; worst case over all attacks "
+             f"**{report['worst_case_accuracy'] * 100:.2f} %**{per_norm}.", ""]
+    lines += ["| attack | norm | eps | robust accuracy | attacked | time (s) | images/s |",
+              "|---|---|---|---|---|---|---|"]
+    for name, entry in report["attacks"].items():
+        shown = f"{name} (cumulative, {entry['group']})" if entry.get("group") else name
+        lines.append(f"| {shown} | {entry['norm']} | {entry['eps']:.4g} | {entry['robust_accuracy'] * 100:.2f} % | "
+                     f"{entry['attacked']} | {entry['seconds']:.1f} | {entry['images_per_second']:.1f} |")
+    for group, entry in report.get("groups", {}).items():
+        lines += ["", f"**{group}** ({' → '.join(entry['attacks'])}): robust accuracy "
+                      f"**{entry['robust_accuracy'] * 100:.2f} %** in {entry['seconds']:.1f} s."]
+    if audit:
+        lines += ["", "## Gradient-masking audit", "", "| check | verdict | numbers |", "|---|---|---|"]
+        for name, check in audit.items():
+            numbers = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in check["numbers"].items())
+            lines.append(f"| {name} | {check['verdict']} | {numbers} |")
+        classified = {}
+        for check in audit.values():
+            classified.update(check.get("classification", {}))
+        if classified:
+            lines += ["", "How the audit classified the attacks it compared (and where that came from):", "",
+                      "| attack | kind | norm | loss | targeted | steps | restarts | EOT | cascade | classified from |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for name, c in classified.items():
+                lines.append(f"| {name} | {c['kind']} | {c['norm']} | {c['loss']} | {c['targeted']} | {c['steps']} | "
+                             f"{c['restarts']} | {c['eot_iter']} | {c['group'] or ''} | {c['classified_from']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_report(report: dict, path: str, title: str = "") -> str:
+    """A horizontal bar chart of a report: clean, each attack (cascade stages hatched, labelled "+"), the
+    worst case per norm; the audit's warnings in the title when `report["audit"]` has any. Returns `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("clean", report["clean_accuracy"], "clean")]
+    rows += [(("+ " if e.get("group") else "") + name, e["robust_accuracy"], "group" if e.get("group") else e["norm"])
+             for name, e in report["attacks"].items()]
+    rows += [(f"worst case ({norm})", value, "worst") for norm, value in report.get("worst_case_by_norm", {}).items()]
+    colours = {"clean": "#4c72b0", "linf": "#dd8452", "l2": "#55a868", "l1": "#8172b3", "group": "#c44e52",
+               "worst": "#333333"}
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    positions = list(range(len(rows)))[::-1]
+    bars = ax.barh(positions, [100 * v for _, v, _ in rows], color=[colours.get(k, "#999999") for _, _, k in rows])
+    for bar, (_, value, kind) in zip(bars, rows):
+        if kind == "group":
+            bar.set_hatch("//")
+        ax.text(bar.get_width() + 0.5, bar.get_y() + bar.get_height() / 2, f"{100 * value:.1f}", va="center",
+                fontsize=8)
+    ax.set_yticks(positions, [name for name, _, _ in rows], fontsize=8)
+    ax.set_xlim(0, 108)
+    ax.set_xlabel(f"accuracy (%) on {report['num_examples']} examples")
+    warned = [name for name, check in report.get("audit", {}).items() if check.get("verdict") == "warn"]
+    heading = title + (f"\naudit warns: {', '.join(warned)}" if warned else "")
+    ax.set_title(heading, fontsize=9, color="#c44e52" if warned else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
