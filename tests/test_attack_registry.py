@@ -196,8 +196,9 @@ def test_the_budget_comes_from_the_models_metadata(digits):
     _, recorded = api.evaluation_budget({"dataset": "digits", "budget": {"pixel_max": 16.0,
                                                                          "eps": {"levels": 3.0, "fraction": 0.1875}}})
     assert (recorded.level("eps"), recorded.eps) == (3.0, 0.1875)
-    _, legacy = api.evaluation_budget({"dataset": "digits", "eps": 0.125})  # tfadv.json before levels were recorded
-    assert (legacy.level("eps"), legacy.eps) == (2.0, 0.125)
+    # tfadv.json before levels were recorded: a fraction is never converted back to levels; --eps is asked for
+    with pytest.raises(api.EvaluationError, match="--eps: .*0.125 of the pixel range"):
+        api.evaluation_budget({"dataset": "digits", "eps": 0.125})
     _, flagged = api.evaluation_budget({"dataset": "digits", "eps": 0.125}, eps=4, eps_l2=8)
     assert (flagged.eps, flagged.radius("l2")) == (0.25, 0.5)
     with pytest.raises(api.EvaluationError, match="--dataset"):

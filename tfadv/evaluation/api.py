@@ -98,26 +98,19 @@ def resolve_attacks(attacks: Optional[Sequence[str]] = None, suites: Union[str, 
 
 
 def recorded_eps_levels(metadata: dict, spec) -> float:
-    """The eps, in `spec`'s pixel levels, that a SavedModel's tfadv.json records: its "budget" (levels), else its
-    "eps_levels", else its "eps" fraction (what tfadv wrote before it recorded levels), whose level count is
-    recovered and accepted only if `tfadv.config.budget` gives back exactly that fraction. EvaluationError
+    """The eps, in `spec`'s pixel levels, that a SavedModel's tfadv.json records (its "budget", both units, or
+    "eps_levels"). A model that records eps only as a fraction (exported by an older tfadv) or none at all needs
+    --eps: tfadv converts levels to fractions in one place (`tfadv.config.budget`) and never back. EvaluationError
     naming --eps when there is none."""
-    from tfadv import config
-
     recorded_max = metadata.get("budget", {}).get("pixel_max", metadata.get("pixel_max"))
     same_range = recorded_max is None or float(recorded_max) == float(spec.pixel_max)
     levels = metadata.get("budget", {}).get("eps", {}).get("levels", metadata.get("eps_levels"))
     if levels is not None and same_range:
         return float(levels)
-    if "eps" not in metadata:
-        raise EvaluationError(f"--eps: the model records no eps; give it in pixel levels of {spec.name} "
-                              f"(0..{spec.pixel_max:g})")
-    fraction = float(metadata["eps"])
-    level = round(fraction * spec.pixel_max, 9)  # a candidate, checked against the one conversion below
-    if abs(config.budget(spec, eps=level).eps - fraction) > 1e-12:
-        raise EvaluationError(f"--eps: the model records eps {fraction:g} of the pixel range, not a level count of "
-                              f"{spec.name}; give --eps in pixel levels")
-    return level
+    recorded = f" (it records eps {float(metadata['eps']):g} of the pixel range, not in levels)" if "eps" in metadata \
+        else ""
+    raise EvaluationError(f"--eps: the model records no eps in pixel levels{recorded}; give --eps in pixel levels of "
+                          f"{spec.name} (0..{spec.pixel_max:g})")
 
 
 def evaluation_budget(metadata: dict, dataset: Optional[str] = None, eps: Optional[float] = None,
@@ -339,7 +332,7 @@ def write_report(report: dict, output: Optional[str] = None, output_dir: Optiona
     if output_dir:
         plots = plots or runs.plots_dir(output_dir)
         os.makedirs(plots, exist_ok=True)
-        chart = reports.plot_report(report, os.path.join(plots, "robust_accuracy.png"),
+        chart = reports.plot_report(report, os.path.join(plots, runs.ROBUST_ACCURACY_PLOT),
                                     f"{os.path.basename(os.path.normpath(model_name))}: robust accuracy")
         log(f"chart written to {chart}")
         markdown = runs.path(output_dir, runs.REPORT_MD)
