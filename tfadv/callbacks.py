@@ -189,12 +189,12 @@ class RobustValidation(keras.callbacks.Callback):
                 self.best_robust.assign(robust)
                 self.best_clean.assign(clean)
                 self.best_epoch.assign(epoch + 1)
-                self.network.save_weights(self.best_paths["robust"])
+                _save_weights(self.network, self.best_paths["robust"])
             if "clean" in self.best_paths and clean > float(self.best_sa_clean.numpy()):
                 self.best_sa_clean.assign(clean)
                 self.best_sa_robust.assign(robust)
                 self.best_sa_epoch.assign(epoch + 1)
-                self.network.save_weights(self.best_paths["clean"])
+                _save_weights(self.network, self.best_paths["clean"])
         finally:
             if averaged:
                 self.swa.swap_out()
@@ -257,6 +257,12 @@ class EpochLog(keras.callbacks.Callback):
         shown = {k: round(float(v), 4) for k, v in (logs or {}).items() if np.ndim(v) == 0}
         total = self.params.get("epochs") if self.params else "?"
         self.log(f"epoch {epoch + 1}/{total} " + json.dumps(shown))
+
+
+def _save_weights(network, path: str):
+    """network.save_weights, creating the directory first (a Python API user may name any path)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    network.save_weights(path)
 
 
 def recompute_batchnorm(network, batches) -> int:

@@ -339,3 +339,36 @@ def write_report(report: dict, output: Optional[str] = None, output_dir: Optiona
         runs.atomic_write(markdown, reports.format_markdown(report, report.get("audit"), f"Robustness of {model_name}")
                           + f"\n![robust accuracy]({os.path.relpath(chart, output_dir)})\n")
         log(f"summary written to {markdown}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the PGD figure of training runs (robust validation and the final test number)
+
+# The attacks' per-example randomness in validation and the final test figure: evaluate.py's --seed default, so
+# `evaluate.py --attacks=pgd20 --num_examples=<eval_examples>` reproduces the run's number whatever its --seed.
+EVALUATION_SEED = 0
+
+
+def robust_attack_name(steps: int, norm: str) -> str:
+    """The name `evaluate.py --attacks=...` gives the same attack (same spec, same per-example randomness), so
+    the final figure in metrics.json and an evaluation of the same model and examples agree."""
+    return specs_lib.canonical_attack_name("pgd", steps, norm)
+
+
+def pgd_accuracy_fn(eps: float, steps: int, norm: str = "linf", batch_size: int = 256):
+    """(network, x, y) -> (clean accuracy, PGD-`steps` robust accuracy), BatchNorm in inference mode.
+
+    The compiled attack is kept per network, so calling it every epoch does not retrace.
+    """
+    spec = specs_lib.parse_attack(robust_attack_name(steps, norm), {norm: eps})
+    evaluators = {}
+
+    def measure(network, x, y):
+        if id(network) not in evaluators:
+            # Evaluation always uses inference-mode BatchNorm.
+            evaluators[id(network)] = runner.Evaluator(lambda images: network(images, training=False),
+                                                           [spec], batch_size, seed=EVALUATION_SEED)
+        report = evaluators[id(network)](x, y)
+        return report["clean_accuracy"], report["attacks"][spec.name]["robust_accuracy"]
+
+    return measure
