@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from tfadv import models, training  # noqa: E402
+from tfadv import config as config_lib, models  # noqa: E402
 
 flags.DEFINE_string("model", "preact_resnet18", f"network: {', '.join(models.MODEL_NAMES)}")
 flags.DEFINE_list("input_shape", ["32", "32", "3"], "H,W,C")
@@ -51,22 +51,22 @@ def limit(method):
     return LIMITS[method]
 
 
+def run_config(method: str):
+    """The run config of a benchmark row: `pgd7` = --defense=pgd --attack_steps=7 at eps 8/255, step 2/255
+    (levels of an 8-bit image, converted by the config's budget()); fgsm_rs steps 1.25 eps, free eps."""
+    name = method.rstrip("0123456789")
+    values = {"defense": name, "dataset": "cifar10", "eps": 8.0, "step_size": 2.0, "output_dir": "unused",
+              "batch_size": FLAGS.batch_size}
+    if method != name:
+        values["attack_steps"] = int(method[len(name):])
+    values.update({"fgsm_rs": {"step_size": 10.0}, "free": {"step_size": 8.0, "free_replays": FLAGS.free_replays}
+                   }.get(name, {}))
+    return config_lib.TrainConfig.from_flags(values)
+
+
 def build_trainer(method, shape):
     network = models.build(FLAGS.model, shape, FLAGS.num_classes, [0.5] * shape[-1], [0.25] * shape[-1])
-    eps = 8 / 255
-    if method.startswith("pgd"):
-        name, attack = "pgd", training.AttackConfig(eps, 2 / 255, int(method[3:]))
-    elif method.startswith("trades"):
-        name, attack = "trades", training.AttackConfig(eps, 2 / 255, int(method[6:]))
-    elif method == "bat":
-        name, attack = "bat", training.AttackConfig(eps, eps, 1)
-    elif method == "fgsm_rs":
-        name, attack = "fgsm_rs", training.AttackConfig(eps, 1.25 * eps, 1)
-    else:
-        name, attack = method, training.AttackConfig(eps, eps, 1)
-    method = training.registry.get(name)
-    options = method.options(replays=FLAGS.free_replays) if name == "free" else None
-    trainer = method.trainer(network, attack, options, batch_size=FLAGS.batch_size)
+    trainer = run_config(method).build_trainer(network)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     trainer.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile == "true")
     optimizer.build(network.trainable_variables)
@@ -91,9 +91,7 @@ def time_method(method, shape, precision):
     for _ in range(FLAGS.steps):
         float(step(iterator)["loss"])  # reading the loss waits for the step to finish
     seconds = (time.perf_counter() - start) / FLAGS.steps
-    if method == "free":
-        seconds /= FLAGS.free_replays
-    return seconds
+    return seconds / run_config(method).updates_per_batch()  # Free-AT and SSAT: per replay
 
 
 def main(argv):

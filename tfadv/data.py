@@ -33,10 +33,6 @@ class DatasetSpec:
     tfds_name: Optional[str] = None
     test_split: str = "test"
 
-    def to_fraction(self, levels: float) -> float:
-        """Converts a size in pixel levels (the command-line unit) to a fraction of the [0, 1] range."""
-        return float(levels) / self.pixel_max
-
 
 DATASETS = {
     "digits": DatasetSpec("digits", (8, 8, 1), 10, 16.0, (0.3065,), (0.3758,), "none"),
