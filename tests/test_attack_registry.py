@@ -206,7 +206,7 @@ def test_the_budget_comes_from_the_models_metadata(digits):
     with pytest.raises(api.EvaluationError, match="--eps"):
         api.evaluation_budget({"dataset": "digits"})
     with pytest.raises(api.EvaluationError, match="--eps_l2"):
-        api.evaluation_budget({"dataset": "digits", "eps": 0.125}, eps_l2=-1)
+        api.evaluation_budget({"dataset": "digits", "eps": 0.125}, eps=2, eps_l2=-1)
 
 
 TRAINING_ONLY = ("--ssat_lambda0", "--defense", "--bat_beta", "--lr", "--epochs", "--batch_size", "--model",
