@@ -1,6 +1,5 @@
 """Bad input fails fast: one line naming the flag, exit code 2, nothing written."""
 
-import dataclasses
 import os
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """Self-teacher distillation (paper 001): the T^2-scaled soft cross-entropy, teachers, shape checks."""
 
-import dataclasses
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 evaluation, teachers' checkpoints, the optimiser, the chance-level warning, the resumable history."""
 
 import csv
-import dataclasses
 import json
 import os
 

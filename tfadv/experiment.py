@@ -237,7 +237,7 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
     """Creates the run directory (flags.txt first), the network, the method's trainer, the optimizer, the
     callbacks (SWA before robust validation, the resumable checkpoint last) and the input pipeline."""
     config, splits = prepared.config, prepared.splits
-    o, rt, v = config.optimization, config.runtime, config.validation
+    o, rt = config.optimization, config.runtime
     out, spec, budget_ = rt.output_dir, config.spec, config.budget()
     if rt.overwrite and os.path.exists(out):
         shutil.rmtree(out)
@@ -261,29 +261,7 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
         optimizer.build(network.trainable_variables)
 
     os.makedirs(runs.checkpoints_dir(out), exist_ok=True)
-    best_paths = {"robust": runs.checkpoint_path(out, "best_robust"), "clean": runs.checkpoint_path(out, "best_clean")}
-    if splits.val is not None:
-        val_arrays = splits.val
-        validation_info = {"source": f"held-out {config.data.val_fraction:g} of the training split",
-                           "num_examples": int(len(splits.val[1]))}
-    else:
-        # No held-out data: the curve is still logged, but no checkpoint is chosen on the test images that the
-        # run then reports on.
-        val_arrays = data.take(splits.test, v.val_examples)
-        validation_info = {"source": f"first {len(val_arrays[1])} test examples (--val_fraction=0: monitoring "
-                                     "only, no best checkpoint is selected)", "num_examples": int(len(val_arrays[1]))}
-        best_paths = {}
-        log("warning: --val_fraction=0: validation curves use test images, so no best checkpoint is selected")
-    norm = config.attack.norm
-    validation_info["attack"] = robust_attack_name(v.val_attack_steps, norm)
-    swa = None
-    if config.averaging.swa:
-        # BatchNorm statistics for the averaged weights come from one pass over clean training images.
-        bn_data = data.eval_pipeline(splits.train, o.batch_size).map(lambda images, labels: images)
-        swa = StochasticWeightAveraging(network, config.swa_start(), config.averaging.swa_mode, bn_data)
-        log(f"SWA ({config.averaging.swa_mode}) from epoch {config.swa_start()}")
-    validation = RobustValidation(network, val_arrays, pgd_accuracy_fn(budget_.eps, v.val_attack_steps, norm),
-                                  best_paths, v.val_every, swa=swa, log=log)
+    validation, validation_info, best_paths, swa = _validation(config, splits, network, log)
     resume = ResumableCheckpoint(runs.resume_dir(out), network, optimizer,
                                  {**trainer.extra_state(), **validation.state(), **(swa.state() if swa else {})})
     initial_epoch = resume.restore()
@@ -313,6 +291,35 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
     ]
     return Built(network, trainer, schedule, strategy, steps, updates, validation, validation_info, best_paths, swa,
                  callbacks, initial_epoch, train_ds)
+
+
+def _validation(config: TrainConfig, splits, network, log: Callable):
+    """(RobustValidation, what it validates on, best-checkpoint paths, SWA callback or None). Validation uses the
+    held-out split; without one (--val_fraction=0) the curves use test images and no checkpoint is selected."""
+    out, v, o, norm = config.runtime.output_dir, config.validation, config.optimization, config.attack.norm
+    best_paths = {"robust": runs.checkpoint_path(out, "best_robust"), "clean": runs.checkpoint_path(out, "best_clean")}
+    if splits.val is not None:
+        val_arrays = splits.val
+        validation_info = {"source": f"held-out {config.data.val_fraction:g} of the training split",
+                           "num_examples": int(len(splits.val[1]))}
+    else:
+        # No held-out data: the curve is still logged, but no checkpoint is chosen on the test images that the
+        # run then reports on.
+        val_arrays = data.take(splits.test, v.val_examples)
+        validation_info = {"source": f"first {len(val_arrays[1])} test examples (--val_fraction=0: monitoring "
+                                     "only, no best checkpoint is selected)", "num_examples": int(len(val_arrays[1]))}
+        best_paths = {}
+        log("warning: --val_fraction=0: validation curves use test images, so no best checkpoint is selected")
+    validation_info["attack"] = robust_attack_name(v.val_attack_steps, norm)
+    swa = None
+    if config.averaging.swa:
+        # BatchNorm statistics for the averaged weights come from one pass over clean training images.
+        bn_data = data.eval_pipeline(splits.train, o.batch_size).map(lambda images, labels: images)
+        swa = StochasticWeightAveraging(network, config.swa_start(), config.averaging.swa_mode, bn_data)
+        log(f"SWA ({config.averaging.swa_mode}) from epoch {config.swa_start()}")
+    validation = RobustValidation(network, val_arrays, pgd_accuracy_fn(config.budget().eps, v.val_attack_steps, norm),
+                                  best_paths, v.val_every, swa=swa, log=log)
+    return validation, validation_info, best_paths, swa
 
 
 def fit(config: TrainConfig, built: Built, log: Callable = print):

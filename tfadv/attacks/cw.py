@@ -14,7 +14,7 @@ stops its current search step when its objective has not fallen below 99.99 % of
 from __future__ import annotations
 
 import collections
-from typing import Callable, Optional
+from typing import Callable
 
 import tensorflow as tf
 

@@ -12,8 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfadv.attacks import rng
-from tfadv.evaluation.specs import (AUTOATTACK, AUTOATTACK_RAND, SUITES, AttackSpec, at_budget,  # noqa: F401
-                                    autoattack_specs, canonical_attack_name, check_classes, parse_attack, with_eot)
+from tfadv.evaluation.specs import AttackSpec
 
 
 def _salt(spec: AttackSpec) -> int:
