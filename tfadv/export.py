@@ -9,7 +9,8 @@ where a violation is an INVALID_ARGUMENT error): a float32 tensor of shape [batc
 finite and inside [0, 1] exactly (no tolerance: tfadv's data and every tfadv attack clip to [0, 1]). The first
 line of TF's status message names the rule and what was seen, e.g.
 `assertion failed: [images must be finite float32 pixels in [0, 1]; got values in [0, 255] (did you forget to
-divide by 255?)]`. The checks are control dependencies of an identity, so input gradients are unchanged.
+divide by 255?)]` (in Python, TF's function call puts `Graph execution error:` / `Detected at node ...` lines
+before it). The checks are control dependencies of an identity, so input gradients are unchanged.
 """
 
 from __future__ import annotations
