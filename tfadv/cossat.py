@@ -275,7 +275,8 @@ def plot_roc(report: dict, path: str):
 
 def export(model: CoSSAT, path: str, metadata: Optional[dict] = None) -> str:
     """One SavedModel holding both networks and the detector; `serving_default(images)` returns the Co-SSAT
-    logits / probabilities / classes plus use_base, dlr, votes, ssat_logits and base_logits."""
+    logits / probabilities / classes plus use_base, dlr, votes, ssat_logits and base_logits. Its inputs are
+    checked as every tfadv SavedModel's (`export.checked_images`): shape, float32, finite pixels in [0, 1]."""
     from tfadv import export as export_lib
 
     ssat = export_lib.as_float32(model.ssat_network)

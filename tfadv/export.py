@@ -3,6 +3,14 @@
 `serving_default(images)`: images float32 [None, H, W, C] in [0, 1] -> `logits`, `probabilities`, `classes`.
 The exported network is a float32 copy (mixed-precision training keeps float32 weights), so TF Serving and
 other pipelines get float32 numerics on any device.
+
+Input policy (checked inside the graph, so it holds for `tf.saved_model.load`, `saved_model_cli` and TF Serving,
+where a violation is an INVALID_ARGUMENT error): a float32 tensor of shape [batch, H, W, C] whose pixels are all
+finite and inside [0, 1] exactly (no tolerance: tfadv's data and every tfadv attack clip to [0, 1]). The first
+line of TF's status message names the rule and what was seen, e.g.
+`assertion failed: [images must be finite float32 pixels in [0, 1]; got values in [0, 255] (did you forget to
+divide by 255?)]` (in Python, TF's function call puts `Graph execution error:` / `Detected at node ...` lines
+before it). The checks are control dependencies of an identity, so input gradients are unchanged.
 """
 
 from __future__ import annotations
@@ -49,16 +57,45 @@ def serving_outputs(logits):
     }
 
 
+PIXEL_POLICY = "images must be finite float32 pixels in [0, 1]"
+
+
+def _pixel_message(finite, low, high):
+    """The policy sentence with what was seen: NaN / inf, or the value range plus a hint for the usual causes."""
+    values = tf.strings.format(PIXEL_POLICY + "; got values in [{}, {}]", (low, high))
+    hint = tf.where(
+        tf.logical_and(low >= 0.0, tf.logical_and(high >= 2.0, high <= 255.0)),  # 8-bit levels
+        " (did you forget to divide by 255?)",
+        tf.where(low < 0.0, " (pass raw pixels clipped to [0, 1]; mean / std normalisation is inside the model)",
+                 ""))
+    return tf.where(finite, tf.strings.join([values, hint]), PIXEL_POLICY + "; got NaN or inf")
+
+
 def checked_images(images, image_shape):
-    """`images` after a run-time shape check that names what is expected (a loaded signature does not
-    enforce its static shape, so a wrong rank or size would otherwise fail deep inside the graph)."""
+    """`images` after run-time checks of the serving input policy, each naming what is expected:
+
+    1. shape [batch, *image_shape] (a loaded signature does not enforce its static shape, so a wrong rank or
+       size would otherwise fail deep inside the graph);
+    2. every pixel finite and inside [0, 1] exactly (a network maps NaN / inf to a confident constant class and
+       happily classifies 0..255 images, so both are refused rather than answered).
+
+    The dtype is pinned by the signature's TensorSpec (float32): a tensor of another dtype is refused before
+    the graph runs. The checks only add control dependencies to an identity: values and gradients are those of
+    `images`.
+    """
     expected = tf.constant(list(image_shape), tf.int32)
     shape = tf.shape(images)
     padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[1:4]
     valid = tf.logical_and(tf.equal(tf.size(shape), 4), tf.reduce_all(tf.equal(padded, expected)))
     message = (f"serving_default expects images of shape [batch, {', '.join(map(str, image_shape))}], "
                "float32 in [0, 1]; got shape")
-    with tf.control_dependencies([tf.debugging.Assert(valid, [message, shape])]):
+    shape_check = tf.debugging.Assert(valid, [message, shape])
+    with tf.control_dependencies([shape_check]):  # a wrong shape is reported first
+        finite = tf.reduce_all(tf.math.is_finite(images))
+        low, high = tf.reduce_min(images), tf.reduce_max(images)  # +inf / -inf on an empty batch: accepted
+        in_range = tf.logical_and(finite, tf.logical_and(low >= 0.0, high <= 1.0))
+        pixel_check = tf.debugging.Assert(in_range, [_pixel_message(finite, low, high)])
+    with tf.control_dependencies([shape_check, pixel_check]):
         return tf.identity(images)
 
 
