@@ -2,18 +2,84 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
+import tempfile
 
 from absl import flags
 
 
 USAGE_ERROR = 2
 
+# A line of TensorFlow's C++ logging (absl / glog format): severity letter I, W, E or F, then MMDD, the time, the
+# thread id and file:line], e.g. "I0000 00:00:1795800731.795202   32031 port.cc:153] oneDNN custom operations ...".
+_CPP_LOG_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] ")
+_ABSL_PREAMBLE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
 
 def quiet_tensorflow():
-    """Keeps TensorFlow's C++ start-up chatter out of the user's terminal (set before TF is imported)."""
+    """Keeps TensorFlow's C++ start-up chatter out of the user's terminal: sets TF_CPP_MIN_LOG_LEVEL=3 unless the
+    user set it, and imports TensorFlow with its start-up log lines filtered at that level.
+
+    TF_CPP_MIN_LOG_LEVEL alone is not enough (TF 2.21): the libraries' static initializers log through absl before
+    TensorFlow applies the variable ("oneDNN custom operations are on", "Could not find cuda drivers", absl's
+    "All log messages before absl::InitializeLog()" line), even when it is set in the shell. So the import runs
+    with file descriptor 2 captured, and the captured lines are written back except C++ log lines below the
+    level (I = 0, W = 1, E = 2, F = 3) and, at level >= 1, absl's InitializeLog notice. TF_ENABLE_ONEDNN_OPTS is
+    left alone (it changes numerics)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    with _filtered_stderr(_min_log_level()):
+        import tensorflow  # noqa: F401
+
+
+def _min_log_level() -> int:
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        return 0
+
+
+def filter_cpp_log(text: bytes, level: int) -> bytes:
+    """`text` (captured stderr) without the C++ log lines below `level` (and absl's InitializeLog notice when
+    level >= 1); every other line is kept as it was."""
+    kept = []
+    for line in text.splitlines(keepends=True):
+        match = _CPP_LOG_LINE.match(line)
+        if match and "IWEF".index(match.group(1).decode()) < level:
+            continue
+        if level >= 1 and line.rstrip(b"\r\n") == _ABSL_PREAMBLE:
+            continue
+        kept.append(line)
+    return b"".join(kept)
+
+
+@contextlib.contextmanager
+def _filtered_stderr(level: int):
+    """Captures file descriptor 2 (C++ and Python writes alike) while the block runs; then writes back what
+    `filter_cpp_log` keeps. If fd 2 cannot be duplicated, the block runs unfiltered."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = filter_cpp_log(capture.read(), level)
+            if kept:
+                os.write(2, kept)
 
 
 def quiet_logging():
