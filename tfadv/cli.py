@@ -97,8 +97,77 @@ def fail(message: str, code: int = USAGE_ERROR):
     sys.exit(code)
 
 
+def _command_line_flags(argv):
+    """(name, value, as typed, flagfile path or None) for each flag of a command line, in order: `--name=value`,
+    `--name value`, `--name` / `--noname` of a boolean, `--flagfile=PATH` / `--flagfile PATH`; stops at `--`."""
+    items, i = [], 1
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            break
+        if not arg.startswith("-") or arg == "-":
+            continue
+        name, equals, value = arg.lstrip("-").partition("=")
+        flag = flags.FLAGS[name] if name in flags.FLAGS else None
+        if not equals:
+            if name == "flagfile" or (flag is not None and not flag.boolean):
+                if i >= len(argv):
+                    continue
+                value, i = argv[i], i + 1
+                arg = f"--{name}={value}"
+            elif flag is None and name.startswith("no") and name[2:] in flags.FLAGS:
+                name, value = name[2:], "false"
+            else:
+                value = "true"
+        items.append((name, value, arg, value if name == "flagfile" else None))
+    return items
+
+
+def _same_value(name: str, first: str, second: str) -> bool:
+    if first == second:
+        return True
+    try:
+        parser = flags.FLAGS[name].parser
+        return parser.parse(first) == parser.parse(second)
+    except Exception:  # an unknown flag or a malformed value: the parser reports it
+        return False
+
+
+def warn_overridden_flags(argv):
+    """One line on stderr for each flag given before a `--flagfile` that sets it to another value (absl, like
+    `training_flagfile_parser`, lets the later one win): the user most likely meant their flag to win. Nothing
+    when the flag comes after the flagfile (it wins) or the values agree. A flagfile that cannot be read is left
+    to the parser's error."""
+    from tfadv import config as config_lib
+
+    given = {}  # name -> (value, as typed) of the latest command-line setting
+    overridden = {}  # name -> (as typed, flagfile, its value), when a flagfile replaced the command line's value
+    for name, value, typed, flagfile in _command_line_flags(argv):
+        if flagfile is None:
+            given[name] = (value, typed)
+            overridden.pop(name, None)
+            continue
+        try:
+            values = config_lib.read_flag_values(flagfile)
+        except (OSError, config_lib.ConfigError):
+            continue
+        for key, raw in values.items():
+            if key in given and key in flags.FLAGS and not _same_value(key, given[key][0], raw):
+                overridden[key] = (given.pop(key)[1], flagfile, raw)
+    for key, (typed, flagfile, raw) in overridden.items():
+        print(f"warning: {typed} is overridden by --flagfile={flagfile} (which sets --{key}={raw}); put flags "
+              "after --flagfile", file=sys.stderr)
+
+
 def parse_flags_or_exit(argv):
-    """An `app.run(flags_parser=...)` parser: a bad flag is one line on stderr and exit code 2."""
+    """An `app.run(flags_parser=...)` parser: a bad flag is one line on stderr and exit code 2; a flag given
+    before a `--flagfile` that overrides it is warned about (`warn_overridden_flags`)."""
+    warn_overridden_flags(argv)
+    return _parse(argv)
+
+
+def _parse(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
@@ -110,9 +179,10 @@ def training_flagfile_parser(argv):
     flagfile (e.g. `--flagfile=flags/cifar10.cfg` for the dataset and eps): each `--flagfile=PATH` is replaced,
     in place, by the `--name=value` lines of that file (nested flagfiles followed) for the flags this script
     defines; training-only flags in it are skipped; an unknown name is still an error. Flags after
-    `--flagfile` override it, as with absl's own flagfiles."""
+    `--flagfile` override it, as with absl's own flagfiles (a flag before it that it overrides is warned about)."""
     from tfadv import config as config_lib
 
+    warn_overridden_flags(argv)
     defined = set(flags.FLAGS)
     training_names = config_lib.flag_names()
     expanded = [argv[0]]
@@ -132,14 +202,19 @@ def training_flagfile_parser(argv):
                 expanded.append(f"--{key}={raw}")
             elif key not in training_names:
                 fail(f"--flagfile={value}: unknown flag --{key}")
-    return parse_flags_or_exit(expanded)
+    return _parse(expanded)
 
 
 def define_train_flags():
-    """The training flags, generated from the run config's fields (`tfadv.config.define_flags`)."""
+    """The training flags, generated from the run config's fields (`tfadv.config.define_flags`), declared key
+    flags of the calling module, so that the script's short `--help` lists them with their meaning."""
     from tfadv import config as config_lib
 
     config_lib.define_flags()
+    caller = sys._getframe(1).f_globals.get("__name__", "__main__")
+    module = sys.argv[0] if caller == "__main__" else caller  # absl names the main module by sys.argv[0]
+    for name in sorted(config_lib.flag_names() - {"flagfile"}):
+        flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
 
 
 def train_config_from_flags():
