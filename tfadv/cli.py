@@ -97,7 +97,7 @@ def fail(message: str, code: int = USAGE_ERROR):
     sys.exit(code)
 
 
-def _command_line_flags(argv):
+def _command_line_flags(argv, flag_values):
     """(name, value, as typed, flagfile path or None) for each flag of a command line, in order: `--name=value`,
     `--name value`, `--name` / `--noname` of a boolean, `--flagfile=PATH` / `--flagfile PATH`; stops at `--`."""
     items, i = [], 1
@@ -109,14 +109,14 @@ def _command_line_flags(argv):
         if not arg.startswith("-") or arg == "-":
             continue
         name, equals, value = arg.lstrip("-").partition("=")
-        flag = flags.FLAGS[name] if name in flags.FLAGS else None
+        flag = flag_values[name] if name in flag_values else None
         if not equals:
             if name == "flagfile" or (flag is not None and not flag.boolean):
                 if i >= len(argv):
                     continue
                 value, i = argv[i], i + 1
                 arg = f"--{name}={value}"
-            elif flag is None and name.startswith("no") and name[2:] in flags.FLAGS:
+            elif flag is None and name.startswith("no") and name[2:] in flag_values:
                 name, value = name[2:], "false"
             else:
                 value = "true"
@@ -124,26 +124,27 @@ def _command_line_flags(argv):
     return items
 
 
-def _same_value(name: str, first: str, second: str) -> bool:
+def _same_value(flag, first: str, second: str) -> bool:
     if first == second:
         return True
     try:
-        parser = flags.FLAGS[name].parser
+        parser = flag.parser
         return parser.parse(first) == parser.parse(second)
     except Exception:  # an unknown flag or a malformed value: the parser reports it
         return False
 
 
-def warn_overridden_flags(argv):
+def warn_overridden_flags(argv, flag_values=None):
     """One line on stderr for each flag given before a `--flagfile` that sets it to another value (absl, like
     `training_flagfile_parser`, lets the later one win): the user most likely meant their flag to win. Nothing
     when the flag comes after the flagfile (it wins) or the values agree. A flagfile that cannot be read is left
-    to the parser's error."""
+    to the parser's error. `flag_values`: the defined flags (default: absl's FLAGS)."""
     from tfadv import config as config_lib
 
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     given = {}  # name -> (value, as typed) of the latest command-line setting
     overridden = {}  # name -> (as typed, flagfile, its value), when a flagfile replaced the command line's value
-    for name, value, typed, flagfile in _command_line_flags(argv):
+    for name, value, typed, flagfile in _command_line_flags(argv, flag_values):
         if flagfile is None:
             given[name] = (value, typed)
             overridden.pop(name, None)
@@ -153,7 +154,7 @@ def warn_overridden_flags(argv):
         except (OSError, config_lib.ConfigError):
             continue
         for key, raw in values.items():
-            if key in given and key in flags.FLAGS and not _same_value(key, given[key][0], raw):
+            if key in given and key in flag_values and not _same_value(flag_values[key], given[key][0], raw):
                 overridden[key] = (given.pop(key)[1], flagfile, raw)
     for key, (typed, flagfile, raw) in overridden.items():
         print(f"warning: {typed} is overridden by --flagfile={flagfile} (which sets --{key}={raw}); put flags "
