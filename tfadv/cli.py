@@ -2,18 +2,84 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
+import tempfile
 
 from absl import flags
 
 
 USAGE_ERROR = 2
 
+# A line of TensorFlow's C++ logging (absl / glog format): severity letter I, W, E or F, then MMDD, the time, the
+# thread id and file:line], e.g. "I0000 00:00:1795800731.795202   32031 port.cc:153] oneDNN custom operations ...".
+_CPP_LOG_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d+\] ")
+_ABSL_PREAMBLE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
 
 def quiet_tensorflow():
-    """Keeps TensorFlow's C++ start-up chatter out of the user's terminal (set before TF is imported)."""
+    """Keeps TensorFlow's C++ start-up chatter out of the user's terminal: sets TF_CPP_MIN_LOG_LEVEL=3 unless the
+    user set it, and imports TensorFlow with its start-up log lines filtered at that level.
+
+    TF_CPP_MIN_LOG_LEVEL alone is not enough (TF 2.21): the libraries' static initializers log through absl before
+    TensorFlow applies the variable ("oneDNN custom operations are on", "Could not find cuda drivers", absl's
+    "All log messages before absl::InitializeLog()" line), even when it is set in the shell. So the import runs
+    with file descriptor 2 captured, and the captured lines are written back except C++ log lines below the
+    level (I = 0, W = 1, E = 2, F = 3) and, at level >= 1, absl's InitializeLog notice. TF_ENABLE_ONEDNN_OPTS is
+    left alone (it changes numerics)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        return
+    with _filtered_stderr(_min_log_level()):
+        import tensorflow  # noqa: F401
+
+
+def _min_log_level() -> int:
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        return 0
+
+
+def filter_cpp_log(text: bytes, level: int) -> bytes:
+    """`text` (captured stderr) without the C++ log lines below `level` (and absl's InitializeLog notice when
+    level >= 1); every other line is kept as it was."""
+    kept = []
+    for line in text.splitlines(keepends=True):
+        match = _CPP_LOG_LINE.match(line)
+        if match and "IWEF".index(match.group(1).decode()) < level:
+            continue
+        if level >= 1 and line.rstrip(b"\r\n") == _ABSL_PREAMBLE:
+            continue
+        kept.append(line)
+    return b"".join(kept)
+
+
+@contextlib.contextmanager
+def _filtered_stderr(level: int):
+    """Captures file descriptor 2 (C++ and Python writes alike) while the block runs; then writes back what
+    `filter_cpp_log` keeps. If fd 2 cannot be duplicated, the block runs unfiltered."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = filter_cpp_log(capture.read(), level)
+            if kept:
+                os.write(2, kept)
 
 
 def quiet_logging():
@@ -31,8 +97,78 @@ def fail(message: str, code: int = USAGE_ERROR):
     sys.exit(code)
 
 
+def _command_line_flags(argv, flag_values):
+    """(name, value, as typed, flagfile path or None) for each flag of a command line, in order: `--name=value`,
+    `--name value`, `--name` / `--noname` of a boolean, `--flagfile=PATH` / `--flagfile PATH`; stops at `--`."""
+    items, i = [], 1
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            break
+        if not arg.startswith("-") or arg == "-":
+            continue
+        name, equals, value = arg.lstrip("-").partition("=")
+        flag = flag_values[name] if name in flag_values else None
+        if not equals:
+            if name == "flagfile" or (flag is not None and not flag.boolean):
+                if i >= len(argv):
+                    continue
+                value, i = argv[i], i + 1
+                arg = f"--{name}={value}"
+            elif flag is None and name.startswith("no") and name[2:] in flag_values:
+                name, value = name[2:], "false"
+            else:
+                value = "true"
+        items.append((name, value, arg, value if name == "flagfile" else None))
+    return items
+
+
+def _same_value(flag, first: str, second: str) -> bool:
+    if first == second:
+        return True
+    try:
+        parser = flag.parser
+        return parser.parse(first) == parser.parse(second)
+    except Exception:  # an unknown flag or a malformed value: the parser reports it
+        return False
+
+
+def warn_overridden_flags(argv, flag_values=None):
+    """One line on stderr for each flag given before a `--flagfile` that sets it to another value (absl, like
+    `training_flagfile_parser`, lets the later one win): the user most likely meant their flag to win. Nothing
+    when the flag comes after the flagfile (it wins) or the values agree. A flagfile that cannot be read is left
+    to the parser's error. `flag_values`: the defined flags (default: absl's FLAGS)."""
+    from tfadv import config as config_lib
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    given = {}  # name -> (value, as typed) of the latest command-line setting
+    overridden = {}  # name -> (as typed, flagfile, its value), when a flagfile replaced the command line's value
+    for name, value, typed, flagfile in _command_line_flags(argv, flag_values):
+        if flagfile is None:
+            given[name] = (value, typed)
+            overridden.pop(name, None)
+            continue
+        try:
+            values = config_lib.read_flag_values(flagfile)
+        except (OSError, config_lib.ConfigError):
+            continue
+        for key, raw in values.items():
+            if key in given and key in flag_values and not _same_value(flag_values[key], given[key][0], raw):
+                overridden[key] = (given.pop(key)[1], flagfile, raw)
+    for key, (typed, flagfile, raw) in overridden.items():
+        print(f"warning: {typed} is overridden by --flagfile={flagfile} (which sets --{key}={raw}); put flags "
+              "after --flagfile", file=sys.stderr)
+
+
 def parse_flags_or_exit(argv):
-    """An `app.run(flags_parser=...)` parser: a bad flag is one line on stderr and exit code 2."""
+    """An `app.run(flags_parser=...)` parser: a bad flag is one line on stderr and exit code 2; a flag given
+    before a `--flagfile` that overrides it is warned about (`warn_overridden_flags`)."""
+    warn_overridden_flags(argv)
+    return _parse(argv)
+
+
+def _parse(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
@@ -44,9 +180,10 @@ def training_flagfile_parser(argv):
     flagfile (e.g. `--flagfile=flags/cifar10.cfg` for the dataset and eps): each `--flagfile=PATH` is replaced,
     in place, by the `--name=value` lines of that file (nested flagfiles followed) for the flags this script
     defines; training-only flags in it are skipped; an unknown name is still an error. Flags after
-    `--flagfile` override it, as with absl's own flagfiles."""
+    `--flagfile` override it, as with absl's own flagfiles (a flag before it that it overrides is warned about)."""
     from tfadv import config as config_lib
 
+    warn_overridden_flags(argv)
     defined = set(flags.FLAGS)
     training_names = config_lib.flag_names()
     expanded = [argv[0]]
@@ -66,14 +203,19 @@ def training_flagfile_parser(argv):
                 expanded.append(f"--{key}={raw}")
             elif key not in training_names:
                 fail(f"--flagfile={value}: unknown flag --{key}")
-    return parse_flags_or_exit(expanded)
+    return _parse(expanded)
 
 
 def define_train_flags():
-    """The training flags, generated from the run config's fields (`tfadv.config.define_flags`)."""
+    """The training flags, generated from the run config's fields (`tfadv.config.define_flags`), declared key
+    flags of the calling module, so that the script's short `--help` lists them with their meaning."""
     from tfadv import config as config_lib
 
     config_lib.define_flags()
+    caller = sys._getframe(1).f_globals.get("__name__", "__main__")
+    module = sys.argv[0] if caller == "__main__" else caller  # absl names the main module by sys.argv[0]
+    for name in sorted(config_lib.flag_names() - {"flagfile"}):
+        flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
 
 
 def train_config_from_flags():

@@ -11,7 +11,6 @@ import csv
 import dataclasses
 import json
 import os
-import shutil
 import sys
 from typing import Callable, Optional
 
@@ -239,8 +238,8 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
     config, splits = prepared.config, prepared.splits
     o, rt = config.optimization, config.runtime
     out, spec, budget_ = rt.output_dir, config.spec, config.budget()
-    if rt.overwrite and os.path.exists(out):
-        shutil.rmtree(out)
+    if rt.overwrite and os.path.isdir(out):
+        runs.remove_training_outputs(out)  # an evaluation's report.json, report.md, eval/ ... stay
     os.makedirs(out, exist_ok=True)
     runs.atomic_write(runs.flags_path(out), config.to_flagfile())
     keras.utils.set_random_seed(rt.seed)

@@ -106,6 +106,34 @@ def find_saved_model(location: str) -> Optional[str]:
     return None
 
 
+TRAINING_OUTPUTS = (FLAGS_FILE, METRICS_FILE, HISTORY_FILE, OVERFITTING_FILE, CHECKPOINTS_DIR,
+                    os.path.dirname(SAVED_MODEL_DIR), os.path.join(PLOTS_DIR, LEARNING_RATE_PLOT),
+                    os.path.join(PLOTS_DIR, ACCURACY_PLOT), TENSORBOARD_DIR)
+
+
+def remove_training_outputs(run_dir: str) -> list:
+    """Removes what a training run writes into `run_dir` (TRAINING_OUTPUTS: flags.txt, metrics.json, history.csv,
+    robust_overfitting.md, checkpoints/, saved_model/, plots/learning_rate.png and plots/accuracy.png,
+    tensorboard/) and nothing else: an evaluation's report.json, report.md, plots/robust_accuracy.png or a
+    user's eval/ stay (plots/ goes only when it is left empty). Returns the removed paths."""
+    import shutil
+
+    removed = []
+    for name in TRAINING_OUTPUTS:
+        target = os.path.join(run_dir, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            os.remove(target)
+        else:
+            continue
+        removed.append(target)
+    plots = plots_dir(run_dir)
+    if os.path.isdir(plots) and not os.listdir(plots):
+        os.rmdir(plots)
+    return removed
+
+
 def atomic_write(target: str, text: str):
     """Writes `text` to `target` via a temporary file, so a crash never leaves a half-written file."""
     tmp = f"{target}.tmp{os.getpid()}"

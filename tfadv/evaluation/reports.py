@@ -62,35 +62,71 @@ def format_markdown(report: dict, audit: Optional[dict] = None, title: str = "Ro
     return "\n".join(lines) + "\n"
 
 
-def plot_report(report: dict, path: str, title: str = "") -> str:
-    """A horizontal bar chart of a report: clean, each attack (cascade stages hatched, labelled "+"), the
-    worst case per norm; the audit's warnings in the title when `report["audit"]` has any. Returns `path`."""
+NORM_LABELS = {"linf": "l-inf attack", "l2": "l2 attack", "l1": "l1 attack"}
+_COLOURS = {"clean": "#4c72b0", "linf": "#dd8452", "l2": "#55a868", "l1": "#8172b3", "group": "#c44e52",
+            "worst": "#333333"}
+
+
+def report_rows(report: dict) -> list:
+    """The chart's bars, top to bottom, as (label, accuracy, kind): clean, each attack (cascade stages "+ name",
+    kind "group"), then what report.md leads with: the worst case per norm when there are several norms, and the
+    worst case over all attacks ("worst case (all norms)" with several norms)."""
+    by_norm = report.get("worst_case_by_norm", {})
+    rows = [("clean", report["clean_accuracy"], "clean")]
+    rows += [(("+ " if e.get("group") else "") + name, e["robust_accuracy"], "group" if e.get("group") else e["norm"])
+             for name, e in report["attacks"].items()]
+    if len(by_norm) > 1:
+        rows += [(f"worst case ({norm})", value, "worst") for norm, value in by_norm.items()]
+    rows.append(("worst case" + (" (all norms)" if len(by_norm) > 1 else ""), report["worst_case_accuracy"], "worst"))
+    return rows
+
+
+def report_figure(report: dict, title: str = ""):
+    """The matplotlib figure of `plot_report` (the caller closes it): one horizontal bar per `report_rows` entry
+    (cascade stages hatched), a dashed line at the worst case over all attacks, and a legend of the bar kinds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    rows = [("clean", report["clean_accuracy"], "clean")]
-    rows += [(("+ " if e.get("group") else "") + name, e["robust_accuracy"], "group" if e.get("group") else e["norm"])
-             for name, e in report["attacks"].items()]
-    rows += [(f"worst case ({norm})", value, "worst") for norm, value in report.get("worst_case_by_norm", {}).items()]
-    colours = {"clean": "#4c72b0", "linf": "#dd8452", "l2": "#55a868", "l1": "#8172b3", "group": "#c44e52",
-               "worst": "#333333"}
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    rows = report_rows(report)
+    fig, ax = plt.subplots(figsize=(8.5, 0.35 * len(rows) + 1.4))
     positions = list(range(len(rows)))[::-1]
-    bars = ax.barh(positions, [100 * v for _, v, _ in rows], color=[colours.get(k, "#999999") for _, _, k in rows])
+    bars = ax.barh(positions, [100 * v for _, v, _ in rows], color=[_COLOURS.get(k, "#999999") for _, _, k in rows])
     for bar, (_, value, kind) in zip(bars, rows):
         if kind == "group":
             bar.set_hatch("//")
         ax.text(bar.get_width() + 0.5, bar.get_y() + bar.get_height() / 2, f"{100 * value:.1f}", va="center",
                 fontsize=8)
+    worst = 100 * report["worst_case_accuracy"]
+    ax.axvline(worst, color=_COLOURS["worst"], linestyle="--", linewidth=1)
     ax.set_yticks(positions, [name for name, _, _ in rows], fontsize=8)
     ax.set_xlim(0, 108)
     ax.set_xlabel(f"accuracy (%) on {report['num_examples']} examples")
+    kinds = dict.fromkeys(kind for _, _, kind in rows)
+    labels = {"clean": "clean", **NORM_LABELS, "group": "cascade stage (accuracy after it)",
+              "worst": "worst case (per norm, over all norms)" if len(report.get("worst_case_by_norm", {})) > 1
+              else "worst case"}
+    handles = [Patch(facecolor=_COLOURS.get(kind, "#999999"), hatch="//" if kind == "group" else None,
+                     label=labels.get(kind, kind)) for kind in kinds]
+    handles.append(plt.Line2D([], [], color=_COLOURS["worst"], linestyle="--", linewidth=1,
+                              label=f"worst case over all attacks: {worst:.1f} %"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     warned = [name for name, check in report.get("audit", {}).items() if check.get("verdict") == "warn"]
     heading = title + (f"\naudit warns: {', '.join(warned)}" if warned else "")
     ax.set_title(heading, fontsize=9, color="#c44e52" if warned else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_report(report: dict, path: str, title: str = "") -> str:
+    """A horizontal bar chart of a report (`report_figure`): clean, each attack (cascade stages hatched,
+    labelled "+"), the worst case per norm and over all norms (also a dashed line), a legend; the audit's
+    warnings in the title when `report["audit"]` has any. Returns `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(report, title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
