@@ -35,7 +35,10 @@ CASES = [
     ("train-seed-too-large", "train.py", TRAIN + ["--seed=2147483648", "--output_dir={out}"], "--seed"),
     ("train-epochs-negative", "train.py", TRAIN + ["--epochs=-3", "--output_dir={out}"], "--epochs"),
     ("train-eval-examples-0", "train.py", TRAIN + ["--eval_examples=0", "--output_dir={out}"], "--eval_examples"),
-    ("train-val-examples-0", "train.py", TRAIN + ["--val_examples=0", "--output_dir={out}"], "--val_examples"),
+    ("train-val-examples-0", "train.py", TRAIN + ["--val_fraction=0", "--val_examples=0", "--output_dir={out}"],
+     "--val_examples"),
+    ("train-val-examples-minus-2", "train.py", TRAIN + ["--val_examples=-2", "--output_dir={out}"], "--val_examples"),
+    ("eval-square-queries-negative", "evaluate.py", ["--audit", "--audit_square_queries=-5"], "--audit_square_queries"),
     ("train-output-dir-is-file", "train.py", TRAIN + ["--output_dir={file}"], "--output_dir"),
     ("train-output-dir-under-file", "train.py", TRAIN + ["--output_dir={file}/run"], "--output_dir"),
     # evaluate.py: flags

@@ -330,10 +330,17 @@ class ValidationSection:
 
     def validate(self, run):
         _positive_ints(self, "val_every", "val_attack_steps", "eval_attack_steps")
-        for name in ("val_examples", "eval_examples"):
-            value = getattr(self, name)
-            if value == 0 or value < -1:
-                raise ConfigError(name, f"must be a positive number of test examples or -1 (all), got {value}")
+        if self.eval_examples == 0 or self.eval_examples < -1:
+            raise ConfigError("eval_examples", f"must be a positive number of test examples or -1 (all), got "
+                                               f"{self.eval_examples}")
+        # --val_examples is used only without a held-out split (--val_fraction=0); with one it is not read, and
+        # flagfiles/tests pass 0 to say so
+        if run.data.val_fraction == 0 and (self.val_examples == 0 or self.val_examples < -1):
+            raise ConfigError("val_examples", f"with --val_fraction=0 validation uses this many test examples: must "
+                                              f"be positive or -1 (all), got {self.val_examples}")
+        if self.val_examples < -1:
+            raise ConfigError("val_examples", f"must be a number of test examples or -1 (all), got "
+                                              f"{self.val_examples}")
 
 
 @dataclasses.dataclass

@@ -78,10 +78,10 @@ def check_arguments(*, attack_step_size=None, eps=None, eps_l2=None, eps_l1=None
                               f"accuracy as robust)")
     if num_examples is not None and (num_examples == 0 or num_examples < -1):
         raise EvaluationError(f"--num_examples: must be a positive number of examples or -1 (all), got {num_examples}")
-    for flag, value in (("eval_batch_size", batch_size), ("eot_iter", eot_iter),
-                        ("audit_square_queries", audit_square_queries)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise EvaluationError(f"--{flag}: must be a positive integer, got {value}")
+    for flag, value, least in (("eval_batch_size", batch_size, 1), ("eot_iter", eot_iter, 1),
+                               ("audit_square_queries", audit_square_queries, 0)):  # 0 queries: no Square probe
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < least):
+            raise EvaluationError(f"--{flag}: must be an integer >= {least}, got {value}")
     if seed is not None and (isinstance(seed, bool) or int(seed) != seed or not 0 <= seed <= MAX_SEED):
         raise EvaluationError(f"--seed: must be an integer in 0..{MAX_SEED} (2**31 - 1), got {seed}")
     for flag, value, directory in (("output", output, False), ("output_dir", output_dir, True),
