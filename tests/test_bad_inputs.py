@@ -210,3 +210,16 @@ def test_the_shared_run_writes_strict_json(outcomes, tmp_path_factory):
 
     metrics = json.loads(text, parse_constant=refuse)
     assert 0.0 <= metrics["final"]["robust_accuracy"] <= 1.0
+
+
+def test_json_text_writes_non_finite_numbers_as_null_with_a_note():
+    from tfadv.evaluation.api import json_text
+
+    text = json_text({"final": {"robust_accuracy": float("nan"), "clean_accuracy": 0.5},
+                      "curve": [1.0, float("inf"), np.float32(2.5)], "eps": np.float64(0.125)})
+    parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in {text}"))
+    assert parsed["final"] == {"robust_accuracy": None, "clean_accuracy": 0.5}
+    assert parsed["curve"] == [1.0, None, 2.5] and parsed["eps"] == 0.125
+    assert parsed["non_finite_values"]["paths"] == ["final.robust_accuracy", "curve[1]"]
+    finite = {"a": 0.1 + 0.2, "b": [1, 2.5e-7], "c": "x"}
+    assert json_text(finite) == json.dumps(finite, indent=2)  # unchanged for finite reports
