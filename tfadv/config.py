@@ -50,6 +50,23 @@ def _positive_ints(section, *names):
             raise ConfigError(name, f"must be a positive integer, got {getattr(section, name)}")
 
 
+def _finite(flag, value):
+    """ConfigError naming `flag` for a NaN or infinite number (or list entry); bools and non-numbers pass."""
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(flag, f"must be a finite number, got {item}")
+
+
+MAX_SEED = 2 ** 31 - 1  # seeds key stateless TF random ops and numpy generators: a non-negative int32
+
+
+def check_seed(flag: str, seed) -> int:
+    """ConfigError naming `flag` unless `seed` is an integer in [0, 2**31 - 1]."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(flag, f"must be an integer in 0..{MAX_SEED} (2**31 - 1), got {seed}")
+    return seed
+
+
 def _non_negative(section, *names):
     for name in names:
         if getattr(section, name) < 0:
@@ -313,6 +330,17 @@ class ValidationSection:
 
     def validate(self, run):
         _positive_ints(self, "val_every", "val_attack_steps", "eval_attack_steps")
+        if self.eval_examples == 0 or self.eval_examples < -1:
+            raise ConfigError("eval_examples", f"must be a positive number of test examples or -1 (all), got "
+                                               f"{self.eval_examples}")
+        # --val_examples is used only without a held-out split (--val_fraction=0); with one it is not read, and
+        # flagfiles/tests pass 0 to say so
+        if run.data.val_fraction == 0 and (self.val_examples == 0 or self.val_examples < -1):
+            raise ConfigError("val_examples", f"with --val_fraction=0 validation uses this many test examples: must "
+                                              f"be positive or -1 (all), got {self.val_examples}")
+        if self.val_examples < -1:
+            raise ConfigError("val_examples", f"must be a number of test examples or -1 (all), got "
+                                              f"{self.val_examples}")
 
 
 @dataclasses.dataclass
@@ -330,6 +358,7 @@ class RuntimeSection:
         return self.num_cpu_devices if self.distribute == "mirrored" else 1
 
     def validate(self, run):
+        check_seed("seed", self.seed)
         _one_of("jit_compile", self.jit_compile, JIT_MODES)
         _one_of("distribute", self.distribute, DISTRIBUTE_MODES)
         _one_of("mixed_precision", self.mixed_precision, PRECISIONS)
@@ -586,6 +615,8 @@ class TrainConfig:
     # -- validation ------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
         """Raises ConfigError for the first bad value (naming its flag); returns self."""
+        for name, value in self.flat().items():  # every float flag (and float list entry) must be finite
+            _finite(name, value)
         _one_of("defense", self.defense, registry.names())
         _one_of("dataset", self.data.dataset, tuple(data.DATASETS))
         method = self.method
@@ -680,18 +711,23 @@ def _typed(flag: str, value, field: dataclasses.Field):
         if isinstance(default, list):
             item = field.metadata.get("item", str)
             items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
-            return [item(v) for v in items]
-        if isinstance(default, int):
+            typed = [item(v) for v in items]
+        elif isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
             return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if default is None:
+        elif isinstance(default, float):
+            typed = float(value)
+        elif default is None:
             return None if value in (None, "None") else str(value)
-        return str(value)
+        else:
+            return str(value)
     except (TypeError, ValueError):
         kind = field.metadata.get("item", type(default)).__name__
         raise ConfigError(flag, f"expected {'comma-separated ' + kind + 's' if isinstance(default, list) else kind}, "
                                 f"got {value}") from None
+    _finite(flag, typed)  # NaN / inf parse as floats but are no size, rate or weight
+    return typed
 
 
 def flag_names() -> set:

@@ -17,14 +17,13 @@ calibration starts; nothing is written before it ends.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Callable, Optional
 
 from tfadv import cossat, data, runs
 from tfadv.config import ConfigError
-
+from tfadv.evaluation.api import json_text, unwritable_reason
 
 
 def build(ssat_run: str, base_run: str, output_dir: str, *, detector_mode: str = "dlr", min_recall: float = 0.9,
@@ -84,7 +83,7 @@ def build(ssat_run: str, base_run: str, output_dir: str, *, detector_mode: str =
     cossat.plot_roc(report, os.path.join(runs.plots_dir(output_dir), runs.DETECTOR_ROC_PLOT))
     table, summary = calibration_markdown(report, detector)
     runs.atomic_write(runs.path(output_dir, runs.CALIBRATION_MD), table)
-    runs.atomic_write(runs.path(output_dir, runs.CALIBRATION_JSON), json.dumps(report, indent=2))
+    runs.atomic_write(runs.path(output_dir, runs.CALIBRATION_JSON), json_text(report))
     cossat.save_detector(detector, runs.path(output_dir, runs.DETECTOR_FILE))
     log(summary)
 
@@ -100,7 +99,7 @@ def build(ssat_run: str, base_run: str, output_dir: str, *, detector_mode: str =
         "pixel_max": spec.pixel_max, "eps": eps, "budget": ssat.budget.to_json(), "defense": "cossat",
         "ssat_run": ssat_run, "base_run": base_run})
     metrics = build_metrics(detector, report, routing, int(len(y_cal)), ssat, ssat_run, base_run)
-    runs.atomic_write(runs.metrics_path(output_dir), json.dumps(metrics, indent=2) + "\n")
+    runs.atomic_write(runs.metrics_path(output_dir), json_text(metrics) + "\n")
     log(f"Co-SSAT SavedModel in {saved_model}")
     return metrics
 
@@ -118,6 +117,10 @@ def check_arguments(ssat_run, base_run, output_dir, detector_mode, min_recall, c
                           f"unknown {calibration_balance!r}; valid: {', '.join(cossat.BALANCES)}")
     if not 0 < min_recall <= 1:  # also refuses NaN
         raise ConfigError("min_recall", f"must be in (0, 1], got {min_recall}")
+    for flag, value in (("calibration_examples", calibration_examples), ("routing_examples", routing_examples),
+                        ("calibration_steps", calibration_steps)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(flag, f"must be an integer, got {value!r}")
     for flag, value in (("calibration_examples", calibration_examples), ("routing_examples", routing_examples)):
         if value != -1 and value < 1:
             raise ConfigError(flag, f"must be a positive number of examples or -1 (all), got {value}")
@@ -135,6 +138,9 @@ def check_output_dir(output_dir: str, overwrite: bool):
     build unless `overwrite`."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ConfigError("output_dir", f"{output_dir} is a file, not a directory")
+    reason = unwritable_reason(output_dir, directory=True)
+    if reason:
+        raise ConfigError("output_dir", reason)
     if runs.is_run(output_dir):
         raise ConfigError("output_dir", f"{output_dir} is a training run (it has {runs.FLAGS_FILE}); choose "
                           "another directory")

@@ -231,17 +231,52 @@ def take(arrays, num_examples: int):
 
 
 def load_examples(path: str):
-    """A user's own examples: an .npz with `x` (float in [0,1], NHWC) and `y` (int)."""
-    with np.load(path, allow_pickle=False) as archive:
-        missing = {"x", "y"} - set(archive.files)
-        if missing:
-            raise ValueError(f"--examples={path} lacks array(s) {sorted(missing)}; it needs x (NHWC in [0,1]) and y")
-        x = archive["x"].astype(np.float32)
-        y = archive["y"].astype(np.int32).reshape(-1)
+    """A user's own examples: an .npz with `x` (float in [0,1], NHWC) and `y` (integer class indices).
+
+    ValueError (no flag in the message: the caller names it) for a file that is not a readable .npz, missing
+    arrays, no examples, x/y length mismatch, non-finite pixels or pixels outside [0, 1], and labels that are not
+    non-negative integer class indices (one-hot labels are recognised and named). Whether the labels fit the
+    model's classes is checked where the model is loaded (`tfadv.evaluation.evaluate_model`)."""
+    class _Refused(ValueError):
+        pass
+
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not hasattr(archive, "files"):
+            raise _Refused(f"{path} holds a single array, not an .npz with x and y")
+        with archive:
+            missing = {"x", "y"} - set(archive.files)
+            if missing:
+                raise _Refused(f"{path} lacks array(s) {sorted(missing)}; it needs x (NHWC in [0,1]) and y")
+            x, y = archive["x"], archive["y"]
+    except _Refused as error:
+        raise ValueError(str(error)) from None
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except Exception as error:  # a truncated or corrupt archive: zipfile, zlib, EOF and format errors alike
+        raise ValueError(f"{path} is not a readable .npz ({type(error).__name__}: {error}); save it with "
+                         "numpy.savez(path, x=images, y=labels)") from None
     if x.ndim != 4:
-        raise ValueError(f"--examples={path}: x must be NHWC (rank 4), got shape {x.shape}")
+        raise ValueError(f"{path}: x must be NHWC (rank 4), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"{path}: x must hold real numbers, got dtype {x.dtype}")
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise ValueError(f"{path}: labels look one-hot; pass class indices (y has shape {y.shape}: "
+                         "save y.argmax(axis=1))")
+    if len(x) == 0 or y.size == 0:
+        raise ValueError(f"{path} holds no examples (x has shape {x.shape}, y {y.shape})")
+    y = y.reshape(-1)
     if len(x) != len(y):
-        raise ValueError(f"--examples={path}: x has {len(x)} examples but y has {len(y)}")
-    if x.size and (x.min() < 0.0 or x.max() > 1.0):
-        raise ValueError(f"--examples={path}: x must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
-    return x, y
+        raise ValueError(f"{path}: x has {len(x)} examples but y has {len(y)}")
+    if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+        raise ValueError(f"{path}: y must hold integer class indices, got dtype {y.dtype}")
+    if y.min() < 0:
+        raise ValueError(f"{path}: labels must be non-negative class indices, got {int(y.min())}")
+    if y.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"{path}: label {int(y.max())} is not a class index")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{path}: x holds {int(np.sum(~np.isfinite(x)))} NaN or infinite pixel value(s)")
+    if x.min() < 0.0 or x.max() > 1.0:
+        raise ValueError(f"{path}: x must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
+    return x, y.astype(np.int32)

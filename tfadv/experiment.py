@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 import sys
 from typing import Callable, Optional
@@ -222,6 +221,9 @@ def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
     configure_devices(config, log)
     config.validate()
     _check_output_dir(config)
+    unwritable = evaluation.api.unwritable_reason(config.runtime.output_dir, directory=True)
+    if unwritable:
+        raise ConfigError("output_dir", unwritable)
     d = config.data
     splits = data.load(d.dataset, d.data_dir, d.val_fraction, config.runtime.seed, d.download)
     if d.train_examples > 0:
@@ -395,7 +397,7 @@ def finish(prepared: Prepared, built: Built, log: Callable = print) -> dict:
         "model": config.network.model,
     })
     _plot(history, built.schedule, config, built.updates, runs.plots_dir(out))
-    runs.atomic_write(runs.metrics_path(out), json.dumps(metrics, indent=2) + "\n")
+    runs.atomic_write(runs.metrics_path(out), evaluation.api.json_text(metrics) + "\n")  # strict: NaN -> null
     log(f"final: clean accuracy {final_clean:.4f}, {attack_name} robust accuracy {final_robust:.4f} "
         f"on {len(test_y)} test examples (eps {budget_.eps:.4f}); SavedModel in {runs.saved_model_dir(out)}")
     return metrics

@@ -13,6 +13,7 @@ anything with `radii()`, and `to_json()` / `fraction(name)` when present).
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Callable, Dict, Optional, Sequence, Union
 
@@ -34,6 +35,109 @@ def _as_list(value) -> list:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
+
+
+# -- checks that run before any model is loaded or any file is written ------------------------------------------
+
+MAX_SEED = 2 ** 31 - 1
+
+
+def unwritable_reason(path: str, directory: bool = True) -> Optional[str]:
+    """Why `path` cannot become a directory (`directory`) or a file written by tfadv; None if it can. Touches
+    nothing: the nearest existing ancestor must be a writable directory."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        if directory and not os.path.isdir(path):
+            return f"{path} is an existing file, not a directory"
+        if not directory and os.path.isdir(path):
+            return f"{path} is an existing directory, not a file"
+        if not os.access(path if directory else os.path.dirname(path), os.W_OK | os.X_OK):
+            return f"{path} is not writable"
+        return None
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"cannot create {path}: {parent} is a file, not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {parent} is not writable"
+    return None
+
+
+def check_arguments(*, attack_step_size=None, eps=None, eps_l2=None, eps_l1=None, num_examples=None,
+                    batch_size=None, seed=None, eot_iter=None, audit_square_queries=None, output=None,
+                    output_dir=None, plots_dir=None):
+    """EvaluationError ("--flag: ...") for the first bad evaluate.py argument; None means "not given". Loads no
+    model and touches no file, so a bad flag never costs an attack or leaves a file behind: call it first."""
+    for flag, value in (("eps", eps), ("eps_l2", eps_l2), ("eps_l1", eps_l1)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise EvaluationError(f"--{flag}: must be a finite, non-negative size in pixel levels, got {value}")
+    if attack_step_size is not None and not (math.isfinite(attack_step_size) and attack_step_size > 0):
+        raise EvaluationError(f"--attack_step_size: must be a finite, positive size in pixel levels, got "
+                              f"{attack_step_size} (a step of 0 or less does not attack: it would report clean "
+                              f"accuracy as robust)")
+    if num_examples is not None and (num_examples == 0 or num_examples < -1):
+        raise EvaluationError(f"--num_examples: must be a positive number of examples or -1 (all), got {num_examples}")
+    for flag, value, least in (("eval_batch_size", batch_size, 1), ("eot_iter", eot_iter, 1),
+                               ("audit_square_queries", audit_square_queries, 0)):  # 0 queries: no Square probe
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < least):
+            raise EvaluationError(f"--{flag}: must be an integer >= {least}, got {value}")
+    if seed is not None and (isinstance(seed, bool) or int(seed) != seed or not 0 <= seed <= MAX_SEED):
+        raise EvaluationError(f"--seed: must be an integer in 0..{MAX_SEED} (2**31 - 1), got {seed}")
+    for flag, value, directory in (("output", output, False), ("output_dir", output_dir, True),
+                                   ("plots_dir", plots_dir, True)):
+        reason = unwritable_reason(value, directory) if value else None
+        if reason:
+            raise EvaluationError(f"--{flag}: {reason}")
+
+
+def check_examples(x, y, num_classes: Optional[int] = None, flag: str = "--examples"):
+    """EvaluationError (naming `flag`) unless x is a non-empty float batch of finite pixels in [0, 1] and y its
+    integer class indices (below `num_classes` when given)."""
+    import numpy as np
+
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) == 0 or y.size == 0:
+        raise EvaluationError(f"{flag}: no examples to evaluate")
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise EvaluationError(f"{flag}: labels look one-hot; pass class indices (y has shape {y.shape})")
+    if len(x) != y.reshape(-1).shape[0]:
+        raise EvaluationError(f"{flag}: {len(x)} images but {y.reshape(-1).shape[0]} labels")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise EvaluationError(f"{flag}: labels must be integer class indices, got dtype {y.dtype}")
+    if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
+        raise EvaluationError(f"{flag}: images must be finite numbers (NaN or inf pixels found)")
+    if x.min() < 0 or x.max() > 1:
+        raise EvaluationError(f"{flag}: pixels must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
+    if y.min() < 0:
+        raise EvaluationError(f"{flag}: labels must be non-negative class indices, got {int(y.min())}")
+    if num_classes is not None and y.max() >= num_classes:
+        raise EvaluationError(f"{flag}: label {int(y.max())} is out of range for the model's {num_classes} classes "
+                              f"(0..{num_classes - 1})")
+
+
+def json_text(obj, indent: int = 2) -> str:
+    """Strict JSON of a report or metrics dict: a non-finite number (NaN, inf) becomes null, and a top-level dict
+    gets "non_finite_values": the paths of those numbers. Never writes bare NaN (which is not JSON)."""
+    replaced = []
+
+    def clean(value, where):
+        if isinstance(value, dict):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            replaced.append(where)
+            return None
+        if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:
+            return clean(value.item(), where)  # numpy scalars
+        return value
+
+    cleaned = clean(obj, "")
+    if replaced and isinstance(cleaned, dict):
+        cleaned["non_finite_values"] = {"note": "these numbers were NaN or infinite and are written as null",
+                                        "paths": replaced}
+    return json.dumps(cleaned, indent=indent, allow_nan=False)
 
 
 def radii_of(budget) -> Dict[str, float]:
@@ -121,6 +225,7 @@ def evaluation_budget(metadata: dict, dataset: Optional[str] = None, eps: Option
     `examples_shape` (user examples) with `eps` (then in 8-bit levels, n/255). EvaluationError names the flag."""
     from tfadv import config, data
 
+    check_arguments(eps=eps, eps_l2=eps_l2, eps_l1=eps_l1, attack_step_size=attack_step_size)
     name = dataset or metadata.get("dataset")
     if name is None:
         if examples_shape is None or eps is None:
@@ -140,6 +245,10 @@ def evaluation_budget(metadata: dict, dataset: Optional[str] = None, eps: Option
     if not result.eps <= 1:
         raise EvaluationError(f"--eps: {levels} is outside the pixel range of {spec.name} (0..{spec.pixel_max:g} "
                               f"levels)")
+    recorded_classes = metadata.get("num_classes")
+    if name is not None and recorded_classes is not None and int(recorded_classes) != spec.num_classes:
+        raise EvaluationError(f"--dataset: the model has {recorded_classes} classes but {spec.name} has "
+                              f"{spec.num_classes}")
     return spec, result
 
 
@@ -260,6 +369,10 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     """
     import numpy as np
 
+    check_arguments(batch_size=batch_size, seed=seed, eot_iter=eot_iter, audit_square_queries=audit_square_queries,
+                    output=output, output_dir=output_dir, plots_dir=plots_dir)
+    from_split = examples_source.endswith("test split")  # evaluate.py: the dataset's split, else --examples
+    check_examples(x, y, flag="--num_examples" if from_split else "--examples")
     say = log or (lambda *_: None)
     radii = radii_of(budget)
     if step_size is None and hasattr(budget, "fraction"):
@@ -274,11 +387,16 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     logits_fn, path = load_model(model)
     outputs_fn = _cossat_outputs(logits_fn) if cossat_protocol else None
     x = np.asarray(x, np.float32)
-    y = np.asarray(y, np.int32)
+    y = np.asarray(y, np.int32).reshape(-1)
+    data_flag = "--dataset" if from_split else "--examples"
     expected = getattr(logits_fn, "input_shape", None)
     if expected is not None and tuple(x.shape[1:]) != tuple(expected[1:]):
-        raise EvaluationError(f"the examples have shape {tuple(x.shape[1:])} but the model takes {tuple(expected[1:])}")
+        raise EvaluationError(f"{data_flag}: the examples have shape {tuple(x.shape[1:])} but the model takes "
+                              f"{tuple(expected[1:])}")
     num_classes = int(logits_fn(x[:1]).shape[-1])
+    if y.max() >= num_classes:
+        raise EvaluationError(f"{data_flag}: label {int(y.max())} is out of range for the model's {num_classes} "
+                              f"classes (0..{num_classes - 1})")
     try:
         specs_lib.check_classes(specs, num_classes)
     except ValueError as error:
@@ -327,7 +445,7 @@ def write_report(report: dict, output: Optional[str] = None, output_dir: Optiona
         targets.append(runs.path(output_dir, runs.REPORT_JSON))
     for target in targets:
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        runs.atomic_write(target, json.dumps(report, indent=2))
+        runs.atomic_write(target, json_text(report))
         log(f"report written to {target}")
     if output_dir:
         plots = plots or runs.plots_dir(output_dir)

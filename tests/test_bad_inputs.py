@@ -1,0 +1,225 @@
+"""One validation boundary: bad inputs to train.py, evaluate.py and build_cossat.py are refused before any file
+is written or any model is attacked, with ONE line `error: --flag: ...` naming the flag, exit code 2, no
+traceback, and the output location left as it was.
+
+The scripts run as subprocesses (each costs a TensorFlow import), all cases at once in a small thread pool; the
+evaluate/build_cossat cases share one tiny trained digits run.
+"""
+
+import concurrent.futures
+import json
+import os
+
+import numpy as np
+import pytest
+
+from test_cli import error_lines, run_script
+
+TRAIN = ["--flagfile=flags/digits.cfg", "--epochs=1"]
+
+# (id, script, extra args, flag the first error line must name). In args, {run} is the trained digits run,
+# {file} an existing regular file, {dir} an existing directory, {npz:NAME} an examples file below, {out} the
+# case's own (not yet existing) output directory.
+CASES = [
+    # train.py: every float flag must be finite; seeds, epochs, example counts; the output directory
+    ("train-eps-nan", "train.py", TRAIN + ["--eps=nan", "--output_dir={out}"], "--eps"),
+    ("train-lr-inf", "train.py", TRAIN + ["--lr=inf", "--output_dir={out}"], "--lr"),
+    ("train-momentum-nan", "train.py", TRAIN + ["--momentum=nan", "--output_dir={out}"], "--momentum"),
+    ("train-weight-decay-minus-inf", "train.py", TRAIN + ["--weight_decay=-inf", "--output_dir={out}"],
+     "--weight_decay"),
+    ("train-step-size-nan", "train.py", TRAIN + ["--step_size=nan", "--output_dir={out}"], "--step_size"),
+    ("train-noise-inf", "train.py", TRAIN + ["--noise_sigma=inf", "--output_dir={out}"], "--noise_sigma"),
+    ("train-kd-weights-nan", "train.py", TRAIN + ["--kd_weights=nan,0.5,0.25", "--output_dir={out}"],
+     "--kd_weights"),
+    ("train-seed-negative", "train.py", TRAIN + ["--seed=-1", "--output_dir={out}"], "--seed"),
+    ("train-seed-too-large", "train.py", TRAIN + ["--seed=2147483648", "--output_dir={out}"], "--seed"),
+    ("train-epochs-negative", "train.py", TRAIN + ["--epochs=-3", "--output_dir={out}"], "--epochs"),
+    ("train-eval-examples-0", "train.py", TRAIN + ["--eval_examples=0", "--output_dir={out}"], "--eval_examples"),
+    ("train-val-examples-0", "train.py", TRAIN + ["--val_fraction=0", "--val_examples=0", "--output_dir={out}"],
+     "--val_examples"),
+    ("train-val-examples-minus-2", "train.py", TRAIN + ["--val_examples=-2", "--output_dir={out}"], "--val_examples"),
+    ("eval-square-queries-negative", "evaluate.py", ["--audit", "--audit_square_queries=-5"], "--audit_square_queries"),
+    ("train-output-dir-is-file", "train.py", TRAIN + ["--output_dir={file}"], "--output_dir"),
+    ("train-output-dir-under-file", "train.py", TRAIN + ["--output_dir={file}/run"], "--output_dir"),
+    # evaluate.py: flags
+    ("eval-step-size-negative", "evaluate.py", ["--attacks=pgd20", "--attack_step_size=-1"], "--attack_step_size"),
+    ("eval-step-size-0", "evaluate.py", ["--attacks=pgd20", "--attack_step_size=0"], "--attack_step_size"),
+    ("eval-eps-l2-negative", "evaluate.py", ["--eps_l2=-1"], "--eps_l2"),
+    ("eval-eps-nan", "evaluate.py", ["--eps=nan"], "--eps"),
+    ("eval-batch-size-0", "evaluate.py", ["--eval_batch_size=0"], "--eval_batch_size"),
+    ("eval-num-examples-0", "evaluate.py", ["--num_examples=0"], "--num_examples"),
+    ("eval-seed-negative", "evaluate.py", ["--seed=-1"], "--seed"),
+    ("eval-eot-iter-0", "evaluate.py", ["--attacks=apgd_ce", "--eot_iter=0"], "--eot_iter"),
+    ("eval-class-count-differs", "evaluate.py", ["--dataset=cifar100", "--eps=8"], "--dataset"),
+    # evaluate.py: --examples files
+    ("eval-labels-out-of-range", "evaluate.py", ["--examples={npz:label_10}"], "--examples"),
+    ("eval-labels-negative", "evaluate.py", ["--examples={npz:negative}"], "--examples"),
+    ("eval-labels-float", "evaluate.py", ["--examples={npz:float_labels}"], "--examples"),
+    ("eval-labels-one-hot", "evaluate.py", ["--examples={npz:one_hot}"], "--examples"),
+    ("eval-pixels-nan", "evaluate.py", ["--examples={npz:nan}"], "--examples"),
+    ("eval-pixels-out-of-range", "evaluate.py", ["--examples={npz:bright}"], "--examples"),
+    ("eval-no-examples", "evaluate.py", ["--examples={npz:empty}"], "--examples"),
+    ("eval-truncated-npz", "evaluate.py", ["--examples={npz:truncated}"], "--examples"),
+    ("eval-no-x", "evaluate.py", ["--examples={npz:no_x}"], "--examples"),
+    ("eval-no-y", "evaluate.py", ["--examples={npz:no_y}"], "--examples"),
+    ("eval-length-mismatch", "evaluate.py", ["--examples={npz:mismatch}"], "--examples"),
+    ("eval-wrong-image-shape", "evaluate.py", ["--examples={npz:shape}", "--eps=2"], "--examples"),
+    # evaluate.py: where the report goes (checked before any attack runs)
+    ("eval-output-dir-is-file", "evaluate.py", ["--output_dir={file}"], "--output_dir"),
+    ("eval-output-dir-under-file", "evaluate.py", ["--output_dir={file}/eval"], "--output_dir"),
+    ("eval-output-is-directory", "evaluate.py", ["--output={dir}"], "--output"),
+    ("eval-output-under-file", "evaluate.py", ["--output={file}/report.json"], "--output"),
+    # build_cossat.py
+    ("cossat-calibration-examples-0", "build_cossat.py", ["--calibration_examples=0"], "--calibration_examples"),
+    ("cossat-calibration-steps-0", "build_cossat.py", ["--calibration_steps=0"], "--calibration_steps"),
+    ("cossat-min-recall-nan", "build_cossat.py", ["--min_recall=nan"], "--min_recall"),
+    ("cossat-output-dir-is-file", "build_cossat.py", ["--output_dir={file}"], "--output_dir"),
+    ("cossat-output-dir-under-file", "build_cossat.py", ["--output_dir={file}/build"], "--output_dir"),
+]
+
+
+def _examples(directory):
+    """The bad --examples files (digits shape, 8x8x1; the model has 10 classes)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(6, 8, 8, 1)).astype(np.float32)
+    y = np.arange(6)
+    arrays = {
+        "label_10": dict(x=x, y=np.array([0, 1, 2, 3, 4, 10])),
+        "negative": dict(x=x, y=y - 1),
+        "float_labels": dict(x=x, y=y + 0.5),
+        "one_hot": dict(x=x, y=np.eye(10, dtype=np.float32)[y]),
+        "nan": dict(x=np.where(x > 0.9, np.nan, x), y=y),
+        "bright": dict(x=x * 255, y=y),
+        "empty": dict(x=x[:0], y=y[:0]),
+        "no_x": dict(images=x, y=y),
+        "no_y": dict(x=x),
+        "mismatch": dict(x=x, y=y[:4]),
+        "shape": dict(x=np.zeros((6, 28, 28, 1), np.float32), y=y),
+        "good": dict(x=x, y=y),
+    }
+    paths = {}
+    for name, content in arrays.items():
+        paths[name] = os.path.join(directory, f"{name}.npz")
+        np.savez(paths[name], **content)
+    with open(paths["good"], "rb") as handle:
+        whole = handle.read()
+    paths["truncated"] = os.path.join(directory, "truncated.npz")
+    with open(paths["truncated"], "wb") as handle:
+        handle.write(whole[: len(whole) // 2])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """{case id: (CompletedProcess, output location, its state before)} of every case, run 3 at a time."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    run = root / "digits-run"
+    trained = run_script("train.py", "--flagfile=flags/digits.cfg", "--epochs=1", "--val_examples=50",
+                         "--eval_examples=50", f"--output_dir={run}", timeout=400)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    existing_file = root / "a_file.txt"
+    existing_file.write_text("keep me\n")
+    existing_dir = root / "a_dir"
+    existing_dir.mkdir()
+    npz = _examples(str(root))
+
+    def expand(arg, out):
+        arg = arg.replace("{run}", str(run)).replace("{file}", str(existing_file)).replace("{dir}", str(existing_dir))
+        arg = arg.replace("{out}", str(out))
+        for name, path in npz.items():
+            arg = arg.replace("{npz:" + name + "}", path)
+        return arg
+
+    jobs = {}
+    for case_id, script, args, _ in CASES:
+        out = root / case_id / "out"
+        args = [expand(a, out) for a in args]
+        if script == "evaluate.py":
+            args = [f"--model_dir={run}", "--noaudit", "--noprogress", *args]
+            if not any(a.startswith(("--output=", "--output_dir=")) for a in args):
+                args.append(f"--output_dir={out}")
+        elif script == "build_cossat.py":
+            args = [f"--ssat={run}", f"--base={run}", *args]
+            if not any(a.startswith("--output_dir=") for a in args):
+                args.append(f"--output_dir={out}")
+        target = next((a.split("=", 1)[1] for a in args if a.startswith(("--output=", "--output_dir="))), str(out))
+        jobs[case_id] = (script, args, target)
+    before = {case_id: _state(target) for case_id, (_, _, target) in jobs.items()}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {case_id: pool.submit(run_script, script, *args, timeout=300)
+                   for case_id, (script, args, _) in jobs.items()}
+        return {case_id: (futures[case_id].result(), jobs[case_id][2], before[case_id]) for case_id in jobs}
+
+
+def _state(path):
+    """What is at `path`: None (nothing), the text of a file, or the sorted listing of a directory."""
+    if not os.path.lexists(path):
+        return None
+    if os.path.isdir(path):
+        return sorted(os.listdir(path))
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def test_the_table_is_large_and_covers_every_script():
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+    assert {c[1] for c in CASES} == {"train.py", "evaluate.py", "build_cossat.py"}
+
+
+@pytest.mark.parametrize("case_id,script,args,flag", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_naming_the_flag(outcomes, case_id, script, args, flag):
+    result, target, before = outcomes[case_id]
+    stderr = result.stderr[-3000:]
+    assert result.returncode == 2, (result.returncode, stderr)
+    assert "Traceback" not in result.stderr, stderr
+    lines = error_lines(result)
+    assert len(lines) == 1, stderr
+    named = lines[0][len("error:"):].strip()
+    # the flag comes first ("--flag: ..." or absl's "flag --flag=value: ..."), as the flag, not a longer name
+    assert named.startswith((flag + ":", flag + "=", "flag " + flag + "=")), lines[0]
+    assert _state(target) == before, f"{target} changed"
+    assert "robust accuracy" not in result.stdout  # nothing was attacked
+
+
+def test_one_hot_labels_are_recognised(outcomes):
+    line = error_lines(outcomes["eval-labels-one-hot"][0])[0]
+    assert "labels look one-hot; pass class indices" in line
+
+
+def test_attack_step_size_refusal_says_why(outcomes):
+    line = error_lines(outcomes["eval-step-size-negative"][0])[0]
+    assert "positive" in line and "-1" in line
+
+
+def test_train_eps_nan_exits_2_naming_eps_and_writes_nothing(outcomes):
+    result, target, before = outcomes["train-eps-nan"]
+    assert result.returncode == 2 and before is None and not os.path.exists(target)
+    assert error_lines(result) == [line for line in error_lines(result) if line.startswith("error: --eps:")]
+    assert "finite" in error_lines(result)[0]
+
+
+def test_the_shared_run_writes_strict_json(outcomes, tmp_path_factory):
+    """metrics.json of the shared run parses with a parser that refuses NaN/Infinity."""
+    result, _, _ = outcomes["train-eps-nan"]
+    run = next(p for p in (tmp_path_factory.getbasetemp()).glob("bad_inputs*/digits-run"))
+    with open(run / "metrics.json") as handle:
+        text = handle.read()
+
+    def refuse(constant):
+        raise ValueError(f"non-JSON constant {constant}")
+
+    metrics = json.loads(text, parse_constant=refuse)
+    assert 0.0 <= metrics["final"]["robust_accuracy"] <= 1.0
+
+
+def test_json_text_writes_non_finite_numbers_as_null_with_a_note():
+    from tfadv.evaluation.api import json_text
+
+    text = json_text({"final": {"robust_accuracy": float("nan"), "clean_accuracy": 0.5},
+                      "curve": [1.0, float("inf"), np.float32(2.5)], "eps": np.float64(0.125)})
+    parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in {text}"))
+    assert parsed["final"] == {"robust_accuracy": None, "clean_accuracy": 0.5}
+    assert parsed["curve"] == [1.0, None, 2.5] and parsed["eps"] == 0.125
+    assert parsed["non_finite_values"]["paths"] == ["final.robust_accuracy", "curve[1]"]
+    finite = {"a": 0.1 + 0.2, "b": [1, 2.5e-7], "c": "x"}
+    assert json_text(finite) == json.dumps(finite, indent=2)  # unchanged for finite reports
