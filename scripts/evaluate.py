@@ -31,11 +31,12 @@ F.DEFINE_string("output", None, "write the report as JSON here")
 F.DEFINE_string("output_dir", None, "write report.json, report.md and plots/ here")
 F.DEFINE_boolean("progress", True, "show a progress bar with ETA for each attack (stderr)")
 F.DEFINE_integer("eval_batch_size", 256, "examples per attack batch")
-F.DEFINE_integer("eot_iter", 1, "APGD attacks average each step's gradient over N passes (EOT)", lower_bound=1)
+F.DEFINE_integer("eot_iter", 1, "APGD attacks average each step's gradient over N passes (EOT)")
 F.DEFINE_integer("seed", 0, "random seed of the attacks")
 F.DEFINE_string("data_dir", None, "tensorflow-datasets directory")
 F.DEFINE_boolean("download", False, "let tensorflow-datasets download a missing dataset")
 FLAGS = F.FLAGS
+CHECKED = ("num_examples", "seed", "eot_iter", "audit_square_queries", "output", "output_dir", "plots_dir")
 
 
 def _examples(spec=None):  # (x, y, where from): --examples, else the first --num_examples of spec's test split
@@ -49,12 +50,12 @@ def _examples(spec=None):  # (x, y, where from): --examples, else the first --nu
 
 
 def main(argv):
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+    len(argv) > 1 and cli.fail(f"unexpected arguments {argv[1:]} (flags are --name=value)")
     cli.quiet_logging()
     path = runs.find_saved_model(FLAGS.model_dir or "") or cli.fail(
         f"--model_dir={FLAGS.model_dir}: no SavedModel there" if FLAGS.model_dir else "--model_dir is required")
-    try:
+    try:  # every flag first: no model loaded, no attack run, no file touched for a bad one
+        api.check_arguments(batch_size=FLAGS.eval_batch_size, **{k: FLAGS[k].value for k in CHECKED})
         given = _examples() if FLAGS.examples else None
         spec, budget = api.evaluation_budget(export.read_metadata(path), FLAGS.dataset, FLAGS.eps, FLAGS.eps_l2,
                                              FLAGS.eps_l1, FLAGS.attack_step_size, given and given[0].shape[1:])

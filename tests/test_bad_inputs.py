@@ -50,6 +50,7 @@ CASES = [
     ("eval-num-examples-0", "evaluate.py", ["--num_examples=0"], "--num_examples"),
     ("eval-seed-negative", "evaluate.py", ["--seed=-1"], "--seed"),
     ("eval-eot-iter-0", "evaluate.py", ["--attacks=apgd_ce", "--eot_iter=0"], "--eot_iter"),
+    ("eval-num-examples-minus-2", "evaluate.py", ["--num_examples=-2"], "--num_examples"),
     ("eval-class-count-differs", "evaluate.py", ["--dataset=cifar100", "--eps=8"], "--dataset"),
     # evaluate.py: --examples files
     ("eval-labels-out-of-range", "evaluate.py", ["--examples={npz:label_10}"], "--examples"),
