@@ -20,7 +20,7 @@ import tensorflow as tf
 from tfadv import data, evaluation, export, runs, training
 from tfadv.callbacks import (EpochLog, ResumableCheckpoint, RobustValidation, StochasticWeightAveraging,
                              make_schedule, schedule_curve)
-from tfadv.config import ConfigError, TrainConfig
+from tfadv.config import ConfigError, TrainConfig, read_flagfile
 
 
 class RunError(RuntimeError):
@@ -129,14 +129,29 @@ def _check_output_dir(config: TrainConfig):
                        "another directory")
     flags_path = runs.flags_path(out)
     if os.path.exists(flags_path):
-        with open(flags_path) as handle:
-            previous = handle.read()
-        if previous != config.to_flagfile():
-            raise RunError(f"--output_dir={out} holds an interrupted run with different flags (see {flags_path}); "
-                           "rerun with the same flags to resume, or pass --overwrite")
+        changed = _changed_flags(read_flagfile(flags_path), config)
+        if changed:
+            raise RunError(f"--output_dir={out} holds an interrupted run with different flags ({', '.join(changed)}; "
+                           f"see {flags_path}); rerun with the same flags to resume, or pass --overwrite")
     elif os.listdir(out):
         raise RunError(f"--output_dir={out} is not empty and is not a tfadv run; choose another directory or "
                        "pass --overwrite")
+
+
+def _changed_flags(previous: TrainConfig, config: TrainConfig) -> list:
+    """["--lr=0.01 (was 0.05)", ...]: the flags in which `config` differs from an interrupted run's flags.txt.
+    The output directory counts as the same however it is spelled (relative, absolute, ./x, x/)."""
+    old, new = previous.flat(), config.flat()
+    changed = []
+    for name in new:
+        if name == "overwrite":
+            continue
+        a, b = old.get(name), new[name]
+        if name == "output_dir":
+            a, b = os.path.realpath(a or ""), os.path.realpath(b or "")
+        if a != b:
+            changed.append(f"--{name}={new[name]} (was {old.get(name)})")
+    return changed
 
 
 def _history_rows(path: str):
@@ -332,7 +347,7 @@ def fit(config: TrainConfig, built: Built, log: Callable = print):
         built.trainer.fit(built.train_ds, epochs=epochs, initial_epoch=built.initial_epoch,
                           steps_per_epoch=built.steps, callbacks=built.callbacks, verbose=progress, shuffle=False)
     if built.trainer.stop_training and not np.isfinite(_last_loss(out)):
-        raise RunError(f"training diverged (loss is not finite); see {runs.history_path(out)}. Lower --lr?")
+        raise RunError(_divergence_message(out))
     if built.swa is not None and built.swa.apply_average():
         log(f"SWA: evaluating and exporting the average of {built.swa.count} epochs (BatchNorm recomputed)")
     built.network.save_weights(runs.checkpoint_path(out, "final"))
@@ -470,6 +485,26 @@ def robust_overfitting_table(metrics: dict, config: TrainConfig) -> str:
         f"{pct(best['clean_accuracy'])} | {pct(final['clean_accuracy'])} | {pct(sa_diff)} |",
         "",
     ])
+
+
+def _divergence_message(out: str) -> str:
+    """Which logged values were not finite, at which epoch, and how to restart."""
+    rows = _history_rows(runs.history_path(out))
+    where = "in the first epoch"
+    bad = ["loss"]
+    if rows:
+        last = rows[-1]
+        bad = [k for k, v in last.items() if k != "epoch" and v not in (None, "") and not np.isfinite(_float(v))]
+        where = f"at epoch {int(last.get('epoch', 0)) + 1}"
+    return (f"training diverged {where}: {', '.join(bad) or 'loss'} not finite (see {runs.history_path(out)}); "
+            "restart with --overwrite and a lower --lr (or --eps_warmup_epochs for a large eps)")
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _last_loss(out: str) -> float:
