@@ -214,7 +214,7 @@ def test_the_shared_run_writes_strict_json(outcomes, tmp_path_factory):
 
 
 def test_json_text_writes_non_finite_numbers_as_null_with_a_note():
-    from tfadv.evaluation.api import json_text
+    from tfadv.runs import json_text
 
     text = json_text({"final": {"robust_accuracy": float("nan"), "clean_accuracy": 0.5},
                       "curve": [1.0, float("inf"), np.float32(2.5)], "eps": np.float64(0.125)})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfadv import runs, callbacks, config as config_lib, data, experiment
+from tfadv import runs, callbacks, config as config_lib, data, evaluation, experiment
 from tfadv.config import ConfigError, TrainConfig
 from test_swa import _bn_net
 
@@ -115,8 +115,8 @@ def test_teachers_are_the_best_clean_and_best_robust_checkpoints_and_are_recorde
 
 def test_final_pgd_in_metrics_has_the_evaluation_name(pgd_run):
     _, metrics, _ = pgd_run
-    assert metrics["final"]["robust_attack"] == experiment.robust_attack_name(5, "linf") == "pgd5"
-    assert experiment.robust_attack_name(20, "l2") == "pgd20_l2"
+    assert metrics["final"]["robust_attack"] == evaluation.robust_attack_name(5, "linf") == "pgd5"
+    assert evaluation.robust_attack_name(20, "l2") == "pgd20_l2"
 
 
 def test_swa_start_follows_paper_001s_code():
@@ -136,7 +136,7 @@ def test_swa_validation_and_best_checkpoint_use_the_average(tmp_path_factory, di
     # the best checkpoint, evaluated again on the validation split, gives the SWA curve's number
     splits = data.load("digits", val_fraction=0.1, seed=0)
     network, _ = runs.load_run_network(str(out), "best")
-    measure = experiment.pgd_accuracy_fn(0.125, 5)
+    measure = evaluation.pgd_accuracy_fn(0.125, 5)
     clean, robust = measure(network, *splits.val)
     best = metrics["best"]
     row = history[best["epoch"] - 1]

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 from tfadv import cossat, data, runs
 from tfadv.config import ConfigError
-from tfadv.evaluation.api import json_text, unwritable_reason
+from tfadv.evaluation.api import unwritable_reason
 
 
 def build(ssat_run: str, base_run: str, output_dir: str, *, detector_mode: str = "dlr", min_recall: float = 0.9,
@@ -83,7 +83,7 @@ def build(ssat_run: str, base_run: str, output_dir: str, *, detector_mode: str =
     cossat.plot_roc(report, os.path.join(runs.plots_dir(output_dir), runs.DETECTOR_ROC_PLOT))
     table, summary = calibration_markdown(report, detector)
     runs.atomic_write(runs.path(output_dir, runs.CALIBRATION_MD), table)
-    runs.atomic_write(runs.path(output_dir, runs.CALIBRATION_JSON), json_text(report))
+    runs.atomic_write(runs.path(output_dir, runs.CALIBRATION_JSON), runs.json_text(report))
     cossat.save_detector(detector, runs.path(output_dir, runs.DETECTOR_FILE))
     log(summary)
 
@@ -99,7 +99,7 @@ def build(ssat_run: str, base_run: str, output_dir: str, *, detector_mode: str =
         "pixel_max": spec.pixel_max, "eps": eps, "budget": ssat.budget.to_json(), "defense": "cossat",
         "ssat_run": ssat_run, "base_run": base_run})
     metrics = build_metrics(detector, report, routing, int(len(y_cal)), ssat, ssat_run, base_run)
-    runs.atomic_write(runs.metrics_path(output_dir), json_text(metrics) + "\n")
+    runs.atomic_write(runs.metrics_path(output_dir), runs.json_text(metrics) + "\n")
     log(f"Co-SSAT SavedModel in {saved_model}")
     return metrics
 

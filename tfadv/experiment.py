@@ -110,11 +110,6 @@ def build_distillation(config: TrainConfig, log: Callable = print):
     return training.Distillation(teachers, ce, d.kd_temperature), records
 
 
-EVALUATION_SEED = evaluation.EVALUATION_SEED
-robust_attack_name = evaluation.robust_attack_name
-pgd_accuracy_fn = evaluation.pgd_accuracy_fn
-
-
 def _check_output_dir(config: TrainConfig):
     """Refuses a finished run without --overwrite, and an interrupted one started with other flags."""
     out, overwrite = config.runtime.output_dir, config.runtime.overwrite
@@ -326,14 +321,15 @@ def _validation(config: TrainConfig, splits, network, log: Callable):
                                      "only, no best checkpoint is selected)", "num_examples": int(len(val_arrays[1]))}
         best_paths = {}
         log("warning: --val_fraction=0: validation curves use test images, so no best checkpoint is selected")
-    validation_info["attack"] = robust_attack_name(v.val_attack_steps, norm)
+    validation_info["attack"] = evaluation.robust_attack_name(v.val_attack_steps, norm)
     swa = None
     if config.averaging.swa:
         # BatchNorm statistics for the averaged weights come from one pass over clean training images.
         bn_data = data.eval_pipeline(splits.train, o.batch_size).map(lambda images, labels: images)
         swa = StochasticWeightAveraging(network, config.swa_start(), config.averaging.swa_mode, bn_data)
         log(f"SWA ({config.averaging.swa_mode}) from epoch {config.swa_start()}")
-    validation = RobustValidation(network, val_arrays, pgd_accuracy_fn(config.budget().eps, v.val_attack_steps, norm),
+    measure = evaluation.pgd_accuracy_fn(config.budget().eps, v.val_attack_steps, norm)
+    validation = RobustValidation(network, val_arrays, measure,
                                   best_paths, v.val_every, swa=swa, log=log)
     return validation, validation_info, best_paths, swa
 
@@ -362,15 +358,15 @@ def finish(prepared: Prepared, built: Built, log: Callable = print) -> dict:
     norm, swa, network = config.attack.norm, built.swa, built.network
     history = _history_rows(runs.history_path(out))
     test_x, test_y = data.take(prepared.splits.test, v.eval_examples)
-    attack_name = robust_attack_name(v.eval_attack_steps, norm)
-    measure = pgd_accuracy_fn(budget_.eps, v.eval_attack_steps, norm)
+    attack_name = evaluation.robust_attack_name(v.eval_attack_steps, norm)
+    measure = evaluation.pgd_accuracy_fn(budget_.eps, v.eval_attack_steps, norm)
     final_clean, final_robust = measure(network, test_x, test_y)
     metrics = {
         "defense": config.defense, "dataset": config.data.dataset, "model": config.network.model,
         "eps": budget_.eps, "eps_levels": budget_.level("eps"), "norm": norm, "budget": budget_.to_json(),
         "final": {"epoch": config.optimization.epochs, "clean_accuracy": final_clean,
                   "robust_accuracy": final_robust, "robust_attack": attack_name, "num_examples": int(len(test_y)),
-                  "attack_seed": EVALUATION_SEED,
+                  "attack_seed": evaluation.EVALUATION_SEED,
                   "weights": f"SWA average of {swa.count} epochs" if swa is not None and swa.count else "last epoch"},
         "validation": built.validation_info,
     }
@@ -412,7 +408,7 @@ def finish(prepared: Prepared, built: Built, log: Callable = print) -> dict:
         "model": config.network.model,
     })
     _plot(history, built.schedule, config, built.updates, runs.plots_dir(out))
-    runs.atomic_write(runs.metrics_path(out), evaluation.api.json_text(metrics) + "\n")  # strict: NaN -> null
+    runs.atomic_write(runs.metrics_path(out), runs.json_text(metrics) + "\n")  # strict: NaN -> null
     log(f"final: clean accuracy {final_clean:.4f}, {attack_name} robust accuracy {final_robust:.4f} "
         f"on {len(test_y)} test examples (eps {budget_.eps:.4f}); SavedModel in {runs.saved_model_dir(out)}")
     return metrics

@@ -15,6 +15,8 @@ evaluation with --output_dir writes report.json, report.md and plots/.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 from typing import Optional
 
@@ -140,6 +142,30 @@ def atomic_write(target: str, text: str):
     with open(tmp, "w") as handle:
         handle.write(text)
     os.replace(tmp, target)
+
+
+def json_text(obj, indent: int = 2) -> str:
+    """Strict JSON of a report or metrics dict: a non-finite number (NaN, inf) becomes null, and a top-level dict
+    gets "non_finite_values": the paths of those numbers. Never writes bare NaN (which is not JSON)."""
+    replaced = []
+
+    def clean(value, where):
+        if isinstance(value, dict):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            replaced.append(where)
+            return None
+        if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:
+            return clean(value.item(), where)  # numpy scalars
+        return value
+
+    cleaned = clean(obj, "")
+    if replaced and isinstance(cleaned, dict):
+        cleaned["non_finite_values"] = {"note": "these numbers were NaN or infinite and are written as null",
+                                        "paths": replaced}
+    return json.dumps(cleaned, indent=indent, allow_nan=False)
 
 
 @dataclasses.dataclass

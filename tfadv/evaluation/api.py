@@ -116,30 +116,6 @@ def check_examples(x, y, num_classes: Optional[int] = None, flag: str = "--examp
                               f"(0..{num_classes - 1})")
 
 
-def json_text(obj, indent: int = 2) -> str:
-    """Strict JSON of a report or metrics dict: a non-finite number (NaN, inf) becomes null, and a top-level dict
-    gets "non_finite_values": the paths of those numbers. Never writes bare NaN (which is not JSON)."""
-    replaced = []
-
-    def clean(value, where):
-        if isinstance(value, dict):
-            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, float) and not math.isfinite(value):
-            replaced.append(where)
-            return None
-        if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:
-            return clean(value.item(), where)  # numpy scalars
-        return value
-
-    cleaned = clean(obj, "")
-    if replaced and isinstance(cleaned, dict):
-        cleaned["non_finite_values"] = {"note": "these numbers were NaN or infinite and are written as null",
-                                        "paths": replaced}
-    return json.dumps(cleaned, indent=indent, allow_nan=False)
-
-
 def radii_of(budget) -> Dict[str, float]:
     """{norm: radius as a fraction of the pixel range} of a tfadv.config.Budget or of such a dict."""
     if budget is None:
@@ -445,7 +421,7 @@ def write_report(report: dict, output: Optional[str] = None, output_dir: Optiona
         targets.append(runs.path(output_dir, runs.REPORT_JSON))
     for target in targets:
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        runs.atomic_write(target, json_text(report))
+        runs.atomic_write(target, runs.json_text(report))
         log(f"report written to {target}")
     if output_dir:
         plots = plots or runs.plots_dir(output_dir)
