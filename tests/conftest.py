@@ -68,3 +68,9 @@ class InputRecorder(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (setup.cfg): one test process per CPU core, at most 4 (each holds TensorFlow, ~2 GB, and forks
+    the scripts it runs from a server of its own; see tests/script_server.py)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))

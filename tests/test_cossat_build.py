@@ -1,18 +1,15 @@
 """tfadv.cossat_build.build: the library call is what scripts/build_cossat.py does; bad arguments fail before any
 work, naming the flag; the script defines only its own flags."""
 
+import concurrent.futures
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
 from test_cli import error_lines, run_script
 from tfadv import config, cossat, cossat_build, data, runs
 
@@ -26,13 +23,10 @@ OUTPUT_FILES = (runs.METRICS_FILE, runs.CALIBRATION_JSON, runs.CALIBRATION_MD, r
 
 def train_in_parallel(runs_args, timeout=300):
     """Trains several runs with scripts/train.py at once (one process each); asserts they all finished."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    processes = [subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *args], cwd=ROOT,
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for args in runs_args]
-    for process in processes:
-        _, stderr = process.communicate(timeout=timeout)
-        assert process.returncode == 0, stderr[-3000:]
+    with concurrent.futures.ThreadPoolExecutor(len(runs_args)) as pool:
+        results = list(pool.map(lambda args: run_script("train.py", *args, timeout=timeout), runs_args))
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")

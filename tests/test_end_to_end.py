@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+import script_server
 from test_cli import run_script
 
 
@@ -150,23 +150,21 @@ def test_resume_after_kill_9_ends_bit_identical_to_an_uninterrupted_run(tmp_path
     from tfadv import models
 
     common = ["--defense=pgd", "--flagfile=flags/digits.cfg", "--epochs=8", "--model=lenet", "--val_every=2"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     whole = tmp_path / "whole"
     result = run_script("train.py", *common, f"--output_dir={whole}")
     assert result.returncode == 0, result.stderr[-3000:]
 
     out = tmp_path / "run"
-    args = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), *common, f"--output_dir={out}"]
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [*common, f"--output_dir={out}"]
+    process = script_server.start_script("train.py", *args)
     resume_dir = out / "checkpoints" / "resume"
     deadline = time.time() + 300
     while _completed_checkpoint(resume_dir) < 2 and time.time() < deadline and process.poll() is None:
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.kill()  # SIGKILL
     killed_after = _completed_checkpoint(resume_dir)
     assert 2 <= killed_after < 8 and not (out / "metrics.json").exists()
-    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_script("train.py", *args, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed_at = [line for line in result.stdout.splitlines() if line.startswith("resuming")]
     assert resumed_at, result.stdout[-2000:]

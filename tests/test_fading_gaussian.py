@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import script_server
 from tfadv import fading_gaussian, losses, targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,10 +159,9 @@ def test_bad_arguments_are_refused(problem):
 
 def test_script_writes_png_and_json(tmp_path):
     script = os.path.join(ROOT, "scripts", "fading_gaussian.py")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    args = [sys.executable, script, f"--output_dir={tmp_path}", "--num_train=2000", "--num_test=20000",
-            "--num_eps=5", "--eps_max=0.4", "--steps=200", "--alphas=0.005,0.1"]
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    done = script_server.run_script(script, f"--output_dir={tmp_path}", "--num_train=2000", "--num_test=20000",
+                                    "--num_eps=5", "--eps_max=0.4", "--steps=200", "--alphas=0.005,0.1",
+                                    timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Lemma 1" in done.stdout and "ALS alpha=0.1" in done.stdout
     with open(tmp_path / "fading_gaussian.png", "rb") as handle:

@@ -10,6 +10,7 @@ import sys
 import pytest
 from absl import flags
 
+import script_server
 from conftest import ROOT
 from tfadv import cli, runs
 from tfadv import config as config_lib
@@ -142,7 +143,7 @@ def test_nested_flagfile_override_is_warned(tmp_path, capsys, training_flags):
 def test_scripts_print_the_override_warning(tmp_path):
     # train.py (absl's own flagfiles): the warning, then the run is refused for another flag, nothing written.
     out = tmp_path / "run"
-    train = run_script("train.py", "--lr=0.1", "--flagfile=flags/digits.cfg", "--batch_size=0",
+    train = script_server.run_script("train.py", "--lr=0.1", "--flagfile=flags/digits.cfg", "--batch_size=0",
                        f"--output_dir={out}")
     assert train.returncode == 2 and not out.exists()
     assert train.stderr.splitlines()[0] == ("warning: --lr=0.1 is overridden by --flagfile=flags/digits.cfg "
@@ -150,12 +151,12 @@ def test_scripts_print_the_override_warning(tmp_path):
     # build_cossat.py (cli.training_flagfile_parser): a flag of its own that a nested training flagfile sets.
     flagfile = tmp_path / "c.cfg"
     flagfile.write_text("--flagfile=flags/digits.cfg\n--min_recall=0.8\n")
-    build = run_script("build_cossat.py", "--min_recall=0.95", f"--flagfile={flagfile}")
+    build = script_server.run_script("build_cossat.py", "--min_recall=0.95", f"--flagfile={flagfile}")
     assert build.returncode == 2
     assert build.stderr.splitlines() == [
         f"warning: --min_recall=0.95 is overridden by --flagfile={flagfile} (which sets --min_recall=0.8); put "
         "flags after --flagfile", "error: --ssat: is required"], build.stderr
-    after = run_script("build_cossat.py", f"--flagfile={flagfile}", "--min_recall=0.95")
+    after = script_server.run_script("build_cossat.py", f"--flagfile={flagfile}", "--min_recall=0.95")
     assert after.stderr.splitlines() == ["error: --ssat: is required"], after.stderr
 
 
@@ -227,7 +228,7 @@ def test_overwrite_keeps_evaluation_reports(trained_run):
     stale = out / runs.CHECKPOINTS_DIR / "stale.weights.h5"
     stale.write_text("old")
     metrics_before = (out / runs.METRICS_FILE).read_text()
-    again = run_script("train.py", "--flagfile=flags/digits.cfg", "--epochs=1", "--seed=1", "--overwrite",
+    again = script_server.run_script("train.py", "--flagfile=flags/digits.cfg", "--epochs=1", "--seed=1", "--overwrite",
                        f"--output_dir={out}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "eval" / "note.md").read_text() == "mine"

@@ -4,11 +4,10 @@ SWA and robust validation, evaluated with a suite, exported; and the numbers it 
 import json
 import os
 import re
-import subprocess
-import sys
 
 import tensorflow as tf
 
+import script_server
 from conftest import ROOT
 
 MARKER = "<!-- python-api: tests/test_readme_api.py runs the next code block -->"
@@ -26,9 +25,7 @@ def readme_block():
 def test_the_readme_python_api_block_runs_and_trains_a_robust_model(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(readme_block())
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=540)
+    result = script_server.run_script(str(script), cwd=tmp_path, timeout=540)  # as `python example.py`
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("clean ")][-1]
     clean, worst = (float(v) for v in re.findall(r"\d\.\d+", line))
