@@ -86,16 +86,44 @@ def test_train_step_under_xla_matches_the_plain_graph(name, batches):
         np.testing.assert_allclose(compiled.delta.numpy(), plain.delta.numpy(), rtol=0, atol=TOLERANCE)
 
 
-def test_distillation_from_a_teacher_under_xla(batches):
-    """PGD with paper 001's two frozen teachers (robust and standard) called inside the compiled step."""
+class RunningLoss(keras.callbacks.Callback):
+    """The logged loss after every minibatch (the epoch's running mean: equal means, equal per-step losses)."""
+
+    def __init__(self):
+        super().__init__()
+        self.values = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.values.append(float(logs["loss"]))
+
+
+def test_distillation_and_swa_under_xla(batches):
+    """PGD with paper 001's two frozen teachers (robust and standard) called inside the compiled step, fitted for
+    2 epochs with SWA from the first (a callback, run eagerly between the compiled steps): the same losses,
+    weights and SWA average with and without XLA."""
     keras.utils.set_random_seed(5)
     teachers = [tiny_network(), tiny_network()]
     distillation = training.Distillation(
         {"robust": (lambda images: teachers[0](images, training=False), 0.5),
          "standard": (lambda images: teachers[1](images, training=False), 0.25)}, ce_weight=0.25)
-    plain_losses, plain_weights, plain = train("pgd", False, batches, distillation=distillation)
-    xla_losses, xla_weights, _ = train("pgd", True, batches, distillation=distillation)
+    runs = {}
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        network = tiny_network()
+        trainer = training.make("pgd", network, training.AttackConfig(eps=0.125, step_size=0.05, steps=3), seed=1,
+                                distillation=distillation)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=jit)
+        swa, losses = callbacks.StochasticWeightAveraging(network, start_epoch=1), RunningLoss()
+        x, y = batches
+        trainer.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[swa, losses])
+        assert swa.count == 2
+        runs[jit] = (np.array(losses.values), [v.numpy() for v in network.weights],
+                     [v.numpy() for v in swa.tracker.average], trainer)
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=0, atol=TOLERANCE)
+    assert largest_difference(runs[True][1], runs[False][1]) <= TOLERANCE
+    assert largest_difference(runs[True][2], runs[False][2]) <= TOLERANCE
     # the teachers' term is in the trained loss: 0.25 CE + 0.5 KD(robust) + 0.25 KD(standard)
+    plain = runs[False][3]
     images, labels = tf.constant(batches[0][:BATCH]), tf.constant(batches[1][:BATCH])
     logits = plain.network(images)
     teachers_term = float(distillation.loss(images, logits))
@@ -103,25 +131,6 @@ def test_distillation_from_a_teacher_under_xla(batches):
     assert teachers_term > 0.1
     np.testing.assert_allclose(float(plain.outer_loss(labels, logits, images)),
                                0.25 * cross_entropy + teachers_term, rtol=1e-6)
-    np.testing.assert_allclose(xla_losses, plain_losses, rtol=0, atol=TOLERANCE)
-    assert largest_difference(xla_weights, plain_weights) <= TOLERANCE
-
-
-def test_swa_average_under_xla(batches):
-    """SWA (a callback, run eagerly between compiled steps) averages the same weights with and without XLA."""
-    averages = {}
-    for jit in (False, True):
-        keras.utils.set_random_seed(0)
-        network = tiny_network()
-        trainer = training.make("fgsm_rs", network, training.AttackConfig(eps=0.125, step_size=0.15, steps=1),
-                                seed=1)
-        trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=jit)
-        swa = callbacks.StochasticWeightAveraging(network, start_epoch=1)
-        x, y = batches
-        trainer.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[swa])
-        assert swa.count == 2
-        averages[jit] = [v.numpy() for v in swa.tracker.average]
-    assert largest_difference(averages[True], averages[False]) <= TOLERANCE
 
 
 def test_keyed_draws_are_the_same_under_xla():
