@@ -176,3 +176,27 @@ def test_one_bfloat16_epoch(batches, precision):
     assert np.all(np.isfinite(recorder.losses)) and int(optimizer.iterations.numpy()) == BATCHES
     assert all(v.dtype == "float32" for v in network.weights)
     assert min(float(np.abs(old - v.numpy()).max()) for old, v in zip(before, network.trainable_variables)) > 0
+
+
+def test_a_float16_run_end_to_end(digits, precision, tmp_path):
+    """`experiment.train` with --mixed_precision=float16 (Free-AT, whose delta is carried across minibatches):
+    finite metrics and a float32 SavedModel whose clean accuracy on the evaluated examples is
+    the run's reported one (the evaluation ran the float16 network: at most one argmax may flip)."""
+    from tfadv import runs
+
+    out = tmp_path / "run"
+    config = TrainConfig.from_flags(dataset="digits", model="mlp", defense="free", free_replays=2, epochs=1,
+                                    batch_size=BATCH, train_examples=256, lr=0.05, eps=2.0, step_size=1.0,
+                                    attack_steps=2, val_examples=64, val_attack_steps=2, eval_examples=64,
+                                    eval_attack_steps=2, mixed_precision="float16", output_dir=str(out))
+    precision(config)  # the fixture restores float32 afterwards (experiment.train leaves the policy set)
+    metrics = experiment.train(config, log=lambda *_: None)
+    assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    final = metrics["final"]
+    assert 0.3 < final["clean_accuracy"] <= 1 and 0 < final["robust_accuracy"] <= final["clean_accuracy"]
+    logits_fn = export.load_logits_fn(runs.find_saved_model(str(out)))
+    x, y = digits.test
+    logits = logits_fn(tf.constant(x[:64].astype("float32")))
+    assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
+    accuracy = float(np.mean(np.argmax(logits.numpy(), axis=-1) == y[:64]))
+    assert abs(accuracy - final["clean_accuracy"]) <= 1 / 64 + 1e-9
