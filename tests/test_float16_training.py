@@ -9,10 +9,10 @@ Per defense, on a tiny Dense-BatchNorm network over 8x8 digits, through `TrainCo
     finite losses, every update is applied (iterations = 4 x updates per minibatch) and the scale doubles
     exactly once (2^9): the loss-scaled backward pass stayed finite at every update;
   * the trained weights are float32 variables while the layers compute in float16.
-The SavedModel export of a float16-trained network takes and returns float32 and gives the logits of a float32
-network with the same weights. bfloat16 (no loss scaling) runs one defense.
-
-Measured here (one epoch, loss of the last minibatch, float16): see scripts/precision_table.py.
+Free and SSAT (their own train_step, two updates per minibatch) run it under XLA too, as on a GPU. The SavedModel
+export of a float16-trained network takes and returns float32 and gives the logits of a float32 network with the
+same weights; a whole float16 run (`experiment.train`) serves a float32 SavedModel. bfloat16 (no loss scaling)
+runs one defense. Per-defense float16 losses and loss scales beside float32: scripts/precision_table.py.
 """
 
 import os
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfadv import experiment, export, training
+from tfadv import experiment, export
 from tfadv.config import TrainConfig
 
 BATCH, BATCHES = 64, 4
