@@ -59,7 +59,12 @@ class FreeTrainer(Trainer):
                 logits = self.network(x_adv, training=True)
                 loss = self.outer_loss(labels, logits, x_adv)
             (input_gradient,) = self.apply_update(loss, tape, extra_sources=[delta])
-            step = attacks.steepest_step(tf.cast(input_gradient, tf.float32), a.step_size, a.norm, x_adv)
+            input_gradient = tf.cast(input_gradient, tf.float32)
+            # float16: a loss-scaled backward pass that overflows gives inf / NaN; the LossScaleOptimizer skips
+            # that weight update, and delta skips its step too (a NaN would stay in delta for the whole run)
+            finite = tf.reduce_all(tf.math.is_finite(input_gradient))
+            input_gradient = tf.where(finite, input_gradient, tf.zeros_like(input_gradient))
+            step = attacks.steepest_step(input_gradient, a.step_size, a.norm, x_adv)
             delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
             metrics = self._update_metrics(loss, labels, logits)
         self.delta.assign(delta)

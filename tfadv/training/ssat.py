@@ -23,9 +23,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import keras
 import tensorflow as tf
 
 from tfadv import attacks, losses
+from tfadv.attacks.ops import _power_of_two_scale
 from tfadv.training import registry
 from tfadv.training.base import SALT_SSAT_START, Trainer, not_negative, positive_integer, unpack
 from tfadv.training.registry import option
@@ -106,6 +108,19 @@ class SSATTrainer(Trainer):
         start = attacks.random_init(x, self.options.gamma * self.attack.eps, self.attack.norm, keys=keys)
         return attacks.clip_to_box(x, start)
 
+    def attack_gradient(self, tape, attack_loss, attack_logits, logits, x_adv):
+        """d attack_loss / d x_adv in float32. Its gradient at the logits is scaled by a power of two before it
+        enters the network (exact; float32 models get the same bits): under float16 a confidently classified
+        example's CE gradient (with --ssat_target_beta=0) is below float16's range and would give a zero step.
+        One scale per example when examples are independent; one for the batch when a BatchNormalization layer
+        in training mode couples them (per-example scales would then weight the cross-example terms)."""
+        upstream = tape.gradient(attack_loss, attack_logits)
+        scale = _power_of_two_scale(upstream)
+        if any(isinstance(layer, keras.layers.BatchNormalization) for layer in self.network._flatten_layers()):
+            scale = tf.fill(tf.shape(scale), tf.reduce_min(scale))
+        gradient = tape.gradient(logits, x_adv, output_gradients=tf.cast(upstream * scale[:, None], logits.dtype))
+        return tf.cast(gradient, tf.float32) / attacks.per_example(scale, x_adv)
+
     def train_step(self, data):
         x, labels = unpack(data)
         a, s = self.attack, self.options
@@ -122,9 +137,10 @@ class SSATTrainer(Trainer):
                                        self.num_classes)
                 eq_21 = functools.partial(regularised_loss, wrong_target=wrong, beta=s.target_beta)
                 weight_loss = self.outer_loss(labels, logits, x_adv, targets=soft, per_example_ce=eq_21)
-                attack_loss = tf.reduce_sum(regularised_loss(one_hot, logits, wrong, s.target_beta))
+                attack_logits = tf.cast(logits, tf.float32)
+                attack_loss = tf.reduce_sum(regularised_loss(one_hot, attack_logits, wrong, s.target_beta))
             self.apply_update(weight_loss, tape)
-            gradient = tf.cast(tape.gradient(attack_loss, x_adv), tf.float32)
+            gradient = self.attack_gradient(tape, attack_loss, attack_logits, logits, x_adv)
             del tape
             step = attacks.steepest_step(gradient, a.step_size, a.norm, x_adv)
             delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
