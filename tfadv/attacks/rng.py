@@ -19,11 +19,16 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+# Plain tensor code without data-dependent Python control flow: autograph need not convert it (converting it on
+# every call made tracing an attack with many draws, e.g. Square-L2's initial grid, take seconds).
+_plain = tf.autograph.experimental.do_not_convert
+
 _MASK = 0xFFFFFFFF
 _MULTIPLIERS = (0x7FEB352D, 0x68E31DA5, 0x1B56C4E9)
 _GOLDEN = 0x9E3779B9
 
 
+@_plain
 def _mix(x):
     """A 32-bit integer hash (values in [0, 2^32) held as int64)."""
     for multiplier in _MULTIPLIERS:
@@ -32,16 +37,19 @@ def _mix(x):
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
 
 
+@_plain
 def _as_word(value):
     return tf.bitwise.bitwise_and(tf.cast(value, tf.int64), _MASK)
 
 
+@_plain
 def fold(keys, stream):
     """New keys for a sub-stream `stream` (Python int or int tensor, e.g. a restart or iteration index)."""
     stream = _as_word(stream)
     return _mix(tf.bitwise.bitwise_xor(_as_word(keys), _mix(tf.bitwise.bitwise_and(stream + _GOLDEN, _MASK))))
 
 
+@_plain
 def example_keys(indices, seed: int = 0, salt: int = 0):
     """[B] int64 keys for examples at positions `indices` of the evaluation set, under `seed` and `salt`
     (e.g. one salt per attack, so that two attacks do not share random starts)."""
@@ -49,6 +57,7 @@ def example_keys(indices, seed: int = 0, salt: int = 0):
     return fold(tf.fill(tf.shape(indices), base), indices)
 
 
+@_plain
 def _bits(keys, shape: Sequence, stream):
     """[B, *shape] 24-bit integers (int64) from per-example keys."""
     keys = fold(keys, stream)
@@ -60,6 +69,7 @@ def _bits(keys, shape: Sequence, stream):
     return tf.reshape(tf.bitwise.right_shift(words, 8), out_shape)
 
 
+@_plain
 def uniform(keys: Optional[tf.Tensor], shape: Sequence, stream=0, minval=0.0, maxval=1.0, batch=None):
     """[B, *shape] float32 uniform in [minval, maxval). `batch` is needed only when `keys` is None."""
     if keys is None:
@@ -68,6 +78,7 @@ def uniform(keys: Optional[tf.Tensor], shape: Sequence, stream=0, minval=0.0, ma
     return minval + (maxval - minval) * unit
 
 
+@_plain
 def normal(keys: Optional[tf.Tensor], shape: Sequence, stream=0, batch=None):
     """[B, *shape] float32 standard normal (Box-Muller on two uniform streams)."""
     if keys is None:
@@ -78,10 +89,12 @@ def normal(keys: Optional[tf.Tensor], shape: Sequence, stream=0, batch=None):
     return radius * tf.cos(2.0 * 3.141592653589793 * u2)
 
 
+@_plain
 def _pair(stream, sub):
     return _as_word(stream) * 7919 + sub
 
 
+@_plain
 def randint(keys: Optional[tf.Tensor], shape: Sequence, high, stream=0, batch=None):
     """[B, *shape] int32 uniform in [0, high) (`high` an int or an int tensor, at most 2^24)."""
     high_f = tf.cast(high, tf.float32)
@@ -89,6 +102,7 @@ def randint(keys: Optional[tf.Tensor], shape: Sequence, high, stream=0, batch=No
     return tf.minimum(tf.cast(tf.floor(values * high_f), tf.int32), tf.cast(high, tf.int32) - 1)
 
 
+@_plain
 def sign(keys: Optional[tf.Tensor], shape: Sequence, stream=0, batch=None):
     """[B, *shape] float32 in {-1, +1} with equal probability."""
     return tf.where(uniform(keys, shape, stream, batch=batch) < 0.5, -1.0, 1.0)

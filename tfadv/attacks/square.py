@@ -152,14 +152,14 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
     else:
         size = height // 5 if height >= 5 else 1
         start = (height - size * 5) // 2
-        delta = tf.zeros_like(x)
-        cell = 0
-        for corner_h in range(start, height - size + 1, size):
-            for corner_w in range(start, width - size + 1, size):
-                fill = tf.fill([batch], corner_h), tf.fill([batch], corner_w)
-                square = _pseudo_gaussian(fill[0], fill[1], size, tf.zeros([batch], tf.bool), height, width)
-                delta += square * draw_sign(init_keys, [1, 1, channels], 100 + cell)
-                cell += 1
+        corners = [(h, w) for h in range(start, height - size + 1, size) for w in range(start, width - size + 1, size)]
+        # the grid's squares (one [H, W] pattern per cell, computed in one call: building one per cell made the
+        # graph ~50x larger on 8x8 images), each times its own random sign per example and channel; the windows
+        # do not overlap, so the sum adds exact zeros elsewhere (the same values as adding cell by cell)
+        patterns = _pseudo_gaussian(tf.constant([h for h, _ in corners]), tf.constant([w for _, w in corners]), size,
+                                    tf.zeros([len(corners)], tf.bool), height, width)  # [cells, H, W, 1]
+        signs = tf.stack([draw_sign(init_keys, [1, 1, channels], 100 + cell) for cell in range(len(corners))])
+        delta = tf.reduce_sum(patterns[:, None] * signs, axis=0)  # [B, H, W, C]
         x_best = tf.clip_by_value(x + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0)
     margin_best = _margin(logits_fn(x_best), labels)
     used = tf.ones([batch], tf.int32)
