@@ -408,13 +408,6 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     outputs_fn = _cossat_outputs(logits_fn) if cossat_protocol else None
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32).reshape(-1)
-    total, start, stop = len(y), 0, len(y)
-    if shard is not None:
-        from tfadv.evaluation import shards
-
-        digest = shards.examples_digest(x, y)
-        start, stop = shards.shard_bounds(*shard, total)
-        x, y = x[start:stop], y[start:stop]
     data_flag = "--dataset" if from_split else "--examples"
     expected = getattr(logits_fn, "input_shape", None)
     if expected is not None and tuple(x.shape[1:]) != tuple(expected[1:]):
@@ -429,24 +422,29 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     except ValueError as error:
         raise EvaluationError(f"--attacks/--suite: {error}") from None
     shown = path or model_name or "the model"
-    which = f"{len(y)} examples" if shard is None else \
-        f"examples {start}..{stop - 1} (shard {shard[0]}/{shard[1]}) of {total}"
+    if shard is None:
+        which = f"{len(y)} examples"
+    else:
+        from tfadv.evaluation import shards
+
+        start, stop = shards.shard_bounds(*shard, len(y))
+        which = f"examples {start}..{stop - 1} (shard {shard[0]}/{shard[1]}) of {len(y)}"
     say(f"evaluating {shown} on {which} of the {examples_source}; eps {radii['linf']:.4f} (linf), "
         f"{radii['l2']:.4f} (l2), {radii['l1']:.4f} (l1); attacks: {', '.join(s.name for s in specs)}"
         + ("; attacks compiled with XLA" if jit_compile else ""))
-    report = runner.evaluate(logits_fn, x, y, specs, batch_size, log=log, seed=seed, progress=progress,
-                             index_offset=start, jit_compile=jit_compile)
-    report.pop("per_example_robust")
-    per_example = report.pop("per_example_correct")
+    evaluator = runner.Evaluator(logits_fn, specs, batch_size, seed, progress, jit_compile)
+    if shard is None:
+        report = evaluator(x, y, log)
+        report.pop("per_example_robust")
+        report.pop("per_example_correct")
+    else:
+        report = shards.evaluate_shard(evaluator, x, y, shard, log, model_name or shown)  # no audit etc. below
     report.update(report_fields or {})
     report.update({"eps": radii["linf"], "eps_l2": radii["l2"], "eps_l1": radii["l1"]})
     if hasattr(budget, "to_json"):
         report["budget"] = budget.to_json()
     if jit_compile:
         report["jit_compile"] = True
-    if shard is not None:
-        report.update(shards.shard_fields(per_example, shard, start, stop, total, digest, model_name or shown,
-                                          jit_compile))
     say(reports.format_table(report))
     if audit:
         from tfadv.evaluation import audit as audit_lib

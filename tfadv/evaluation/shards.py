@@ -21,7 +21,7 @@ import copy
 import hashlib
 import json
 import re
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -96,13 +96,26 @@ def _mask(bits: str, length: int, where: str) -> np.ndarray:
     return np.frombuffer(bits.encode(), np.uint8) == ord("1")
 
 
-def shard_fields(per_example_correct: dict, shard: Shard, start: int, stop: int, total: int, digest: str,
-                 model: str, jit_compile: bool) -> dict:
-    """The fields a shard report adds (what the merge needs): {"shard": {...}, "per_example": {...}}."""
-    return {SHARD_KEY: {"index": shard[0], "count": shard[1], "start": start, "stop": stop, "total_examples": total,
-                        "examples_sha256": digest, "model": model, "jit_compile": bool(jit_compile)},
-            PER_EXAMPLE_KEY: {"clean": _bits(per_example_correct["clean"]),
-                              "attacks": {name: _bits(m) for name, m in per_example_correct["attacks"].items()}}}
+def evaluate_shard(evaluator, x, y, shard, log: Optional[Callable] = None, model: str = "model") -> dict:
+    """The report of shard `shard` ("i/n" or (i, n)) of the evaluation set (x, y) by `evaluator` (a
+    tfadv.evaluation.Evaluator): its examples `shard_bounds(i, n, len(y))`, each attacked with the random numbers
+    it gets in a run over all of (x, y). Besides the shard's own numbers the report has what `merge_reports`
+    needs: "shard" (i, n, start, stop, total_examples, examples_sha256, `model`, jit_compile) and "per_example"
+    (the clean and per-attack correctness, "0"/"1" per example)."""
+    index, count = parse_shard(shard)
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int32).reshape(-1)
+    check_shard_size((index, count), len(y), "the evaluation set")
+    start, stop = shard_bounds(index, count, len(y))
+    report = evaluator(x[start:stop], y[start:stop], log, index_offset=start)
+    report.pop("per_example_robust")
+    correct = report.pop("per_example_correct")
+    report[SHARD_KEY] = {"index": index, "count": count, "start": start, "stop": stop, "total_examples": len(y),
+                         "examples_sha256": examples_digest(x, y), "model": model,
+                         "jit_compile": bool(getattr(evaluator, "jit_compile", False))}
+    report[PER_EXAMPLE_KEY] = {"clean": _bits(correct["clean"]),
+                               "attacks": {name: _bits(m) for name, m in correct["attacks"].items()}}
+    return report
 
 
 def _accuracy(mask: np.ndarray) -> float:  # the runner's formula
