@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Callable, Dict, Optional, Sequence, Union
 
 from tfadv import runs
@@ -322,6 +323,23 @@ def run_diagnostics(names, logits_fn, x, y, eps, plots, log: Callable = print) -
     return out
 
 
+def check_xla(logits_fn: Callable, images):
+    """EvaluationError ("--jit_compile: ...") unless the model's forward pass compiles with XLA. tfadv's own
+    SavedModels do not: their serving signature checks its input with string messages (tf.strings ops, which
+    XLA has no kernel for); the Keras network they were exported from does."""
+    import tensorflow as tf
+
+    try:
+        tf.function(lambda batch: logits_fn(batch), jit_compile=True)(tf.constant(images))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+        unsupported = sorted(set(re.findall(r"No registered '(\w+)' OpKernel", error.message or "")))
+        raise EvaluationError(
+            f"--jit_compile: the model's forward pass does not compile with XLA (unsupported operations: "
+            f"{', '.join(unsupported) or (error.message or '').splitlines()[0][:200]}); a tfadv SavedModel checks its "
+            f"input with string operations XLA has no kernel for: evaluate it without --jit_compile, or pass its "
+            f"keras.Model to tfadv.evaluation.evaluate_model(..., jit_compile=True)") from None
+
+
 def _cossat_outputs(logits_fn):
     """`outputs_fn(images) -> dict` of a loaded Co-SSAT SavedModel (EvaluationError for any other model)."""
     loaded = getattr(logits_fn, "saved_model", None)
@@ -414,6 +432,8 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
         raise EvaluationError(f"{data_flag}: the examples have shape {tuple(x.shape[1:])} but the model takes "
                               f"{tuple(expected[1:])}")
     num_classes = int(logits_fn(x[:1]).shape[-1])
+    if jit_compile:
+        check_xla(logits_fn, x[:1])
     if y.max() >= num_classes:
         raise EvaluationError(f"{data_flag}: label {int(y.max())} is out of range for the model's {num_classes} "
                               f"classes (0..{num_classes - 1})")
@@ -433,12 +453,15 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
         f"{radii['l2']:.4f} (l2), {radii['l1']:.4f} (l1); attacks: {', '.join(s.name for s in specs)}"
         + ("; attacks compiled with XLA" if jit_compile else ""))
     evaluator = runner.Evaluator(logits_fn, specs, batch_size, seed, progress, jit_compile)
-    if shard is None:
-        report = evaluator(x, y, log)
-        report.pop("per_example_robust")
-        report.pop("per_example_correct")
-    else:
-        report = shards.evaluate_shard(evaluator, x, y, shard, log, model_name or shown)  # no audit etc. below
+    try:
+        if shard is None:
+            report = evaluator(x, y, log)
+            report.pop("per_example_robust")
+            report.pop("per_example_correct")
+        else:
+            report = shards.evaluate_shard(evaluator, x, y, shard, log, model_name or shown)  # no audit etc. below
+    except runner.XLAUnsupportedError as error:
+        raise EvaluationError(f"--jit_compile: {error}") from None
     report.update(report_fields or {})
     report.update({"eps": radii["linf"], "eps_l2": radii["l2"], "eps_l1": radii["l1"]})
     if hasattr(budget, "to_json"):

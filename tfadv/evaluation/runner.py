@@ -15,6 +15,10 @@ from tfadv.attacks import rng
 from tfadv.evaluation.specs import AttackSpec
 
 
+class XLAUnsupportedError(ValueError):
+    """An attack that XLA cannot compile, under `jit_compile=True`."""
+
+
 def _salt(spec: AttackSpec) -> int:
     """Per-attack salt of the example keys, from the canonical name: equal attacks, equal random numbers."""
     return zlib.crc32(spec.canonical_name.encode()) & 0x7FFFFFFF
@@ -77,8 +81,9 @@ class Evaluator:
     do not depend on `batch_size`; a shard of a larger evaluation set passes `index_offset` (its first
     example's index there) so that its examples draw what they draw in the whole set. Attacks sharing a `group`
     run as a cascade (AutoAttack): each only on the examples still robust to the earlier ones of its group.
-    `jit_compile`: every attack graph is compiled with XLA (`tf.function(jit_compile=True)`; every registered
-    family compiles, and agrees with the plain graph: tests/test_attack_xla.py).
+    `jit_compile`: every attack graph is compiled with XLA (`tf.function(jit_compile=True)`; every built-in
+    family compiles, and agrees with the plain graph: tests/test_attack_xla.py); an attack XLA cannot compile
+    (e.g. a registered one calling Python) raises XLAUnsupportedError naming it.
 
     The report has, besides the JSON fields, `per_example_robust` (the worst case per example) and
     `per_example_correct` ({"clean": [N] bool, "attacks": {name: [N] bool}}, a cascade stage's cumulative),
@@ -145,7 +150,14 @@ class Evaluator:
             start = time.time()
             result = robust.copy()
             if len(targets):
-                result[targets] = self._run(self._attacks[spec.name], x, y, targets, spec.name, index_offset)
+                try:
+                    result[targets] = self._run(self._attacks[spec.name], x, y, targets, spec.name, index_offset)
+                except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+                    if not self.jit_compile:
+                        raise
+                    reason = (error.message or "").strip().splitlines()[0] if error.message else type(error).__name__
+                    raise XLAUnsupportedError(f"attack {spec.name} does not compile with XLA ({reason}); run it "
+                                              f"without jit_compile") from None
             seconds = time.time() - start
             per_attack[spec.name] = result
             if spec.group:
