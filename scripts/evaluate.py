@@ -1,12 +1,10 @@
-"""Evaluates a SavedModel or run dir under attacks (tfadv.evaluation.evaluate_model). Dataset and eps default to the
-model's recorded ones; --flagfile (a training flagfile), --dataset and --eps (pixel levels) override them."""
+"""Evaluates a SavedModel or run dir under attacks (evaluation.evaluate_model) with the dataset and eps it records, or
+--flagfile (a training flagfile), --dataset and --eps (pixel levels); --shard=i/n for one slice of the examples."""
 
 from tfadv import cli
 
 cli.quiet_tensorflow()
-
 from absl import app, flags as F  # noqa: E402
-
 from tfadv import data, evaluation, export, runs  # noqa: E402
 from tfadv.evaluation import api  # noqa: E402
 
@@ -15,7 +13,7 @@ F.DEFINE_list("attacks", list(api.DEFAULT_ATTACKS), "attacks, e.g. fgsm,pgd20,cw
               "transfer_pgd20 (with --source_model); with --suite only when given (then added to it)")
 F.DEFINE_list("suite", [], f"named attack suites, comma-separated: {', '.join(evaluation.SUITES)}")
 F.DEFINE_string("source_model", None, "transfer attacks: craft on this SavedModel / run dir")
-F.DEFINE_boolean("audit", True, "run the gradient-masking audit")
+F.DEFINE_boolean("audit", None, "run the gradient-masking audit (default: yes, except under --shard)")
 F.DEFINE_integer("audit_square_queries", 1000, "queries of the audit's Square probe if no black-box attack ran")
 F.DEFINE_list("diagnostics", [], f"diagnostics: {', '.join(api.DIAGNOSTICS)}")
 F.DEFINE_string("plots_dir", None, "where diagnostic PNGs go (default: next to --output, or ./eval_plots)")
@@ -33,10 +31,14 @@ F.DEFINE_boolean("progress", True, "show a progress bar with ETA for each attack
 F.DEFINE_integer("eval_batch_size", 256, "examples per attack batch")
 F.DEFINE_integer("eot_iter", 1, "APGD attacks average each step's gradient over N passes (EOT)")
 F.DEFINE_integer("seed", 0, "random seed of the attacks")
+F.DEFINE_string("shard", None, "i/n: evaluate the i-th (0-based) of n slices of the examples (merge_reports.py)")
+F.DEFINE_boolean("jit_compile", False, "compile the attacks with XLA")
 F.DEFINE_string("data_dir", None, "tensorflow-datasets directory")
 F.DEFINE_boolean("download", False, "let tensorflow-datasets download a missing dataset")
 FLAGS = F.FLAGS
-CHECKED = ("num_examples", "seed", "eot_iter", "audit_square_queries", "output", "output_dir", "plots_dir")
+CHECKED = ("num_examples", "eot_iter", "seed", "audit", "audit_square_queries", "diagnostics", "cossat_protocol",
+           "output", "output_dir", "plots_dir", "shard")
+PASSED = CHECKED[2:] + ("progress", "jit_compile")  # evaluate_model's arguments of the same names
 
 
 def _examples(spec=None):  # (x, y, where from): --examples, else the first --num_examples of spec's test split
@@ -65,12 +67,10 @@ def main(argv):
                                     FLAGS.eot_iter if FLAGS["eot_iter"].present else None)
         api.check_options(FLAGS.diagnostics, FLAGS.cossat_protocol)
         x, y, source = given or _examples(spec)
-        evaluation.evaluate_model(
-            path, x, y, specs, suite=FLAGS.suite, budget=budget, seed=FLAGS.seed, batch_size=FLAGS.eval_batch_size,
-            audit=FLAGS.audit, audit_square_queries=FLAGS.audit_square_queries, diagnostics=FLAGS.diagnostics,
-            cossat_protocol=FLAGS.cossat_protocol, output_dir=FLAGS.output_dir, output=FLAGS.output,
-            plots_dir=FLAGS.plots_dir, progress=FLAGS.progress, model_name=FLAGS.model_dir, examples_source=source,
-            report_fields={"model_dir": FLAGS.model_dir, "dataset": spec.name, "source": source})
+        fields = {"model_dir": FLAGS.model_dir, "dataset": spec.name, "source": source}
+        evaluation.evaluate_model(path, x, y, specs, suite=FLAGS.suite, budget=budget, batch_size=FLAGS.eval_batch_size,
+                                  model_name=FLAGS.model_dir, examples_source=source, report_fields=fields,
+                                  **{k: FLAGS[k].value for k in PASSED})
     except api.EvaluationError as error:
         cli.fail(str(error))
 

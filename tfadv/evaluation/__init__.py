@@ -9,9 +9,10 @@ from tfadv.evaluation.runner import Evaluator, evaluate
 from tfadv.evaluation.reports import format_markdown, format_table, plot_report
 from tfadv.evaluation.api import (EVALUATION_SEED, EvaluationError, evaluate_model, pgd_accuracy_fn, resolve_attacks,
                                   robust_attack_name)
+from tfadv.evaluation.shards import evaluate_shard, merge_reports
 
 __all__ = ["EVALUATION_SEED", "pgd_accuracy_fn", "robust_attack_name", "AUTOATTACK", "AUTOATTACK_RAND", "SUITES", "AttackEntry", "AttackSpec", "EvaluationError", "Evaluator",
            "NameOption", "at_budget", "attack_entry", "autoattack_specs", "canonical_attack_name", "check_classes",
-           "evaluate", "evaluate_model", "format_markdown", "format_table", "parse_attack", "plot_report",
+           "evaluate", "evaluate_model", "evaluate_shard", "format_markdown", "format_table", "merge_reports", "parse_attack", "plot_report",
            "register_attack", "registered_attacks", "resolve_attacks", "suite_specs", "unregister_attack",
            "with_eot"]

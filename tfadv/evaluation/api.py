@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Callable, Dict, Optional, Sequence, Union
 
 from tfadv import runs
@@ -66,9 +67,11 @@ def unwritable_reason(path: str, directory: bool = True) -> Optional[str]:
 
 def check_arguments(*, attack_step_size=None, eps=None, eps_l2=None, eps_l1=None, num_examples=None,
                     batch_size=None, seed=None, eot_iter=None, audit_square_queries=None, output=None,
-                    output_dir=None, plots_dir=None):
+                    output_dir=None, plots_dir=None, shard=None, audit=None, diagnostics=None, cossat_protocol=None):
     """EvaluationError ("--flag: ...") for the first bad evaluate.py argument; None means "not given". Loads no
-    model and touches no file, so a bad flag never costs an attack or leaves a file behind: call it first."""
+    model and touches no file, so a bad flag never costs an attack or leaves a file behind: call it first.
+    `shard` ("i/n"): also refused with fewer `num_examples` than shards, and with what cannot be merged from
+    shards asked for explicitly (`audit=True`, `diagnostics`, `cossat_protocol`; `check_shard`)."""
     for flag, value in (("eps", eps), ("eps_l2", eps_l2), ("eps_l1", eps_l1)):
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise EvaluationError(f"--{flag}: must be a finite, non-negative size in pixel levels, got {value}")
@@ -89,6 +92,29 @@ def check_arguments(*, attack_step_size=None, eps=None, eps_l2=None, eps_l1=None
         reason = unwritable_reason(value, directory) if value else None
         if reason:
             raise EvaluationError(f"--{flag}: {reason}")
+    check_shard(shard, num_examples if num_examples not in (None, -1) else None, audit, diagnostics, cossat_protocol)
+
+
+def check_shard(shard, total: Optional[int] = None, audit: Optional[bool] = None, diagnostics=None,
+                cossat_protocol: Optional[str] = None, flag: str = "--num_examples"):
+    """(index, count) of a valid `shard` ("i/n", an (i, n) pair; None for None), else EvaluationError: a bad
+    i/n, fewer than n of `total` examples, or a report part that cannot be merged from shards asked for."""
+    from tfadv.evaluation import shards
+
+    parsed = shards.parse_shard(shard)
+    if parsed is None:
+        return None
+    if total is not None:
+        shards.check_shard_size(parsed, total, flag)
+    why = "cannot be merged from shards (it needs every example at once); run it without --shard"
+    if audit:
+        raise EvaluationError(f"--audit: the gradient-masking audit {why} (under --shard it is skipped unless asked "
+                              f"for)")
+    if diagnostics:
+        raise EvaluationError(f"--diagnostics: {', '.join(diagnostics)} {why}")
+    if cossat_protocol:
+        raise EvaluationError(f"--cossat_protocol: the Co-SSAT protocols {why}")
+    return parsed
 
 
 def check_examples(x, y, num_classes: Optional[int] = None, flag: str = "--examples"):
@@ -297,6 +323,23 @@ def run_diagnostics(names, logits_fn, x, y, eps, plots, log: Callable = print) -
     return out
 
 
+def check_xla(logits_fn: Callable, images):
+    """EvaluationError ("--jit_compile: ...") unless the model's forward pass compiles with XLA. tfadv's own
+    SavedModels do not: their serving signature checks its input with string messages (tf.strings ops, which
+    XLA has no kernel for); the Keras network they were exported from does."""
+    import tensorflow as tf
+
+    try:
+        tf.function(lambda batch: logits_fn(batch), jit_compile=True)(tf.constant(images))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+        unsupported = sorted(set(re.findall(r"No registered '(\w+)' OpKernel", error.message or "")))
+        raise EvaluationError(
+            f"--jit_compile: the model's forward pass does not compile with XLA (unsupported operations: "
+            f"{', '.join(unsupported) or (error.message or '').splitlines()[0][:200]}); a tfadv SavedModel checks its "
+            f"input with string operations XLA has no kernel for: evaluate it without --jit_compile, or pass its "
+            f"keras.Model to tfadv.evaluation.evaluate_model(..., jit_compile=True)") from None
+
+
 def _cossat_outputs(logits_fn):
     """`outputs_fn(images) -> dict` of a loaded Co-SSAT SavedModel (EvaluationError for any other model)."""
     loaded = getattr(logits_fn, "saved_model", None)
@@ -322,11 +365,12 @@ def _cossat(outputs_fn, x, y, specs, radii, protocols, batch_size, seed, log):
 
 def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Union[str, Sequence[str]] = (),
                    budget=None, step_size: Optional[float] = None, seed: int = 0, batch_size: int = 256,
-                   eot_iter: Optional[int] = None, audit: bool = True, audit_square_queries: int = 1000,
+                   eot_iter: Optional[int] = None, audit: Optional[bool] = None, audit_square_queries: int = 1000,
                    diagnostics: Sequence[str] = (), cossat_protocol: Optional[str] = None, source_model=None,
                    output_dir: Optional[str] = None, output: Optional[str] = None, plots_dir: Optional[str] = None,
                    progress: bool = False, log: Optional[Callable] = print, model_name: Optional[str] = None,
-                   examples_source: str = "examples", report_fields: Optional[dict] = None) -> dict:
+                   examples_source: str = "examples", report_fields: Optional[dict] = None,
+                   shard=None, jit_compile: bool = False) -> dict:
     """Clean, per-attack and worst-case accuracy of `model` on (x, y) ([0,1] NHWC, int labels); returns the
     report dict (tfadv.evaluation.Evaluator's, with the audit, diagnostics and Co-SSAT protocols when asked).
 
@@ -335,13 +379,21 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     `suite`: SUITES names; `budget`: a tfadv.config.Budget (its radii, and its "attack_step_size" when it has one) or
     {norm: radius} in fractions; `step_size`: PGD's step size as a fraction (default: the budget's, else
     eps/4 for l-inf, 2.5 eps/steps for l2/l1); `eot_iter`: EOT draws for every APGD attack; `audit`: the
-    gradient-masking audit (with a Square probe of `audit_square_queries` when no black-box attack ran);
+    gradient-masking audit (with a Square probe of `audit_square_queries` when no black-box attack ran; None:
+    run it unless `shard` is given);
     `diagnostics`: DIAGNOSTICS names; `cossat_protocol`: a COSSAT_PROTOCOLS key (needs a Co-SSAT SavedModel);
     `source_model`: transfer attacks craft on it (same forms as `model`). `output` gets the JSON report;
     `output_dir` gets report.json, report.md and plots/robust_accuracy.png; diagnostic plots go to `plots_dir`
     (default: output_dir/plots, else next to `output`, else ./eval_plots). `log` (None: silent) gets the
     progress lines; `report_fields` are added to the report. Raises EvaluationError for bad arguments before
     any attack runs.
+
+    `shard` ("i/n" or (i, n)): evaluate only the i-th of n contiguous slices of (x, y)
+    (`tfadv.evaluation.shards.shard_bounds`), each example with the random numbers it gets in a run over all
+    of (x, y); the report (the shard's own numbers) then carries what `tfadv.evaluation.shards.merge_reports`
+    needs to rebuild the whole run's report exactly. The audit, diagnostics and Co-SSAT protocols cannot be
+    merged: refused when asked for, skipped (said in `log`) when they would run by default. `jit_compile`:
+    compile every attack with XLA (the report then records "jit_compile": true).
     """
     import numpy as np
 
@@ -349,6 +401,8 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
                     output=output, output_dir=output_dir, plots_dir=plots_dir)
     from_split = examples_source.endswith("test split")  # evaluate.py: the dataset's split, else --examples
     check_examples(x, y, flag="--num_examples" if from_split else "--examples")
+    shard = check_shard(shard, len(x), audit, diagnostics, cossat_protocol,
+                        "--num_examples" if from_split else "--examples")
     say = log or (lambda *_: None)
     radii = radii_of(budget)
     if step_size is None and hasattr(budget, "fraction"):
@@ -358,8 +412,16 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
         specs = list(attacks)  # already resolved (resolve_attacks)
     else:
         specs = resolve_attacks(attacks, suite, radii, step_size, source_fn, eot_iter, log)
-    diagnostics = list(diagnostics) + (["sweep"] if "full" in _as_list(suite) and "sweep" not in diagnostics else [])
+    full_sweep = "full" in _as_list(suite) and "sweep" not in diagnostics
+    if shard is not None and full_sweep:
+        say("note: --shard: the full suite's accuracy sweep (a diagnostic) is skipped: it cannot be merged from "
+            "shards")
+    diagnostics = list(diagnostics) + (["sweep"] if full_sweep and shard is None else [])
     check_options(diagnostics, cossat_protocol)
+    if audit is None:
+        audit = shard is None
+        if shard is not None:
+            say("note: --shard: no gradient-masking audit (it cannot be merged from shards); run it without --shard")
     logits_fn, path = load_model(model)
     outputs_fn = _cossat_outputs(logits_fn) if cossat_protocol else None
     x = np.asarray(x, np.float32)
@@ -370,6 +432,8 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
         raise EvaluationError(f"{data_flag}: the examples have shape {tuple(x.shape[1:])} but the model takes "
                               f"{tuple(expected[1:])}")
     num_classes = int(logits_fn(x[:1]).shape[-1])
+    if jit_compile:
+        check_xla(logits_fn, x[:1])
     if y.max() >= num_classes:
         raise EvaluationError(f"{data_flag}: label {int(y.max())} is out of range for the model's {num_classes} "
                               f"classes (0..{num_classes - 1})")
@@ -378,14 +442,32 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     except ValueError as error:
         raise EvaluationError(f"--attacks/--suite: {error}") from None
     shown = path or model_name or "the model"
-    say(f"evaluating {shown} on {len(y)} examples of the {examples_source}; eps {radii['linf']:.4f} (linf), "
-        f"{radii['l2']:.4f} (l2), {radii['l1']:.4f} (l1); attacks: {', '.join(s.name for s in specs)}")
-    report = runner.evaluate(logits_fn, x, y, specs, batch_size, log=log, seed=seed, progress=progress)
-    report.pop("per_example_robust")
+    if shard is None:
+        which = f"{len(y)} examples"
+    else:
+        from tfadv.evaluation import shards
+
+        start, stop = shards.shard_bounds(*shard, len(y))
+        which = f"examples {start}..{stop - 1} (shard {shard[0]}/{shard[1]}) of {len(y)}"
+    say(f"evaluating {shown} on {which} of the {examples_source}; eps {radii['linf']:.4f} (linf), "
+        f"{radii['l2']:.4f} (l2), {radii['l1']:.4f} (l1); attacks: {', '.join(s.name for s in specs)}"
+        + ("; attacks compiled with XLA" if jit_compile else ""))
+    evaluator = runner.Evaluator(logits_fn, specs, batch_size, seed, progress, jit_compile)
+    try:
+        if shard is None:
+            report = evaluator(x, y, log)
+            report.pop("per_example_robust")
+            report.pop("per_example_correct")
+        else:
+            report = shards.evaluate_shard(evaluator, x, y, shard, log, model_name or shown)  # no audit etc. below
+    except runner.XLAUnsupportedError as error:
+        raise EvaluationError(f"--jit_compile: {error}") from None
     report.update(report_fields or {})
     report.update({"eps": radii["linf"], "eps_l2": radii["l2"], "eps_l1": radii["l1"]})
     if hasattr(budget, "to_json"):
         report["budget"] = budget.to_json()
+    if jit_compile:
+        report["jit_compile"] = True
     say(reports.format_table(report))
     if audit:
         from tfadv.evaluation import audit as audit_lib

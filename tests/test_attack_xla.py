@@ -1,0 +1,119 @@
+"""Attacks compiled with XLA (evaluate.py --jit_compile, `evaluate_model(jit_compile=True)`,
+`Evaluator(jit_compile=True)`) agree with the plain graphs.
+
+Every family of the registry, with its norms, restarts, EOT and the transfer prefix, runs once as a plain
+`tf.function` and once with `jit_compile=True` on the same examples and per-example keys: the robust accuracy
+is the same, every adversarial image lies in the eps-ball and [0, 1], and the images agree within 1e-4 on
+(almost) every example. "Almost": XLA fuses and reorders float operations, so values differ by a few ulp, and
+an attack that takes the sign of a gradient component near zero, or keeps the better of two iterates of
+(nearly) equal loss, can turn that into one step of difference on an example (seen with the DLR loss here).
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfadv import attacks, evaluation
+from tfadv.attacks import rng
+from tfadv.attacks.fab import fab_targeted
+from tfadv.evaluation import api, runner, specs
+
+EPS = {"linf": 0.125, "l2": 1.0, "l1": 4.0}
+COUNT = 24
+AGREE = 1e-4  # max |x_adv(XLA) - x_adv(plain)| of an example that "agrees"
+MOST = 0.75  # the share of examples that must agree for every attack (all of them but for the DLR ones, here)
+
+# (family, name or None) -> how to run it: a registry name runs through the registry (AttackSpec.run); APGD-T and
+# FAB-T take 9 targets there (seconds of tracing each, twice), so they run on 2 targets through their functions.
+# (Square's l2 form is left out: it takes 10-20 s to trace on 2 cores, twice.)
+NAMES = ["fgsm", "pgd4", "pgd4_l2_r2", "pgd4_l1", "cw4", "dlr4", "apgd_dlr6", "apgd_ce6_l2_eot2", "deepfool8_l2",
+         "square20", "cwl2_10_b2", "transfer_pgd4"]
+
+
+@pytest.fixture(scope="module")
+def setting(digits):
+    keras.utils.set_random_seed(3)
+    net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
+                            keras.layers.Dense(10)])
+    net.compile(optimizer=keras.optimizers.Adam(1e-2),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(*digits.train, epochs=3, batch_size=128, verbose=0)
+    x, y = digits.test[0][:COUNT], digits.test[1][:COUNT].astype(np.int32)
+    return net, (lambda images: net(images, training=False)), x, y
+
+
+def _cases(fn):
+    """{label: (family, norm, radius or None for a minimum-norm attack, run(x, y, keys) -> x_adv or (x_adv, norms))}"""
+    cases = {}
+    for name in NAMES:
+        spec = evaluation.parse_attack(name, EPS, source=fn)
+        cases[name] = (spec.family, spec.norm, None if spec.entry.minimum_norm else spec.eps,
+                       lambda x, y, k, spec=spec: spec.run(fn, x, y, k))
+    cases["apgd_t5 (2 targets)"] = ("apgd_t", "linf", EPS["linf"], lambda x, y, k: attacks.apgd_targeted(
+        fn, x, y, eps=EPS["linf"], steps=5, num_targets=2, keys=k))
+    cases["fab_t5 (2 targets)"] = ("fab_t", "linf", EPS["linf"], lambda x, y, k: specs.at_budget(  # as the registry
+        x, *fab_targeted(fn, x, y, steps=5, num_targets=2, eps=EPS["linf"], keys=k), EPS["linf"]))
+    return cases
+
+
+def _norms(delta, norm):
+    flat = delta.reshape(len(delta), -1)
+    return {"linf": np.abs(flat).max(1), "l2": np.linalg.norm(flat, axis=1), "l1": np.abs(flat).sum(1)}[norm]
+
+
+def test_every_attack_family_compiles_with_xla_and_agrees(setting):
+    net, fn, x, y = setting
+    cases = _cases(fn)
+    assert {family for family, *_ in cases.values()} == set(specs.registered_attacks())  # every family covered
+    keys = rng.example_keys(tf.range(COUNT, dtype=tf.int64), 5, 11)
+    clean = np.argmax(fn(x).numpy(), -1) == y
+    rows = []
+    for label, (family, norm, radius, run) in cases.items():
+        images = {}
+        for jit in (False, True):
+            out = tf.function(run, jit_compile=jit)(tf.constant(x), tf.constant(y), keys)
+            images[jit] = (out[0] if isinstance(out, tuple) else out).numpy()
+        robust = {jit: float(np.mean(clean & (np.argmax(fn(a).numpy(), -1) == y))) for jit, a in images.items()}
+        difference = np.abs(images[True] - images[False]).reshape(COUNT, -1).max(1)
+        rows.append((label, robust[False], robust[True], float(difference.max()), float(np.mean(difference <= AGREE))))
+        assert robust[True] == robust[False], (label, robust)
+        assert np.mean(difference <= AGREE) >= MOST, (label, difference)
+        assert images[True].min() >= 0 and images[True].max() <= 1, label
+        if radius is not None:
+            assert _norms(images[True] - x, norm).max() <= radius * (1 + 1e-5) + 1e-6, label
+    print("\n".join(f"{label:22s} robust {a:.3f} / XLA {b:.3f}; max |diff| {d:.2e}; agree {s:.0%}"
+                    for label, a, b, d, s in rows))
+
+
+def test_the_evaluator_and_evaluate_model_compile_with_xla(setting):
+    """jit_compile reaches the runner (a report equal to the plain one, the cascade included) and XLA really
+    compiles: an attack that calls Python is refused by name, not silently run without XLA."""
+    net, fn, x, y = setting
+    chosen = [evaluation.parse_attack("pgd4", EPS), *[dataclasses.replace(evaluation.parse_attack(n, EPS),
+                                                                          group="cascade")
+                                                      for n in ("apgd_ce6", "square20")]]
+    plain = runner.Evaluator(fn, chosen, batch_size=10, seed=2)(x, y)
+    compiled = evaluation.evaluate_model(net, x, y, chosen, budget=EPS, seed=2, batch_size=10, audit=False,
+                                         log=None, jit_compile=True)
+    assert compiled["jit_compile"] is True
+    for name in ("pgd4", "apgd_ce6", "square20"):
+        assert compiled["attacks"][name]["robust_accuracy"] == plain["attacks"][name]["robust_accuracy"]
+    assert compiled["worst_case_accuracy"] == plain["worst_case_accuracy"]
+    assert compiled["groups"]["cascade"]["robust_accuracy"] == plain["groups"]["cascade"]["robust_accuracy"]
+
+    def python_noise(spec, logits_fn, images, labels, keys):
+        noise = tf.numpy_function(lambda a: np.sign(a - 0.5).astype(np.float32), [images], tf.float32)
+        return tf.clip_by_value(images + spec.eps * tf.reshape(noise, tf.shape(images)), 0.0, 1.0)
+
+    evaluation.register_attack("python_noise", python_noise, kind="score_based", loss="none", default_steps=1,
+                               step_count=False, restarts=False, norms=("linf",))
+    try:
+        spec = evaluation.parse_attack("python_noise", EPS)
+        runner.Evaluator(fn, [spec], batch_size=10)(x, y)  # fine without XLA
+        with pytest.raises(api.EvaluationError, match="^--jit_compile: attack python_noise does not compile with XLA"):
+            evaluation.evaluate_model(net, x, y, [spec], budget=EPS, audit=False, log=None, jit_compile=True)
+    finally:
+        evaluation.unregister_attack("python_noise")
