@@ -86,7 +86,7 @@ def test_evaluate_model_with_xla_equals_the_plain_run(exported, digits):
     x, y = digits.test[0][:40], digits.test[1][:40].astype(np.int32)
     assert export.load_logits_fn(path, unchecked=True).unchecked
     assert not export.load_logits_fn(path).unchecked  # the default stays the checked serving signature
-    reports = {jit: evaluation.evaluate_model(path, x, y, ["pgd10", "apgd_ce10"], budget=EPS, seed=1, batch_size=16,
+    reports = {jit: evaluation.evaluate_model(path, x, y, ["pgd10", "apgd_ce10"], budget=EPS, seed=1, batch_size=20,
                                               audit=False, log=None, jit_compile=jit) for jit in (False, True)}
     assert reports[True]["jit_compile"] is True
     for name in ("pgd10", "apgd_ce10"):
