@@ -276,7 +276,8 @@ def plot_roc(report: dict, path: str):
 def export(model: CoSSAT, path: str, metadata: Optional[dict] = None) -> str:
     """One SavedModel holding both networks and the detector; `serving_default(images)` returns the Co-SSAT
     logits / probabilities / classes plus use_base, dlr, votes, ssat_logits and base_logits. Its inputs are
-    checked as every tfadv SavedModel's (`export.checked_images`): shape, float32, finite pixels in [0, 1]."""
+    checked as every tfadv SavedModel's (`export.checked_images`): shape, float32, finite pixels in [0, 1]; its
+    `logits_unchecked(images)` are the same decision logits without the checks (for attacks compiled with XLA)."""
     from tfadv import export as export_lib
 
     ssat = export_lib.as_float32(model.ssat_network)
@@ -290,7 +291,8 @@ def export(model: CoSSAT, path: str, metadata: Optional[dict] = None) -> str:
         return serving.outputs(export_lib.checked_images(images, image_shape))
 
     metadata = dict(metadata or {}, detector=model.detector.to_json())
-    return export_lib.write_saved_model(path, [ssat, base], serve, image_shape, metadata)
+    # without the checks (for XLA): the Co-SSAT decision logits, serving_default's "logits"
+    return export_lib.write_saved_model(path, [ssat, base], serve, image_shape, metadata, logits_fn=serving.logits)
 
 
 def save_detector(detector: Detector, path: str):

@@ -11,6 +11,11 @@ line of TF's status message names the rule and what was seen, e.g.
 `assertion failed: [images must be finite float32 pixels in [0, 1]; got values in [0, 255] (did you forget to
 divide by 255?)]` (in Python, TF's function call puts `Graph execution error:` / `Detected at node ...` lines
 before it). The checks are control dependencies of an identity, so input gradients are unchanged.
+
+`logits_unchecked(images)` (an attribute of the loaded object, not a signature: TF Serving sees only
+`serving_default`): the same logits without the input checks, for attacks compiled with XLA, which has no kernel
+for the checks' string operations (`load_logits_fn(path, unchecked=True)`; evaluate.py --jit_compile). It
+answers any input, valid or not; its logits on valid images equal `serving_default`'s.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import keras
 import tensorflow as tf
 
 METADATA_FILE = "tfadv.json"
+UNCHECKED_LOGITS = "logits_unchecked"  # the loaded object's attribute: logits without the input checks (XLA)
 
 
 def _float32_config(config):
@@ -99,8 +105,11 @@ def checked_images(images, image_shape):
         return tf.identity(images)
 
 
-def write_saved_model(path: str, networks, serve_fn, image_shape, metadata: Optional[dict] = None) -> str:
-    """Writes `serve_fn(images) -> dict` as `serving_default`, tracking the variables of `networks`.
+def write_saved_model(path: str, networks, serve_fn, image_shape, metadata: Optional[dict] = None,
+                      logits_fn=None) -> str:
+    """Writes `serve_fn(images) -> dict` as `serving_default`, tracking the variables of `networks`, and
+    `logits_fn(images) -> logits` (the same logits without the input checks, for XLA) as the attribute
+    `UNCHECKED_LOGITS` of the saved object (no signature).
 
     Keras' ExportArchive tracks variables (not the Keras objects), which keeps the SavedModel loadable by
     TF Serving, `saved_model_cli` (TF1 sessions) and `tf.saved_model.load`. Written to a temporary directory
@@ -111,6 +120,11 @@ def write_saved_model(path: str, networks, serve_fn, image_shape, metadata: Opti
         archive.track(network)
     signature = [tf.TensorSpec([None] + list(image_shape), tf.float32, name="images")]
     archive.add_endpoint("serving_default", serve_fn, input_signature=signature)
+    if logits_fn is not None:
+        # Not an endpoint (ExportArchive makes every endpoint a signature): a tf.function on the saved object,
+        # whose variables are those of serving_default (tracked by the archive) since it calls the same networks.
+        setattr(archive._tf_trackable, UNCHECKED_LOGITS,
+                tf.function(logits_fn, input_signature=signature, autograph=False))
     tmp = path.rstrip("/") + ".partial"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
@@ -135,7 +149,10 @@ def export(network: keras.Model, path: str, metadata: Optional[dict] = None) -> 
     def serve(images):
         return serving_outputs(network(checked_images(images, image_shape), training=False))
 
-    return write_saved_model(path, [network], serve, image_shape, metadata)
+    def logits(images):  # serve's logits without the checks
+        return serving_outputs(network(images, training=False))["logits"]
+
+    return write_saved_model(path, [network], serve, image_shape, metadata, logits_fn=logits)
 
 
 def read_metadata(path: str) -> dict:
@@ -147,8 +164,12 @@ def read_metadata(path: str) -> dict:
         return json.load(handle)
 
 
-def load_logits_fn(path: str):
-    """`logits_fn(images)` from any SavedModel whose serving signature returns `logits` (inference mode)."""
+def load_logits_fn(path: str, unchecked: bool = False):
+    """`logits_fn(images)` from any SavedModel whose serving signature returns `logits` (inference mode).
+
+    `unchecked`: the SavedModel's `UNCHECKED_LOGITS` function instead (the same logits without the input checks,
+    which XLA cannot compile) when it has one; `logits_fn.unchecked` says which one was returned (False for a
+    SavedModel written before tfadv saved that function, or by another tool)."""
     loaded = tf.saved_model.load(path)
     signature = loaded.signatures.get("serving_default")
     if signature is None:
@@ -157,10 +178,16 @@ def load_logits_fn(path: str):
     if "logits" not in outputs:
         raise ValueError(f"{path}: serving_default returns {sorted(outputs)}, not 'logits'")
     input_name = list(signature.structured_input_signature[1].keys())[0]
+    unchecked_fn = getattr(loaded, UNCHECKED_LOGITS, None) if unchecked else None
 
-    def logits_fn(images):
-        return signature(**{input_name: images})["logits"]
+    if unchecked_fn is not None:
+        def logits_fn(images):
+            return unchecked_fn(images)
+    else:
+        def logits_fn(images):
+            return signature(**{input_name: images})["logits"]
 
     logits_fn.saved_model = loaded  # keeps the variables alive
     logits_fn.input_shape = tuple(signature.structured_input_signature[1][input_name].shape)
+    logits_fn.unchecked = unchecked_fn is not None
     return logits_fn

@@ -263,9 +263,10 @@ def check_options(diagnostics: Sequence[str] = (), cossat_protocol: Optional[str
         raise EvaluationError(f"--cossat_protocol: unknown {cossat_protocol!r}; valid: {', '.join(COSSAT_PROTOCOLS)}")
 
 
-def load_model(model):
+def load_model(model, unchecked: bool = False):
     """(logits_fn, path or None) of a SavedModel / run directory path, a keras.Model (called in inference
-    mode) or a logits_fn."""
+    mode) or a logits_fn. `unchecked` (for attacks compiled with XLA): a tfadv SavedModel's logits without its
+    serving input checks (`export.load_logits_fn(path, unchecked=True)`; equal logits on valid images)."""
     if isinstance(model, (str, os.PathLike)):
         from tfadv import export
 
@@ -273,7 +274,7 @@ def load_model(model):
         if path is None:
             raise EvaluationError(f"--model_dir={model}: no SavedModel there (nor in "
                                   f"{runs.saved_model_dir(os.fspath(model))})")
-        return export.load_logits_fn(path), path
+        return export.load_logits_fn(path, unchecked=unchecked), path
     if hasattr(model, "trainable_variables") and hasattr(model, "layers"):  # keras.Model: BN in inference mode
         network = model
         logits_fn = lambda images: network(images, training=False)  # noqa: E731
@@ -324,20 +325,27 @@ def run_diagnostics(names, logits_fn, x, y, eps, plots, log: Callable = print) -
 
 
 def check_xla(logits_fn: Callable, images):
-    """EvaluationError ("--jit_compile: ...") unless the model's forward pass compiles with XLA. tfadv's own
-    SavedModels do not: their serving signature checks its input with string messages (tf.strings ops, which
-    XLA has no kernel for); the Keras network they were exported from does."""
+    """EvaluationError ("--jit_compile: ...") unless the model's forward pass compiles with XLA. A tfadv
+    SavedModel's `serving_default` does not (its input checks format string messages: tf.strings ops, which XLA
+    has no kernel for), so `load_model(path, unchecked=True)` returns its `logits_unchecked` function, which does;
+    a SavedModel exported before tfadv saved that function is refused with a request to re-export it."""
     import tensorflow as tf
 
     try:
         tf.function(lambda batch: logits_fn(batch), jit_compile=True)(tf.constant(images))
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
         unsupported = sorted(set(re.findall(r"No registered '(\w+)' OpKernel", error.message or "")))
+        what = ", ".join(unsupported) or (error.message or "").splitlines()[0][:200]
+        if getattr(logits_fn, "saved_model", None) is not None and not getattr(logits_fn, "unchecked", False) \
+                and "StringFormat" in unsupported:  # a tfadv SavedModel's input checks, from before logits_unchecked
+            raise EvaluationError(
+                "--jit_compile: this tfadv SavedModel was exported without logits_unchecked, the logits function "
+                "XLA can compile (its serving_default's input checks cannot be): re-export it with this version of "
+                "tfadv (tfadv.export.export, or scripts/build_cossat.py for Co-SSAT), or evaluate it without "
+                "--jit_compile") from None
         raise EvaluationError(
-            f"--jit_compile: the model's forward pass does not compile with XLA (unsupported operations: "
-            f"{', '.join(unsupported) or (error.message or '').splitlines()[0][:200]}); a tfadv SavedModel checks its "
-            f"input with string operations XLA has no kernel for: evaluate it without --jit_compile, or pass its "
-            f"keras.Model to tfadv.evaluation.evaluate_model(..., jit_compile=True)") from None
+            f"--jit_compile: the model's forward pass does not compile with XLA (unsupported operations: {what}); "
+            f"evaluate it without --jit_compile") from None
 
 
 def _cossat_outputs(logits_fn):
@@ -407,7 +415,7 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     radii = radii_of(budget)
     if step_size is None and hasattr(budget, "fraction"):
         step_size = budget.fraction("attack_step_size")
-    source_fn = None if source_model is None else load_model(source_model)[0]
+    source_fn = None if source_model is None else load_model(source_model, unchecked=jit_compile)[0]
     if attacks and all(isinstance(a, specs_lib.AttackSpec) for a in attacks):
         specs = list(attacks)  # already resolved (resolve_attacks)
     else:
@@ -422,7 +430,7 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
         audit = shard is None
         if shard is not None:
             say("note: --shard: no gradient-masking audit (it cannot be merged from shards); run it without --shard")
-    logits_fn, path = load_model(model)
+    logits_fn, path = load_model(model, unchecked=jit_compile)  # XLA: without the serving input checks
     outputs_fn = _cossat_outputs(logits_fn) if cossat_protocol else None
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32).reshape(-1)
