@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -220,12 +221,18 @@ def is_chief(strategy_) -> bool:
 
 
 def worker_directory(output_dir: str, strategy_) -> str:
-    """Where this process writes: `output_dir` on the chief; a new temporary directory on another worker
-    (remove it with `remove_worker_directory` when the run ends, as Keras does with non-chief saves)."""
+    """Where this process writes: `output_dir` on the chief; on another worker a temporary directory (remove it
+    with `remove_worker_directory` when the run ends, as Keras does with non-chief saves). Its name is fixed
+    by the task and the run directory (`<tmp>/tfadv-worker1-<hash>`), and it is emptied first, so a worker
+    that was killed (and could not clean up) leaves nothing behind once it is relaunched and finishes."""
     if is_chief(strategy_):
         return output_dir
     task = strategy_.cluster_resolver
-    return tempfile.mkdtemp(prefix=f"tfadv-{task.task_type}{task.task_id}-")
+    digest = hashlib.sha1(os.path.realpath(output_dir).encode()).hexdigest()[:12]
+    directory = os.path.join(tempfile.gettempdir(), f"tfadv-{task.task_type}{task.task_id}-{digest}")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    return directory
 
 
 def remove_worker_directory(directory: str, output_dir: str):
@@ -319,11 +326,11 @@ def _parity_teacher(spec):
     return training.Distillation({"robust": (logits, 0.5), "standard": (logits, 0.25)}, 0.25, 2.0)
 
 
-def parity_run(cases=None, steps: int = 4, log: Callable = print) -> dict:
+def parity_run(strategy_, cases=None, steps: int = 4, log: Callable = print) -> dict:
     """Trains every case of PARITY_CASES (or `cases`) for one short epoch (`steps` global batches; the SWA case
-    two) under this process's strategy (made by `setup`/`strategy` from the first case's config, which only
-    `distribute` / `num_cpu_devices` change) and returns {case: {"losses": per-step losses, "weights": [arrays]}}.
-    A new network is built in the strategy's scope for each case."""
+    two) under `strategy_` (the default strategy, or the process's strategy made by `setup`/`strategy`) and
+    returns {case: {"losses": per-step losses, "weights": [arrays]}}. A new network is built in the strategy's
+    scope for each case."""
     import keras
     import numpy as np
 
@@ -333,7 +340,6 @@ def parity_run(cases=None, steps: int = 4, log: Callable = print) -> dict:
     results = {}
     for case in cases or PARITY_CASES:
         config = parity_config(case)
-        strategy_ = tf.distribute.get_strategy() if not _PROCESS else _PROCESS["strategy"]
         o = config.optimization
         if splits is None:
             splits = data.load("digits", seed=config.runtime.seed)
@@ -384,21 +390,26 @@ distribute.parity_worker_main(sys.argv[1:])
 
 
 def parity_worker_main(argv):
-    """Entry of one parity process: argv = [distribute, replicas, result .npz path, steps, case, ...]."""
+    """Entry of one parity process: argv = [modes, replicas, result path pattern with {mode}, steps, case, ...];
+    `modes` is one of none, mirrored, multi_worker, or "none,mirrored" (one device, then the mirrored strategy,
+    in one process: the default strategy does not collide with a MirroredStrategy)."""
     import numpy as np
 
-    mode, replicas, path, steps, *cases = argv
-    config = parity_config(next(iter(PARITY_CASES)), mode, int(replicas))
-    setup(config, log=lambda *_: None)
-    strategy_ = strategy(config, log=lambda *_: None)
-    results = parity_run(cases or None, int(steps), log=lambda *_: None)
-    if is_chief(strategy_):
-        arrays = {}
-        for case, result in results.items():
-            arrays[f"{case}/losses"] = result["losses"]
-            for i, w in enumerate(result["weights"]):
-                arrays[f"{case}/w{i}"] = w
-        np.savez(path, **arrays)
+    modes, replicas, pattern, steps, *cases = argv
+    quiet = lambda *_: None  # noqa: E731
+    configs = {mode: parity_config(next(iter(PARITY_CASES)), mode, int(replicas)) for mode in modes.split(",")}
+    for config in configs.values():  # before any other TensorFlow op: logical devices, a multi-worker strategy
+        setup(config, log=quiet)
+    for mode, config in configs.items():
+        strategy_ = strategy(config, log=quiet)
+        results = parity_run(strategy_, cases or None, int(steps), log=quiet)
+        if is_chief(strategy_):
+            arrays = {}
+            for case, result in results.items():
+                arrays[f"{case}/losses"] = result["losses"]
+                for i, w in enumerate(result["weights"]):
+                    arrays[f"{case}/w{i}"] = w
+            np.savez(pattern.format(mode=mode), **arrays)
 
 
 def _load_parity(path: str) -> dict:
@@ -449,30 +460,32 @@ def stop(processes):
 
 def parity_results(workdir: str, modes=("none",) + PARITY_MODES, steps: int = 4, cases=None,
                    timeout: float = 600) -> dict:
-    """{mode: parity_run results} with one process per mode ("none": one device; "mirrored": 2 logical CPU
-    devices; "multi_worker": two local worker processes), all modes started at once."""
+    """{mode: parity_run results} for modes among "none" (one device), "mirrored" (2 logical CPU devices) and
+    "multi_worker" (two local worker processes): one process per mode, except that none and mirrored share
+    one; all started at once."""
+    groups = [[mode] for mode in modes if mode not in ("none", "mirrored")]
+    groups.insert(0, [mode for mode in ("none", "mirrored") if mode in modes])
+    pattern = os.path.join(workdir, "parity-{mode}.npz")
     running = {}
     try:
-        for mode in modes:
-            path = os.path.join(workdir, f"parity-{mode}.npz")
-            args = [sys.executable, "-c", PARITY_WORKER, mode, "2" if mode == "mirrored" else "1", path,
+        for group in filter(None, groups):
+            name = ",".join(group)
+            args = [sys.executable, "-c", PARITY_WORKER, name, "2" if "mirrored" in group else "1", pattern,
                     str(steps), *(cases or [])]
-            log_path = os.path.join(workdir, f"parity-{mode}.log")
+            log_path = os.path.join(workdir, f"parity-{name}.log")
             with open(log_path, "w") as log_file:
-                running[mode] = (path, log_path, launch(args, num_workers=2 if mode == "multi_worker" else 0,
-                                                        stdout=log_file, stderr=subprocess.STDOUT))
-        results = {}
-        for mode, (path, log_path, processes) in running.items():
+                running[name] = (log_path, launch(args, num_workers=2 if group == ["multi_worker"] else 0,
+                                                  stdout=log_file, stderr=subprocess.STDOUT))
+        for name, (log_path, processes) in running.items():
             for process in processes:
                 process.wait(timeout=timeout)
             codes = [p.returncode for p in processes]
             if any(codes):
                 with open(log_path) as handle:
-                    raise RuntimeError(f"parity run {mode} failed ({codes}):\n{handle.read()[-4000:]}")
-            results[mode] = _load_parity(path)
-        return results
+                    raise RuntimeError(f"parity run {name} failed ({codes}):\n{handle.read()[-4000:]}")
+        return {mode: _load_parity(pattern.format(mode=mode)) for mode in modes}
     finally:
-        for _, _, processes in running.values():
+        for _, processes in running.values():
             stop(processes)
 
 
