@@ -375,7 +375,10 @@ def parity_run(strategy_, cases=None, steps: int = 4, log: Callable = print) -> 
             epoch_means = means[epoch * steps:(epoch + 1) * steps]
             losses += [k * m - (k - 1) * epoch_means[k - 2] if k > 1 else m
                        for k, m in enumerate(epoch_means, start=1)]
-        results[case] = {"losses": np.array(losses, np.float64), "weights": [w.numpy() for w in network.weights]}
+        # the weights, then the state a checkpoint keeps besides them (Free-AT's perturbation of every example)
+        state = [tf.convert_to_tensor(v).numpy() for _, v in sorted(trainer.extra_state().items())]
+        results[case] = {"losses": np.array(losses, np.float64),
+                         "weights": [w.numpy() for w in network.weights] + state}
         log(f"{case}: {len(losses)} steps, last loss {losses[-1]:.6f}")
     return results
 
