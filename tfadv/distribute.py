@@ -432,9 +432,11 @@ def _load_parity(path: str) -> dict:
 
 
 def _environment(extra: Optional[dict] = None) -> dict:
+    """This environment with this tfadv first on PYTHONPATH, TensorFlow's C++ log quiet unless set, no
+    inherited TF_CONFIG, and `extra` on top."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env.pop(TF_CONFIG, None)
     env.update(extra or {})
     return env
@@ -477,8 +479,10 @@ def parity_results(workdir: str, modes=("none",) + PARITY_MODES, steps: int = 4,
                     str(steps), *(cases or [])]
             log_path = os.path.join(workdir, f"parity-{name}.log")
             with open(log_path, "w") as log_file:
+                # on CPUs: "mirrored" means 2 logical CPU devices, whatever GPUs the machine has
                 running[name] = (log_path, launch(args, num_workers=2 if group == ["multi_worker"] else 0,
-                                                  stdout=log_file, stderr=subprocess.STDOUT))
+                                                  env={"CUDA_VISIBLE_DEVICES": ""}, stdout=log_file,
+                                                  stderr=subprocess.STDOUT))
         for name, (log_path, processes) in running.items():
             for process in processes:
                 process.wait(timeout=timeout)
