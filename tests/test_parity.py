@@ -5,8 +5,9 @@ and seed. Every random draw (PGD / FGSM-RS / BAT random start, TRADES and SSAT s
 keyed on the example's global position, so the replicas draw what one device draws.
 
 A loss reduced per replica instead of over the global batch fails this (the logit-squeeze bug of
-tests/test_replicas.py moved the weights by 0.09 in 3 steps); float-summation order alone moves them by ~1e-8.
-One process per configuration (4 in all, started together), every case inside it."""
+tests/test_replicas.py moved the weights by 0.09 in 3 steps; injected into this harness it moves them by 2e-3,
+and random starts keyed per replica by 4e-3); float-summation order alone moves them by ~3e-8. Three processes
+started together (one device then 2 logical devices in one, one per worker), every case inside each."""
 
 import numpy as np
 
