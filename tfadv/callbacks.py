@@ -211,18 +211,23 @@ class RobustValidation(keras.callbacks.Callback):
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Writes network, optimizer, extra state and the finished-epoch count at every epoch end; `restore()`
     returns the epoch to continue from. Old checkpoints are pruned; a write is atomic (index file last).
+    `restore_from` (default: `directory`) is where `restore()` looks: a non-chief worker of a multi-worker run
+    continues from the chief's checkpoint but saves into its own temporary directory.
     """
 
-    def __init__(self, directory: str, network, optimizer, extra_state: Optional[dict] = None):
+    def __init__(self, directory: str, network, optimizer, extra_state: Optional[dict] = None,
+                 restore_from: Optional[str] = None):
         super().__init__()
         self.directory = directory
+        self.restore_from = directory if restore_from is None else restore_from
         self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="completed_epochs")
         self.checkpoint = tf.train.Checkpoint(network=network, optimizer=optimizer, epoch=self.epoch,
                                               **(extra_state or {}))
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
 
     def restore(self) -> int:
-        latest = self.manager.latest_checkpoint
+        latest = (self.manager.latest_checkpoint if self.restore_from == self.directory
+                  else tf.train.latest_checkpoint(self.restore_from))
         if not latest:
             return 0
         self.checkpoint.restore(latest).expect_partial()

@@ -25,7 +25,7 @@ from tfadv.training import registry
 from tfadv.training.registry import option
 
 JIT_MODES = ("auto", "true", "false")
-DISTRIBUTE_MODES = ("none", "mirrored")
+DISTRIBUTE_MODES = ("none", "mirrored", "multi_worker")
 PRECISIONS = ("none", "bfloat16", "float16")
 OPTIMIZERS = ("sgd", "adam")
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip")
@@ -349,12 +349,19 @@ class RuntimeSection:
     output_dir: str = option("", "the run's directory")
     overwrite: bool = option(False, "replace a finished run in --output_dir")
     jit_compile: str = option("auto", f"XLA for train_step: {', '.join(JIT_MODES)}")
-    distribute: str = option("none", f"distribution: {', '.join(DISTRIBUTE_MODES)}")
+    distribute: str = option("none", f"distribution: {', '.join(DISTRIBUTE_MODES)} (multi_worker: "
+                                     "MultiWorkerMirroredStrategy, the cluster from TF_CONFIG)")
     num_cpu_devices: int = option(1, "split the CPU into N logical devices (mirrored tests)")
     mixed_precision: str = option("none", f"compute dtype: {', '.join(PRECISIONS)}")
 
     @property
     def replicas(self) -> int:
+        """Replicas in sync: --num_cpu_devices when mirrored (over CPUs), the workers of TF_CONFIG for
+        multi_worker, else 1."""
+        if self.distribute == "multi_worker":
+            from tfadv import distribute
+
+            return distribute.cluster_from_environment().num_workers
         return self.num_cpu_devices if self.distribute == "mirrored" else 1
 
     def validate(self, run):
@@ -365,6 +372,13 @@ class RuntimeSection:
         _positive_ints(self, "num_cpu_devices")
         if not self.output_dir:
             raise ConfigError("output_dir", "is required (the run's directory)")
+        if self.distribute == "multi_worker":
+            from tfadv import distribute
+
+            try:
+                distribute.cluster_from_environment()
+            except ValueError as error:
+                raise ConfigError("distribute", str(error)) from None
         if run.optimization.batch_size % self.replicas:
             raise ConfigError("batch_size", f"{run.optimization.batch_size} does not split evenly over "
                                             f"{self.replicas} replicas")

@@ -183,7 +183,8 @@ def train_pipeline(arrays, spec: DatasetSpec, batch_size: int, seed: int, epochs
 
     Each epoch's order and augmentation depend only on (seed, epoch), so resuming at `initial_epoch`
     reproduces the batches of the uninterrupted run. Incomplete final batches are dropped (Free-AT carries a
-    fixed-size perturbation across minibatches, and mirrored training splits batches evenly).
+    fixed-size perturbation across minibatches, and mirrored training splits batches evenly). Sharded over
+    workers by `distributed_input_options`.
     """
     x, y = arrays
     n = len(x)
@@ -210,7 +211,18 @@ def train_pipeline(arrays, spec: DatasetSpec, batch_size: int, seed: int, epochs
         )
 
     epochs_ds = tf.data.Dataset.range(initial_epoch, epochs)
-    return epochs_ds.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+    return epochs_ds.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE).with_options(distributed_input_options())
+
+
+def distributed_input_options() -> tf.data.Options:
+    """How `tf.distribute` shards a training pipeline over workers: auto-shard policy DATA (the arrays are in
+    memory, so there are no files to shard by). Each worker runs the whole pipeline and keeps its replicas'
+    shares of every global batch (the batch is split into one contiguous share per replica, in replica
+    order), so the global batch stays --batch_size and each worker sees a different part of it. Without a
+    multi-worker strategy the option changes nothing."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return options
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -15,9 +15,8 @@ from typing import Callable, Optional
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from tfadv import data, evaluation, export, runs, training
+from tfadv import data, distribute, evaluation, export, runs, training
 from tfadv.callbacks import (EpochLog, ResumableCheckpoint, RobustValidation, StochasticWeightAveraging,
                              make_schedule, schedule_curve)
 from tfadv.config import ConfigError, TrainConfig, read_flagfile
@@ -28,47 +27,7 @@ class RunError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# devices, precision, distribution
-
-
-def configure_devices(config: TrainConfig, log: Callable = print):
-    """Splits the CPU into logical devices (for testing mirrored training); must run before TF starts."""
-    if config.runtime.num_cpu_devices > 1:
-        cpus = tf.config.list_physical_devices("CPU")
-        try:
-            tf.config.set_logical_device_configuration(
-                cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.runtime.num_cpu_devices)
-        except RuntimeError:
-            existing = len(tf.config.list_logical_devices("CPU"))
-            if existing != config.runtime.num_cpu_devices:
-                raise ConfigError("num_cpu_devices", f"TensorFlow already started with {existing} CPU device(s); "
-                                                     "set it before anything else runs") from None
-
-
-def make_strategy(config: TrainConfig):
-    if config.runtime.distribute == "none":
-        return tf.distribute.get_strategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(devices=devices)
-
-
-def resolve_jit(config: TrainConfig, log: Callable = print) -> bool:
-    """`auto`: XLA on GPUs; not on CPUs (measured ~20 % slower for a ResNet step on this 2-core CPU), and never
-    with MirroredStrategy over logical CPU devices (fails in TF 2.21: resource on another CPU device)."""
-    has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    cpu_mirrored = config.runtime.distribute == "mirrored" and not has_gpu
-    if config.runtime.jit_compile == "true":
-        if cpu_mirrored:
-            log("warning: XLA with MirroredStrategy over CPU devices fails in TF 2.21; --jit_compile=true kept")
-        return True
-    if config.runtime.jit_compile == "false":
-        return False
-    if cpu_mirrored:
-        log("jit_compile=auto: XLA off (MirroredStrategy over logical CPU devices does not compile with XLA)")
-        return False
-    log(f"jit_compile=auto: XLA {'on (GPU)' if has_gpu else 'off (CPU: XLA measured slower here)'}")
-    return has_gpu
+# precision (devices, strategy and XLA: tfadv.distribute)
 
 
 def set_precision(config: TrainConfig):
@@ -205,6 +164,10 @@ class Prepared:
     splits: data.Splits
     distillation: Optional[training.Distillation]
     teacher_records: dict
+    # the process's tf.distribute strategy, and the run directory the user named (`config.runtime.output_dir`
+    # is where this process writes: the same on the chief, a temporary directory on another worker)
+    strategy: object = None
+    run_dir: str = ""
 
 
 @dataclasses.dataclass
@@ -227,8 +190,9 @@ class Built:
 
 
 def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
-    """Checks the configuration, the output directory, the data and the teachers. Writes nothing."""
-    configure_devices(config, log)
+    """Checks the configuration, the output directory, the data and the teachers; makes the strategy. Writes
+    nothing (a non-chief worker of multi_worker gets a temporary directory to write to; `train` removes it)."""
+    distribute.setup(config, log)  # first: logical devices; a MultiWorkerMirroredStrategy precedes every TF op
     config.validate()
     _check_output_dir(config)
     unwritable = evaluation.api.unwritable_reason(config.runtime.output_dir, directory=True)
@@ -241,7 +205,13 @@ def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
     set_precision(config)
     # a wrong teacher fails here, before anything is written
     distillation, teacher_records = build_distillation(config, log)
-    return Prepared(config, splits, distillation, teacher_records)
+    strategy = distribute.strategy(config, log)
+    run_dir = config.runtime.output_dir
+    write_dir = distribute.worker_directory(run_dir, strategy)
+    if write_dir != run_dir:
+        log(f"not the chief: writing to {write_dir} (removed at the end); the chief writes {run_dir}")
+        config = config.replace(output_dir=write_dir)
+    return Prepared(config, splits, distillation, teacher_records, strategy, run_dir)
 
 
 def build(prepared: Prepared, log: Callable = print) -> Built:
@@ -255,8 +225,8 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
     os.makedirs(out, exist_ok=True)
     runs.atomic_write(runs.flags_path(out), config.to_flagfile())
     keras.utils.set_random_seed(rt.seed)
-    jit = resolve_jit(config, log)
-    strategy = make_strategy(config)
+    jit = distribute.resolve_jit(config, log)
+    strategy = prepared.strategy
 
     steps = data.steps_per_epoch(len(splits.train[0]), o.batch_size)
     if steps < 1:
@@ -273,8 +243,13 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
 
     os.makedirs(runs.checkpoints_dir(out), exist_ok=True)
     validation, validation_info, best_paths, swa = _validation(config, splits, network, log)
+    # Every worker continues from the run directory's checkpoint (a non-chief one saves to its temporary
+    # directory); with --overwrite the chief deletes it above, so the other workers start afresh too.
+    chief = out == prepared.run_dir
+    restore_from = runs.resume_dir(prepared.run_dir) if chief or not rt.overwrite else None
     resume = ResumableCheckpoint(runs.resume_dir(out), network, optimizer,
-                                 {**trainer.extra_state(), **validation.state(), **(swa.state() if swa else {})})
+                                 {**trainer.extra_state(), **validation.state(), **(swa.state() if swa else {})},
+                                 restore_from=restore_from)
     initial_epoch = resume.restore()
     history_path = runs.history_path(out)
     _truncate_history(history_path, initial_epoch)  # rows of an epoch that finished after the last checkpoint
@@ -291,6 +266,7 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
     augmentation = None if config.data.augmentation == "auto" else config.data.augmentation
     train_ds = data.train_pipeline(splits.train, spec, o.batch_size, rt.seed, o.epochs, initial_epoch,
                                    augmentation=augmentation, noise_sigma=budget_.fraction("noise_sigma"))
+    distribute.prepare_trainer(trainer, strategy, train_ds.element_spec)
     callbacks = [
         EpochLog(steps * o.batch_size, log=log),
         *([swa] if swa else []),  # before validation: it validates the average once averaging has started
@@ -418,9 +394,12 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     """Runs (or resumes) a training run and returns its metrics (also in `<output_dir>/metrics.json`):
     prepare (check, load; nothing written) -> build -> fit -> finish."""
     prepared = prepare(config, log)
-    built = build(prepared, log)
-    fit(config, built, log)
-    return finish(prepared, built, log)
+    try:
+        built = build(prepared, log)
+        fit(prepared.config, built, log)
+        return finish(prepared, built, log)
+    finally:  # a non-chief worker's temporary directory
+        distribute.remove_worker_directory(prepared.config.runtime.output_dir, prepared.run_dir)
 
 
 CHANCE_MARGIN = 0.05

@@ -31,7 +31,7 @@ class FreeTrainer(Trainer):
     Every replay trains on clip(x + delta, 0, 1), as the reference code clamps the input (the delta carried
     over from the previous minibatch may push the new one out of the box); the input gradient is taken with
     respect to delta through that clamp, as there. Needs `batch_size` (the global one; delta holds one
-    perturbation per example of the per-replica batch).
+    perturbation per example of the global batch).
     """
 
     Options = Options
@@ -41,17 +41,23 @@ class FreeTrainer(Trainer):
         if not self.batch_size:
             raise ValueError("FreeTrainer needs batch_size: its delta holds one perturbation per example")
         self.replays = int(self.options.replays)
-        # One perturbation per example of the per-replica batch (batches are full: drop_remainder=True).
-        per_replica = self.batch_size // tf.distribute.get_strategy().num_replicas_in_sync
-        shape = (per_replica,) + tuple(network.input_shape[1:])
+        # One perturbation per example of the global batch (batches are full: drop_remainder=True). Under
+        # tf.distribute each replica reads and updates its own share (its examples' positions) and the shares are
+        # gathered back, so the variable, and a checkpoint of it, holds every replica's perturbation.
+        shape = (self.batch_size,) + tuple(network.input_shape[1:])
         self.delta = tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name="free_delta",
-                                 synchronization=tf.VariableSynchronization.ON_READ,
                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def train_step(self, data):
         x, labels = unpack(data)
         a = self.attack
-        delta = tf.identity(self.delta)
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        if replicas > 1:
+            share = tf.shape(x)[0]
+            delta = tf.identity(self.delta[context.replica_id_in_sync_group * share:][:share])
+        else:
+            delta = tf.identity(self.delta)
         for _ in range(self.replays):
             with tf.GradientTape() as tape:
                 tape.watch(delta)
@@ -67,7 +73,7 @@ class FreeTrainer(Trainer):
             step = attacks.steepest_step(input_gradient, a.step_size, a.norm, x_adv)
             delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
             metrics = self._update_metrics(loss, labels, logits)
-        self.delta.assign(delta)
+        self.delta.assign(delta if replicas == 1 else context.all_gather(delta, axis=0))
         return metrics
 
     def extra_state(self):

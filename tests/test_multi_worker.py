@@ -1,0 +1,159 @@
+"""--distribute=multi_worker: two worker processes on 127.0.0.1 (free ports, TF_CONFIG) train digits through
+scripts/train.py like one process at the same global batch; only the chief writes the run directory; a run whose
+worker was killed resumes when both are relaunched; a missing or malformed TF_CONFIG is refused."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from tfadv import distribute
+
+TRAIN = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--defense=pgd",
+         f"--flagfile={os.path.join(ROOT, 'flags', 'digits.cfg')}", "--epochs=2", "--val_every=1",
+         "--val_examples=100", "--eval_examples=100"]
+
+
+def _start(args, tmp_path, name, num_workers=0):
+    """Processes (one, or one per local worker) with TMPDIR inside tmp_path (where a non-chief worker puts its
+    temporary run directory); output in tmp_path/<name>-<i>.log."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir(exist_ok=True)
+    logs = [open(tmp_path / f"{name}-{i}.log", "w") for i in range(max(num_workers, 1))]
+    processes = []
+    for i, config in enumerate(distribute.local_cluster(num_workers) if num_workers else [None]):
+        env = {"TMPDIR": str(tmpdir), **({distribute.TF_CONFIG: config} if config else {})}
+        processes += distribute.launch(args, env=env, stdout=logs[i], stderr=subprocess.STDOUT, cwd=ROOT)
+    for handle in logs:
+        handle.close()
+    return processes
+
+
+def _wait(processes, tmp_path, name, timeout=240):
+    for process in processes:
+        process.wait(timeout=timeout)
+    outputs = [(tmp_path / f"{name}-{i}.log").read_text() for i in range(len(processes))]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    return outputs
+
+
+def _final_weights(run):
+    from tfadv import models
+
+    network = models.build("mlp", (8, 8, 1), 10)
+    network.load_weights(str(run / "checkpoints" / "final.weights.h5"))
+    return [w.numpy() for w in network.weights]
+
+
+def _history(run):
+    with open(run / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _worker_dirs(tmp_path):
+    return [name for name in os.listdir(tmp_path / "tmp") if name.startswith("tfadv-")]
+
+
+def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    processes = []
+    try:
+        processes = _start(TRAIN + [f"--output_dir={single}"], tmp_path, "single")
+        processes += _start(TRAIN + ["--distribute=multi_worker", f"--output_dir={multi}"], tmp_path, "multi", 2)
+        _wait(processes[:1], tmp_path, "single")
+        chief, other = _wait(processes[1:], tmp_path, "multi")
+    finally:
+        distribute.stop(processes)
+    assert "2 replica(s)" in chief and "chief: writes the run directory" in chief
+    assert "not the chief: writing to" in other and str(tmp_path / "tmp") in other
+    # the same weights, history and test numbers as one process at global batch 64 (measured: largest weight
+    # difference ~3e-8 after 2 epochs)
+    for a, b in zip(_final_weights(multi), _final_weights(single)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    for row_multi, row_single in zip(_history(multi), _history(single), strict=True):
+        for key in ("loss", "accuracy", "val_clean_accuracy", "val_robust_accuracy"):
+            np.testing.assert_allclose(float(row_multi[key]), float(row_single[key]), rtol=1e-5, err_msg=key)
+    m_multi = json.loads((multi / "metrics.json").read_text())
+    m_single = json.loads((single / "metrics.json").read_text())
+    assert m_multi["final"]["clean_accuracy"] == m_single["final"]["clean_accuracy"]
+    assert abs(m_multi["final"]["robust_accuracy"] - m_single["final"]["robust_accuracy"]) <= 0.01
+    # only the chief wrote the run directory; the other worker's temporary directory is gone
+    assert {"flags.txt", "history.csv", "metrics.json", "checkpoints", "saved_model", "plots",
+            "tensorboard"} <= set(os.listdir(multi))
+    assert os.path.exists(multi / "checkpoints" / "best.weights.h5")
+    assert _worker_dirs(tmp_path) == []
+
+
+def test_a_killed_worker_resumes_when_both_are_relaunched(tmp_path):
+    run = tmp_path / "run"
+    args = [arg for arg in TRAIN if arg != "--val_every=1"] + ["--distribute=multi_worker", f"--output_dir={run}"]
+    index = run / "checkpoints" / "resume" / "checkpoint"
+    processes = []
+    try:
+        processes = _start(args, tmp_path, "first", 2)
+        deadline = time.time() + 180
+        while not index.exists() and time.time() < deadline and processes[0].poll() is None:
+            time.sleep(0.05)
+        assert index.exists(), (tmp_path / "first-0.log").read_text()[-3000:]
+        distribute.stop(processes[1:])  # kill -9 the non-chief worker after epoch 1 was checkpointed
+        try:  # the chief waits for it in a collective (or fails): the cluster manager restarts both
+            processes[0].wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+        distribute.stop(processes)
+        assert not (run / "metrics.json").exists()
+        processes = _start(args, tmp_path, "second", 2)
+        chief, other = _wait(processes, tmp_path, "second")
+    finally:
+        distribute.stop(processes)
+    assert "resuming" in chief and "resuming" in other
+    resumed = int(chief.split("after epoch ")[1].split()[0])
+    assert resumed == 1  # killed during epoch 2
+    assert [int(row["epoch"]) for row in _history(run)] == [0, 1]
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    assert _worker_dirs(tmp_path) == []
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "needs the TF_CONFIG environment variable"),
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "task index 3"),
+    ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}', "'host:port'"),
+    ('{"cluster": {"ps": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}', "parameter servers"),
+])
+def test_missing_or_malformed_tf_config_is_refused(tf_config, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        distribute.parse_tf_config(tf_config)
+
+
+def test_tf_config_names_the_chief_and_counts_the_replicas():
+    two = distribute.local_cluster(2)
+    clusters = [distribute.parse_tf_config(value) for value in two]
+    assert [c.is_chief for c in clusters] == [True, False] and clusters[0].num_workers == 2
+    ports = {address for c in clusters for address in c.tasks["worker"]}
+    assert len(ports) == 2
+    with_chief = distribute.parse_tf_config(json.dumps({"cluster": {"chief": ["h:1"], "worker": ["h:2"]},
+                                                        "task": {"type": "worker", "index": 0}}))
+    assert not with_chief.is_chief and with_chief.num_workers == 2
+
+
+def test_train_refuses_multi_worker_without_tf_config(tmp_path, monkeypatch):
+    """scripts/train.py prints a ConfigError as `error: <message>` with exit code 2 (tests/test_cli.py)."""
+    from tfadv import experiment
+    from tfadv.config import ConfigError, TrainConfig
+
+    monkeypatch.delenv(distribute.TF_CONFIG, raising=False)
+    config = TrainConfig.from_flags(defense="natural", distribute="multi_worker", output_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="^--distribute: multi_worker needs the TF_CONFIG environment variable"):
+        experiment.prepare(config)
+    monkeypatch.setenv(distribute.TF_CONFIG, '{"cluster": {"worker": ["127.0.0.1:1"]}}')
+    with pytest.raises(ConfigError, match="^--distribute: TF_CONFIG needs a 'cluster' object and a 'task'"):
+        config.validate()
+    assert not (tmp_path / "run").exists()
