@@ -61,7 +61,7 @@ def main(argv):
         given = _examples() if FLAGS.examples else None
         spec, budget = api.evaluation_budget(export.read_metadata(path), FLAGS.dataset, FLAGS.eps, FLAGS.eps_l2,
                                              FLAGS.eps_l1, FLAGS.attack_step_size, given and given[0].shape[1:])
-        source_fn = api.load_model(FLAGS.source_model)[0] if FLAGS.source_model else None
+        source_fn = api.load_model(FLAGS.source_model, unchecked=FLAGS.jit_compile)[0] if FLAGS.source_model else None
         specs = api.resolve_attacks(FLAGS.attacks if FLAGS["attacks"].present else None, FLAGS.suite, budget.radii(),
                                     budget.fraction("attack_step_size"), source_fn,
                                     FLAGS.eot_iter if FLAGS["eot_iter"].present else None)

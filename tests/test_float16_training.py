@@ -189,9 +189,12 @@ def test_a_float16_run_end_to_end(digits, precision, tmp_path):
                                     batch_size=BATCH, train_examples=256, lr=0.05, eps=2.0, step_size=1.0,
                                     attack_steps=2, val_examples=64, val_attack_steps=2, eval_examples=64,
                                     eval_attack_steps=2, mixed_precision="float16", output_dir=str(out))
-    precision(config)  # the fixture restores float32 afterwards (experiment.train leaves the policy set)
-    metrics = experiment.train(config, log=lambda *_: None)
-    assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    trained_under = []
+    metrics = experiment.train(config, log=lambda *_: trained_under.append(
+        keras.mixed_precision.global_policy().name))
+    assert "mixed_float16" in trained_under  # the run set --mixed_precision's policy for itself ...
+    assert keras.mixed_precision.global_policy().name == "float32"  # ... and gave the caller its own back
     final = metrics["final"]
     assert 0.3 < final["clean_accuracy"] <= 1 and 0 < final["robust_accuracy"] <= final["clean_accuracy"]
     logits_fn = export.load_logits_fn(runs.find_saved_model(str(out)))

@@ -393,13 +393,17 @@ def finish(prepared: Prepared, built: Built, log: Callable = print) -> dict:
 def train(config: TrainConfig, log: Callable = print) -> dict:
     """Runs (or resumes) a training run and returns its metrics (also in `<output_dir>/metrics.json`):
     prepare (check, load; nothing written) -> build -> fit -> finish."""
-    prepared = prepare(config, log)
+    policy = keras.mixed_precision.global_policy()  # --mixed_precision sets Keras' global policy for the run
     try:
-        built = build(prepared, log)
-        fit(prepared.config, built, log)
-        return finish(prepared, built, log)
-    finally:  # a non-chief worker's temporary directory
-        distribute.remove_worker_directory(prepared.config.runtime.output_dir, prepared.run_dir)
+        prepared = prepare(config, log)
+        try:
+            built = build(prepared, log)
+            fit(prepared.config, built, log)
+            return finish(prepared, built, log)
+        finally:  # a non-chief worker's temporary directory
+            distribute.remove_worker_directory(prepared.config.runtime.output_dir, prepared.run_dir)
+    finally:  # a caller in the same process gets its own policy back
+        keras.mixed_precision.set_global_policy(policy)
 
 
 CHANCE_MARGIN = 0.05
