@@ -11,11 +11,11 @@ Each attack must return images inside its eps-ball (minimum-norm attacks: report
 batch of seven gives the same image.
 """
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import small_dense_network
 from tfadv import attacks
 from tfadv.attacks import rng
 from tfadv.attacks.cw import carlini_wagner_l2
@@ -29,12 +29,7 @@ EPS = {"linf": 0.125, "l2": 1.0}
 @pytest.fixture(scope="module")
 def model(digits):
     """A small MLP trained for a few epochs on digits (so that the attacks have real work to do)."""
-    keras.utils.set_random_seed(1)
-    net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
-                            keras.layers.Dense(10)])
-    net.compile(optimizer=keras.optimizers.Adam(1e-2),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    net.fit(*digits.train, epochs=3, batch_size=128, verbose=0)
+    net = small_dense_network(digits, seed=1)
     x, y = digits.test[0][:7], digits.test[1][:7].astype(np.int32)
     return (lambda images: net(images, training=False)), x, y
 

@@ -11,11 +11,11 @@ an attack that takes the sign of a gradient component near zero, or keeps the be
 
 import dataclasses
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import small_dense_network
 from tfadv import attacks, evaluation
 from tfadv.attacks import rng
 from tfadv.attacks.fab import fab_targeted
@@ -35,12 +35,7 @@ NAMES = ["fgsm", "pgd4", "pgd4_l2_r2", "pgd4_l1", "cw4", "dlr4", "apgd_dlr6", "a
 
 @pytest.fixture(scope="module")
 def setting(digits):
-    keras.utils.set_random_seed(3)
-    net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
-                            keras.layers.Dense(10)])
-    net.compile(optimizer=keras.optimizers.Adam(1e-2),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    net.fit(*digits.train, epochs=3, batch_size=128, verbose=0)
+    net = small_dense_network(digits, seed=3)
     x, y = digits.test[0][:COUNT], digits.test[1][:COUNT].astype(np.int32)
     return net, (lambda images: net(images, training=False)), x, y
 

@@ -15,12 +15,11 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
+from conftest import ROOT, small_dense_network
 from tfadv import evaluation
 from tfadv.attacks import rng
 from tfadv.evaluation import api, runner, shards
@@ -43,12 +42,7 @@ def _suite():
 
 @pytest.fixture(scope="module")
 def setting(digits):
-    keras.utils.set_random_seed(2)
-    net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
-                            keras.layers.Dense(10)])
-    net.compile(optimizer=keras.optimizers.Adam(1e-2),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    net.fit(*digits.train, epochs=3, batch_size=128, verbose=0)
+    net = small_dense_network(digits, seed=2)
     x, y = digits.test[0][:COUNT], digits.test[1][:COUNT].astype(np.int32)
     return net, x, y
 

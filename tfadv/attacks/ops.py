@@ -149,13 +149,22 @@ def value_and_gradient(logits_fn, x, objective_fn, independent: bool = True):
     upstream = inner.gradient(total, logits)
     if upstream is None:
         return values, tf.zeros_like(x), logits
+    return values, scaled_input_gradient(tape, raw, x, upstream, independent), logits
+
+
+def scaled_input_gradient(tape, raw_logits, x, upstream, independent: bool = True):
+    """d / d x (float32) of an objective whose float32 gradient at `raw_logits` (the network's output, in its
+    compute dtype, recorded by `tape` from `x`) is `upstream` [B, K]: the upstream gradient is scaled by a power of
+    two per example (one for the batch if not `independent`) before the backward pass and unscaled after, so a
+    float16 / bfloat16 backward pass does not underflow (exact; float32 gives the same bits). A model with no
+    gradient path to its input gives zeros."""
     scale = _power_of_two_scale(upstream)
     if not independent:
         scale = tf.fill(tf.shape(scale), tf.reduce_min(scale))  # the batch's largest entry into [1, 2)
-    gradient = tape.gradient(raw, x, output_gradients=tf.cast(upstream * scale[:, None], raw.dtype))
-    if gradient is None:  # a model with no gradient path to its input (e.g. stop_gradient): a zero step
-        return values, tf.zeros_like(x), logits
-    return values, tf.cast(gradient, tf.float32) / per_example(scale, x), logits
+    gradient = tape.gradient(raw_logits, x, output_gradients=tf.cast(upstream * scale[:, None], raw_logits.dtype))
+    if gradient is None:  # e.g. stop_gradient: a zero step
+        return tf.zeros_like(x, tf.float32)
+    return tf.cast(gradient, tf.float32) / per_example(scale, x)
 
 
 def check_eot(eot_iter):

@@ -27,7 +27,7 @@ import keras
 import tensorflow as tf
 
 from tfadv import attacks, losses
-from tfadv.attacks.ops import _power_of_two_scale
+from tfadv.attacks.ops import scaled_input_gradient
 from tfadv.training import registry
 from tfadv.training.base import SALT_SSAT_START, Trainer, not_negative, positive_integer, unpack
 from tfadv.training.registry import option
@@ -109,17 +109,18 @@ class SSATTrainer(Trainer):
         return attacks.clip_to_box(x, start)
 
     def attack_gradient(self, tape, attack_loss, attack_logits, logits, x_adv):
-        """d attack_loss / d x_adv in float32. Its gradient at the logits is scaled by a power of two before it
-        enters the network (exact; float32 models get the same bits): under float16 a confidently classified
-        example's CE gradient (with --ssat_target_beta=0) is below float16's range and would give a zero step.
-        One scale per example when examples are independent; one for the batch when a BatchNormalization layer
-        in training mode couples them (per-example scales would then weight the cross-example terms)."""
+        """d attack_loss / d x_adv in float32, its gradient at the logits scaled by a power of two before it
+        enters the network (attacks.ops.scaled_input_gradient; exact, float32 models get the same bits): under
+        float16 a confidently classified example's CE gradient (with --ssat_target_beta=0) is below float16's
+        range and would give a zero step. One scale per example when examples are independent; one for the batch
+        when a BatchNormalization layer in training mode couples them."""
         upstream = tape.gradient(attack_loss, attack_logits)
-        scale = _power_of_two_scale(upstream)
-        if any(isinstance(layer, keras.layers.BatchNormalization) for layer in self.network._flatten_layers()):
-            scale = tf.fill(tf.shape(scale), tf.reduce_min(scale))
-        gradient = tape.gradient(logits, x_adv, output_gradients=tf.cast(upstream * scale[:, None], logits.dtype))
-        return tf.cast(gradient, tf.float32) / attacks.per_example(scale, x_adv)
+        return scaled_input_gradient(tape, logits, x_adv, upstream, independent=not self._batch_norm)
+
+    @functools.cached_property
+    def _batch_norm(self) -> bool:
+        """Whether the network has a BatchNormalization layer (looked up once, at the first trace)."""
+        return any(isinstance(layer, keras.layers.BatchNormalization) for layer in self.network._flatten_layers())
 
     def train_step(self, data):
         x, labels = unpack(data)
