@@ -120,6 +120,45 @@ def test_scored_at_a_budget_and_batch_independent(natural_mlp, digits):
     assert np.all(more.numpy() <= single.numpy() + 1e-7)
 
 
+def test_fab_t_keeps_the_smallest_norm_over_a_run_per_target(natural_mlp, digits):
+    """FAB-T = one FAB run per target (top wrong classes by clean logit), per example the smallest-norm
+    misclassified point (the earlier target on a tie), x and 0 where x is misclassified, x and +inf where no run
+    succeeded. Composed here from `fab_run` and numpy, against the attack's graph loop."""
+    from tfadv.attacks.fab import fab_run
+
+    fn = lambda images: natural_mlp(images, training=False)  # noqa: E731
+    x, y = digits.test[0][:40], digits.test[1][:40].astype(np.int32)
+    ours, ours_norms = tf.function(lambda a, b: fab_targeted(fn, a, b, steps=6, num_targets=3))(x, y)
+    candidates = attacks.ops.top_wrong_classes(fn(x), y, 3).numpy()
+    best, best_norm = x.copy(), np.where(np.argmax(fn(x), -1) != y, 0.0, np.inf)
+    for index in range(3):
+        run, norms = (v.numpy() for v in fab_run(fn, x, y, candidates[:, index], norm="linf", steps=6))
+        better = norms < best_norm
+        best, best_norm = np.where(better[:, None, None, None], run, best), np.where(better, norms, best_norm)
+    np.testing.assert_allclose(ours.numpy(), best, atol=1e-6)
+    np.testing.assert_allclose(ours_norms.numpy(), best_norm, rtol=1e-6)
+    assert np.isfinite(best_norm).sum() > 10
+
+
+def test_fab_t_traces_one_fab_loop_whatever_the_number_of_targets():
+    """The targets run in one graph loop: tracing FAB-T calls the model as often for 9 targets as for 1."""
+    weights = tf.constant(np.random.RandomState(0).normal(size=(64, 10)), tf.float32)
+    calls = []
+
+    def fn(images):
+        calls.append(1)
+        return tf.reshape(images, [-1, 64]) @ weights
+
+    x, y = tf.fill([3, 8, 8, 1], 0.5), tf.constant([0, 1, 2])
+    traced = {}
+    for targets in (1, 9):
+        calls.clear()
+        tf.function(lambda a, b: fab_targeted(fn, a, b, steps=5, num_targets=targets, restarts=2, eps=0.1)
+                    ).get_concrete_function(x, y)
+        traced[targets] = len(calls)
+    assert traced[9] == traced[1] > 0
+
+
 def test_bad_arguments_are_refused(natural_mlp, digits):
     fn = lambda images: natural_mlp(images, training=False)  # noqa: E731
     x, y = digits.test[0][:2], digits.test[1][:2]

@@ -217,15 +217,18 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
 
 
 def _stateless_seed(seed, salt):
-    return None if seed is None else tf.constant([seed, salt], tf.int64)
+    """[seed, salt] as a stateless seed (salt a Python int or an int tensor, e.g. a loop index)."""
+    return None if seed is None else tf.stack([tf.constant(seed, tf.int64), tf.cast(salt, tf.int64)])
 
 
 def _fold(keys, stream):
     return None if keys is None else rng.fold(keys, stream)
 
 
-def _keep_worst(logits_fn, labels, candidate, value_fn, best):
-    """Merges `candidate` into `best` = (x, value, won): first success wins, else the highest value."""
+def _keep_worst(logits_fn, labels, candidate, value_fn, best, first=None):
+    """Merges `candidate` into `best` = (x, value, won): first success wins, else the highest value. `best` None,
+    or `first` a true bool tensor (the first pass of a graph loop, whose `best` is a placeholder): `candidate`
+    is taken as it is."""
     logits = logits_fn(candidate)
     won = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
     value = value_fn(tf.cast(logits, tf.float32))
@@ -233,8 +236,12 @@ def _keep_worst(logits_fn, labels, candidate, value_fn, best):
         return candidate, value, won
     best_x, best_value, best_won = best
     better = (won & ~best_won) | ((won == best_won) & (value > best_value))
+    merged_won = best_won | won
+    if first is not None:
+        better = better | first
+        merged_won = tf.where(first, won, merged_won)
     return (tf.where(per_example(better, candidate), candidate, best_x), tf.where(better, value, best_value),
-            best_won | won)
+            merged_won)
 
 
 def _misclassified(logits_fn, x, labels):
@@ -296,12 +303,21 @@ def apgd_targeted(logits_fn: Callable, x, labels, *, eps, norm="linf", steps=100
         raise ValueError(f"APGD-T uses the targeted DLR loss, which needs at least 4 classes, got {num_classes}")
     clean_wrong = tf.not_equal(tf.argmax(clean_logits, axis=-1, output_type=tf.int32), labels)
     candidates = top_wrong_classes(clean_logits, labels, min(num_targets, num_classes - 1))
-    best = None
-    for index in range(candidates.shape[1]):
+
+    # one graph loop over the targets: the APGD loop is traced once, not once per target (9x the tracing and
+    # graph-optimisation time); stream = index * restarts + restart as before, so the same random starts
+    def one_target(index, best_x, best_value, best_won):
+        best = (best_x, best_value, best_won)
         for restart in range(restarts):
+            stream = index * restarts + restart
             run = apgd_run(logits_fn, x, labels, eps=eps, norm=norm, loss="dlr", steps=steps, rho=rho,
-                           targets=candidates[:, index], seed=_stateless_seed(seed, index * restarts + restart),
-                           clean_wrong=clean_wrong, keys=_fold(keys, index * restarts + restart),
-                           eot_iter=eot_iter)
-            best = _keep_worst(logits_fn, labels, run.x_adv, lambda logits: cw_margin(logits, labels), best)
-    return best[0]
+                           targets=tf.gather(candidates, index, axis=1), seed=_stateless_seed(seed, stream),
+                           clean_wrong=clean_wrong, keys=_fold(keys, stream), eot_iter=eot_iter)
+            best = _keep_worst(logits_fn, labels, run.x_adv, lambda logits: cw_margin(logits, labels), best,
+                               first=tf.equal(stream, 0))
+        return (index + 1,) + best
+
+    batch = tf.shape(x)[0]
+    start = (tf.constant(0), x, tf.fill([batch], float("-inf")), tf.zeros([batch], tf.bool))
+    _, best_x, _, _ = while_loop(lambda index, *_: index < candidates.shape[1], one_target, start)
+    return best_x
