@@ -59,6 +59,20 @@ def test_an_example_gets_the_same_result_in_any_batch(setup, norm):
     np.testing.assert_array_equal(part, whole[37:90])
 
 
+def test_the_l2_grid_signs_drawn_in_one_call_are_the_per_cell_draws():
+    """Square-L2's initial grid draws one sign per cell in one call (`rng.signs_per_stream`); each cell's signs
+    are exactly `rng.sign` on that cell's stream, per example key."""
+    keys = rng.example_keys(tf.range(5, dtype=tf.int64), seed=2)
+    streams = [100 + cell for cell in range(25)]
+    together = rng.signs_per_stream(keys, [1, 1, 3], streams).numpy()
+    assert together.shape == (25, 5, 1, 1, 3)
+    one_by_one = np.stack([rng.sign(keys, [1, 1, 3], stream=s).numpy() for s in streams])
+    np.testing.assert_array_equal(together, one_by_one)
+    assert 0.3 < (together > 0).mean() < 0.7 and set(np.unique(together)) == {-1.0, 1.0}
+    unkeyed = rng.signs_per_stream(None, [1, 1, 3], streams, batch=5).numpy()
+    assert unkeyed.shape == (25, 5, 1, 1, 3) and set(np.unique(unkeyed)) == {-1.0, 1.0}
+
+
 def test_schedule_halves_p_at_the_published_iterations():
     expected = {0: 0.8, 10: 0.8, 11: 0.4, 50: 0.4, 51: 0.2, 201: 0.1, 501: 0.05, 1001: 0.025, 2001: 0.0125,
                 4001: 0.00625, 6001: 0.003125, 8001: 0.0015625, 9999: 0.0015625}

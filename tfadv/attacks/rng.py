@@ -60,7 +60,12 @@ def example_keys(indices, seed: int = 0, salt: int = 0):
 @_plain
 def _bits(keys, shape: Sequence, stream):
     """[B, *shape] 24-bit integers (int64) from per-example keys."""
-    keys = fold(keys, stream)
+    return _bits_of_folded(fold(keys, stream), shape)
+
+
+@_plain
+def _bits_of_folded(keys, shape: Sequence):
+    """[B, *shape] 24-bit integers (int64) from keys already folded with their stream."""
     size = tf.reduce_prod(tf.cast(shape, tf.int64))
     counters = tf.range(size, dtype=tf.int64)
     words = _mix(tf.bitwise.bitwise_xor(keys[:, None], _mix(counters)[None, :]))
@@ -106,3 +111,17 @@ def randint(keys: Optional[tf.Tensor], shape: Sequence, high, stream=0, batch=No
 def sign(keys: Optional[tf.Tensor], shape: Sequence, stream=0, batch=None):
     """[B, *shape] float32 in {-1, +1} with equal probability."""
     return tf.where(uniform(keys, shape, stream, batch=batch) < 0.5, -1.0, 1.0)
+
+
+@_plain
+def signs_per_stream(keys: Optional[tf.Tensor], shape: Sequence, streams: Sequence[int], batch=None):
+    """[S, B, *shape]: `sign(keys, shape, stream)` for each of the S `streams`, drawn in one call (the same
+    values as S calls; a graph with one draw per stream is S times larger to build)."""
+    if keys is None:
+        return tf.where(tf.random.uniform(tf.concat([[len(streams), batch], tf.cast(shape, tf.int32)], 0)) < 0.5,
+                        -1.0, 1.0)
+    folded = fold(keys[None, :], tf.constant(streams, tf.int64)[:, None])  # [S, B]
+    bits = _bits_of_folded(tf.reshape(folded, [-1]), shape)  # [S * B, *shape]
+    bits = tf.reshape(bits, tf.concat([tf.shape(folded, out_type=tf.int64), tf.cast(shape, tf.int64)], 0))
+    unit = tf.cast(bits, tf.float32) * (1.0 / (1 << 24))
+    return tf.where(unit < 0.5, -1.0, 1.0)

@@ -158,7 +158,8 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
         # do not overlap, so the sum adds exact zeros elsewhere (the same values as adding cell by cell)
         patterns = _pseudo_gaussian(tf.constant([h for h, _ in corners]), tf.constant([w for _, w in corners]), size,
                                     tf.zeros([len(corners)], tf.bool), height, width)  # [cells, H, W, 1]
-        signs = tf.stack([draw_sign(init_keys, [1, 1, channels], 100 + cell) for cell in range(len(corners))])
+        signs = rng.signs_per_stream(init_keys, [1, 1, channels], [100 + cell for cell in range(len(corners))],
+                                     batch=batch)  # [cells, B, 1, 1, C]
         delta = tf.reduce_sum(patterns[:, None] * signs, axis=0)  # [B, H, W, C]
         x_best = tf.clip_by_value(x + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0)
     margin_best = _margin(logits_fn(x_best), labels)
