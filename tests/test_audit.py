@@ -165,7 +165,7 @@ def test_a_randomised_forward_pass_is_flagged(natural_mlp, digits):
 
 
 def test_probabilities_instead_of_logits_are_flagged(natural_mlp, digits):
-    x, y = digits.test[0][:50], digits.test[1][:50]
+    x = digits.test[0][:50]
     plain = lambda images: natural_mlp(images, training=False)  # noqa: E731
     assert audit.check_range(plain, x)["verdict"] == "pass"
     assert audit.check_range(lambda images: tf.nn.softmax(plain(images)), x)["verdict"] == "warn"

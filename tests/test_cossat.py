@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
 from test_cli import run_script
 from tfadv import cossat, runs
 

@@ -1,5 +1,3 @@
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -75,6 +73,47 @@ def test_missing_tfds_dataset_gives_one_clear_message(tmp_path):
     message = str(info.value)
     assert "cifar10" in message and str(tmp_path) in message and "download_and_prepare" in message
     assert "\n" not in message
+
+
+BAD_ARRAYS = {  # name: (x, y, what the message says)
+    "rank": (np.zeros((3, 8, 8), np.float32), np.array([1, 2, 3]), "NHWC"),
+    "one_hot": (np.zeros((3, 8, 8, 1), np.float32), np.eye(10)[:3], "one-hot"),
+    "empty": (np.zeros((0, 8, 8, 1), np.float32), np.zeros(0, np.int64), "no examples"),
+    "mismatch": (np.zeros((3, 8, 8, 1), np.float32), np.array([1, 2]), "3 examples but y has 2"),
+    "float_labels": (np.zeros((3, 8, 8, 1), np.float32), np.array([1.0, 2.0, 3.0]), "integer class indices"),
+    "negative": (np.zeros((3, 8, 8, 1), np.float32), np.array([1, -2, 3]), "non-negative"),
+    "nan": (np.full((3, 8, 8, 1), np.nan, np.float32), np.array([1, 2, 3]), "NaN"),
+    "bright": (np.full((3, 8, 8, 1), 255.0, np.float32), np.array([1, 2, 3]), "[0, 1]"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ARRAYS))
+def test_one_check_of_a_users_examples_from_a_file_and_from_python(tmp_path, name):
+    """data.check_arrays is the one check: load_examples (evaluate.py --examples) prefixes the file,
+    evaluation.evaluate_model's check prefixes the flag, the reason is the same text."""
+    from tfadv.evaluation import api
+
+    x, y, says = BAD_ARRAYS[name]
+    with pytest.raises(ValueError) as direct:
+        data.check_arrays(x, y)
+    assert says in str(direct.value)
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, x=x, y=y)
+    with pytest.raises(ValueError) as from_file:
+        data.load_examples(str(path))
+    assert str(from_file.value) == f"{path}: {direct.value}"
+    with pytest.raises(api.EvaluationError) as from_python:
+        api.check_examples(x, y, flag="--examples")
+    assert str(from_python.value) == f"--examples: {direct.value}"
+
+
+def test_labels_are_checked_against_the_models_classes():
+    x, y = np.zeros((3, 8, 8, 1), np.float32), np.array([1, 9, 10])
+    assert data.check_arrays(x, y)[1].tolist() == [1, 9, 10]  # no class count given: any index
+    with pytest.raises(ValueError, match=r"label 10 is out of range for the model's 10 classes \(0\.\.9\)"):
+        data.check_arrays(x, y, num_classes=10)
+    x_checked, y_checked = data.check_arrays(x.astype(np.float64), y, num_classes=11)
+    assert x_checked.dtype == np.float32 and y_checked.dtype == np.int32
 
 
 def test_user_examples_are_checked(tmp_path):

@@ -268,27 +268,42 @@ def load_examples(path: str):
     except Exception as error:  # a truncated or corrupt archive: zipfile, zlib, EOF and format errors alike
         raise ValueError(f"{path} is not a readable .npz ({type(error).__name__}: {error}); save it with "
                          "numpy.savez(path, x=images, y=labels)") from None
+    try:
+        return check_arrays(x, y)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def check_arrays(x, y, num_classes: Optional[int] = None):
+    """(x as float32, y as flat int32) for a batch of examples, else ValueError saying what is wrong (without a
+    prefix: the caller names the file or the flag). The one check of a user's examples, from a file
+    (`load_examples`) or from Python (`tfadv.evaluation.evaluate_model`): x NHWC real numbers, finite, in
+    [0, 1]; y integer class indices (one-hot recognised and named), non-negative, below `num_classes` when
+    given; at least one example and as many labels as images."""
+    x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 4:
-        raise ValueError(f"{path}: x must be NHWC (rank 4), got shape {x.shape}")
+        raise ValueError(f"x must be NHWC (rank 4), got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-        raise ValueError(f"{path}: x must hold real numbers, got dtype {x.dtype}")
+        raise ValueError(f"x must hold real numbers, got dtype {x.dtype}")
     if y.ndim == 2 and y.shape[1] > 1:
-        raise ValueError(f"{path}: labels look one-hot; pass class indices (y has shape {y.shape}: "
-                         "save y.argmax(axis=1))")
+        raise ValueError(f"labels look one-hot; pass class indices (y has shape {y.shape}: save y.argmax(axis=1))")
     if len(x) == 0 or y.size == 0:
-        raise ValueError(f"{path} holds no examples (x has shape {x.shape}, y {y.shape})")
+        raise ValueError(f"no examples (x has shape {x.shape}, y {y.shape})")
     y = y.reshape(-1)
     if len(x) != len(y):
-        raise ValueError(f"{path}: x has {len(x)} examples but y has {len(y)}")
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
     if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
-        raise ValueError(f"{path}: y must hold integer class indices, got dtype {y.dtype}")
+        raise ValueError(f"y must hold integer class indices, got dtype {y.dtype}")
     if y.min() < 0:
-        raise ValueError(f"{path}: labels must be non-negative class indices, got {int(y.min())}")
+        raise ValueError(f"labels must be non-negative class indices, got {int(y.min())}")
     if y.max() > np.iinfo(np.int32).max:
-        raise ValueError(f"{path}: label {int(y.max())} is not a class index")
+        raise ValueError(f"label {int(y.max())} is not a class index")
+    if num_classes is not None and y.max() >= num_classes:
+        raise ValueError(f"label {int(y.max())} is out of range for the model's {num_classes} classes "
+                         f"(0..{num_classes - 1})")
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{path}: x holds {int(np.sum(~np.isfinite(x)))} NaN or infinite pixel value(s)")
+        raise ValueError(f"x holds {int(np.sum(~np.isfinite(x)))} NaN or infinite pixel value(s)")
     if x.min() < 0.0 or x.max() > 1.0:
-        raise ValueError(f"{path}: x must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
+        raise ValueError(f"x must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
     return x, y.astype(np.int32)

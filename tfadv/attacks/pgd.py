@@ -14,9 +14,8 @@ import tensorflow as tf
 
 from tfadv.attacks import rng
 from tfadv.attacks.losses import objective
-from tfadv.attacks.ops import (NORMS, TINY, check_eot, check_norm, clip_to_box, expected_value_and_gradient,  # noqa: F401
-                               flat_norm, per_example, perturbation_norm, project, repeat, value_and_gradient,
-                               while_loop)
+from tfadv.attacks.ops import (TINY, check_eot, check_norm, clip_to_box, expected_value_and_gradient, flat_norm,
+                               per_example, project, repeat, value_and_gradient)
 
 def random_init(x, eps, norm, seed: Optional[int] = None, keys=None):
     """A uniform random point of the eps-ball (uniform per coordinate for l-inf; uniform radius^d for l2/l1).

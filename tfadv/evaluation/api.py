@@ -118,28 +118,14 @@ def check_shard(shard, total: Optional[int] = None, audit: Optional[bool] = None
 
 
 def check_examples(x, y, num_classes: Optional[int] = None, flag: str = "--examples"):
-    """EvaluationError (naming `flag`) unless x is a non-empty float batch of finite pixels in [0, 1] and y its
-    integer class indices (below `num_classes` when given)."""
-    import numpy as np
+    """EvaluationError naming `flag` unless (x, y) pass `tfadv.data.check_arrays` (the one check of a user's
+    examples: non-empty NHWC finite pixels in [0, 1], integer class indices below `num_classes` when given)."""
+    from tfadv import data
 
-    x, y = np.asarray(x), np.asarray(y)
-    if len(x) == 0 or y.size == 0:
-        raise EvaluationError(f"{flag}: no examples to evaluate")
-    if y.ndim == 2 and y.shape[1] > 1:
-        raise EvaluationError(f"{flag}: labels look one-hot; pass class indices (y has shape {y.shape})")
-    if len(x) != y.reshape(-1).shape[0]:
-        raise EvaluationError(f"{flag}: {len(x)} images but {y.reshape(-1).shape[0]} labels")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise EvaluationError(f"{flag}: labels must be integer class indices, got dtype {y.dtype}")
-    if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
-        raise EvaluationError(f"{flag}: images must be finite numbers (NaN or inf pixels found)")
-    if x.min() < 0 or x.max() > 1:
-        raise EvaluationError(f"{flag}: pixels must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
-    if y.min() < 0:
-        raise EvaluationError(f"{flag}: labels must be non-negative class indices, got {int(y.min())}")
-    if num_classes is not None and y.max() >= num_classes:
-        raise EvaluationError(f"{flag}: label {int(y.max())} is out of range for the model's {num_classes} classes "
-                              f"(0..{num_classes - 1})")
+    try:
+        data.check_arrays(x, y, num_classes)
+    except ValueError as error:
+        raise EvaluationError(f"{flag}: {error}") from None
 
 
 def radii_of(budget) -> Dict[str, float]:
@@ -442,9 +428,7 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     num_classes = int(logits_fn(x[:1]).shape[-1])
     if jit_compile:
         check_xla(logits_fn, x[:1])
-    if y.max() >= num_classes:
-        raise EvaluationError(f"{data_flag}: label {int(y.max())} is out of range for the model's {num_classes} "
-                              f"classes (0..{num_classes - 1})")
+    check_examples(x, y, num_classes, flag=data_flag)  # the labels against the model's classes
     try:
         specs_lib.check_classes(specs, num_classes)
     except ValueError as error:
