@@ -6,39 +6,43 @@ import csv
 import json
 import os
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+import script_server
 from tfadv import distribute
 
-TRAIN = [sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--defense=pgd",
-         f"--flagfile={os.path.join(ROOT, 'flags', 'digits.cfg')}", "--epochs=2", "--val_every=1",
-         "--val_examples=100", "--eval_examples=100"]
+TRAIN = ["--defense=pgd", "--flagfile=flags/digits.cfg", "--epochs=2", "--val_every=1", "--val_examples=100",
+         "--eval_examples=100"]
 
 
-def _start(args, tmp_path, name, num_workers=0):
-    """Processes (one, or one per local worker) with TMPDIR inside tmp_path (where a non-chief worker puts its
-    temporary run directory); output in tmp_path/<name>-<i>.log."""
+def _start(args, tmp_path, num_workers=0):
+    """`python scripts/train.py args` processes (one, or one per local worker with its TF_CONFIG), started by the
+    script server (tests/script_server.py: a fork per process, its own process group, as `distribute.launch`
+    makes), with TMPDIR inside tmp_path (where a non-chief worker puts its temporary run directory)."""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir(exist_ok=True)
-    logs = [open(tmp_path / f"{name}-{i}.log", "w") for i in range(max(num_workers, 1))]
     processes = []
-    for i, config in enumerate(distribute.local_cluster(num_workers) if num_workers else [None]):
-        env = {"TMPDIR": str(tmpdir), **({distribute.TF_CONFIG: config} if config else {})}
-        processes += distribute.launch(args, env=env, stdout=logs[i], stderr=subprocess.STDOUT, cwd=ROOT)
-    for handle in logs:
-        handle.close()
+    for config in distribute.local_cluster(num_workers) if num_workers else [None]:
+        env = script_server.default_env(TMPDIR=str(tmpdir), **({distribute.TF_CONFIG: config} if config else {}))
+        processes.append(script_server.start_script("train.py", *args, env=env))
     return processes
 
 
-def _wait(processes, tmp_path, name, timeout=240):
+def _output(process):
+    """stdout then stderr of a finished process."""
+    if not hasattr(process, "output"):
+        result = process.result()
+        process.output = result.stdout + result.stderr
+    return process.output
+
+
+def _wait(processes, timeout=240):
     for process in processes:
         process.wait(timeout=timeout)
-    outputs = [(tmp_path / f"{name}-{i}.log").read_text() for i in range(len(processes))]
+    outputs = [_output(process) for process in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
     return outputs
@@ -65,10 +69,10 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     processes = []
     try:
-        processes = _start(TRAIN + [f"--output_dir={single}"], tmp_path, "single")
-        processes += _start(TRAIN + ["--distribute=multi_worker", f"--output_dir={multi}"], tmp_path, "multi", 2)
-        _wait(processes[:1], tmp_path, "single")
-        chief, other = _wait(processes[1:], tmp_path, "multi")
+        processes = _start(TRAIN + [f"--output_dir={single}"], tmp_path)
+        processes += _start(TRAIN + ["--distribute=multi_worker", f"--output_dir={multi}"], tmp_path, 2)
+        _wait(processes[:1])
+        chief, other = _wait(processes[1:])
     finally:
         distribute.stop(processes)
     assert "2 replica(s)" in chief and "chief: writes the run directory" in chief
@@ -97,11 +101,11 @@ def test_a_killed_worker_resumes_when_both_are_relaunched(tmp_path):
     index = run / "checkpoints" / "resume" / "checkpoint"
     processes = []
     try:
-        processes = _start(args, tmp_path, "first", 2)
+        processes = _start(args, tmp_path, 2)
         deadline = time.time() + 180
         while not index.exists() and time.time() < deadline and processes[0].poll() is None:
             time.sleep(0.05)
-        assert index.exists(), (tmp_path / "first-0.log").read_text()[-3000:]
+        assert index.exists(), _output(processes[0])[-3000:] if processes[0].poll() is not None else "no checkpoint"
         distribute.stop(processes[1:])  # kill -9 the non-chief worker after epoch 1 was checkpointed
         try:  # the chief waits for it in a collective (or fails): the cluster manager restarts both
             processes[0].wait(timeout=1)
@@ -109,8 +113,8 @@ def test_a_killed_worker_resumes_when_both_are_relaunched(tmp_path):
             pass
         distribute.stop(processes)
         assert not (run / "metrics.json").exists()
-        processes = _start(args, tmp_path, "second", 2)
-        chief, other = _wait(processes, tmp_path, "second")
+        processes = _start(args, tmp_path, 2)
+        chief, other = _wait(processes)
     finally:
         distribute.stop(processes)
     assert "resuming" in chief and "resuming" in other
