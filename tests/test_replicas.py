@@ -1,16 +1,13 @@
 """Training under tf.distribute: losses computed per replica must add up to the single-device global batch.
 
-Logical CPU devices must be configured before TensorFlow initialises its devices, so the body runs in a
-fresh interpreter."""
+Logical CPU devices must be configured before TensorFlow initialises its devices, so the body runs in a process
+of its own (a fork of tests/script_server.py, which imported TensorFlow but initialised no device)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 
-from conftest import ROOT
+import script_server
 
 BODY = r"""
 import json, sys
@@ -54,19 +51,19 @@ print("RESULT" + json.dumps({"one": run(1, reduction), "two": run(2, reduction)}
 """
 
 
-def _run(reduction):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-c", BODY, reduction], capture_output=True, text=True, env=env,
-                            timeout=300)
+def _run(reduction, tmp_path):
+    body = tmp_path / "replicas.py"
+    body.write_text(BODY)
+    result = script_server.run_script(str(body), reduction, env=script_server.default_env(CUDA_VISIBLE_DEVICES=""),
+                                      timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [line for line in result.stdout.splitlines() if line.startswith("RESULT")][-1]
     return json.loads(line[len("RESULT"):])
 
 
-def test_logit_squeeze_and_weights_do_not_depend_on_the_number_of_replicas():
+def test_logit_squeeze_and_weights_do_not_depend_on_the_number_of_replicas(tmp_path):
     for reduction in ("frobenius", "mean_l2"):
-        runs = _run(reduction)
+        runs = _run(reduction, tmp_path)
         (one_values, one_weights), (two_values, two_weights) = runs["one"], runs["two"]
         # the replicas' losses are averaged (each scaled by 1/replicas): their mean is the global-batch penalty
         assert len(one_values) == 1 and len(two_values) == 2

@@ -11,15 +11,13 @@ bad --shard values are refused with one line and exit code 2.
 import copy
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, small_dense_network
+from conftest import small_dense_network
+from script_server import run_script
 from tfadv import evaluation
 from tfadv.attacks import rng
 from tfadv.evaluation import api, runner, shards
@@ -172,31 +170,9 @@ def test_unmergeable_parts_are_refused_under_a_shard(setting):
         evaluation.evaluate_model(net, x[:2], y[:2], ["fgsm"], budget=BUDGET, log=None, shard="1/3")
 
 
-EVALUATE_DRIVER = """
-import contextlib, importlib.util, io, json, sys
-from absl import app, flags
-spec = importlib.util.spec_from_file_location("evaluate_script", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-from tfadv import cli
-outcomes = []
-for args in json.loads(sys.argv[2]):
-    flags.FLAGS.unparse_flags()
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        try:
-            app.run(module.main, argv=["evaluate.py", *args], flags_parser=cli.training_flagfile_parser)
-            code = 0
-        except SystemExit as exit:
-            code = 0 if exit.code is None else exit.code
-    outcomes.append([code, stderr.getvalue()])
-print(json.dumps(outcomes))
-"""
-
-
 def test_evaluate_refuses_a_bad_shard_before_loading_the_model(tmp_path):
-    """Through evaluate.py's main and flag parser (one process for every case): the model directory holds an
-    empty saved_model.pb, so any refusal after loading it would be another error."""
+    """Through scripts/evaluate.py: the model directory holds an empty saved_model.pb, so any refusal after
+    loading it would be another error."""
     fake = tmp_path / "model"
     fake.mkdir()
     (fake / "saved_model.pb").write_bytes(b"")
@@ -207,35 +183,25 @@ def test_evaluate_refuses_a_bad_shard_before_loading_the_model(tmp_path):
              ("1/2", ["--num_examples=1"], "--shard: 2 shards need at least 2 examples, but --num_examples gives 1"),
              ("0/2", ["--audit"], "--audit: the gradient-masking audit cannot be merged from shards"),
              ("0/2", ["--diagnostics=eps_l"], "--diagnostics: eps_l cannot be merged from shards")]
-    argv = [[f"--model_dir={fake}", f"--shard={shard}", "--noprogress", f"--output={tmp_path / 'r.json'}", *extra]
-            for shard, extra, _ in cases]
-    driver = tmp_path / "driver.py"
-    driver.write_text(EVALUATE_DRIVER)
-    result = subprocess.run([sys.executable, str(driver), os.path.join(ROOT, "scripts", "evaluate.py"),
-                             json.dumps(argv)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    for (shard, extra, expected), (code, stderr) in zip(cases, json.loads(result.stdout.splitlines()[-1])):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {expected}"), (shard, extra, stderr)
+    for shard, extra, expected in cases:
+        result = run_script("evaluate.py", f"--model_dir={fake}", f"--shard={shard}", "--noprogress",
+                            f"--output={tmp_path / 'r.json'}", *extra)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {expected}"), \
+            (shard, extra, result.stderr)
     assert not (tmp_path / "r.json").exists()
 
 
 def test_merge_reports_script_merges_and_refuses(runs, tmp_path):
     """scripts/merge_reports.py: all three shards -> the merged report (as JSON, with report.md); two of three
-    -> one line naming the missing shard, exit code 2, nothing written. One process runs both."""
+    -> one line naming the missing shard, exit code 2, nothing written."""
     single, parts, paths, _ = runs
-    driver = tmp_path / "driver.py"
-    driver.write_text(EVALUATE_DRIVER.replace("evaluate", "merge_reports").replace(
-        ", flags_parser=cli.training_flagfile_parser", ""))
     merged, refused = tmp_path / "all.json", tmp_path / "none.json"
-    cases = [[*paths, f"--output={merged}", f"--output_dir={tmp_path / 'all'}"], [*paths[:2], f"--output={refused}"]]
-    result = subprocess.run([sys.executable, str(driver), os.path.join(ROOT, "scripts", "merge_reports.py"),
-                             json.dumps(cases)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    (ok, _), (code, stderr) = json.loads(result.stdout.splitlines()[-1])
-    assert ok == 0 and _without_timing(json.loads(merged.read_text())) == _without_timing(single)
+    ok = run_script("merge_reports.py", *paths, f"--output={merged}", f"--output_dir={tmp_path / 'all'}")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    rejected = run_script("merge_reports.py", *paths[:2], f"--output={refused}")
+    code, stderr = rejected.returncode, rejected.stderr
+    assert _without_timing(json.loads(merged.read_text())) == _without_timing(single)
     assert (tmp_path / "all" / "report.md").exists()
     assert code == 2 and stderr.strip().splitlines() == ["error: missing shards 2/3 (got 2 of 3)"]
     assert not refused.exists()
