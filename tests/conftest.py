@@ -40,6 +40,23 @@ def small_dense_network(digits, seed):
     return net
 
 
+def model_calls_when_traced(attack):
+    """How many times tracing `attack(logits_fn, x, y)` in a tf.function calls the model (a fixed linear map of
+    3 flat 8x8 images to 10 logits): the number of model copies in the attack's graph."""
+    import tensorflow as tf
+
+    weights = tf.constant(np.random.RandomState(0).normal(size=(64, 10)), tf.float32)
+    calls = []
+
+    def logits_fn(images):
+        calls.append(1)
+        return tf.reshape(images, [-1, 64]) @ weights
+
+    x, y = tf.fill([3, 8, 8, 1], 0.5), tf.constant([0, 1, 2])
+    tf.function(lambda a, b: attack(logits_fn, a, b)).get_concrete_function(x, y)
+    return len(calls)
+
+
 def accuracy(network, x, y):
     return float(np.mean(np.argmax(network(x, training=False), axis=-1) == y))
 

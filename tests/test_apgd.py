@@ -4,7 +4,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import accuracy
+from conftest import accuracy, model_calls_when_traced
 
 from tfadv import attacks
 from tfadv.attacks import rng as attacks_rng
@@ -231,20 +231,8 @@ def test_apgd_t_is_a_run_per_target_merged_first_success_then_highest_margin(nat
 def test_apgd_t_traces_one_apgd_loop_whatever_the_number_of_targets():
     """The targets run in one graph loop: tracing APGD-T calls the model as often for 9 targets as for 1 (a
     Python loop traced the APGD loop once per target, 9x the tracing and graph-optimisation time)."""
-    weights = tf.constant(np.random.RandomState(0).normal(size=(64, 10)), tf.float32)
-    calls = []
-
-    def fn(images):
-        calls.append(1)
-        return tf.reshape(images, [-1, 64]) @ weights
-
-    x, y = tf.fill([3, 8, 8, 1], 0.5), tf.constant([0, 1, 2])
-    traced = {}
-    for targets in (1, 9):
-        calls.clear()
-        tf.function(lambda a, b: apgd_module.apgd_targeted(fn, a, b, eps=0.1, steps=5, num_targets=targets)
-                    ).get_concrete_function(x, y)
-        traced[targets] = len(calls)
+    traced = {targets: model_calls_when_traced(lambda fn, x, y, n=targets: apgd_module.apgd_targeted(
+        fn, x, y, eps=0.1, steps=5, num_targets=n)) for targets in (1, 9)}
     assert traced[9] == traced[1] > 0
 
 

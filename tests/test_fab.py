@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 from scipy.optimize import linprog, minimize
 
+from conftest import model_calls_when_traced
 from tfadv import attacks, evaluation
 from tfadv.attacks import rng
 from tfadv.attacks.fab import box_hyperplane_projection, fab_targeted
@@ -142,20 +143,8 @@ def test_fab_t_keeps_the_smallest_norm_over_a_run_per_target(natural_mlp, digits
 
 def test_fab_t_traces_one_fab_loop_whatever_the_number_of_targets():
     """The targets run in one graph loop: tracing FAB-T calls the model as often for 9 targets as for 1."""
-    weights = tf.constant(np.random.RandomState(0).normal(size=(64, 10)), tf.float32)
-    calls = []
-
-    def fn(images):
-        calls.append(1)
-        return tf.reshape(images, [-1, 64]) @ weights
-
-    x, y = tf.fill([3, 8, 8, 1], 0.5), tf.constant([0, 1, 2])
-    traced = {}
-    for targets in (1, 9):
-        calls.clear()
-        tf.function(lambda a, b: fab_targeted(fn, a, b, steps=5, num_targets=targets, restarts=2, eps=0.1)
-                    ).get_concrete_function(x, y)
-        traced[targets] = len(calls)
+    traced = {targets: model_calls_when_traced(lambda fn, x, y, n=targets: fab_targeted(
+        fn, x, y, steps=5, num_targets=n, restarts=2, eps=0.1)) for targets in (1, 9)}
     assert traced[9] == traced[1] > 0
 
 
