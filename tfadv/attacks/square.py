@@ -3,13 +3,23 @@
 Untargeted, on the margin z_y - max_{j != y} z_j (success when <= 0), as in AutoAttack-standard (p_init 0.8,
 5000 queries, one run). Only the model's logits are used, never a gradient.
 
+Queries: `queries` is the reference's `n_queries`: one query of the initial point, then up to `queries`
+proposals (iterations 0 .. queries - 1, one query each), i.e. at most 1 + queries model queries per example
+(AutoAttack-standard: 1 + 5000), as in AutoAttack's port for both norms and in the Square authors'
+`square_attack_l2` (their `square_attack_linf` stops one proposal earlier, at n_iters queries in all; IBM ART
+also makes max_iter proposals after its initial query). `SquareRun.queries` counts the initial query: 1 + the
+proposals made while the example was still correctly classified (1 for an example misclassified from the
+start), at most 1 + queries.
+
 l-inf: start from vertical stripes x + eps * (+-1 per column and channel); each iteration picks a square
 window of side s (from the share p of the image) and sets it to x + eps * (+-1 per channel), keeping the
 proposal if it lowers the margin.
-l2: start from a grid of "pseudo-Gaussian" squares (Chebyshev-ring profile, two halves of opposite sign)
-with random signs per channel, normalised to ||delta|| = eps; each iteration moves the perturbation mass of
-one window and a second random window into the first one, adding a fresh pseudo-Gaussian square, rescaled so
-the total stays at eps; kept if it lowers the margin.
+l2: start from a grid of "pseudo-Gaussian" squares (Chebyshev-ring profile, two halves of opposite sign),
+each cell transposed with probability 1/2 and given a random sign per channel, normalised to ||delta|| =
+eps; the grid has cells of side s = H // 5 from pixel (H - 5 s) // 2 on (8x8: 1 and 1, 7 x 7 cells; 32x32: 6
+and 1, 5 x 5 cells). Each iteration empties one window and a second random window and refills the first with
+its old content plus a fresh pseudo-Gaussian square (random orientation, a sign per channel), rescaled per
+channel so that the total stays at eps (`l2_proposal`); kept if it lowers the margin.
 
 Schedule (the reference `p_selection`, the same for l-inf and l2): p = p_init / 2^k with k the number of
 thresholds 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 that the iteration index i exceeds (p_init on
@@ -17,13 +27,23 @@ iterations 0..10, p_init / 2 on 11..50, ..., p_init / 512 beyond 8000). AutoAtta
 reference SquareAttack with `resc_schedule=False`, so by default the thresholds are NOT rescaled to the query
 budget (with 5000 queries p never falls below p_init / 128). `rescale_schedule=True` gives the reference's
 other variant (also ART's only one): i is first mapped to a 10000-query budget, i' = floor(i * 10000 /
-queries). s = round(sqrt(p * H * W)) clamped to [1, H - 1] (l-inf) or at least 3 and odd (l2); window
-corners uniform in [0, H - s) x [0, W - s).
+queries). s = round(sqrt(p * H * W)) clamped to [1, H - 1] (l-inf; 29 on 32x32 at p 0.8) or at least 3 and
+odd (l2); window corners uniform in [0, H - s) x [0, W - s).
 
 Readings: the reference draws one window position per iteration for the whole batch; here every example
-draws its own (from its key), so an example's result does not depend on the batch it is in. Examples that
+draws its own (from its key), so an example's result does not depend on the batch it is in (likewise the
+grid's per-cell transpositions, drawn once per cell for the whole batch in the reference). Examples that
 are already misclassified stop (their queries are not counted). The l-inf resampling "until the window
 changes" is one redraw: where the drawn signs would leave the window unchanged, the opposite signs are used.
+The l2 window budget is per channel, as in the Square authors' code (max-andr/square-attack,
+`square_attack_l2`: `curr_norms_window` and `norms_windows` with numpy axis=(2, 3) on NCHW): channel c of
+the refilled window gets norm sqrt(max(eps^2 - ||delta||^2, 0) / C + ||delta_c on both windows||^2), so the
+new perturbation has norm exactly eps before the final renormalisation (when ||delta|| <= eps, always the
+case: the current point was clipped from the ball). AutoAttack's port (fra31/auto-attack autoattack/square.py)
+and IBM ART take the second term over all channels (`self.lp_norm(delta_curr * mask_image)`), which gives
+every channel the whole windows' mass (sqrt(C) times too much when the channels carry equal mass) and is
+undone only by the final renormalisation, which then shrinks the rest of the image; the two readings agree
+on 1-channel images.
 """
 
 from __future__ import annotations
@@ -112,6 +132,36 @@ def _l2_norm(delta):
     return tf.sqrt(tf.reduce_sum(tf.square(delta), axis=[1, 2, 3], keepdims=True))
 
 
+def _channel_norm(delta):
+    """[B, 1, 1, C]: the l2 norm of each example's each channel."""
+    return tf.sqrt(tf.reduce_sum(tf.square(delta), axis=[1, 2], keepdims=True))
+
+
+def l2_proposal(delta, eps, size, corner_h, corner_w, corner_h2, corner_w2, transpose, signs):
+    """One Square-L2 proposal: the new perturbation [B, H, W, C] from the current one `delta`, before the
+    final renormalisation to eps and the clipping to [0, 1] (pure: the draws are given).
+
+    Windows of side `size` at the per-example corners (corner_h, corner_w) and (corner_h2, corner_w2) ([B]
+    int); `transpose` [B] bool orients the fresh pseudo-Gaussian square, `signs` [B, 1, 1, C] give its sign per
+    channel. Both windows are emptied and the first is refilled, per example and channel c, with
+        (eta * sign_c + delta_c[window 1] / ||delta_c[window 1]||) rescaled to
+        sqrt(max(eps^2 - ||delta||^2, 0) / C + ||delta_c[window 1 or 2]||^2),
+    norms per channel as in the Square authors' `square_attack_l2` (numpy axis=(2, 3) on NCHW): the
+    channels' window masses sum to what the windows held plus the unused budget, so ||result|| = eps exactly
+    whenever ||delta|| <= eps."""
+    height, width = delta.shape[1], delta.shape[2]
+    channels = delta.shape[3]
+    mask = _window(corner_h, corner_w, size, height, width)
+    mask2 = _window(corner_h2, corner_w2, size, height, width)
+    both = tf.maximum(mask, mask2)
+    budget = tf.sqrt(tf.nn.relu(tf.square(eps) - tf.square(_l2_norm(delta))) / channels
+                     + tf.square(_channel_norm(delta * both)))  # [B, 1, 1, C]
+    fresh = _pseudo_gaussian(corner_h, corner_w, size, transpose, height, width) * signs
+    fresh = fresh + delta * mask / (_channel_norm(delta * mask) + 1e-12)
+    fresh = fresh / (_channel_norm(fresh) + 1e-12) * budget
+    return delta * (1.0 - both) + fresh * mask
+
+
 def _check(x, norm, queries, p_init):
     if norm not in SQUARE_NORMS:
         raise ValueError(f"Square supports norm {' or '.join(SQUARE_NORMS)}, got {norm!r}")
@@ -131,7 +181,8 @@ def _check(x, norm, queries, p_init):
 
 def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000, p_init=0.8,
                keys=None, rescale_schedule=False) -> SquareRun:
-    """Square with diagnostics: SquareRun(x_adv, margin [B], queries [B] used per example).
+    """Square with diagnostics: SquareRun(x_adv, margin [B], queries [B] model queries per example, the
+    initial one included: at most 1 + `queries`, which is the number of proposals after the initial query).
     `rescale_schedule`: map the p-schedule to the query budget (see `p_selection`); off in AutoAttack."""
     x = tf.convert_to_tensor(x, tf.float32)
     _check(x, norm, queries, p_init)
@@ -153,14 +204,23 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
         size = height // 5 if height >= 5 else 1
         start = (height - size * 5) // 2
         corners = [(h, w) for h in range(start, height - size + 1, size) for w in range(start, width - size + 1, size)]
-        # the grid's squares (one [H, W] pattern per cell, computed in one call: building one per cell made the
-        # graph ~50x larger on 8x8 images), each times its own random sign per example and channel; the windows
-        # do not overlap, so the sum adds exact zeros elsewhere (the same values as adding cell by cell)
-        patterns = _pseudo_gaussian(tf.constant([h for h, _ in corners]), tf.constant([w for _, w in corners]), size,
-                                    tf.zeros([len(corners)], tf.bool), height, width)  # [cells, H, W, 1]
-        signs = rng.signs_per_stream(init_keys, [1, 1, channels], [100 + cell for cell in range(len(corners))],
-                                     batch=batch)  # [cells, B, 1, 1, C]
-        delta = tf.reduce_sum(patterns[:, None] * signs, axis=0)  # [B, H, W, C]
+        # the grid's squares in both orientations (one [H, W] pattern per cell and orientation, computed in one
+        # call: building one per cell made the graph ~50x larger on 8x8 images); every example draws, per cell, a
+        # transposition (the reference's `eta(s)` flips a coin on each call) and a sign per channel. The windows
+        # do not overlap and each cell takes one orientation, so the contraction over (orientation, cell) adds
+        # exact zeros to one product per pixel: the same values as adding cell by cell, with no [cells, B, H, W,
+        # C] intermediate
+        cells = len(corners)
+        corner_h = tf.constant([h for h, _ in corners] * 2)
+        corner_w = tf.constant([w for _, w in corners] * 2)
+        patterns = _pseudo_gaussian(corner_h, corner_w, size, tf.constant([False] * cells + [True] * cells),
+                                    height, width)[..., 0]  # [2 * cells, H, W]
+        transposed = tf.transpose(rng.uniform(init_keys, [cells], stream=2, batch=batch) > 0.5)  # [cells, B]
+        signs = rng.signs_per_stream(init_keys, [channels], [100 + cell for cell in range(cells)],
+                                     batch=batch)  # [cells, B, C]
+        weights = tf.concat([tf.where(transposed[..., None], 0.0, signs),
+                             tf.where(transposed[..., None], signs, 0.0)], axis=0)  # [2 * cells, B, C]
+        delta = tf.einsum("khw,kbc->bhwc", patterns, weights)  # [B, H, W, C]
         x_best = tf.clip_by_value(x + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0)
     margin_best = _margin(logits_fn(x_best), labels)
     used = tf.ones([batch], tf.int32)
@@ -186,26 +246,11 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
             size = tf.maximum(size, 3)
             size = size + 1 - tf.math.floormod(size, 2)  # odd
             size = tf.minimum(size, min(height, width) - 1)
-            delta = x_best - x
-            corner_h = draw_int(step_keys, 1, height - size)
-            corner_w = draw_int(step_keys, 2, width - size)
-            corner_h2 = draw_int(step_keys, 3, height - size)
-            corner_w2 = draw_int(step_keys, 4, width - size)
-            mask = _window(corner_h, corner_w, size, height, width)
-            mask2 = _window(corner_h2, corner_w2, size, height, width)
-            window_norm = tf.sqrt(tf.reduce_sum(tf.square(delta * mask), axis=[1, 2], keepdims=True))  # per channel
-            image_norm = _l2_norm(delta)
-            both = tf.maximum(mask, mask2)
-            windows_norm = _l2_norm(delta * both)
-            transpose = rng.uniform(step_keys, [], stream=5, batch=batch) > 0.5
-            fresh = _pseudo_gaussian(corner_h, corner_w, size, transpose, height, width)
-            fresh = fresh * draw_sign(step_keys, [1, 1, channels], 6)
-            fresh = fresh + delta * mask / (window_norm + 1e-12)
-            fresh_norm = tf.sqrt(tf.reduce_sum(tf.square(fresh), axis=[1, 2], keepdims=True))
-            budget = tf.sqrt(tf.nn.relu(tf.square(eps) - tf.square(image_norm)) / channels + tf.square(windows_norm))
-            fresh = fresh / (fresh_norm + 1e-12) * budget
-            delta = delta * (1.0 - mask2)
-            delta = delta * (1.0 - mask) + fresh * mask
+            delta = l2_proposal(x_best - x, eps, size,
+                                draw_int(step_keys, 1, height - size), draw_int(step_keys, 2, width - size),
+                                draw_int(step_keys, 3, height - size), draw_int(step_keys, 4, width - size),
+                                rng.uniform(step_keys, [], stream=5, batch=batch) > 0.5,
+                                draw_sign(step_keys, [1, 1, channels], 6))
             x_new = tf.clip_by_value(x + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0)
         margin_new = _margin(logits_fn(x_new), labels)
         better = active & (margin_new < margin_best)
@@ -215,7 +260,7 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
         return i + 1, x_best, margin_best, used
 
     _, x_best, margin_best, used = while_loop(
-        lambda i, _x, margin, _u: (i < queries - 1) & tf.reduce_any(margin > 0.0), body,
+        lambda i, _x, margin, _u: (i < queries) & tf.reduce_any(margin > 0.0), body,
         (tf.constant(0), x_best, margin_best, used))
     # the clean input where the initialisation did not help and nothing was found is not needed: x_best is
     # always a point of the ball; examples misclassified from the start keep their (also misclassified) x_best
@@ -224,7 +269,8 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
 
 def square(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000, p_init=0.8, keys=None,
            rescale_schedule=False):
-    """Square Attack (untargeted, margin loss): adversarial images in the eps-ball of `norm` and [0,1].
+    """Square Attack (untargeted, margin loss): adversarial images in the eps-ball of `norm` and [0,1], after
+    an initial query and up to `queries` proposals (1 + queries model queries per example, as the reference).
     `keys` ([B] int64, `rng.example_keys`) make every random choice per example and batch-independent.
     `rescale_schedule=False` (AutoAttack-standard) keeps the p-schedule's thresholds at fixed iterations."""
     return square_run(logits_fn, x, labels, eps=eps, norm=norm, queries=queries, p_init=p_init, keys=keys,
