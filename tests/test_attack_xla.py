@@ -2,11 +2,13 @@
 `Evaluator(jit_compile=True)`) agree with the plain graphs.
 
 Every family of the registry, with its norms, restarts, EOT and the transfer prefix, runs once as a plain
-`tf.function` and once with `jit_compile=True` on the same examples and per-example keys: the robust accuracy
-is the same, every adversarial image lies in the eps-ball and [0, 1], and the images agree within 1e-4 on
-(almost) every example. "Almost": XLA fuses and reorders float operations, so values differ by a few ulp, and
-an attack that takes the sign of a gradient component near zero, or keeps the better of two iterates of
-(nearly) equal loss, can turn that into one step of difference on an example (seen with the DLR loss here).
+`tf.function` and once with `jit_compile=True` on the same examples and per-example keys: every adversarial
+image lies in the eps-ball and [0, 1], the images agree within 1e-4 on (almost) every example, and every example
+whose images agree has the same outcome. "Almost": XLA fuses and reorders float operations, so values differ by
+a few ulp, and an attack that takes the sign of a gradient component near zero, or keeps the better of two
+iterates of (nearly) equal loss, can turn that into one step of difference on an example (seen with the DLR loss
+here); such an example may end robust in one run and broken in the other, depending on the CPU's last bits, so
+the robust accuracies are equal but for those examples.
 """
 
 import dataclasses
@@ -71,14 +73,21 @@ def test_every_attack_family_compiles_with_xla_and_agrees(setting):
         for jit in (False, True):
             out = tf.function(run, jit_compile=jit)(tf.constant(x), tf.constant(y), keys)
             images[jit] = (out[0] if isinstance(out, tuple) else out).numpy()
-        robust = {jit: float(np.mean(clean & (np.argmax(fn(a).numpy(), -1) == y))) for jit, a in images.items()}
+        survived = {jit: clean & (np.argmax(fn(a).numpy(), -1) == y) for jit, a in images.items()}
+        robust = {jit: float(np.mean(s)) for jit, s in survived.items()}
         difference = np.abs(images[True] - images[False]).reshape(COUNT, -1).max(1)
-        rows.append((label, robust[False], robust[True], float(difference.max()), float(np.mean(difference <= AGREE))))
-        assert robust[True] == robust[False], (label, robust)
-        assert np.mean(difference <= AGREE) >= MOST, (label, difference)
-        assert images[True].min() >= 0 and images[True].max() <= 1, label
-        if radius is not None:
-            assert _norms(images[True] - x, norm).max() <= radius * (1 + 1e-5) + 1e-6, label
+        agree = difference <= AGREE
+        rows.append((label, robust[False], robust[True], float(difference.max()), float(np.mean(agree))))
+        # The same outcome on every example whose images agree (so the robust accuracies differ by the other
+        # examples at most). Where XLA's rounding turned a step (the docstring), each run followed its own valid
+        # attack path (both checked below): that example's outcome is fixed by the last bits of the float
+        # operations, which differ from one CPU to another, not by the attack.
+        np.testing.assert_array_equal(survived[True][agree], survived[False][agree], err_msg=label)
+        assert np.mean(agree) >= MOST, (label, difference)
+        for adversarial in images.values():
+            assert adversarial.min() >= 0 and adversarial.max() <= 1, label
+            if radius is not None:
+                assert _norms(adversarial - x, norm).max() <= radius * (1 + 1e-5) + 1e-6, label
     print("\n".join(f"{label:22s} robust {a:.3f} / XLA {b:.3f}; max |diff| {d:.2e}; agree {s:.0%}"
                     for label, a, b, d, s in rows))
 

@@ -74,7 +74,11 @@ def test_unchecked_logits_load_without_tfadv_and_compile_with_xla(exported, tmp_
         assert served.shape == (32, 10)
         np.testing.assert_array_equal(unchecked, served, err_msg=kind)  # the same graph minus the checks
         np.testing.assert_allclose(xla, served, rtol=1e-5, atol=1e-5, err_msg=kind)  # XLA: a few ulp at most
-        np.testing.assert_array_equal(np.argmax(xla, -1), np.argmax(served, -1))
+        # the same class wherever that tolerance decides it: two logits closer than twice it may swap under
+        # XLA's rounding, which differs from one CPU to another
+        top = np.sort(served, -1)[:, -2:]
+        decided = top[:, 1] - top[:, 0] > 2 * (1e-5 + 1e-5 * np.abs(top).max(-1))
+        np.testing.assert_array_equal(np.argmax(xla, -1)[decided], np.argmax(served, -1)[decided], err_msg=kind)
         np.testing.assert_allclose(served, np.asarray(exported[kind][1](x)), rtol=1e-5, atol=1e-5)
         assert seen["unchecked_255"] == [32, 10]  # no checks: 0..255 pixels answered (serving_default refuses them)
         if kind == "cossat":  # the Co-SSAT decision logits, both branches exercised

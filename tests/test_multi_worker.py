@@ -14,8 +14,14 @@ import pytest
 import script_server
 from tfadv import distribute
 
-TRAIN = ["--defense=pgd", "--flagfile=flags/digits.cfg", "--epochs=2", "--val_every=1", "--val_examples=100",
-         "--eval_examples=100"]
+EXAMPLES = 100  # validation and final test examples
+TRAIN = ["--defense=pgd", "--flagfile=flags/digits.cfg", "--epochs=2", "--val_every=1", f"--val_examples={EXAMPLES}",
+         f"--eval_examples={EXAMPLES}"]
+
+
+def _examples(accuracy):
+    """An accuracy over EXAMPLES examples as a count of examples."""
+    return round(float(accuracy) * EXAMPLES)
 
 
 def _start(args, tmp_path, num_workers=0):
@@ -81,13 +87,18 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path):
     # difference ~3e-8 after 2 epochs)
     for a, b in zip(_final_weights(multi), _final_weights(single)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    # Robust accuracies (validation and final, EXAMPLES each) may differ by one example: the weights differ in
+    # the last bits (the all-reduce sums in another order), and a PGD step takes the sign of every input-gradient
+    # component, so a component near zero can send one example down another attack path, whose outcome depends on
+    # the CPU's rounding, not on the training.
     for row_multi, row_single in zip(_history(multi), _history(single), strict=True):
-        for key in ("loss", "accuracy", "val_clean_accuracy", "val_robust_accuracy"):
+        for key in ("loss", "accuracy", "val_clean_accuracy"):
             np.testing.assert_allclose(float(row_multi[key]), float(row_single[key]), rtol=1e-5, err_msg=key)
+        assert abs(_examples(row_multi["val_robust_accuracy"]) - _examples(row_single["val_robust_accuracy"])) <= 1
     m_multi = json.loads((multi / "metrics.json").read_text())
     m_single = json.loads((single / "metrics.json").read_text())
     assert m_multi["final"]["clean_accuracy"] == m_single["final"]["clean_accuracy"]
-    assert abs(m_multi["final"]["robust_accuracy"] - m_single["final"]["robust_accuracy"]) <= 0.01
+    assert abs(_examples(m_multi["final"]["robust_accuracy"]) - _examples(m_single["final"]["robust_accuracy"])) <= 1
     # only the chief wrote the run directory; the other worker's temporary directory is gone
     assert {"flags.txt", "history.csv", "metrics.json", "checkpoints", "saved_model", "plots",
             "tensorboard"} <= set(os.listdir(multi))
