@@ -95,7 +95,9 @@ def checked_images(images, image_shape):
     valid = tf.logical_and(tf.equal(tf.size(shape), 4), tf.reduce_all(tf.equal(padded, expected)))
     message = (f"serving_default expects images of shape [batch, {', '.join(map(str, image_shape))}], "
                "float32 in [0, 1]; got shape")
-    shape_check = tf.debugging.Assert(valid, [message, shape])
+    # summarize=-1: every entry of the shape (TF prints 3 by default: [N, 32, 32, 1] would show as [N 32 32...],
+    # hiding the channel count that is wrong)
+    shape_check = tf.debugging.Assert(valid, [message, shape], summarize=-1)
     with tf.control_dependencies([shape_check]):  # a wrong shape is reported first
         finite = tf.reduce_all(tf.math.is_finite(images))
         low, high = tf.reduce_min(images), tf.reduce_max(images)  # +inf / -inf on an empty batch: accepted
