@@ -91,7 +91,12 @@ def test_saved_model_loads_without_tfadv_and_predicts_the_same(runs, digits, tmp
     network.load_weights(str(run / "checkpoints" / "final.weights.h5"))
     logits = network(x, training=False).numpy()
     np.testing.assert_allclose(served["logits"], logits, rtol=1e-4, atol=1e-4)
-    assert served["classes"] == np.argmax(logits, -1).tolist()
+    # the same class wherever that tolerance decides it (two logits closer than twice it may swap in another
+    # process's kernels); the served classes are the served logits' argmax everywhere
+    top = np.sort(logits, -1)[:, -2:]
+    decided = top[:, 1] - top[:, 0] > 2 * (1e-4 + 1e-4 * np.abs(top).max(-1))
+    assert np.array_equal(np.array(served["classes"])[decided], np.argmax(logits, -1)[decided])
+    assert served["classes"] == np.argmax(served["logits"], -1).tolist()
     np.testing.assert_allclose(served["probabilities_sum"], 1.0, rtol=1e-5)
     assert "expects images of shape [batch, 8, 8, 1]" in served["bad"], served["bad"]
 
