@@ -280,7 +280,7 @@ def _record_updates(trainer):
     outer_loss = trainer.outer_loss
     weights = trainer.network.weights
 
-    def recording(labels, logits, inputs=None, targets=None, per_example_ce=None, distill_on=None):
+    def recording(labels, logits, inputs=None, targets=None, per_example_ce=None, distill_on=None, **more):
         named = {"iteration": trainer.optimizer.iterations.value, "inputs": inputs}
         if distill_on is not None:
             named["distill_inputs"] = distill_on[0]
@@ -295,7 +295,7 @@ def _record_updates(trainer):
 
         done = tf.py_function(keep, [named[key] for key in keys], tf.int32)
         with tf.control_dependencies([done]):
-            return outer_loss(labels, logits, inputs, targets, per_example_ce, distill_on)
+            return outer_loss(labels, logits, inputs, targets, per_example_ce, distill_on, **more)
 
     trainer.outer_loss = recording
     return records
