@@ -114,8 +114,9 @@ def _teachers(robust, standard, weights=KD_WEIGHTS):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the hand formulas: numpy float64 (complex128 for the complex-step derivatives; nothing below takes an abs,
-# a max or an argmax of a value that depends on the trained weights, so the complex step is exact)
+# the hand formulas: numpy float64 (complex128 for the complex-step derivatives; nothing below takes an abs or
+# an argmax of a value that depends on the trained weights, and the max in the log-softmax only shifts the real
+# part, which the result does not depend on, so the complex step is exact)
 
 def _relu(h):
     return np.where(h.real > 0, h, 0)
