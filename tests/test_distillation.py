@@ -59,3 +59,42 @@ def test_a_teacher_of_the_wrong_shape_is_refused(tmp_path, digits):
     bad = config.replace(kd_adv_teacher=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="kd_adv_teacher"):
         bad.validate()
+
+
+@pytest.mark.parametrize("teachers, weights, expected", [
+    (("adv", "std"), [0.25, 0.5, 0.25], {"ce": 0.25, "robust": 0.5, "standard": 0.25}),
+    (("adv", "std"), [0.3, 0.6, 0.1], {"ce": 0.3, "robust": 0.6, "standard": 0.1}),  # the official code's
+    (("adv",), [0.25, 0.5, 0.25], {"ce": 0.5, "robust": 0.5, "standard": 0.0}),  # KD_adv only: lambda2 = 0
+    (("std",), [0.25, 0.5, 0.25], {"ce": 0.75, "robust": 0.0, "standard": 0.25}),  # KD_std only: lambda1 = 0
+])
+def test_loss_weights_follow_paper_001_eq_1_with_one_or_two_teachers(tmp_path, teachers, weights, expected):
+    """(1 - lambda1 - lambda2) L + lambda1 KD_adv + lambda2 KD_std: the weights always sum to 1, a teacher that is
+    not given has lambda 0 (its weight goes to the method's own loss)."""
+    paths = {"adv": str(tmp_path / "adv"), "std": str(tmp_path / "std")}
+    for path in paths.values():
+        (tmp_path / path).mkdir(exist_ok=True)
+    config = TrainConfig.from_flags(kd_weights=weights, output_dir=str(tmp_path / "run"),
+                                    **{f"kd_{t}_teacher": paths[t] for t in teachers})
+    config.validate()
+    got = config.distillation.loss_weights()
+    assert got == pytest.approx(expected) and sum(got.values()) == pytest.approx(1.0)
+
+
+def test_weights_that_do_not_sum_to_one_are_refused(tmp_path):
+    (tmp_path / "adv").mkdir()
+    config = TrainConfig.from_flags(kd_weights=[0.5, 0.5, 0.25], kd_adv_teacher=str(tmp_path / "adv"),
+                                    output_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="kd_weights.*sum to 1"):
+        config.validate()
+
+
+def test_build_distillation_gives_the_remaining_teachers_weight_to_the_ce(tmp_path, digits):
+    """Only the robust teacher: CE weight 0.5 (not 0.25, which left the total at 0.75)."""
+    spec = digits.spec
+    teacher = models.build("mlp", spec.image_shape, 10, spec.mean, spec.std)
+    export.export(teacher, str(tmp_path / "teacher"))
+    config = TrainConfig.from_flags(kd_adv_teacher=str(tmp_path / "teacher"), output_dir=str(tmp_path / "run"))
+    distillation, records = experiment.build_distillation(config, log=lambda *_: None)
+    assert distillation.ce_weight == pytest.approx(0.5)
+    assert {name: weight for name, (_, weight) in distillation.teachers.items()} == {"robust": 0.5}
+    assert records["robust"]["weight"] == 0.5

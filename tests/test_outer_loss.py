@@ -409,13 +409,13 @@ def _hand_update(run, t):
         z = logits(trained, inputs)
         total = per_example(z).mean()
         distill_logits = logits(trained, distill_inputs) if run.defense == "trades" else z
+        if run.defense == "trades":  # the method's loss L = CE + beta * KL (paper 001 Eq. 1 weights L as a whole)
+            total = total + trainer.options.beta * _kl(z, distill_logits).mean()
         if teacher_logits:
             total = KD_WEIGHTS[0] * total + sum(weight * _kd(teacher, distill_logits).mean()
                                                 for weight, teacher in teacher_logits)
         if smoothing.squeeze_beta:
             total = total + _squeeze(z, smoothing.squeeze_beta, smoothing.squeeze_reduction)
-        if run.defense == "trades":
-            total = total + trainer.options.beta * _kl(z, distill_logits).mean()  # item 1 changes this
         return total
 
     return loss, trained, trained_on

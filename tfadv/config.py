@@ -277,12 +277,24 @@ class DistillationSection:
     def enabled(self) -> bool:
         return bool(self.kd_adv_teacher or self.kd_std_teacher)
 
+    def loss_weights(self) -> dict:
+        """{"ce", "robust", "standard"}: paper 001 Eq. 1, (1 - lambda1 - lambda2) L + lambda1 KD_adv + lambda2 KD_std,
+        with lambda1 / lambda2 from --kd_weights for the teachers given; a teacher not given has lambda 0 and its
+        weight goes to the method's own loss L (the paper's one-teacher ablations)."""
+        _, robust, standard = self.kd_weights
+        robust = robust if self.kd_adv_teacher else 0.0
+        standard = standard if self.kd_std_teacher else 0.0
+        return {"ce": 1.0 - robust - standard, "robust": robust, "standard": standard}
+
     def validate(self, run):
         if not self.enabled:
             return
         if len(self.kd_weights) != 3 or any(w < 0 for w in self.kd_weights):
             raise ConfigError("kd_weights", f"needs three non-negative weights (CE, robust teacher, standard "
                                             f"teacher), got {self.kd_weights}")
+        if abs(sum(self.kd_weights) - 1.0) > 1e-6:
+            raise ConfigError("kd_weights", f"must sum to 1 (paper 001 Eq. 1: the CE weight is 1 - lambda1 - lambda2), "
+                                            f"got {self.kd_weights}")
         if not self.kd_temperature > 0:
             raise ConfigError("kd_temperature", f"must be positive, got {self.kd_temperature}")
         for flag in ("kd_adv_teacher", "kd_std_teacher"):

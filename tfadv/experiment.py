@@ -57,16 +57,15 @@ def build_distillation(config: TrainConfig, log: Callable = print):
     d = config.distillation
     if not d.enabled:
         return None, {}
-    ce, adv, std = d.kd_weights
+    weights = d.loss_weights()
     teachers, records = {}, {}
-    for name, flag, wanted, weight in (("robust", "kd_adv_teacher", "best_robust", adv),
-                                       ("standard", "kd_std_teacher", "best_clean", std)):
+    for name, flag, wanted in (("robust", "kd_adv_teacher", "best_robust"), ("standard", "kd_std_teacher", "best_clean")):
         path = getattr(d, flag)
         if path:
             logits_fn, record = runs.load_teacher(path, flag, config.spec, wanted, log)
-            teachers[name] = (logits_fn, weight)
-            records[name] = {**record, "weight": weight}
-    return training.Distillation(teachers, ce, d.kd_temperature), records
+            teachers[name] = (logits_fn, weights[name])
+            records[name] = {**record, "weight": weights[name]}
+    return training.Distillation(teachers, weights["ce"], d.kd_temperature), records
 
 
 def _check_output_dir(config: TrainConfig):

@@ -274,7 +274,8 @@ class Trainer(keras.Model):
             return one_hot
         return targets.smooth(s.method, one_hot, logits, s.alpha, s.temperature)
 
-    def outer_loss(self, labels, logits, inputs=None, targets=None, per_example_ce=None, distill_on=None):
+    def outer_loss(self, labels, logits, inputs=None, targets=None, per_example_ce=None, distill_on=None,
+                   robust_term=None):
         """THE outer minimisation of every method, composed here once (mean over the local batch):
 
         1. targets: `targets` [B, K] when the method supplies its own (BAT's / Madry-LA's adversarial labels,
@@ -283,8 +284,10 @@ class Trainer(keras.Model):
            `logits` under stop_gradient);
         2. cross-entropy per example: `per_example_ce(targets, logits)` -> [B] when the method has its own
            (SSAT's Eq. 21: (1 + beta) CE(z, y) - beta CE(z, y')), else the soft-target cross-entropy (on hard
-           labels without any targets: the integer-label CE); its batch mean `ce`;
-        3. distillation, when teachers are set: `ce_weight * ce + sum_t weight_t * mean KD(teacher_t(x), z)`
+           labels without any targets: the integer-label CE); its batch mean `ce`, plus `robust_term` when the
+           method has a term of its own (TRADES' beta * KL): together the method's loss L of paper 001 Eq. 1;
+        3. distillation, when teachers are set: `ce_weight * L + sum_t weight_t * mean KD(teacher_t(x), z)`
+           (Eq. 1: ce_weight = 1 - the teachers' weights)
            on `distill_on` = (inputs, logits) (default: `inputs` and `logits`; TRADES passes its adversarial
            pair while its CE is on the clean logits); `inputs` are the images the student logits came from;
         4. logit squeezing of `logits` (--squeeze_beta), added last.
@@ -300,6 +303,8 @@ class Trainer(keras.Model):
                 targets = self.soft_targets(labels, logits)
             ce = losses.soft_cross_entropy if per_example_ce is None else per_example_ce
             loss = tf.reduce_mean(ce(targets, logits))
+        if robust_term is not None:
+            loss += robust_term
         if self.distillation is not None:
             student_inputs, student_logits = (inputs, logits) if distill_on is None else distill_on
             if student_inputs is None:

@@ -31,7 +31,8 @@ class TRADESTrainer(Trainer):
     The outer loss (`Trainer.outer_loss`) is on the *clean* logits: its cross-entropy against --ls_method's
     targets built from the clean logits, and logit squeezing of the clean logits (the logits the CE is on);
     the distillation teachers see the *adversarial* example and are compared with the adversarial logits (as
-    paper 001's code does). The beta * KL term is TRADES' own and is added last.
+    paper 001's code does). The beta * KL term is part of TRADES' own loss L = CE + beta * KL, so with teachers
+    it is weighted with the CE by 1 - lambda1 - lambda2 (paper 001 Eq. 1).
     """
 
     Options = Options
@@ -65,8 +66,8 @@ class TRADESTrainer(Trainer):
         clean_logits = self.network(x, training=True)
         adv_logits = self.network(x_adv, training=True)
         robust = tf.reduce_mean(losses.kl_divergence(clean_logits, adv_logits))
-        loss = self.outer_loss(labels, clean_logits, x, distill_on=(x_adv, adv_logits))
-        return loss + self.beta * robust, clean_logits
+        loss = self.outer_loss(labels, clean_logits, x, distill_on=(x_adv, adv_logits), robust_term=self.beta * robust)
+        return loss, clean_logits
 
 
 registry.register(registry.Method(
