@@ -45,7 +45,7 @@ def _examples(spec=None):  # (x, y, where from): --examples, else the first --nu
     try:
         if spec is None:
             return (*data.load_examples(FLAGS.examples), FLAGS.examples)
-        return (*data.take(data.load(spec.name, FLAGS.data_dir, 0.0, FLAGS.seed, FLAGS.download).test,
+        return (*data.take(data.load(spec.name, FLAGS.data_dir, 0.0, FLAGS.download).test,
                            FLAGS.num_examples), f"{spec.name} test split")
     except (OSError, ValueError, data.DataUnavailableError) as error:  # a dataset that is not there: exit code 1
         cli.fail(str(error) if spec else f"--examples: {error}", code=1 if spec else cli.USAGE_ERROR)

@@ -49,7 +49,7 @@ def test_validation_is_a_held_out_share_of_the_training_split_by_default(pgd_run
     out, metrics, _ = pgd_run
     validation = metrics["validation"]
     assert "held-out 0.1 of the training split" in validation["source"]
-    splits = data.load("digits", val_fraction=0.1, seed=0)
+    splits = data.load("digits", val_fraction=0.1)
     assert validation["num_examples"] == len(splits.val[1]) == 135
     assert "held-out" in metrics["best"]["selected_by"] and "test" not in metrics["best"]["selected_by"]
     assert "held-out" in (out / "robust_overfitting.md").read_text()
@@ -134,7 +134,7 @@ def test_swa_validation_and_best_checkpoint_use_the_average(tmp_path_factory, di
     assert float(history[0]["val_robust_accuracy"]) == float(history[0]["val_raw_robust_accuracy"])
     assert any(row["val_robust_accuracy"] != row["val_raw_robust_accuracy"] for row in history[2:])
     # the best checkpoint, evaluated again on the validation split, gives the SWA curve's number
-    splits = data.load("digits", val_fraction=0.1, seed=0)
+    splits = data.load("digits", val_fraction=0.1)
     network, _ = runs.load_run_network(str(out), "best")
     measure = evaluation.pgd_accuracy_fn(0.125, 5)
     clean, robust = measure(network, *splits.val)

@@ -15,7 +15,8 @@ from conftest import ROOT
 from tfadv import config as config_lib, experiment, export, runs
 
 # what flags/cifar10_cpu.cfg says it changes with respect to flags/cifar10.cfg, and nothing else
-DOCUMENTED = {"model", "wrn_depth", "wrn_width", "mixed_precision", "epochs", "lr_decay_epochs", "val_every"}
+DOCUMENTED = {"model", "wrn_depth", "wrn_width", "mixed_precision", "epochs", "lr_decay_epochs", "val_fraction",
+              "val_every"}
 
 
 def _parse(argv):

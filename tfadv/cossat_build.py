@@ -66,7 +66,7 @@ def build(ssat_run: str, base_run: str, output_dir: str, *, detector_mode: str =
     if data_dir is not None and spec.tfds_name is not None and not os.path.isdir(data_dir):
         raise ConfigError("data_dir", f"{data_dir!r} is not a directory")
     ssat_network, base_network = ssat.network(), base.network()
-    splits = data.load(ssat.dataset, data_dir or ssat.data_dir, 0.0, ssat.seed, download)
+    splits = data.load(ssat.dataset, data_dir or ssat.data_dir, 0.0, download)
     eps = ssat.budget.eps
 
     x_cal, y_cal = data.take(splits.train, calibration_examples)

@@ -124,8 +124,13 @@ def _load_tfds_arrays(spec: DatasetSpec, data_dir: Optional[str], download: bool
         raise DataUnavailableError(_tfds_prepare_hint(spec, data_dir) + f" ({type(error).__name__})") from None
 
 
-def split_validation(train, fraction: float, seed: int):
-    """A seeded, stratified split of the training arrays into (train, validation)."""
+# The held-out split is one fixed index set for a dataset and fraction, whatever the run's --seed: a
+# teacher and its student (paper 001) trained with different seeds never see each other's validation images.
+SPLIT_SEED = 0
+
+
+def split_validation(train, fraction: float):
+    """A fixed (SPLIT_SEED), stratified split of the training arrays into (train, validation)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"--val_fraction must be in [0, 1), got {fraction}")
     if fraction == 0.0:
@@ -138,20 +143,20 @@ def split_validation(train, fraction: float, seed: int):
     # Stratified when every class can appear on both sides; a plain seeded split otherwise (tiny data).
     feasible = counts.min() >= 2 and round(fraction * len(y)) >= len(counts)
     x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=fraction, random_state=seed, stratify=y if feasible else None
+        x, y, test_size=fraction, random_state=SPLIT_SEED, stratify=y if feasible else None
     )
     return (x_train, y_train), (x_val, y_val)
 
 
-def load(name: str, data_dir: Optional[str] = None, val_fraction: float = 0.0, seed: int = 0,
-         download: bool = False) -> Splits:
-    """Loads a dataset into memory as float32 [0,1] NHWC arrays with an optional validation split."""
+def load(name: str, data_dir: Optional[str] = None, val_fraction: float = 0.0, download: bool = False) -> Splits:
+    """Loads a dataset into memory as float32 [0,1] NHWC arrays with an optional validation split (the same
+    images for every run of the dataset at this fraction: `split_validation`)."""
     spec = get_spec(name)
     if spec.tfds_name is None:
         train, test = _load_digits_arrays()
     else:
         train, test = _load_tfds_arrays(spec, data_dir, download)
-    train, val = split_validation(train, val_fraction, seed)
+    train, val = split_validation(train, val_fraction)
     return Splits(spec, train, test, val)
 
 

@@ -342,7 +342,7 @@ def parity_run(strategy_, cases=None, steps: int = 4, log: Callable = print) -> 
         config = parity_config(case)
         o = config.optimization
         if splits is None:
-            splits = data.load("digits", seed=config.runtime.seed)
+            splits = data.load("digits")
         train = data.take(splits.train, steps * o.batch_size)
         distillation = _parity_teacher(splits.spec) if case.endswith("distillation") else None
         updates = steps * config.updates_per_batch()

@@ -198,7 +198,7 @@ def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
     if unwritable:
         raise ConfigError("output_dir", unwritable)
     d = config.data
-    splits = data.load(d.dataset, d.data_dir, d.val_fraction, config.runtime.seed, d.download)
+    splits = data.load(d.dataset, d.data_dir, d.val_fraction, d.download)
     if d.train_examples > 0:
         splits.train = data.take(splits.train, d.train_examples)
     set_precision(config)
