@@ -25,6 +25,8 @@ from absl import app, flags  # noqa: E402
 from tfadv import config as config_lib, models  # noqa: E402
 
 flags.DEFINE_string("model", "preact_resnet18", f"network: {', '.join(models.MODEL_NAMES)}")
+flags.DEFINE_integer("wrn_depth", 28, "wide_resnet depth (6n+4)")
+flags.DEFINE_integer("wrn_width", 10, "wide_resnet width factor")
 flags.DEFINE_list("input_shape", ["32", "32", "3"], "H,W,C")
 flags.DEFINE_integer("num_classes", 10, "classes")
 flags.DEFINE_integer("batch_size", 128, "batch size")
@@ -65,7 +67,8 @@ def run_config(method: str):
 
 
 def build_trainer(method, shape):
-    network = models.build(FLAGS.model, shape, FLAGS.num_classes, [0.5] * shape[-1], [0.25] * shape[-1])
+    options = dict(depth=FLAGS.wrn_depth, width=FLAGS.wrn_width) if FLAGS.model == "wide_resnet" else {}
+    network = models.build(FLAGS.model, shape, FLAGS.num_classes, [0.5] * shape[-1], [0.25] * shape[-1], **options)
     trainer = run_config(method).build_trainer(network)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     trainer.compile(optimizer=optimizer, jit_compile=FLAGS.jit_compile == "true")
@@ -99,7 +102,8 @@ def main(argv):
     cli.quiet_logging()
     shape = tuple(int(v) for v in FLAGS.input_shape)
     results = {}
-    print(f"{FLAGS.model} {shape} batch {FLAGS.batch_size}, XLA {FLAGS.jit_compile}, "
+    name = FLAGS.model + (f"-{FLAGS.wrn_depth}-{FLAGS.wrn_width}" if FLAGS.model == "wide_resnet" else "")
+    print(f"{name} {shape} batch {FLAGS.batch_size}, XLA {FLAGS.jit_compile}, "
           f"{FLAGS.steps} timed steps after {FLAGS.warmup} warm-up; tf {tf.__version__}, keras {keras.__version__}")
     print(f"{'method':<16}{'s/step':>10}{'img/s':>10}{'ratio':>8}{'limit':>8}{'ratio/limit':>13}")
     for precision in FLAGS.precisions:
