@@ -7,7 +7,8 @@
     x(k+1) = P(x(k) + alpha (z(k+1) - x(k)) + (1 - alpha)(x(k) - x(k-1)))    alpha = 0.75
     x_max, f_max track the highest objective; at each checkpoint w_j the step size eta (initially 2 eps) is
     halved, and the iterate restarts from x_max, if
-      Condition 1: sum_{i=w_{j-1}}^{w_j-1} 1[f(x(i+1)) > f(x(i))] < rho (w_j - w_{j-1}), or
+      Condition 1: sum_{i=w_{j-1}}^{w_j-1} 1[f(x(i+1)) > f(x(i))] < rho (w_j - w_{j-1}) (the paper; the
+                   reference code, which tfadv follows, tests <=), or
       Condition 2: eta(w_{j-1}) == eta(w_j) and f_max(w_{j-1}) == f_max(w_j).
     Checkpoints w_j = ceil(p_j N) with p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06).
 
@@ -24,8 +25,10 @@ Readings (where the paper and the reference code differ or are silent):
   runs right after x(w_j) is computed and counts exactly the paper's window of w_j - w_{j-1} comparisons.
   After a restart from x_max, the "previous" objective of the next comparison is f_max (the objective of the
   point the iterate now is), and the momentum term is x_max - x(k-1) as in the reference code.
-- Condition 2 follows the paper at the first checkpoint too (f_max(w_0) = f(x(0)), eta unchanged); the
-  reference code switches it off there. Condition 1 uses the paper's strict "<".
+- The halving conditions as AutoAttack's reference code writes them (DESIGN reading 12: AutoAttack exactly):
+  Condition 1 halves when the increases are at most rho times the window (`<=`, `check_oscillation`), and
+  Condition 2 is off at the first checkpoint (the code starts `reduced_last_check` true). The paper writes a
+  strict "<" and applies Condition 2 at w_1 too.
 - Success is misclassification (argmax != label), also for the targeted loss, as in AutoAttack: the run
   returns, per example, the last misclassified iterate it met (the clean input if already misclassified),
   otherwise the point of highest objective.
@@ -98,10 +101,11 @@ def should_halve(increases, window, rho, halved_last, loss_best, loss_best_last)
     """Per example [B] bool: Condition 1 or Condition 2 at a checkpoint closing a window of `window` steps.
 
     increases: [B] count of f(x(i+1)) > f(x(i)) in the window; halved_last: eta was halved at the previous
-    checkpoint; loss_best / loss_best_last: f_max now and at the previous checkpoint.
+    checkpoint (true before the first checkpoint, which switches Condition 2 off there); loss_best /
+    loss_best_last: f_max now and at the previous checkpoint.
     """
     window = tf.cast(window, tf.float32)
-    condition_1 = tf.cast(increases, tf.float32) < rho * window
+    condition_1 = tf.cast(increases, tf.float32) <= rho * window
     condition_2 = tf.logical_not(halved_last) & (loss_best <= loss_best_last)
     return condition_1 | condition_2
 
@@ -208,7 +212,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
                        halved_last, loss_best_last, x_found, found, trace)
 
     state = (x_start, x_start, grad_start, loss_start, eta, x_start, loss_start, grad_start,
-             tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool), loss_start, x_found, found,
+             tf.zeros([batch], tf.int32), tf.ones([batch], tf.bool), loss_start, x_found, found,
              tf.TensorArray(tf.float32, size=steps, element_shape=tf.TensorShape([None])))
     _, state = while_loop(lambda k, _: k <= steps, body, (tf.constant(1), state))
     (_, _, _, _, eta, x_best, loss_best, _, _, _, _, x_found, found, trace) = state
