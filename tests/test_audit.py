@@ -102,7 +102,7 @@ def _classified_report():
         "fgsm": _entry(0.70, **meta("fgsm")),
         "pgd20_linf": _entry(0.60, **meta("pgd20_linf")),
         "pgd100": _entry(0.62, **meta("pgd100")),
-        "cwl2": _entry(0.10, **meta("cwl2")),  # l2: another threat model, must not stand in as the best l-inf
+        "cwl2": _entry(0.04, **meta("cwl2")),  # l2: another threat model, must not stand in as the best l-inf
         "deepfool_linf": _entry(0.65, **meta("deepfool_linf")),
         "square": _entry(0.605, **meta("square")),
         "square_l2": _entry(0.05, **meta("square_l2")),
@@ -119,10 +119,12 @@ def test_the_audit_classifies_attacks_by_the_runners_metadata_not_by_name():
     assert (classes["square_l2"]["norm"], classes["square_l2"]["kind"]) == ("l2", "score_based")
     assert all(c["classified_from"] == "report metadata" for c in classes.values())
     black = audit.check_black_box(report)
-    # the best l-inf white-box attack is pgd20_linf (0.60), not cwl2 (l2, 0.10); square (0.605) is weaker: pass
+    # the best l-inf white-box attack is pgd20_linf (0.60), not cwl2 (l2, 0.04); square (0.605) is weaker, and
+    # square_l2 (0.05) is compared with cwl2 (0.04) only: pass
     assert black["numbers"]["best_white_box"] == 0.60 and black["numbers"]["best_white_box_attack"] == "pgd20_linf"
     assert black["numbers"]["best_black_box"] == 0.605 and black["verdict"] == "pass"
     assert black["numbers"]["classified_from"] == "report metadata"
+    assert black["numbers"]["best_white_box_l2"] == 0.04 and black["numbers"]["best_black_box_l2"] == 0.05
     assert audit.check_one_step(report)["numbers"]["best_pgd"] == 0.60
     assert set(audit.check_more_steps(report)["numbers"]) >= {"pgd20_linf", "pgd100"}
     # the metadata decides, not the name: relabel the l2 Square as l-inf and it becomes the best black box
@@ -256,3 +258,42 @@ def test_a_transfer_pgd_is_not_counted_as_a_white_box_pgd():
     more = audit.check_more_steps(report)
     assert more["verdict"] == "pass" and "transfer_pgd20" not in more["numbers"]
     assert audit.check_one_step(report)["numbers"]["best_pgd"] == 0.49
+
+
+def _reported(n, **accuracies):
+    meta = lambda name: evaluation.parse_attack(name, {"linf": 0.125, "l2": 1.0}).metadata()  # noqa: E731
+    return {"num_examples": n, "attacks": {name: _entry(a, **meta(name)) for name, a in accuracies.items()}}
+
+
+def test_a_standalone_black_box_attack_a_few_examples_below_pgd_is_noise():
+    """Two separate attacks on 300 examples: Square one example below PGD-20 is noise (it warned: AutoAttack's
+    0.2-point threshold is for Square's cumulative gain inside its cascade); 2 binomial standard errors of the
+    white-box accuracy (2 sqrt(0.5 * 0.5 / 300) = 5.8 points here) is the threshold; a masked model's 20 points
+    still warn."""
+    one_below = audit.check_black_box(_reported(300, pgd20=0.50, square=0.50 - 1 / 300))
+    assert one_below["verdict"] == "pass", one_below["numbers"]
+    assert one_below["numbers"]["standalone_threshold_points"] == pytest.approx(200 * np.sqrt(0.25 / 300), abs=1e-3)
+    assert audit.check_black_box(_reported(300, pgd20=0.50, square=0.30))["verdict"] == "warn"
+    # inside a cascade AutoAttack's 0.2 points stay: one example of 300 beyond APGD warns
+    cascade = _reported(300, apgd_ce=0.50, square=0.50 - 1 / 300)
+    for name in cascade["attacks"]:
+        cascade["attacks"][name]["group"] = "autoattack"
+    assert audit.check_black_box(cascade)["verdict"] == "warn"
+
+
+def test_an_l2_cascade_is_checked_like_an_linf_one():
+    """The Square-vs-white-box check applies to every norm (an autoattack_l2 report got "n/a")."""
+    report = _reported(300, apgd_ce_l2=0.40, apgd_t_l2=0.38, square_l2=0.35)
+    for name in report["attacks"]:
+        report["attacks"][name]["group"] = "autoattack_l2"
+    check = audit.check_black_box(report)
+    assert check["verdict"] == "warn" and check["numbers"]["worst_cascade_gap_points"] == pytest.approx(3.0)
+    report["attacks"]["square_l2"]["robust_accuracy"] = 0.38
+    assert audit.check_black_box(report)["verdict"] == "pass"
+
+
+def test_more_steps_are_compared_at_equal_restarts():
+    """pgd50_r5 beating pgd100 is not "more steps hurt" (fewer steps, more restarts: neither dominates)."""
+    assert audit.check_more_steps(_reported(300, pgd50_r5=0.40, pgd100=0.45))["verdict"] == "pass"
+    assert audit.check_more_steps(_reported(300, pgd20=0.40, pgd100=0.45))["verdict"] == "warn"
+    assert audit.check_more_steps(_reported(300, pgd20=0.45, pgd50_r5=0.40, pgd100=0.44))["verdict"] == "pass"

@@ -113,49 +113,75 @@ def check_one_step(report: dict) -> dict:
 
 
 def check_more_steps(report: dict) -> dict:
+    """More steps at the same or more restarts (or more restarts at the same or more steps) must not leave more
+    points robust. Attacks that trade steps for restarts (pgd50_r5 vs pgd100) are not compared: neither is
+    stronger by construction."""
     classes = attack_classes(report)
     chosen = _select(classes, attack="pgd", kind="gradient", norm="linf")
     linf_ce = sorted(((classes[k]["steps"], classes[k]["restarts"], k, acc) for k, acc in chosen.items()))
     if len({(s, r) for s, r, _, _ in linf_ce}) < 2:
         return _not_applicable("more_steps_help", "needs two l-inf pgdN attacks with different N (or restarts)")
-    rises = [(a[2], b[2]) for a, b in zip(linf_ce, linf_ce[1:]) if b[3] > a[3] + TOLERANCE]
+    rises = [(a[2], b[2]) for a in linf_ce for b in linf_ce
+             if (b[0], b[1]) != (a[0], a[1]) and b[0] >= a[0] and b[1] >= a[1] and b[3] > a[3] + TOLERANCE]
     return _with_classes(_verdict("more_steps_help", not rises, {**{k: acc for _, _, k, acc in linf_ce},
                                                    "classified_from": _classified_from(classes, chosen)},
                     "robust accuracy must not rise with more PGD steps" + (f" (rises: {rises})" if rises else "")),
         classes, chosen)
 
 
+def standalone_threshold(accuracy: float, num_examples: Optional[int]) -> float:
+    """How far a stand-alone black-box attack may end below the best white-box one before it is more than noise:
+    two binomial standard errors of the white-box accuracy, 2 sqrt(p (1 - p) / n), and at least AutoAttack's
+    0.2 points (its threshold is for Square's cumulative gain inside its own cascade, where the attacks run on
+    the same points in turn; two separate attacks a few examples apart are noise). Without n (an old report):
+    0.2 points."""
+    if not num_examples:
+        return SQUARE_TOLERANCE
+    return max(SQUARE_TOLERANCE, 2.0 * float(np.sqrt(accuracy * (1.0 - accuracy) / num_examples)))
+
+
 def check_black_box(report: dict) -> dict:
-    """AutoAttack's check_square_sr: warns when a black-box attack ends more than SQUARE_TOLERANCE (0.2 points)
-    below the best white-box attack, or, in a cascade, below the white-box stages of its own cascade
-    (cumulative accuracies: Square broke points APGD / FAB left robust). l-inf only: an l2 attack at its own
-    radius is another threat model."""
+    """AutoAttack's check_square_sr, for every norm separately (an l2 attack is compared with l2 attacks): warns
+    when, in a cascade, a black-box stage ends more than SQUARE_TOLERANCE (0.2 points) below the white-box
+    stages of its own cascade (cumulative accuracies: Square broke points APGD / FAB left robust), or when a
+    black-box attack ends below the best white-box attack of its norm by more than `standalone_threshold`."""
     classes = attack_classes(report)
-    black = _select(classes, kind=("score_based", "transfer"), norm="linf")
-    white = _select(classes, kind=("gradient", "minimum_norm"), norm="linf")
-    if not black or not white:
-        return _not_applicable("black_box_vs_white_box", "needs an l-inf black-box (score-based such as square, or "
-                                                         "transfer) and an l-inf white-box attack")
-    best_black, best_white = min(black.values()), min(white.values())
-    # strictly more than 0.2 points below, as AutoAttack; 1e-9 absorbs float noise in the fractions
-    ok = best_black >= best_white - SQUARE_TOLERANCE - 1e-9
-    # within a cascade (AutoAttack's own run), cumulative accuracies: the black-box stage against the
-    # white-box stages of the same cascade, as check_square_sr does
-    gap = 0.0
-    for name, accuracy in black.items():
-        group = classes[name]["group"]
-        own = [a for n, a in white.items() if group and classes[n]["group"] == group]
-        if own:
-            gap = max(gap, min(own) - accuracy)
-    ok = ok and gap <= SQUARE_TOLERANCE + 1e-9
-    return _with_classes(_verdict("black_box_vs_white_box", ok,
-                    {"best_black_box": best_black, "best_black_box_attack": min(black, key=black.get),
-                     "best_white_box": best_white, "best_white_box_attack": min(white, key=white.get),
-                     "worst_cascade_gap_points": round(gap * 100, 4), "threshold_points": SQUARE_TOLERANCE * 100,
-                     "classified_from": _classified_from(classes, [*black, *white])},
-                    f"a black-box attack should not end more than {SQUARE_TOLERANCE * 100:g} points below the "
-                    f"white-box ones (AutoAttack's Square check): the gradients mislead the white-box attacks; run "
-                    f"Square with more queries / restarts or an adaptive attack"), classes, [*black, *white])
+    num_examples = report.get("num_examples")
+    norms = sorted({classes[n]["norm"] for n in _select(classes, kind=("score_based", "transfer"))})
+    numbers, compared, ok = {}, [], True
+    worst_gap = 0.0
+    for norm in norms:
+        black = _select(classes, kind=("score_based", "transfer"), norm=norm)
+        white = _select(classes, kind=("gradient", "minimum_norm"), norm=norm)
+        if not white:
+            continue
+        compared += [*black, *white]
+        best_black, best_white = min(black.values()), min(white.values())
+        threshold = standalone_threshold(best_white, num_examples)
+        # strictly more than the threshold below; 1e-9 absorbs float noise in the fractions
+        ok = ok and best_black >= best_white - threshold - 1e-9
+        gap = 0.0
+        for name, accuracy in black.items():
+            group = classes[name]["group"]
+            own = [a for n, a in white.items() if group and classes[n]["group"] == group]
+            if own:
+                gap = max(gap, min(own) - accuracy)
+        ok = ok and gap <= SQUARE_TOLERANCE + 1e-9
+        worst_gap = max(worst_gap, gap)
+        suffix = "" if norm == "linf" else f"_{norm}"
+        numbers.update({f"best_black_box{suffix}": best_black, f"best_black_box_attack{suffix}": min(black, key=black.get),
+                        f"best_white_box{suffix}": best_white, f"best_white_box_attack{suffix}": min(white, key=white.get),
+                        f"standalone_threshold_points{suffix}": round(threshold * 100, 4)})
+    if not compared:
+        return _not_applicable("black_box_vs_white_box", "needs a black-box (score-based such as square, or "
+                                                         "transfer) and a white-box attack of the same norm")
+    numbers.update({"worst_cascade_gap_points": round(worst_gap * 100, 4), "threshold_points": SQUARE_TOLERANCE * 100,
+                    "num_examples": num_examples, "classified_from": _classified_from(classes, compared)})
+    return _with_classes(_verdict("black_box_vs_white_box", ok, numbers,
+                    f"a black-box attack should not end below the white-box ones of its norm: more than "
+                    f"{SQUARE_TOLERANCE * 100:g} points inside a cascade (AutoAttack's Square check), or more than two "
+                    f"standard errors of the accuracy for separate attacks: the gradients mislead the white-box "
+                    f"attacks; run Square with more queries / restarts or an adaptive attack"), classes, compared)
 
 
 LOSS_GAP = 0.05  # CE-based robust accuracy this far above the margin/DLR-based one is not noise
@@ -304,7 +330,8 @@ def audit(logits_fn: Callable, x, y, report: dict, eps: float, batch_size: int =
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
     probes = _probes(logits_fn, x, y, report, eps, batch_size, square_queries, seed)
-    combined = {"attacks": {**{k: v for k, v in report["attacks"].items()},
+    combined = {"num_examples": report.get("num_examples", len(y)),
+                "attacks": {**{k: v for k, v in report["attacks"].items()},
                             **{k: v for k, v in probes["attacks"].items() if k not in report["attacks"]}}}
     checks = [check_one_step(combined), check_more_steps(combined), check_black_box(combined),
               check_loss_dependence(combined)]
