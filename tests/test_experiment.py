@@ -282,3 +282,32 @@ def test_each_new_run_flag_changes_the_trained_weights(flag, other, tmp_path_fac
         weights.append([w.numpy() for w in network.weights])
     assert all(np.array_equal(a, b) for a, b in zip(weights[0], weights[2]))  # same flags: same weights
     assert any(not np.array_equal(a, b) for a, b in zip(weights[0], weights[1]))
+
+
+def test_final_numbers_are_measured_on_the_float32_network_that_is_exported(tmp_path_factory, monkeypatch):
+    """A bfloat16 run reported numbers measured on its bfloat16 network while it exported the float32 copy:
+    every network the final measurement sees computes in float32, and metrics.json says which precision trained
+    and which measured. The numbers equal a fresh measurement of the exported SavedModel's logits."""
+    seen = []
+    original = evaluation.pgd_accuracy_fn
+
+    def spying(*args, **kwargs):
+        measure = original(*args, **kwargs)
+
+        def spy(network, x, y):
+            seen.append({layer.compute_dtype for layer in network.layers
+                         if not isinstance(layer, keras.layers.InputLayer)})
+            return measure(network, x, y)
+        return spy
+
+    monkeypatch.setattr(evaluation, "pgd_accuracy_fn", spying)
+    out, metrics, _ = _run(tmp_path_factory, "bf16", defense="pgd", epochs=2, mixed_precision="bfloat16",
+                           val_fraction=0.1, eval_examples=100)
+    final_and_best = seen[-3:]  # final, best robust, best clean (validation measured before them)
+    assert all(dtypes == {"float32"} for dtypes in final_and_best), final_and_best
+    assert metrics["precision"] == {"training": "mixed_bfloat16", "measured": "float32"}
+    from tfadv import export
+    served = export.load_logits_fn(runs.find_saved_model(str(out)))
+    x, y = data.take(data.load("digits").test, 100)
+    clean = float(np.mean(np.argmax(served(tf.constant(x)), -1) == y))
+    assert clean == metrics["final"]["clean_accuracy"]

@@ -327,7 +327,9 @@ def fit(config: TrainConfig, built: Built, log: Callable = print):
 def finish(prepared: Prepared, built: Built, log: Callable = print) -> dict:
     """Final numbers on the test split with PGD-{eval_attack_steps} at the run's eps (the same attack, name and
     per-example randomness as `evaluate.py --attacks=<robust_attack>` on the same examples), for the final
-    weights and each best checkpoint; metrics.json, robust_overfitting.md, the SavedModel and the plots."""
+    weights and each best checkpoint; metrics.json, robust_overfitting.md, the SavedModel and the plots. The
+    numbers are measured on the float32 network that is exported (under --mixed_precision the run trained in
+    bfloat16 / float16; metrics.json's `precision` says both)."""
     config = prepared.config
     out, spec, budget_, v = config.runtime.output_dir, config.spec, config.budget(), config.validation
     norm, swa, network = config.attack.norm, built.swa, built.network
@@ -335,7 +337,7 @@ def finish(prepared: Prepared, built: Built, log: Callable = print) -> dict:
     test_x, test_y = data.take(prepared.splits.test, v.eval_examples)
     attack_name = evaluation.robust_attack_name(v.eval_attack_steps, norm)
     measure = evaluation.pgd_accuracy_fn(budget_.eps, v.eval_attack_steps, norm)
-    final_clean, final_robust = measure(network, test_x, test_y)
+    final_clean, final_robust = measure(export.as_float32(network), test_x, test_y)
     metrics = {
         "defense": config.defense, "dataset": config.data.dataset, "model": config.network.model,
         "eps": budget_.eps, "eps_levels": budget_.level("eps"), "norm": norm, "budget": budget_.to_json(),
@@ -344,6 +346,7 @@ def finish(prepared: Prepared, built: Built, log: Callable = print) -> dict:
                   "attack_seed": evaluation.EVALUATION_SEED,
                   "weights": f"SWA average of {swa.count} epochs" if swa is not None and swa.count else "last epoch"},
         "validation": built.validation_info,
+        "precision": {"training": keras.mixed_precision.global_policy().name, "measured": "float32"},
     }
     what = "SWA-averaged weights (BatchNorm recomputed) once averaging started" if swa is not None else "weights"
     for key, kind, checkpoint in (("best", "robust", "best_robust"), ("best_clean", "clean", "best_clean")):
@@ -352,7 +355,7 @@ def finish(prepared: Prepared, built: Built, log: Callable = print) -> dict:
             continue
         best_network = config.build_network()
         best_network.load_weights(path)
-        best_clean, best_robust = measure(best_network, test_x, test_y)
+        best_clean, best_robust = measure(export.as_float32(best_network), test_x, test_y)
         metrics[key] = {
             **built.validation.best(kind), "clean_accuracy": best_clean, "robust_accuracy": best_robust,
             "robust_attack": attack_name, "num_examples": int(len(test_y)),
