@@ -16,7 +16,7 @@ from tfadv import config as config_lib, experiment, export, runs
 
 # what flags/cifar10_cpu.cfg says it changes with respect to flags/cifar10.cfg, and nothing else
 DOCUMENTED = {"model", "wrn_depth", "wrn_width", "mixed_precision", "epochs", "lr_decay_epochs", "val_fraction",
-              "val_every"}
+              "val_every", "val_attack_steps"}
 
 
 def _parse(argv):
