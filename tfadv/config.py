@@ -549,8 +549,12 @@ class TrainConfig:
     @classmethod
     def from_flags(cls, values: Optional[dict] = None, strict: bool = True, explicit=None, **more) -> "TrainConfig":
         """A config from {flag name: value} (values typed, or strings as in flags.txt). With `strict`, an
-        unknown flag name is a ConfigError; otherwise it is skipped (a flag of another tfadv version)."""
+        unknown flag name is a ConfigError; otherwise it is skipped (a flag of another tfadv version).
+        A `flagfile` value is read as the command line reads it (`from_flagfile`), the other values override it."""
         values = {**(values or {}), **more}
+        if "flagfile" in values:
+            flagfile = values.pop("flagfile")
+            return cls.from_flagfile(flagfile, **values)
         homes = _flag_homes()
         sections = {name: {} for name, _ in SECTIONS}
         method_values = {method.name: {} for method in registry.methods()}
@@ -585,6 +589,23 @@ class TrainConfig:
             for flag, field in method.flags().items():
                 out[flag] = getattr(options, field)
         return out
+
+    @classmethod
+    def from_flagfile(cls, path: str, **overrides) -> "TrainConfig":
+        """What `train.py --flagfile=PATH --name=value ...` builds, from Python: the flagfile is read by the
+        command line's own parser (nested --flagfile lines relative to the working directory, --noname, comments;
+        an unknown or malformed flag is a ConfigError, as the command line refuses it), then `overrides` (flag
+        names) replace what it set, as flags typed after --flagfile do."""
+        from absl import flags
+
+        flag_values = flags.FlagValues()
+        define_flags(flag_values)
+        try:
+            flag_values(["tfadv", f"--flagfile={path}"])
+        except flags.Error as error:
+            raise ConfigError("flagfile", f"{path}: {str(error).splitlines()[0]}") from None
+        config = from_parsed_flags(flag_values, argv=["tfadv", f"--flagfile={path}"])
+        return config.replace(**overrides) if overrides else config
 
     def replace(self, **values) -> "TrainConfig":
         """A copy with some flags changed (by flag name)."""
