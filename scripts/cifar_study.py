@@ -116,11 +116,7 @@ def main(argv):
             build_cossat()
     results = {key: load(key) for key in ROWS}
     cossat = os.path.join(FLAGS.runs_dir, "cossat")
-    text = study_claims.report(ROWS, results, cossat, FLAGS.plots_dir)
-    print(text)
-    if FLAGS.markdown:
-        with open(FLAGS.markdown, "w") as handle:
-            handle.write(text + "\n")
+    studylib.write_markdown(FLAGS.markdown, study_claims.report(ROWS, results, cossat, FLAGS.plots_dir))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def run_row(preset, defense, extra, shapes_dir):
     out = os.path.join(FLAGS.runs_dir, name)
     os.makedirs(out, exist_ok=True)
     extra = re.sub(r"\{([^}]+)\}", lambda m: os.path.join(FLAGS.runs_dir, m.group(1), "run"), extra)  # teachers
-    recipe = studylib.flags_of([f"--flagfile=flags/{preset}.cfg", f"--defense={defense}", *extra.split()])
+    recipe = studylib.flags_of(f"flags/{preset}.cfg", [f"--defense={defense}", *extra.split()])
     data_dir = FLAGS.data_dir if recipe["dataset"] == "cifar10" else shapes_dir
     log = os.path.join(out, "log.txt")
     code, _ = studylib.run(["scripts/train.py", f"--flagfile=flags/{preset}.cfg", f"--defense={defense}",
@@ -69,14 +69,14 @@ def run_row(preset, defense, extra, shapes_dir):
         second = list(csv.DictReader(handle))[-1]
     seconds, images = float(second["epoch_seconds"]), FLAGS.train_examples
     model = recipe["model"]
-    options = ({"depth": int(recipe.get("wrn_depth", 28)), "width": int(recipe.get("wrn_width", 10))}
+    options = ({"depth": int(recipe["wrn_depth"]), "width": int(recipe["wrn_width"])}
                if model == "wide_resnet" else {})
     classes = 100 if recipe["dataset"] == "cifar100" else 10
-    full = studylib.FULL_TRAIN[recipe["dataset"]] * (1 - float(recipe.get("val_fraction", 0.1)))
+    full = studylib.FULL_TRAIN[recipe["dataset"]] * (1 - float(recipe["val_fraction"]))
     epochs = int(recipe["epochs"])
     flops = studylib.forward_flops(model, (32, 32, 3), classes, **options)
     row.update(network=model + (f"-{options['depth']}-{options['width']}" if options else ""),
-               precision=recipe.get("mixed_precision", "none"), images_per_second=images / seconds,
+               precision=recipe["mixed_precision"], images_per_second=images / seconds,
                epoch_seconds=seconds, epoch_images=images, full_epochs=epochs, full_images=int(full),
                cpu_hours=seconds / images * full * epochs / 3600, forward_gflops=flops / 1e9,
                passes=studylib.passes_per_image(recipe),
@@ -112,11 +112,7 @@ def main(argv):
         rows.append(run_row(preset, defense, extra, shapes_dir))
         studylib.write_json(os.path.join(FLAGS.runs_dir, row_name(preset, defense, extra), "row.json"), rows[-1])
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    text = table(rows)
-    print(text)
-    if FLAGS.markdown:
-        with open(FLAGS.markdown, "w") as handle:
-            handle.write(text + "\n")
+    studylib.write_markdown(FLAGS.markdown, table(rows))
 
 
 if __name__ == "__main__":

@@ -16,35 +16,30 @@ GPU_FLOPS = 0.4 * 312e12
 GPU_NAME = "A100 at 40 % of its bf16 peak (125 TFLOP/s)"
 
 
-def read_flagfile(path, values=None):
-    """The flags a flagfile sets (nested --flagfile lines first, later lines win), as {name: value}."""
-    values = {} if values is None else values
-    with open(path) as handle:
-        for line in handle:
-            line = line.strip()
-            if not line.startswith("--"):
-                continue
-            name, _, value = line[2:].partition("=")
-            if name == "flagfile":
-                read_flagfile(os.path.join(ROOT, value) if not os.path.isabs(value) else value, values)
-            elif name.startswith("no") and not _:
-                values[name[2:]] = "false"
-            else:
-                values[name] = value if _ else "true"
-    return values
+def flags_of(flagfile, args):
+    """{flag name: value} of `train.py --flagfile=FLAGFILE ARGS...` (every flag, defaults included), read by the
+    command line's own parser (`TrainConfig.from_flagfile`, nested flagfiles relative to the repository)."""
+    from tfadv.config import TrainConfig
 
-
-def flags_of(args):
-    """{name: value} of a command line's --name=value arguments (flagfiles expanded, later ones win)."""
-    values = {}
+    overrides = {}
     for arg in args:
-        if arg.startswith("--flagfile="):
-            read_flagfile(os.path.join(ROOT, arg.split("=", 1)[1]), values)
-        elif arg.startswith("--"):
-            name, eq, value = arg[2:].partition("=")
-            values[name[2:] if not eq and name.startswith("no") else name] = (
-                value if eq else ("false" if name.startswith("no") else "true"))
-    return values
+        name, equals, value = arg[2:].partition("=")
+        overrides[name[2:] if not equals and name.startswith("no") else name] = (
+            value if equals else str(not name.startswith("no")).lower())
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        return TrainConfig.from_flagfile(flagfile, **overrides).flat()
+    finally:
+        os.chdir(cwd)
+
+
+def write_markdown(path, text):
+    """Prints `text` and, with a `path`, writes it there too."""
+    print(text)
+    if path:
+        with open(path, "w") as handle:
+            handle.write(text + "\n")
 
 
 def run(args, log_path, done_path):
