@@ -201,6 +201,9 @@ def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
     splits = data.load(d.dataset, d.data_dir, d.val_fraction, d.download)
     if d.train_examples > 0:
         splits.train = data.take(splits.train, d.train_examples)
+    batch_size = config.optimization.batch_size
+    if data.steps_per_epoch(len(splits.train[0]), batch_size) < 1:  # refused before anything is written or removed
+        raise ConfigError("batch_size", f"{batch_size} exceeds the {len(splits.train[0])} training examples")
     set_precision(config)
     # a wrong teacher fails here, before anything is written
     distillation, teacher_records = build_distillation(config, log)
@@ -214,22 +217,18 @@ def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
 
 
 def build(prepared: Prepared, log: Callable = print) -> Built:
-    """Creates the run directory (flags.txt first), the network, the method's trainer, the optimizer, the
-    callbacks (SWA before robust validation, the resumable checkpoint last) and the input pipeline."""
+    """Builds the network, the method's trainer and the optimizer (anything these refuse is refused before the
+    run directory is touched: a finished run under --overwrite is removed only then), then creates the run
+    directory (flags.txt first), the callbacks (SWA before robust validation, the resumable checkpoint last) and
+    the input pipeline."""
     config, splits = prepared.config, prepared.splits
     o, rt = config.optimization, config.runtime
     out, spec, budget_ = rt.output_dir, config.spec, config.budget()
-    if rt.overwrite and os.path.isdir(out):
-        runs.remove_training_outputs(out)  # an evaluation's report.json, report.md, eval/ ... stay
-    os.makedirs(out, exist_ok=True)
-    runs.atomic_write(runs.flags_path(out), config.to_flagfile())
     keras.utils.set_random_seed(rt.seed)
     jit = distribute.resolve_jit(config, log)
     strategy = prepared.strategy
 
-    steps = data.steps_per_epoch(len(splits.train[0]), o.batch_size)
-    if steps < 1:
-        raise ConfigError("batch_size", f"{o.batch_size} exceeds the {len(splits.train[0])} training examples")
+    steps = data.steps_per_epoch(len(splits.train[0]), o.batch_size)  # >= 1: checked in prepare
     updates = steps * config.updates_per_batch()
     with strategy.scope():
         network = config.build_network()
@@ -240,6 +239,10 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
         trainer.compile(optimizer=optimizer, jit_compile=jit)
         optimizer.build(network.trainable_variables)
 
+    if rt.overwrite and os.path.isdir(out):
+        runs.remove_training_outputs(out)  # an evaluation's report.json, report.md, eval/ ... stay
+    os.makedirs(out, exist_ok=True)
+    runs.atomic_write(runs.flags_path(out), config.to_flagfile())
     os.makedirs(runs.checkpoints_dir(out), exist_ok=True)
     validation, validation_info, best_paths, swa = _validation(config, splits, network, log)
     # Every worker continues from the run directory's checkpoint (a non-chief one saves to its temporary

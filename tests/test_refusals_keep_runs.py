@@ -1,0 +1,41 @@
+"""A refused command never costs a finished run and never writes: a value that can only be checked once the data
+is loaded (--batch_size larger than the training split, --train_examples smaller than a batch) is refused before
+--overwrite removes anything and before flags.txt is written (Boundary II: it deleted a finished run's 31 files,
+rewrote flags.txt, then exited 2; the corrected rerun was then refused as "an interrupted run with other flags")."""
+
+import os
+
+import pytest
+
+from tfadv import experiment
+from tfadv.config import ConfigError, TrainConfig
+
+QUIET = dict(log=lambda *_: None)
+VALUES = dict(dataset="digits", model="linear", defense="natural", epochs=1, batch_size=64, val_fraction=0.0,
+              val_examples=50, eval_examples=50)
+
+
+def _files(path):
+    return sorted((os.path.relpath(os.path.join(d, f), path), os.path.getmtime(os.path.join(d, f)))
+                  for d, _, names in os.walk(path) for f in names)
+
+
+@pytest.mark.parametrize("bad", [dict(batch_size=5000), dict(train_examples=5)])
+def test_overwrite_with_a_value_refused_after_loading_keeps_the_finished_run(tmp_path, bad):
+    out = tmp_path / "run"
+    experiment.train(TrainConfig.from_flags(**VALUES, output_dir=str(out)), **QUIET)
+    before = _files(out)
+    assert any(name == "metrics.json" for name, _ in before)
+    with pytest.raises(ConfigError) as info:
+        experiment.train(TrainConfig.from_flags(**{**VALUES, **bad}, output_dir=str(out), overwrite=True), **QUIET)
+    assert info.value.flag == "batch_size"
+    assert _files(out) == before  # every file still there, none rewritten (flags.txt included)
+
+
+def test_a_refused_first_run_writes_nothing_and_the_corrected_one_starts_cleanly(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError):
+        experiment.train(TrainConfig.from_flags(**{**VALUES, "batch_size": 5000}, output_dir=str(out)), **QUIET)
+    assert not out.exists()
+    metrics = experiment.train(TrainConfig.from_flags(**VALUES, output_dir=str(out)), **QUIET)
+    assert metrics["final"]["num_examples"] == 50
