@@ -39,3 +39,19 @@ def test_a_refused_first_run_writes_nothing_and_the_corrected_one_starts_cleanly
     assert not out.exists()
     metrics = experiment.train(TrainConfig.from_flags(**VALUES, output_dir=str(out)), **QUIET)
     assert metrics["final"]["num_examples"] == 50
+
+
+def test_a_diverged_run_never_ships(tmp_path):
+    """--lr=1e6: every rerun of the same command (what the README says to do after an interruption) refuses
+    again; the NaN epoch is never checkpointed as completed, so no rerun "finishes" the run and exports NaN
+    weights (it did after three reruns: exit 0, a SavedModel with NaN weights and a metrics.json)."""
+    from tfadv import runs
+    from tfadv.experiment import RunError
+
+    out = tmp_path / "run"
+    config = TrainConfig.from_flags(**{**VALUES, "epochs": 3, "lr": 1e6}, output_dir=str(out))
+    for _ in range(4):
+        with pytest.raises(RunError, match="diverged"):
+            experiment.train(config, **QUIET)
+        assert not os.path.exists(runs.metrics_path(str(out)))
+        assert runs.find_saved_model(str(out)) is None

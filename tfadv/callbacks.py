@@ -234,8 +234,20 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         return int(self.epoch.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
+        # A diverged epoch (non-finite loss or weights) is never checkpointed as completed: a rerun resumes from
+        # the last finite one instead of "finishing" a run with NaN weights.
+        loss = (logs or {}).get("loss")
+        if (loss is not None and not np.isfinite(float(loss))) or not weights_finite(self.model):
+            return
         self.epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
+
+
+def weights_finite(model) -> bool:
+    """Every weight of `model` (a Keras model, or None: True) is finite."""
+    if model is None:
+        return True
+    return all(bool(np.all(np.isfinite(np.asarray(w)))) for w in model.get_weights())
 
 
 class EpochLog(keras.callbacks.Callback):

@@ -18,7 +18,7 @@ import numpy as np
 
 from tfadv import data, distribute, evaluation, export, runs, training
 from tfadv.callbacks import (EpochLog, ResumableCheckpoint, RobustValidation, StochasticWeightAveraging,
-                             make_schedule, schedule_curve)
+                             make_schedule, schedule_curve, weights_finite)
 from tfadv.config import ConfigError, TrainConfig, read_flagfile
 
 
@@ -320,8 +320,8 @@ def fit(config: TrainConfig, built: Built, log: Callable = print):
         progress = 1 if sys.stdout.isatty() else 0
         built.trainer.fit(built.train_ds, epochs=epochs, initial_epoch=built.initial_epoch,
                           steps_per_epoch=built.steps, callbacks=built.callbacks, verbose=progress, shuffle=False)
-    if built.trainer.stop_training and not np.isfinite(_last_loss(out)):
-        raise RunError(_divergence_message(out))
+    if (built.trainer.stop_training and not np.isfinite(_last_loss(out))) or not weights_finite(built.network):
+        raise RunError(_divergence_message(out))  # nothing is exported, no metrics.json: the run is not finished
     if built.swa is not None and built.swa.apply_average():
         log(f"SWA: evaluating and exporting the average of {built.swa.count} epochs (BatchNorm recomputed)")
     built.network.save_weights(runs.checkpoint_path(out, "final"))
