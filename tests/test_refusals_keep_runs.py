@@ -55,3 +55,17 @@ def test_a_diverged_run_never_ships(tmp_path):
             experiment.train(config, **QUIET)
         assert not os.path.exists(runs.metrics_path(str(out)))
         assert runs.find_saved_model(str(out)) is None
+
+
+def _history(robust):
+    return [{"epoch": str(i), "accuracy": "0.9", "val_robust_accuracy": str(r)} for i, r in enumerate(robust)]
+
+
+def test_a_collapse_of_robust_accuracy_is_a_loud_warning():
+    """BAT (one step) at MNIST's eps 0.3 reached 14.5 % robust validation accuracy at epoch 5, then about 2 % for
+    50 epochs, exit 0 and no word. Catastrophic overfitting now warns; an ordinary plateau or wobble does not."""
+    collapsed = experiment._collapse_warnings(_history([0.05, 0.10, 0.145, 0.03, 0.02, 0.02]))
+    assert len(collapsed) == 1 and "0.145 at epoch 3" in collapsed[0] and "0.020 at epoch 6" in collapsed[0]
+    assert experiment._collapse_warnings(_history([0.20, 0.30, 0.34, 0.31, 0.30])) == []  # robust overfitting
+    assert experiment._collapse_warnings(_history([0.05, 0.06, 0.02])) == []  # under 10 points: noise
+    assert experiment._collapse_warnings(_history([0.30])) == []
