@@ -56,6 +56,11 @@ def main(argv):
     cli.quiet_logging()
     path = runs.find_saved_model(FLAGS.model_dir or "") or cli.fail(
         f"--model_dir={FLAGS.model_dir}: no SavedModel there" if FLAGS.model_dir else "--model_dir is required")
+    if FLAGS["attacks"].present and not FLAGS.attacks and not FLAGS.suite:
+        cli.fail("--attacks: empty; name at least one attack (e.g. --attacks=pgd20) or a --suite: an evaluation "
+                 "without attacks measures no robustness")
+    if FLAGS.examples and FLAGS["num_examples"].present:
+        cli.fail("--num_examples: not used with --examples (every example of the file is evaluated); drop one of them")
     try:  # every flag first: no model loaded, no attack run, no file touched for a bad one
         api.check_arguments(batch_size=FLAGS.eval_batch_size, **{k: FLAGS[k].value for k in CHECKED})
         given = _examples() if FLAGS.examples else None

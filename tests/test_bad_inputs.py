@@ -52,6 +52,13 @@ CASES = [
     ("eval-eot-iter-0", "evaluate.py", ["--attacks=apgd_ce", "--eot_iter=0"], "--eot_iter"),
     ("eval-num-examples-minus-2", "evaluate.py", ["--num_examples=-2"], "--num_examples"),
     ("eval-class-count-differs", "evaluate.py", ["--dataset=cifar100", "--eps=8"], "--dataset"),
+    # an evaluation never reports a robustness it did not measure (Boundary II)
+    ("eval-attacks-empty", "evaluate.py", ["--attacks="], "--attacks"),
+    ("eval-eps-0", "evaluate.py", ["--eps=0", "--attacks=pgd20"], "--eps"),
+    ("eval-eps-l2-beyond-every-image", "evaluate.py", ["--eps_l2=1e6"], "--eps_l2"),
+    ("eval-eps-l1-beyond-every-image", "evaluate.py", ["--eps_l1=1e9"], "--eps_l1"),
+    ("eval-num-examples-with-examples", "evaluate.py", ["--examples={npz:nan}", "--num_examples=10"], "--num_examples"),
+    ("eval-dataset-of-another-shape", "evaluate.py", ["--dataset=cifar10"], "--dataset"),
     # evaluate.py: --examples files
     ("eval-labels-out-of-range", "evaluate.py", ["--examples={npz:label_10}"], "--examples"),
     ("eval-labels-negative", "evaluate.py", ["--examples={npz:negative}"], "--examples"),

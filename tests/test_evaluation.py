@@ -188,3 +188,17 @@ def test_evaluate_script_runs_one_attack_once_whatever_its_spelling(natural_mlp,
                       "--num_examples=30", "--noprogress", "--noaudit", f"--output={tmp_path / 'both.json'}")
     assert both.returncode == 2 and "error: --attacks: apgd_ce is asked for both alone" in both.stderr
     assert not (tmp_path / "both.json").exists()
+
+
+def test_labels_the_model_gets_at_chance_are_a_loud_warning(natural_mlp, digits):
+    """Labels rolled by one gave 3.3 % clean accuracy and robust numbers with no word: the report now warns that
+    the labels may not be the model's; the model's own labels do not."""
+    x, y = digits.test[0][:150], digits.test[1][:150]
+    budget = EPS
+    rolled = evaluation.evaluate_model(natural_mlp, x, (y + 1) % 10, ["fgsm"], budget=budget, audit=False,
+                                       progress=False, log=lambda *_: None)
+    assert rolled["clean_accuracy"] < 0.15
+    assert any("chance level" in w and "labels" in w for w in rolled["warnings"])
+    honest = evaluation.evaluate_model(natural_mlp, x, y, ["fgsm"], budget=budget, audit=False, progress=False,
+                                       log=lambda *_: None)
+    assert "warnings" not in honest

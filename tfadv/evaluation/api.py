@@ -117,6 +117,9 @@ def check_shard(shard, total: Optional[int] = None, audit: Optional[bool] = None
     return parsed
 
 
+CHANCE_MARGIN = 0.05  # clean accuracy within 5 points of chance: the model does not know these labels
+
+
 def check_examples(x, y, num_classes: Optional[int] = None, flag: str = "--examples"):
     """EvaluationError naming `flag` unless (x, y) pass `tfadv.data.check_arrays` (the one check of a user's
     examples: non-empty NHWC finite pixels in [0, 1], integer class indices below `num_classes` when given)."""
@@ -225,6 +228,19 @@ def evaluation_budget(metadata: dict, dataset: Optional[str] = None, eps: Option
             spec = data.get_spec(name)
         except ValueError as error:
             raise EvaluationError(f"--dataset: {error}") from None
+    # the dataset must be the model's before any unit is read from it (a digits model with --dataset=cifar10 was
+    # refused with a message about eps units instead of the mismatch)
+    recorded_shape = metadata.get("image_shape")
+    if name is not None and recorded_shape is not None and tuple(recorded_shape) != tuple(spec.image_shape):
+        raise EvaluationError(f"--dataset: the model takes images of shape {tuple(recorded_shape)} but {spec.name} "
+                              f"has {tuple(spec.image_shape)}")
+    recorded_classes = metadata.get("num_classes")
+    if name is not None and recorded_classes is not None and int(recorded_classes) != spec.num_classes:
+        raise EvaluationError(f"--dataset: the model has {recorded_classes} classes but {spec.name} has "
+                              f"{spec.num_classes}")
+    if eps is not None and eps == 0:
+        raise EvaluationError("--eps: 0 measures clean accuracy, not robustness; give a positive radius in pixel "
+                              f"levels of {spec.name}")
     levels = recorded_eps_levels(metadata, spec) if eps is None else eps
     try:
         result = config.budget(spec, eps=levels, eps_l2=eps_l2, eps_l1=eps_l1, attack_step_size=attack_step_size)
@@ -233,10 +249,13 @@ def evaluation_budget(metadata: dict, dataset: Optional[str] = None, eps: Option
     if not result.eps <= 1:
         raise EvaluationError(f"--eps: {levels} is outside the pixel range of {spec.name} (0..{spec.pixel_max:g} "
                               f"levels)")
-    recorded_classes = metadata.get("num_classes")
-    if name is not None and recorded_classes is not None and int(recorded_classes) != spec.num_classes:
-        raise EvaluationError(f"--dataset: the model has {recorded_classes} classes but {spec.name} has "
-                              f"{spec.num_classes}")
+    features = math.prod(spec.image_shape)
+    # the largest l2 / l1 distance between two images in [0, 1]^d: sqrt(d) and d (fractions of the pixel range)
+    for flag, value, largest in (("eps_l2", eps_l2, math.sqrt(features)), ("eps_l1", eps_l1, float(features))):
+        if value is not None and not result.fraction(flag) <= largest:
+            raise EvaluationError(f"--{flag}: {value:g} pixel levels is beyond the largest {flag[4:]} distance between "
+                                  f"two {spec.name} images ({largest * spec.pixel_max:.6g} levels): the ball holds "
+                                  f"every image")
     return spec, result
 
 
@@ -461,6 +480,13 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     if jit_compile:
         report["jit_compile"] = True
     say(reports.format_table(report))
+    chance = 1.0 / num_classes
+    if shard is None and report["clean_accuracy"] <= chance + CHANCE_MARGIN:
+        # labels that do not belong to the model (another dataset, labels rolled by one) look like a fragile model
+        warning = (f"clean accuracy {report['clean_accuracy']:.3f} is at chance level ({chance:.3f}): the labels may "
+                   f"not be the model's (another dataset or label order?); the robust accuracies measure nothing")
+        report.setdefault("warnings", []).append(warning)
+        say(f"WARNING: {warning}")
     if audit:
         from tfadv.evaluation import audit as audit_lib
 
