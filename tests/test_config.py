@@ -194,3 +194,13 @@ def test_a_flagfile_with_an_unknown_flag_is_refused_in_python_as_on_the_command_
     with pytest.raises(ConfigError) as info:
         TrainConfig.from_flagfile(str(path))
     assert info.value.flag == "flagfile" and "bat_step_sz" in str(info.value)
+
+
+def test_flags_the_run_would_not_apply_are_refused_when_typed():
+    """Accepted and not applied (Boundary II): a typed --lr_decay_epochs entry at or after the last epoch (the
+    rate never decays). From a flagfile it stays accepted: a shorter --epochs may cut a preset's schedule."""
+    with pytest.raises(ConfigError) as info:
+        _parse(["--flagfile=flags/digits.cfg", "--epochs=1", "--lr_decay_epochs=100", "--output_dir=x"]).validate()
+    assert info.value.flag == "lr_decay_epochs" and "never decay" in str(info.value)
+    _parse(["--flagfile=flags/cifar10.cfg", "--epochs=2", "--output_dir=x"]).validate()  # the preset's 100,150
+    _parse(["--flagfile=flags/digits.cfg", "--epochs=5", "--lr_decay_epochs=4", "--output_dir=x"]).validate()

@@ -174,6 +174,14 @@ class OptimizerSection:
             raise ConfigError("lr_peak_fraction", f"must be in (0, 1), got {self.lr_peak_fraction}")
         if any(e < 1 for e in self.lr_decay_epochs):
             raise ConfigError("lr_decay_epochs", f"epochs must be positive, got {self.lr_decay_epochs}")
+        # typed (not from a flagfile, whose schedule a shorter --epochs may cut): a decay at or after the last
+        # epoch never happens, so the flag would be accepted and not applied
+        typed = run.explicit is None or "lr_decay_epochs" in run.explicit
+        late = [e for e in self.lr_decay_epochs if e >= self.epochs]
+        if typed and late and self.lr_schedule == "piecewise":
+            raise ConfigError("lr_decay_epochs", f"{late} is not before the end of training (--epochs={self.epochs}; "
+                                                 f"a decay at epoch e applies from the (e+1)-th epoch on): the rate "
+                                                 f"would never decay there")
 
 
 @dataclasses.dataclass
