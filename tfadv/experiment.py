@@ -134,18 +134,23 @@ def _plot(history, schedule, config: TrainConfig, updates_per_epoch: int, plots_
 
     rows = [r for r in history if r.get("val_robust_accuracy") not in (None, "", "nan", "NA")]
     if rows:
-        fig, ax = plt.subplots(figsize=(5, 3))
+        fig, ax = plt.subplots(figsize=(6, 3.4))
         x = [int(r["epoch"]) + 1 for r in rows]
-        ax.plot(x, [float(r["val_clean_accuracy"]) for r in rows], label="clean (SA)")
+        where = "held-out" if config.data.val_fraction > 0 else "test (monitoring)"
+        budget_ = config.budget()
+        radius = (f"eps {budget_.level('eps'):g}/{config.spec.pixel_max:g}" if config.attack.norm == "linf"
+                  else f"{config.attack.norm} eps {budget_.eps:.3g}")
+        ax.plot(x, [float(r["val_clean_accuracy"]) for r in rows], label=f"{where}: clean (SA)")
         ax.plot(x, [float(r["val_robust_accuracy"]) for r in rows],
-                label=f"PGD-{config.validation.val_attack_steps} (RA)")
+                label=f"{where}: PGD-{config.validation.val_attack_steps} (RA)")
+        trained_on = "clean" if config.method.clean else "the method's training inputs (adversarial)"
         ax.plot([int(r["epoch"]) + 1 for r in history], [float(r["accuracy"]) for r in history],
-                label="training batches", alpha=0.6)
+                label=f"training batches: {trained_on}", alpha=0.6)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
-        ax.legend()
-        ax.set_title(f"{config.defense} on {config.data.dataset}")
+        ax.legend(fontsize=7)
+        ax.set_title(f"{config.defense} on {config.data.dataset} ({config.network.model}), {radius}", fontsize=9)
         fig.tight_layout()
         fig.savefig(os.path.join(plots_dir, runs.ACCURACY_PLOT), dpi=120)
         plt.close(fig)
