@@ -116,8 +116,8 @@ def pytest_xdist_auto_num_workers(config):
 LONGEST_FIRST = ("test_end_to_end.py", "test_apgd.py", "test_attack_batches.py", "test_first_run.py",
                  "test_experiment.py", "test_parity.py", "test_cossat.py", "test_attack_xla.py", "test_outer_loss.py",
                  "test_multi_worker.py", "test_evaluation.py", "test_training_randomness.py", "test_square.py",
-                 "test_training.py", "test_xla_training.py", "test_fab.py", "test_audit.py", "test_cossat_build.py",
-                 "test_cw.py", "test_float16_training.py")
+                 "test_training.py", "test_xla_training.py", "test_presets.py", "test_fab.py", "test_audit.py",
+                 "test_cossat_build.py", "test_cw.py", "test_float16_training.py")
 
 
 def pytest_collection_modifyitems(config, items):
