@@ -10,11 +10,18 @@ dependency; this script exists only to measure against.
 
 import argparse
 import json
+import sys
 import time
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ModuleNotFoundError:
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    sys.exit("error: benchmark_torch.py needs PyTorch, which tfadv does not install: pip install torch==2.13.0")
 
 
 class PreActBlock(nn.Module):

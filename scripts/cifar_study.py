@@ -18,6 +18,7 @@ import re
 from absl import app, flags
 
 import study_claims
+from tfadv import cli
 import studylib
 
 flags.DEFINE_string("data_dir", None, "the CIFAR-10 subset as a tensorflow-datasets directory (build_tfds.py)")
@@ -120,4 +121,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags_or_exit)

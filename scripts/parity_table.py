@@ -11,7 +11,7 @@ import time
 
 from absl import app, flags
 
-from tfadv import distribute
+from tfadv import cli, distribute
 
 flags.DEFINE_integer("steps", 4, "global batches per epoch")
 flags.DEFINE_list("modes", list(distribute.PARITY_MODES), f"among {', '.join(distribute.PARITY_MODES)}")
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags_or_exit)

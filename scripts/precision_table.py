@@ -7,6 +7,7 @@ for an overflow, without and with XLA, beside the float32 loss. A Dense-BatchNor
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -72,4 +73,9 @@ def main():
 
 
 if __name__ == "__main__":
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
+    if len(sys.argv) > 1:
+        sys.exit(f"error: precision_table.py takes no arguments, got {sys.argv[1:]}")
     main()

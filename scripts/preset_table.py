@@ -15,6 +15,7 @@ import re
 from absl import app, flags
 
 import studylib
+from tfadv import cli
 from tfadv.training import registry
 
 flags.DEFINE_string("data_dir", None, "the CIFAR-10 subset as a tensorflow-datasets directory (build_tfds.py)")
@@ -116,4 +117,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags_or_exit)

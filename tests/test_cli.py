@@ -5,6 +5,7 @@ import os
 import pytest
 
 import script_server
+from conftest import ROOT
 
 from tfadv import experiment
 from tfadv.config import ConfigError, TrainConfig
@@ -137,3 +138,14 @@ def test_bat_flags_are_validated(tmp_path):
         with pytest.raises(ConfigError) as info:
             _config(tmp_path, **overrides).validate()
         assert info.value.flag == flag, (flag, str(info.value))
+
+
+@pytest.mark.parametrize("script", sorted(name for name in os.listdir(os.path.join(ROOT, "scripts"))
+                                          if name.endswith(".py") and name not in ("studylib.py", "study_claims.py")))
+def test_help_exits_0_and_names_the_scripts_flags(script):
+    """`--help` is not an error: absl printed the help and exited 1; precision_table.py ignored it and ran the whole
+    table; benchmark_torch.py without PyTorch died on its import (Boundary II)."""
+    result = run_script(script, "--help", timeout=120)
+    assert result.returncode == 0, (script, result.returncode, result.stderr[-500:])
+    assert "--" in result.stdout or script in ("precision_table.py", "benchmark_torch.py"), result.stdout[-500:]
+    assert len(result.stdout) > 100

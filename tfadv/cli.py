@@ -168,11 +168,19 @@ def parse_flags_or_exit(argv):
     return _parse(argv)
 
 
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+
+
 def _parse(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
         fail(str(error))
+    except SystemExit:
+        # absl prints the help asked for and exits 1; asking for help is not an error
+        if any(arg in HELP_FLAGS for arg in argv[1:]):
+            sys.exit(0)
+        raise
 
 
 def training_flagfile_parser(argv):
