@@ -9,6 +9,7 @@ Finished rows are skipped, so the table can be built in parts.
 """
 
 import csv
+import json
 import os
 import re
 
@@ -24,6 +25,7 @@ flags.DEFINE_integer("train_examples", 256, "training images per short epoch (th
 flags.DEFINE_integer("autoattack_examples", 8, "test images for evaluate.py --suite=autoattack")
 flags.DEFINE_list("only", [], "rows to run (their names, e.g. cifar10-pgd); default all")
 flags.DEFINE_string("markdown", None, "also write the table here")
+flags.DEFINE_boolean("report_only", False, "run nothing: tabulate the rows already finished (row.json)")
 FLAGS = flags.FLAGS
 
 EXTRA = {"fgsm_rs": "--step_size=10", "free": "--step_size=8 --epochs=25",  # the cifar10.cfg comments' commands
@@ -85,15 +87,25 @@ def run_row(preset, defense, extra, shapes_dir):
     return row
 
 
+def pending(preset, defense, extra):
+    return {"name": row_name(preset, defense, extra), "preset": preset, "defense": defense, "extra": extra,
+            "stage": "pending"}
+
+
 def table(rows):
     lines = [f"| preset | defense | network | end to end | img/s (2nd epoch) | s per epoch of {FLAGS.train_examples} "
              f"| full recipe: epochs x images | this CPU | GPU ({studylib.GPU_NAME}) |", "|" + " --- |" * 9]
     for r in rows:
+        extra = "+ KD + SWA" if "kd_adv" in r["extra"] else r["extra"]
+        if r["stage"] == "pending":
+            lines.append(f"| {r['preset']} | {r['defense']} {extra} | | not run yet (the command resumes here) "
+                         f"| | | | | |")
+            continue
         if r["stage"] != "done":
-            lines.append(f"| {r['preset']} | {r['defense']} {r['extra']} | | FAILED at {r['stage']}: "
+            lines.append(f"| {r['preset']} | {r['defense']} {extra} | | FAILED at {r['stage']}: "
                          f"{r.get('failure', '')} | | | | | |")
             continue
-        lines.append(f"| {r['preset']} | {r['defense']} {'+ KD + SWA' if 'kd_adv' in r['extra'] else r['extra']} | "
+        lines.append(f"| {r['preset']} | {r['defense']} {extra} | "
                      f"{r['network']} ({r['precision']}) | train, PGD-20, SavedModel, AutoAttack | "
                      f"{r['images_per_second']:.1f} | {r['epoch_seconds']:.0f} | {r['full_epochs']} x "
                      f"{r['full_images']} | {r['cpu_hours']:.0f} h | {r['gpu_hours'] * 60:.0f} min |")
@@ -105,10 +117,15 @@ def main(argv):
     if not FLAGS.data_dir or not FLAGS.runs_dir:
         raise app.UsageError("--data_dir and --runs_dir are required")
     shapes_dir = os.path.join(FLAGS.runs_dir, "shapes")
-    studylib.make_shape_dirs(FLAGS.data_dir, shapes_dir)
+    if not FLAGS.report_only:
+        studylib.make_shape_dirs(FLAGS.data_dir, shapes_dir)
     rows = []
     for preset, defense, extra in ROWS:
         if FLAGS.only and row_name(preset, defense, extra) not in FLAGS.only:
+            continue
+        saved = os.path.join(FLAGS.runs_dir, row_name(preset, defense, extra), "row.json")
+        if FLAGS.report_only:
+            rows.append(json.load(open(saved)) if os.path.exists(saved) else pending(preset, defense, extra))
             continue
         rows.append(run_row(preset, defense, extra, shapes_dir))
         studylib.write_json(os.path.join(FLAGS.runs_dir, row_name(preset, defense, extra), "row.json"), rows[-1])
