@@ -124,3 +124,20 @@ def pytest_collection_modifyitems(config, items):
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
     order = {id(item): index for index, item in enumerate(items)}
     items.sort(key=lambda item: (rank.get(os.path.basename(str(item.fspath)), len(rank)), order[id(item)]))
+
+
+def parse_training_flags(argv):
+    """The TrainConfig `train.py ARGV` builds, parsed in-process (flagfiles are named relative to the repository)."""
+    from absl import flags
+
+    from tfadv import config as config_lib
+
+    values = flags.FlagValues()
+    config_lib.define_flags(values)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        values(["train.py", *argv])
+    finally:
+        os.chdir(cwd)
+    return config_lib.from_parsed_flags(values, argv=["train.py", *argv])

@@ -10,9 +10,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
-from conftest import ROOT
+from conftest import ROOT, parse_training_flags
 from tfadv import config as config_lib, experiment, losses, runs, training
 from tfadv.config import ConfigError, TrainConfig
 from tfadv.training import registry
@@ -21,16 +20,7 @@ BEFORE = os.path.join(ROOT, "tests", "data", "flag_configs_before.json")
 BEFORE_DERIVED = os.path.join(ROOT, "tests", "data", "flag_configs_before_derived.json")
 
 
-def _parse(argv):
-    values = flags.FlagValues()
-    config_lib.define_flags(values)
-    cwd = os.getcwd()
-    os.chdir(ROOT)  # flagfiles name each other relative to the repository
-    try:
-        values(["train.py", *argv])
-    finally:
-        os.chdir(cwd)
-    return config_lib.from_parsed_flags(values, argv=["train.py", *argv])
+_parse = parse_training_flags
 
 
 def _cases():

@@ -4,31 +4,20 @@ crop + flip, a BatchNorm WideResNet in mixed bfloat16, the SavedModel) trains, e
 mock data (the real subset is never needed by the tests)."""
 
 import json
-import os
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import flags
 
-from conftest import ROOT
-from tfadv import config as config_lib, experiment, export, runs
+from conftest import parse_training_flags
+from tfadv import experiment, export, runs
 
 # what flags/cifar10_cpu.cfg says it changes with respect to flags/cifar10.cfg, and nothing else
 DOCUMENTED = {"model", "wrn_depth", "wrn_width", "mixed_precision", "epochs", "lr_decay_epochs", "val_fraction",
               "val_every", "val_attack_steps"}
 
 
-def _parse(argv):
-    values = flags.FlagValues()
-    config_lib.define_flags(values)
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        values(["train.py", *argv])
-    finally:
-        os.chdir(cwd)
-    return config_lib.from_parsed_flags(values, argv=["train.py", *argv])
+_parse = parse_training_flags
 
 
 def test_cpu_preset_changes_only_the_network_and_schedule_it_documents():
