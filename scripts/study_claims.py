@@ -80,6 +80,14 @@ def combine(verdicts):
     return "not reproduced" if all(v.startswith("not") for v in verdicts) else "mixed"
 
 
+def gain(better, base):
+    """(evidence, [PGD-20 verdict, AutoAttack verdict]) of the claim that `better` beats `base` under both."""
+    d20, e20 = compare(better, base, "pgd20")
+    daa, eaa = compare(better, base, "aa", "aa_n")
+    return (f"PGD-20 {100 * d20:+.1f} ± {100 * e20:.1f}, AA {100 * daa:+.1f} ± {100 * eaa:.1f}",
+            [verdict(d20, e20), verdict(daa, eaa)])
+
+
 def claims(rows, labels):
     """(claim, evidence, verdict) for each paper's claim, from the finished rows' numbers (`labels`: every row's)."""
     out = []
@@ -135,19 +143,13 @@ def claims(rows, labels):
             out.append((f"003/004: {labels[key]} alone gains robustness", "", "pending"))
         top = "pgd_" + key
         if need("pgd", top):
-            p, q = rows["pgd"], rows[top]
-            d20, e20 = compare(q, p, "pgd20")
-            daa, eaa = compare(q, p, "aa", "aa_n")
-            out.append((f"003/004: {labels[key]} on top of PGD-AT raises robustness", f"PGD-20 {100 * d20:+.1f} ± {100 * e20:.1f}"
-                        f", AA {100 * daa:+.1f} ± {100 * eaa:.1f}", combine([verdict(d20, e20), verdict(daa, eaa)])))
+            evidence, verdicts = gain(rows[top], rows["pgd"])
+            out.append((f"003/004: {labels[key]} on top of PGD-AT raises robustness", evidence, combine(verdicts)))
         else:
             out.append((f"003/004: {labels[key]} on top of PGD-AT raises robustness", "", "pending"))
     if need("free", "ssat"):
-        f, s = rows["free"], rows["ssat"]
-        d20, e20 = compare(s, f, "pgd20")
-        daa, eaa = compare(s, f, "aa", "aa_n")
-        out.append(("000: SSAT beats Free-AT at the same replays", f"PGD-20 {100 * d20:+.1f} ± {100 * e20:.1f}, AA "
-                    f"{100 * daa:+.1f} ± {100 * eaa:.1f}", combine([verdict(d20, e20), verdict(daa, eaa)])))
+        evidence, verdicts = gain(rows["ssat"], rows["free"])
+        out.append(("000: SSAT beats Free-AT at the same replays", evidence, combine(verdicts)))
     else:
         out.append(("000: SSAT beats Free-AT at the same replays", "", "pending"))
     return out
