@@ -30,7 +30,7 @@ flags.DEFINE_string("markdown", None, "also write the tables here")
 flags.DEFINE_string("plots_dir", None, "write the figures here")
 FLAGS = flags.FLAGS
 
-SSAT = "--lr_schedule=cyclic --lr=0.04 --lr_peak_fraction=0.5 --epochs=4 --step_size=8"  # paper 000 App. J, 4 passes
+SSAT = "--lr_schedule=cyclic --lr=0.04 --lr_peak_fraction=0.5 --epochs=4"  # paper 000 App. J, 4 passes
 LS = {"sls": "SLS", "als": "ALS", "bls": "BLS", "sbls": "SBLS"}
 # key: (label, flags on top of flags/cifar10_cpu.cfg); {key} is that row's run directory. Cheapest and most
 # needed first: the teachers and the baselines, then each paper's rows.
@@ -39,8 +39,8 @@ ROWS = {
     "pgd": ("PGD-AT", "--defense=pgd"),
     "bat": ("BAT (R-MC-LA)", "--defense=bat --bat_step_size=8 --bat_beta=9 --bat_gamma=0.01"),
     "trades": ("TRADES (beta 6)", "--defense=trades --trades_beta=6"),
-    "fgsm_rs": ("FGSM-RS (alpha 1.25 eps)", "--defense=fgsm_rs --step_size=10"),
-    "free": ("Free-AT (m 8, step eps)", f"--defense=free --free_replays=8 {SSAT}"),
+    "fgsm_rs": ("FGSM-RS (alpha 1.25 eps)", "--defense=fgsm_rs"),  # --fgsm_rs_step_size 0 = 1.25 eps
+    "free": ("Free-AT (m 8, step eps)", f"--defense=free --free_replays=8 {SSAT}"),  # --free_step_size 0 = eps
     "ssat": ("SSAT (m 8)", f"--defense=ssat --ssat_replays=8 {SSAT}"),
     "pgd_kd_swa": ("PGD-AT + KD + SWA", "--defense=pgd --kd_adv_teacher={pgd} --kd_std_teacher={natural} --swa"),
     "pgd_kd": ("PGD-AT + KD", "--defense=pgd --kd_adv_teacher={pgd} --kd_std_teacher={natural}"),

@@ -27,8 +27,8 @@ TABLES = {
     "baselines": [
         ("natural", "--defense=natural"),
         ("PGD-AT", "--defense=pgd"),
-        ("FGSM-RS", "--defense=fgsm_rs --step_size=2.5"),
-        ("Free-AT (m=4)", "--defense=free --step_size=2 --epochs=8"),
+        ("FGSM-RS", "--defense=fgsm_rs"),  # one step of 1.25 eps = 2.5 levels (--fgsm_rs_step_size default)
+        ("Free-AT (m=4)", "--defense=free --epochs=8"),  # step eps = 2 levels (--free_step_size default)
         ("TRADES", "--defense=trades"),
     ],
     # paper 004's MNIST settings in digits levels: sigma 0.3 = 4.8/16, sigma 0.5 = 8/16
@@ -56,7 +56,7 @@ TABLES = {
     ],
     # paper 000 on digits: SSAT with m=4 replays, cyclic LR 0 -> 0.1 -> 0, 10 passes; Free-AT with the same
     "ssat": [
-        ("Free-AT (m=4)", "--defense=free --free_replays=4 --step_size=2 --epochs=10 --lr_schedule=cyclic --lr=0.1"),
+        ("Free-AT (m=4)", "--defense=free --free_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1"),
         ("SSAT", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1"),
         ("SSAT w/o boundary split", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1 "
                                     "--nossat_boundary_split"),

@@ -3,6 +3,7 @@ changes only the network and schedule it documents; and the 32x32x3 path it is m
 crop + flip, a BatchNorm WideResNet in mixed bfloat16, the SavedModel) trains, evaluates and exports on tfds
 mock data (the real subset is never needed by the tests)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from tfadv import experiment, export, runs
 
 # what flags/cifar10_cpu.cfg says it changes with respect to flags/cifar10.cfg, and nothing else
 DOCUMENTED = {"model", "wrn_depth", "wrn_width", "mixed_precision", "epochs", "lr_decay_epochs", "val_fraction",
-              "val_every", "val_attack_steps"}
+              "val_every", "val_attack_steps", "attack_bn_mode"}
 
 
 _parse = parse_training_flags
@@ -26,7 +27,8 @@ def test_cpu_preset_changes_only_the_network_and_schedule_it_documents():
         cpu = _parse(["--flagfile=flags/cifar10_cpu.cfg", f"--defense={defense}", "--output_dir=x"]).validate()
         differ = {k for k, v in cpu.flat().items() if paper.flat()[k] != v}
         assert differ == DOCUMENTED, differ ^ DOCUMENTED
-        assert cpu.attack_config() == paper.attack_config()  # eps 8/255, PGD-10 step 2/255 (BAT: one step of eps)
+        # eps 8/255, PGD-10 step 2/255 (BAT: one step of eps); BatchNorm in inference mode for every defense
+        assert cpu.attack_config() == dataclasses.replace(paper.attack_config(), bn_mode="eval")
     cpu = _parse(["--flagfile=flags/cifar10_cpu.cfg", "--defense=pgd", "--output_dir=x"]).validate()
     assert np.isclose(cpu.attack_config().eps, 8 / 255) and np.isclose(cpu.attack_config().step_size, 2 / 255)
     assert cpu.data.val_fraction == 0.1  # paper 001's 9:1 split selects the best checkpoints (400 of 4000)

@@ -297,6 +297,12 @@ def test_trades_objective_and_gradient_on_hand_written_logits():
 FLAGS_BEFORE = {  # flag: (default, --help) as tfadv/cli.py defined them before the methods owned their options
     "pgd_labels": ("hard", "pgd: hard, or bat (Madry-LA: BAT's adversarial labels)"),
     "free_replays": (8, "free: replays m of each minibatch"),
+    # added with their own step rules (docs/presets.md D9, D10, D11)
+    "free_step_size": (0.0, "free: step size in pixel levels (0 = eps, Shafahi et al.)"),
+    "free_clip_delta": (True, "free: also clip the carried perturbation to the current batch's [0, 1] box (Wong et "
+                              "al.'s re-implementation); off = Shafahi et al.'s code: clamp it to +-eps only and "
+                              "clip the input"),
+    "fgsm_rs_step_size": (0.0, "fgsm_rs: step size in pixel levels (0 = 1.25 eps, Wong et al.'s alpha)"),
     "trades_beta": (6.0, "trades: weight of the KL term"),
     "bat_attack": ("mc", "bat: mc (targeted most confusing), ll (least likely), fgsm (untargeted)"),
     "bat_random_start": (True, "bat: uniform random start in the eps-ball"),

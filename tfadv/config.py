@@ -90,7 +90,10 @@ class DataSection:
     train_examples: int = option(-1, "train on the first N examples of the training split (after the validation "
                                      "split; -1: all) — a small set makes robust overfitting easy to see")
     augmentation: str = option("auto", "training augmentation: auto (the dataset's: crop_flip for CIFAR, crop for "
-                                       "SVHN, none for digits/MNIST), none, crop (pad-4 random crop), crop_flip")
+                                       "SVHN, none for digits/MNIST), none, crop (random crop from a padded image), "
+                                       "crop_flip")
+    crop_padding: int = option(4, "pixels of padding on each side before the random crop (4: most papers' code; 2: "
+                                  "Madry's and Free-AT's cifar10_input.py, a 36x36 pad)")
     noise_sigma: float = option(0.0, "Gaussian noise on training images, std in pixel levels (20 = 20/255 on "
                                      "CIFAR), clipped to [0, 1]; 0 = off")
 
@@ -99,6 +102,10 @@ class DataSection:
         _one_of("augmentation", self.augmentation, AUGMENTATIONS)
         _non_negative(self, "noise_sigma")
         spec = run.spec
+        if not 1 <= self.crop_padding < min(spec.image_shape[:2]):
+            raise ConfigError("crop_padding", f"must be in 1..{min(spec.image_shape[:2]) - 1} for "
+                                              f"{self.dataset}'s {spec.image_shape[0]}x{spec.image_shape[1]} images, "
+                                              f"got {self.crop_padding}")
         if self.noise_sigma > spec.pixel_max:
             raise ConfigError("noise_sigma", f"{self.noise_sigma} exceeds the pixel range of {self.dataset} "
                                              f"(0..{spec.pixel_max:g} levels; it is in pixel levels, e.g. 20 for 20/255)")
@@ -186,20 +193,23 @@ class OptimizerSection:
 
 @dataclasses.dataclass
 class AttackSection:
-    """The training attack (each method reads what it needs; BAT and SSAT have their own step sizes)."""
+    """The training attack (each method reads what it needs; BAT, SSAT, FGSM-RS and Free-AT have their own step
+    sizes: `Method.step_flag`)."""
 
     eps: float = option(2.0, "perturbation radius in the dataset's pixel levels (8 = 8/255 on CIFAR)")
     eps_warmup_epochs: float = option(0.0, "training eps (and step size) grow linearly from 0 to --eps over this "
                                            "many epochs (common for MNIST-scale eps); 0 = off")
-    step_size: float = option(0.5, "attack step size in pixel levels (fgsm_rs: 1.25 eps; free: eps)")
+    step_size: float = option(0.5, "PGD / TRADES training attack step size in pixel levels (bat, ssat, fgsm_rs and "
+                                   "free use --bat_step_size, --ssat_step_size, --fgsm_rs_step_size, --free_step_size)")
     attack_steps: int = option(10, "steps of the training attack (PGD-k, TRADES-k)")
     norm: str = option("linf", "threat model of the training attack: linf, l2 (l1 for free/fgsm_rs/trades)")
-    attack_bn_mode: str = option("eval", "BatchNorm during the training attack: eval (inference statistics) or "
-                                         "train (Madry/Free-AT)")
+    attack_bn_mode: str = option("eval", "BatchNorm during the training attack: eval (inference statistics), "
+                                         "train (batch statistics), or auto (what the method's reference code does: "
+                                         "train for pgd, fgsm_rs, free, ssat; eval for trades, bat)")
 
     def validate(self, run):
         _one_of("norm", self.norm, run.method.norms)
-        _one_of("attack_bn_mode", self.attack_bn_mode, training.BN_MODES)
+        _one_of("attack_bn_mode", self.attack_bn_mode, ("auto",) + tuple(training.BN_MODES))
         if not 0.0 <= self.eps_warmup_epochs <= run.optimization.epochs:
             raise ConfigError("eps_warmup_epochs", f"must be in [0, --epochs={run.optimization.epochs}], got "
                                                    f"{self.eps_warmup_epochs}")
@@ -316,6 +326,9 @@ class SWASection:
     swa: bool = option(False, "stochastic weight averaging (paper 001): evaluation and export use the average")
     swa_start_epoch: int = option(0, "first epoch averaged (0: 5 after the first LR decay)")
     swa_mode: str = option("swa", "swa, or iswa (training continues from the average, paper 001 A1.6)")
+    swa_bn_data: str = option("clean", "images that recompute the average's BatchNorm statistics: clean (one pass "
+                                       "of unaugmented training images) or augmented (one pass of the run's training "
+                                       "augmentation, as paper 001's bn_update(train_loader))")
 
     def start(self, run) -> int:
         """The first averaged epoch, 1-based: --swa_start_epoch, or paper 001's code default, or 3/4 of the run.
@@ -333,6 +346,7 @@ class SWASection:
 
     def validate(self, run):
         _one_of("swa_mode", self.swa_mode, ("swa", "iswa"))
+        _one_of("swa_bn_data", self.swa_bn_data, ("clean", "augmented"))
         if self.swa_start_epoch < 0 or self.swa_start_epoch > run.optimization.epochs:
             raise ConfigError("swa_start_epoch", f"must be in 1..{run.optimization.epochs} (0 = automatic), got "
                                                  f"{self.swa_start_epoch}")
@@ -644,7 +658,12 @@ class TrainConfig:
         b, a = self.budget(), self.attack
         return training.AttackConfig(eps=b.eps, step_size=b.fraction("step_size"), steps=a.attack_steps,
                                      norm=a.norm, random_start=self.method.random_start(self.options),
-                                     bn_mode=a.attack_bn_mode)
+                                     bn_mode=self.attack_bn_mode())
+
+    def attack_bn_mode(self) -> str:
+        """--attack_bn_mode, with `auto` read as the chosen method's reference code (`Method.attack_bn_mode`)."""
+        mode = self.attack.attack_bn_mode
+        return self.method.attack_bn_mode if mode == "auto" else mode
 
     def updates_per_batch(self) -> int:
         return int(self.method.updates_per_batch(self.options))
@@ -687,6 +706,12 @@ class TrainConfig:
                 given = self.explicit is None or flag in self.explicit
                 if given and getattr(options, field) != getattr(defaults, field):
                     raise ConfigError(flag, f"applies to --defense={other.name}, not --defense={self.defense}")
+        if method.step_flag != "step_size" and not method.clean:
+            # --step_size set in a flagfile is PGD's and is recorded unused; typed, it would be silently ignored
+            given = self.explicit is None or "step_size" in self.explicit
+            if given and self.attack.step_size != AttackSection.step_size:
+                raise ConfigError("step_size", f"--defense={self.defense} takes its training step from "
+                                               f"--{method.step_flag} (see --help), not --step_size")
         for name, _ in SECTIONS:
             getattr(self, name).validate(self)
         active = {"label_smoothing": self.smoothing.ls_method != "none",

@@ -164,12 +164,14 @@ def load(name: str, data_dir: Optional[str] = None, val_fraction: float = 0.0, d
 # tf.data pipelines
 
 
-def augment(image, seed, kind: str):
-    """Per-dataset augmentation with a stateless seed: pad-4 random crop (+ horizontal flip for CIFAR)."""
+def augment(image, seed, kind: str, padding: int = 4):
+    """Per-dataset augmentation with a stateless seed: random crop from a `padding`-pixel pad (+ horizontal flip
+    for CIFAR)."""
     if kind == "none":
         return image
     shape = tf.shape(image)
-    padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]], mode="REFLECT" if kind == "crop" else "CONSTANT")
+    pad = [[padding, padding], [padding, padding], [0, 0]]
+    padded = tf.pad(image, pad, mode="REFLECT" if kind == "crop" else "CONSTANT")
     image = tf.image.stateless_random_crop(padded, shape, seed=seed)
     if kind == "crop_flip":
         image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
@@ -183,7 +185,8 @@ def add_gaussian_noise(image, sigma: float, seed):
 
 
 def train_pipeline(arrays, spec: DatasetSpec, batch_size: int, seed: int, epochs: int, initial_epoch: int = 0,
-                   augmentation: Optional[str] = None, noise_sigma: float = 0.0) -> tf.data.Dataset:
+                   augmentation: Optional[str] = None, noise_sigma: float = 0.0,
+                   crop_padding: int = 4) -> tf.data.Dataset:
     """An endless-per-run stream of `epochs - initial_epoch` shuffled, augmented epochs.
 
     Each epoch's order and augmentation depend only on (seed, epoch), so resuming at `initial_epoch`
@@ -206,7 +209,7 @@ def train_pipeline(arrays, spec: DatasetSpec, batch_size: int, seed: int, epochs
             image = tf.gather(x_const, index)
             label = tf.gather(y_const, index)
             element_seed = tf.stack([epoch * 1_000_003 + index, tf.cast(seed, tf.int64)])
-            image = augment(image, element_seed, kind)
+            image = augment(image, element_seed, kind, crop_padding)
             if noise_sigma > 0:
                 image = add_gaussian_noise(image, noise_sigma, element_seed)
             return image, label

@@ -270,9 +270,7 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
         f"examples), {strategy.num_replicas_in_sync} replica(s), precision "
         f"{keras.mixed_precision.global_policy().name}, optimizer {o.optimizer}")
 
-    augmentation = None if config.data.augmentation == "auto" else config.data.augmentation
-    train_ds = data.train_pipeline(splits.train, spec, o.batch_size, rt.seed, o.epochs, initial_epoch,
-                                   augmentation=augmentation, noise_sigma=budget_.fraction("noise_sigma"))
+    train_ds = training_pipeline(config, splits, initial_epoch)
     distribute.prepare_trainer(trainer, strategy, train_ds.element_spec)
     callbacks = [
         EpochLog(steps * o.batch_size, log=log),
@@ -285,6 +283,15 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
     ]
     return Built(network, trainer, schedule, strategy, steps, updates, validation, validation_info, best_paths, swa,
                  callbacks, initial_epoch, train_ds)
+
+
+def training_pipeline(config: TrainConfig, splits, initial_epoch: int, epochs: Optional[int] = None):
+    """The run's training batches (its augmentation, padding and noise) from `initial_epoch` to --epochs."""
+    d, o = config.data, config.optimization
+    return data.train_pipeline(splits.train, config.spec, o.batch_size, config.runtime.seed,
+                               o.epochs if epochs is None else epochs, initial_epoch,
+                               augmentation=None if d.augmentation == "auto" else d.augmentation,
+                               noise_sigma=config.budget().fraction("noise_sigma"), crop_padding=d.crop_padding)
 
 
 def _validation(config: TrainConfig, splits, network, log: Callable):
@@ -307,8 +314,13 @@ def _validation(config: TrainConfig, splits, network, log: Callable):
     validation_info["attack"] = evaluation.robust_attack_name(v.val_attack_steps, norm)
     swa = None
     if config.averaging.swa:
-        # BatchNorm statistics for the averaged weights come from one pass over clean training images.
-        bn_data = data.eval_pipeline(splits.train, o.batch_size).map(lambda images, labels: images)
+        # BatchNorm statistics for the averaged weights: one pass over the training images, clean or as the run
+        # augments them (the first epoch's augmentation, the same at every recomputation and after a resume)
+        if config.averaging.swa_bn_data == "augmented":
+            bn_data = training_pipeline(config, splits, 0, epochs=1)
+        else:
+            bn_data = data.eval_pipeline(splits.train, o.batch_size)
+        bn_data = bn_data.map(lambda images, labels: images)
         swa = StochasticWeightAveraging(network, config.swa_start(), config.averaging.swa_mode, bn_data)
         log(f"SWA ({config.averaging.swa_mode}) from epoch {config.swa_start()}")
     measure = evaluation.pgd_accuracy_fn(config.budget().eps, v.val_attack_steps, norm)

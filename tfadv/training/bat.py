@@ -86,6 +86,6 @@ class BATTrainer(Trainer):
 registry.register(registry.Method(
     "bat", BATTrainer, Options, flag_prefix="bat",
     supports={"logit_squeeze", "distillation", "adversarial_labels"},
-    step_levels=lambda options, eps, step_size: options.step_size or eps,
+    step_levels=lambda options, eps, step_size: options.step_size or eps, step_flag="bat_step_size",
     random_start=lambda options: options.random_start,
     description="bilateral adversarial training (paper 002): one targeted step, adversarial labels"))

@@ -10,19 +10,24 @@ import tensorflow as tf
 
 from tfadv import attacks
 from tfadv.training import registry
-from tfadv.training.base import Trainer, positive_integer, unpack
+from tfadv.training.base import Trainer, not_negative, positive_integer, unpack
 from tfadv.training.registry import option
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
     replays: int = option(8, "free: replays m of each minibatch")
+    step_size: float = option(0.0, "free: step size in pixel levels (0 = eps, Shafahi et al.)")
+    clip_delta: bool = option(True, "free: also clip the carried perturbation to the current batch's [0, 1] box "
+                                    "(Wong et al.'s re-implementation); off = Shafahi et al.'s code: clamp it to "
+                                    "+-eps only and clip the input")
 
     def __post_init__(self):
-        positive_integer("free_replays", self.replays)
+        self.validate(None)
 
     def validate(self, run) -> None:
         positive_integer("free_replays", self.replays)
+        not_negative("free_step_size", self.step_size)
 
 
 class FreeTrainer(Trainer):
@@ -30,7 +35,10 @@ class FreeTrainer(Trainer):
     per replay gives both the weight gradient and the input gradient; delta is carried across minibatches.
     Every replay trains on clip(x + delta, 0, 1), as the reference code clamps the input (the delta carried
     over from the previous minibatch may push the new one out of the box); the input gradient is taken with
-    respect to delta through that clamp, as there. Needs `batch_size` (the global one; delta holds one
+    respect to delta through that clamp, as there. After each step delta is projected to the eps-ball; with
+    `clip_delta` (the default, as Wong et al.'s `train_free.py`) it is also clipped to the current batch's box,
+    without it (Shafahi et al.'s `free_train.py`: `clip_by_value(new_pert, -eps, eps)`) it is not, so the next
+    minibatch starts from the untruncated perturbation. Needs `batch_size` (the global one; delta holds one
     perturbation per example of the global batch).
     """
 
@@ -71,7 +79,9 @@ class FreeTrainer(Trainer):
             finite = tf.reduce_all(tf.math.is_finite(input_gradient))
             input_gradient = tf.where(finite, input_gradient, tf.zeros_like(input_gradient))
             step = attacks.steepest_step(input_gradient, a.step_size, a.norm, x_adv)
-            delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
+            delta = attacks.project(delta + step, a.eps, a.norm)
+            if self.options.clip_delta:
+                delta = attacks.clip_to_box(x, delta)
             metrics = self._update_metrics(loss, labels, logits)
         self.delta.assign(delta if replicas == 1 else context.all_gather(delta, axis=0))
         return metrics
@@ -82,5 +92,7 @@ class FreeTrainer(Trainer):
 
 registry.register(registry.Method(
     "free", FreeTrainer, Options, flag_prefix="free", updates_per_batch=lambda options: options.replays,
+    step_levels=lambda options, eps, step_size: options.step_size or eps, step_flag="free_step_size",
+    attack_bn_mode="train",
     supports={"label_smoothing", "logit_squeeze", "distillation"},
     description="free adversarial training (Shafahi et al.): m replays per minibatch"))

@@ -63,6 +63,6 @@ class PGDTrainer(Trainer):
 
 
 registry.register(registry.Method(
-    "pgd", PGDTrainer, Options, flag_prefix="pgd", norms=("linf", "l2"),
+    "pgd", PGDTrainer, Options, flag_prefix="pgd", norms=("linf", "l2"), attack_bn_mode="train",
     supports={"label_smoothing", "logit_squeeze", "distillation", "adversarial_labels"},
     description="PGD adversarial training (Madry et al.); --pgd_labels=bat: Madry-LA (paper 002)"))

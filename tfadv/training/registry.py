@@ -66,6 +66,13 @@ class Method:
     # the training attack's step size in pixel levels from (options, --eps, --step_size), all in levels
     # (BAT: --bat_step_size or eps; SSAT: --ssat_step_size or eps / m); budget() converts it
     step_levels: Callable[[object, float, float], float] = lambda options, eps, step_size: step_size
+    # the flag that sets that step: "step_size" (--step_size, the PGD-type rule) or the method's own option
+    # (BAT --bat_step_size, SSAT --ssat_step_size, ...); a typed --step_size the rule ignores is refused
+    step_flag: str = "step_size"
+    # BatchNorm during the training attack in the method's reference code (--attack_bn_mode=auto): train for
+    # Madry / Rice PGD-AT and Wong's FGSM-RS; eval for TRADES (model.eval()) and BAT (is_train False). Free-AT and
+    # SSAT take their input gradient from the training pass itself (always train mode).
+    attack_bn_mode: str = "eval"
     # whether the training attack starts at a random point of the eps-ball (BAT: --bat_random_start)
     random_start: Callable[[object], bool] = lambda options: True
 
