@@ -146,3 +146,15 @@ def test_the_flagship_command_attacks_as_each_methods_reference_code():
                      "bat": "eval"}
     assert _config("cifar10", "bat", "--attack_bn_mode=train").attack_config().bn_mode == "train"  # typed wins
     assert TrainConfig.from_flags(defense="pgd", output_dir="x").attack_config().bn_mode == "eval"  # default
+
+
+@pytest.mark.parametrize("defense", ["free", "ssat", "natural", "label_smoothing"])
+def test_a_typed_attack_bn_mode_without_a_separate_attack_is_refused(defense):
+    # Free-AT and SSAT take the input gradient from the training pass itself; the clean methods have no attack
+    extra = {"natural": [], "label_smoothing": ["--ls_method=sls", "--ls_alpha=0.1"]}.get(defense, [])
+    with pytest.raises(ConfigError) as info:
+        _config("cifar10", defense, "--attack_bn_mode=train", *extra)
+    assert info.value.flag == "attack_bn_mode"
+    _config("cifar10", defense, *extra)  # cifar10.cfg's --attack_bn_mode=auto is recorded, unused
+    _config("smoothening_cifar10", defense, *extra)  # and so is smoothening's train
+    _config("cifar10", "pgd", "--attack_bn_mode=train")  # PGD-AT applies it

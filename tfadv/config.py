@@ -706,6 +706,12 @@ class TrainConfig:
                 given = self.explicit is None or flag in self.explicit
                 if given and getattr(options, field) != getattr(defaults, field):
                     raise ConfigError(flag, f"applies to --defense={other.name}, not --defense={self.defense}")
+        given = self.explicit is None or "attack_bn_mode" in self.explicit
+        if given and self.attack.attack_bn_mode != AttackSection.attack_bn_mode and (
+                method.clean or not method.attack_bn_applies):
+            why = "trains on clean inputs" if method.clean else "takes its input gradient from the training pass"
+            raise ConfigError("attack_bn_mode", f"--defense={self.defense} {why}: there is no separate attack for "
+                                                f"--attack_bn_mode to set (set it in a flagfile to record it unused)")
         if method.step_flag != "step_size" and not method.clean:
             # --step_size set in a flagfile is PGD's and is recorded unused; typed, it would be silently ignored
             given = self.explicit is None or "step_size" in self.explicit

@@ -93,6 +93,6 @@ class FreeTrainer(Trainer):
 registry.register(registry.Method(
     "free", FreeTrainer, Options, flag_prefix="free", updates_per_batch=lambda options: options.replays,
     step_levels=lambda options, eps, step_size: options.step_size or eps, step_flag="free_step_size",
-    attack_bn_mode="train",
+    attack_bn_mode="train", attack_bn_applies=False,
     supports={"label_smoothing", "logit_squeeze", "distillation"},
     description="free adversarial training (Shafahi et al.): m replays per minibatch"))

@@ -73,6 +73,8 @@ class Method:
     # Madry / Rice PGD-AT and Wong's FGSM-RS; eval for TRADES (model.eval()) and BAT (is_train False). Free-AT and
     # SSAT take their input gradient from the training pass itself (always train mode).
     attack_bn_mode: str = "eval"
+    # whether --attack_bn_mode changes anything (False: no separate attack pass, or no attack at all)
+    attack_bn_applies: bool = True
     # whether the training attack starts at a random point of the eps-ball (BAT: --bat_random_start)
     random_start: Callable[[object], bool] = lambda options: True
 

@@ -151,7 +151,7 @@ class SSATTrainer(Trainer):
 
 registry.register(registry.Method(
     "ssat", SSATTrainer, Options, flag_prefix="ssat", supports={"logit_squeeze", "distillation"},
-    updates_per_batch=lambda options: options.replays, attack_bn_mode="train",
+    updates_per_batch=lambda options: options.replays, attack_bn_mode="train", attack_bn_applies=False,
     step_levels=lambda options, eps, step_size: options.step_size or eps / options.replays,
     step_flag="ssat_step_size",
     description="surface-smoothing adversarial training (paper 000): adaptive labels, m replays"))
