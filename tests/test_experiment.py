@@ -230,8 +230,9 @@ def test_flags_file_round_trips_the_new_fields(tmp_path):
 
 @pytest.mark.parametrize("defense", ["pgd", "fgsm_rs", "bat"])
 def test_eps_warmup_grows_the_training_perturbation_linearly(defense, digits):
-    config = TrainConfig.from_flags(defense=defense, eps=2.0, step_size=1.0, attack_steps=5, eps_warmup_epochs=2.0,
-                         output_dir="unused")
+    step = {"fgsm_rs": {"fgsm_rs_step_size": 1.0}, "bat": {}}.get(defense, {"step_size": 1.0})  # its own step flag
+    config = TrainConfig.from_flags(defense=defense, eps=2.0, attack_steps=5, eps_warmup_epochs=2.0,
+                                    output_dir="unused", **step)
     keras.utils.set_random_seed(0)
     network = config.build_network()
     trainer = config.build_trainer(network, None, updates_per_epoch=4)
@@ -242,7 +243,7 @@ def test_eps_warmup_grows_the_training_perturbation_linearly(defense, digits):
     for t in (0, 1, 3, 7, 20):
         trainer.optimizer.iterations.assign(t)
         bound = 0.125 * min(1.0, (t + 1) / 8)
-        step = bound if defense == "bat" else bound / 2  # BAT steps eps (--bat_step_size=0), the others --step_size
+        step = bound if defense == "bat" else bound / 2  # BAT steps eps (--bat_step_size=0), the others 1 of 2 levels
         assert float(trainer.attack.eps) == pytest.approx(bound) and float(trainer.attack.step_size) == pytest.approx(step)
         if defense == "bat":
             x_adv = trainer.adversarial_examples(x, y, trainer.eval_logits(x))
