@@ -80,7 +80,7 @@ def test_a_label_smoothed_model_is_flagged_by_the_loss_dependence_check(tmp_path
 
     run = tmp_path / "ls"
     result = run_script("train.py", "--flagfile=flags/digits.cfg", "--defense=label_smoothing", "--ls_method=uniform",
-                        "--ls_alpha=0.5", f"--output_dir={run}", "--val_examples=0", "--eval_examples=100")
+                        "--ls_alpha=0.5", f"--output_dir={run}", "--eval_examples=100")
     assert result.returncode == 0, result.stderr[-3000:]
     result = run_script("evaluate.py", f"--model_dir={run}", "--attacks=fgsm,pgd20,cw20", "--num_examples=200",
                         "--noprogress", "--audit_square_queries=0", f"--output={tmp_path / 'eval.json'}")

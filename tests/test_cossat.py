@@ -208,11 +208,11 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def cossat_build(tmp_path_factory):
     base = tmp_path_factory.mktemp("cossat")
-    common = ["--flagfile=flags/digits.cfg", "--val_examples=100", "--eval_examples=100"]
-    ssat = run_script("train.py", "--defense=ssat", "--ssat_replays=4", "--epochs=6", "--lr_schedule=cyclic",
-                      "--lr=0.1", f"--output_dir={base / 'ssat'}", *common)
+    common = ["--flagfile=flags/digits.cfg", "--eval_examples=100"]
+    ssat = run_script("train.py", *common, "--defense=ssat", "--ssat_replays=4", "--epochs=6", "--lr_schedule=cyclic",
+                      "--lr=0.1", f"--output_dir={base / 'ssat'}")
     assert ssat.returncode == 0, ssat.stderr[-3000:]
-    pgd = run_script("train.py", "--defense=pgd", "--epochs=6", f"--output_dir={base / 'pgd'}", *common)
+    pgd = run_script("train.py", *common, "--defense=pgd", "--epochs=6", f"--output_dir={base / 'pgd'}")
     assert pgd.returncode == 0, pgd.stderr[-3000:]
     built = run_script("build_cossat.py", f"--ssat={base / 'ssat'}", f"--base={base / 'pgd'}",
                        "--flagfile=flags/digits.cfg", "--calibration_examples=300", "--calibration_steps=10",

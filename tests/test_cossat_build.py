@@ -33,10 +33,10 @@ def train_in_parallel(runs_args, timeout=300):
 def tiny_runs(tmp_path_factory):
     """Two tiny digits runs (SSAT and PGD-AT, one epoch on 300 examples) and the script's build from them."""
     base = tmp_path_factory.mktemp("cossat_build")
-    common = ["--flagfile=flags/digits.cfg", "--epochs=1", "--train_examples=300", "--val_examples=100",
-              "--eval_examples=100", "--val_attack_steps=3", "--eval_attack_steps=3"]
-    train_in_parallel([["--defense=ssat", "--ssat_replays=2", f"--output_dir={base / 'ssat'}", *common],
-                       ["--defense=pgd", "--attack_steps=3", f"--output_dir={base / 'pgd'}", *common]])
+    common = ["--flagfile=flags/digits.cfg", "--epochs=1", "--train_examples=300", "--eval_examples=100",
+              "--val_attack_steps=3", "--eval_attack_steps=3"]
+    train_in_parallel([[*common, "--defense=ssat", "--ssat_replays=2", f"--output_dir={base / 'ssat'}"],
+                       [*common, "--defense=pgd", "--attack_steps=3", f"--output_dir={base / 'pgd'}"]])
     built = run_script("build_cossat.py", f"--ssat={base / 'ssat'}", f"--base={base / 'pgd'}",
                        "--flagfile=flags/digits.cfg", f"--output_dir={base / 'script'}", *BUILD_FLAGS)
     assert built.returncode == 0, built.stderr[-3000:]

@@ -14,14 +14,14 @@ import pytest
 import script_server
 from tfadv import distribute
 
-EXAMPLES = 100  # validation and final test examples
-TRAIN = ["--defense=pgd", "--flagfile=flags/digits.cfg", "--epochs=2", "--val_every=1", f"--val_examples={EXAMPLES}",
+EXAMPLES = 100  # final test examples (validation: the held-out split of flags/digits.cfg)
+TRAIN = ["--defense=pgd", "--flagfile=flags/digits.cfg", "--epochs=2", "--val_every=1",
          f"--eval_examples={EXAMPLES}"]
 
 
-def _examples(accuracy):
-    """An accuracy over EXAMPLES examples as a count of examples."""
-    return round(float(accuracy) * EXAMPLES)
+def _examples(accuracy, total=EXAMPLES):
+    """An accuracy over `total` examples as a count of examples."""
+    return round(float(accuracy) * total)
 
 
 def _start(args, tmp_path, num_workers=0):
@@ -87,16 +87,19 @@ def test_two_workers_train_like_one_process_and_only_the_chief_writes(tmp_path):
     # difference ~3e-8 after 2 epochs)
     for a, b in zip(_final_weights(multi), _final_weights(single)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
-    # Robust accuracies (validation and final, EXAMPLES each) may differ by one example: the weights differ in
-    # the last bits (the all-reduce sums in another order), and a PGD step takes the sign of every input-gradient
-    # component, so a component near zero can send one example down another attack path, whose outcome depends on
-    # the CPU's rounding, not on the training.
+    # Robust accuracies (validation on the held-out split, final on EXAMPLES) may differ by one example: the weights
+    # differ in the last bits (the all-reduce sums in another order), and a PGD step takes the sign of every
+    # input-gradient component, so a component near zero can send one example down another attack path, whose
+    # outcome depends on the CPU's rounding, not on the training.
+    m_multi = json.loads((multi / "metrics.json").read_text())
+    m_single = json.loads((single / "metrics.json").read_text())
+    held_out = m_single["validation"]["num_examples"]
+    assert held_out == m_multi["validation"]["num_examples"] > 0
     for row_multi, row_single in zip(_history(multi), _history(single), strict=True):
         for key in ("loss", "accuracy", "val_clean_accuracy"):
             np.testing.assert_allclose(float(row_multi[key]), float(row_single[key]), rtol=1e-5, err_msg=key)
-        assert abs(_examples(row_multi["val_robust_accuracy"]) - _examples(row_single["val_robust_accuracy"])) <= 1
-    m_multi = json.loads((multi / "metrics.json").read_text())
-    m_single = json.loads((single / "metrics.json").read_text())
+        assert abs(_examples(row_multi["val_robust_accuracy"], held_out)
+                   - _examples(row_single["val_robust_accuracy"], held_out)) <= 1
     assert m_multi["final"]["clean_accuracy"] == m_single["final"]["clean_accuracy"]
     assert abs(_examples(m_multi["final"]["robust_accuracy"]) - _examples(m_single["final"]["robust_accuracy"])) <= 1
     # only the chief wrote the run directory; the other worker's temporary directory is gone

@@ -12,7 +12,7 @@ QUIET = dict(log=lambda *_: None)
 
 
 def _config(out, **values):
-    return TrainConfig.from_flags(defense="natural", epochs=1, val_examples=50, eval_examples=50, output_dir=str(out),
+    return TrainConfig.from_flags(defense="natural", epochs=1, eval_examples=50, output_dir=str(out),
                                   **values)
 
 

@@ -367,8 +367,8 @@ class ValidationSection:
         if self.eval_examples == 0 or self.eval_examples < -1:
             raise ConfigError("eval_examples", f"must be a positive number of test examples or -1 (all), got "
                                                f"{self.eval_examples}")
-        # --val_examples is used only without a held-out split (--val_fraction=0); with one it is not read, and
-        # flagfiles/tests pass 0 to say so
+        # --val_examples is used only without a held-out split (--val_fraction=0); with one it is not read (typed,
+        # it is refused: `TrainConfig.unused_flags`)
         if run.data.val_fraction == 0 and (self.val_examples == 0 or self.val_examples < -1):
             raise ConfigError("val_examples", f"with --val_fraction=0 validation uses this many test examples: must "
                                               f"be positive or -1 (all), got {self.val_examples}")
@@ -406,13 +406,20 @@ class RuntimeSection:
         _positive_ints(self, "num_cpu_devices")
         if not self.output_dir:
             raise ConfigError("output_dir", "is required (the run's directory)")
-        if self.distribute == "multi_worker":
-            from tfadv import distribute
+        from tfadv import distribute
 
+        if self.distribute == "multi_worker":
             try:
                 distribute.cluster_from_environment()
             except ValueError as error:
                 raise ConfigError("distribute", str(error)) from None
+        elif os.environ.get(distribute.TF_CONFIG, "").strip():
+            # a cluster manager sets TF_CONFIG for every worker of a multi-worker job: under --distribute=none or
+            # mirrored each worker would silently train alone, on all the data, into the same run directory
+            raise ConfigError("distribute", f"{self.distribute} trains in this one process, but the "
+                                            f"{distribute.TF_CONFIG} environment variable describes a cluster (it is read only by "
+                                            "--distribute=multi_worker); pass --distribute=multi_worker, or unset "
+                                            f"{distribute.TF_CONFIG} for a single-process run")
         if run.optimization.batch_size % self.replicas:
             raise ConfigError("batch_size", f"{run.optimization.batch_size} does not split evenly over "
                                             f"{self.replicas} replicas")
@@ -497,29 +504,42 @@ def budget(spec: "data.DatasetSpec", **levels) -> Budget:
     return Budget(spec.name, pixel_max, recorded, fractions)
 
 
-def read_flag_values(path: str, _seen=None) -> dict:
+def read_flag_values(path: str, _including=()) -> dict:
     """{flag name: raw value} of a flagfile, following nested `--flagfile=` lines as absl does (later lines
-    win; `--name` is "true", `--noname` "false"). Unknown names are kept: the caller picks what it needs."""
-    seen = set() if _seen is None else _seen
+    win; `--name` is "true", `--noname` "false"). Unknown names are kept: the caller picks what it needs.
+
+    ConfigError naming --flagfile for what absl would ignore or crash on: a flagfile that includes itself,
+    directly or through another (absl warns "Ignoring" and goes on without it), a file that is not UTF-8 text
+    (absl: a UnicodeDecodeError traceback), and a line that is neither a flag (`--name=value`, `-name`), a
+    comment (`#`, `//`) nor blank (absl hands it to the script as a stray argument). OSError if it cannot be
+    read. The same file included twice side by side is no cycle (absl reads it twice)."""
     real = os.path.realpath(path)
-    if real in seen:
-        raise ConfigError("flagfile", f"{path} includes itself")
-    seen.add(real)
+    chain = [*(shown for _, shown in _including), path]
+    if any(real == seen for seen, _ in _including):
+        raise ConfigError("flagfile", f"{path} includes itself ({' -> '.join(chain)}); absl would ignore it")
     values = {}
-    with open(path) as handle:
-        for raw in handle:
-            line = raw.strip()
-            if not line.startswith("--"):
-                continue
-            name, equals, value = line[2:].partition("=")
-            if name == "flagfile":
-                values.update(read_flag_values(value, seen))
-            elif equals:
-                values[name] = value
-            elif name.startswith("no") and len(name) > 2:
-                values[name[2:]] = "false"  # no tfadv flag name starts with "no"
-            else:
-                values[name] = "true"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except UnicodeDecodeError as error:
+        raise ConfigError("flagfile", f"{path} is not a text flagfile (not UTF-8: byte "
+                                      f"{error.object[error.start]:#04x} at offset {error.start})") from None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", "//")):
+            continue
+        if not line.startswith("-") or line == "-" or "\x00" in line:
+            raise ConfigError("flagfile", f"{path}:{number}: not a flag line: {line[:60]!r} (one --name=value per "
+                                          "line; comments start with #)")
+        name, equals, value = line.lstrip("-").partition("=")
+        if name == "flagfile":
+            values.update(read_flag_values(value, (*_including, (real, path))))
+        elif equals:
+            values[name] = value
+        elif name.startswith("no") and len(name) > 2:
+            values[name[2:]] = "false"  # no tfadv flag name starts with "no"
+        else:
+            values[name] = "true"
     return values
 
 
@@ -738,8 +758,74 @@ class TrainConfig:
                                                    f"{', '.join(targets.LS_METHODS)}")
                 raise ConfigError(FEATURE_FLAGS[feature], f"--defense={self.defense} needs a positive "
                                                           f"--{FEATURE_FLAGS[feature]}")
+        self._refuse_unused_flags()
         self.budget()  # finite, non-negative sizes
         return self
+
+    def unused_flags(self) -> dict:
+        """{flag: why this run does not read it} for the flags that matter only together with another one (a
+        held-out split makes --val_examples unused, --wrn_depth needs --model=wide_resnet, ...). Another method's
+        options, --step_size / --attack_bn_mode of methods without that step, and --num_cpu_devices have their
+        own rules above."""
+        d, o, s = self.data, self.optimization, self.smoothing
+        method, unused = self.method, {}
+        if d.val_fraction > 0:
+            unused["val_examples"] = (f"applies to --val_fraction=0 (curves on test images); with "
+                                      f"--val_fraction={d.val_fraction:g} the run validates on its held-out split")
+        if self.network.model != "wide_resnet":
+            for flag in ("wrn_depth", "wrn_width"):
+                unused[flag] = f"applies to --model=wide_resnet, not --model={self.network.model}"
+        for flag, schedule in (("lr_decay_epochs", "piecewise"), ("lr_decay_factor", "piecewise"),
+                               ("lr_warmup_epochs", "cosine"), ("lr_peak_fraction", "cyclic")):
+            if o.lr_schedule != schedule:
+                unused[flag] = f"applies to --lr_schedule={schedule}, not --lr_schedule={o.lr_schedule}"
+        if o.lr_schedule == "piecewise" and not o.lr_decay_epochs:
+            unused["lr_decay_factor"] = "no --lr_decay_epochs are given: the rate is never multiplied by it"
+        if o.weight_decay == 0:
+            unused["weight_decay_scope"] = "--weight_decay=0: no weights decay"
+        augmentation = self.spec.augmentation if d.augmentation == "auto" else d.augmentation
+        if augmentation not in ("crop", "crop_flip"):
+            unused["crop_padding"] = (f"pads before the random crop; --augmentation={d.augmentation} on "
+                                      f"{d.dataset} does not crop")
+        if self.spec.tfds_name is None:
+            for flag in ("data_dir", "download"):
+                unused[flag] = f"--dataset={d.dataset} ships with tfadv (not from tensorflow-datasets)"
+        # the kind of BAT labels the run builds: --bat_labels for bat, "adversarial" for Madry-LA, None without
+        if self.defense == "bat":
+            kind = self.options.labels
+        elif self.defense == "pgd":
+            kind = "adversarial" if self.options.labels == "bat" else None
+        else:  # another method that declares BAT's labels: its use of them is its own
+            kind = "any" if "adversarial_labels" in method.supports else None
+        if kind not in ("adversarial", "any"):
+            for flag in ("bat_beta", "bat_gamma", "bat_top_k"):
+                unused[flag] = "applies to BAT's adversarial labels (--defense=bat, or --pgd_labels=bat)"
+        if kind not in ("uniform", "any"):
+            unused["bat_eps_y"] = "applies to --defense=bat --bat_labels=uniform"
+        if s.ls_method == "none":
+            unused["ls_alpha"] = "no --ls_method is given (none): there is no label smoothing to weigh"
+        if s.ls_method != "bls":
+            unused["bls_temperature"] = f"applies to --ls_method=bls, not --ls_method={s.ls_method}"
+        if s.squeeze_beta == 0:
+            unused["squeeze_reduction"] = "--squeeze_beta=0: there is no logit squeezing"
+        if not self.distillation.enabled:
+            for flag in ("kd_temperature", "kd_weights"):
+                unused[flag] = "applies with a teacher (--kd_adv_teacher or --kd_std_teacher)"
+        if not self.averaging.swa:
+            for flag in ("swa_start_epoch", "swa_mode", "swa_bn_data"):
+                unused[flag] = "applies with --swa"
+        return unused
+
+    def _refuse_unused_flags(self):
+        """A flag given directly (or through the Python API) with a value the run would not read is refused; from a
+        flagfile (a preset for several settings) it is recorded and unused, as another method's options are."""
+        defaults = TrainConfig().flat()
+        values = self.flat()
+        for flag, why in self.unused_flags().items():
+            given = self.explicit is None or flag in self.explicit
+            if given and values[flag] != defaults[flag]:
+                raise ConfigError(flag, f"not used by this run: {why}; drop it (a flagfile may set it: recorded, "
+                                        "unused)")
 
     # -- flags.txt -------------------------------------------------------------------------------------------
     def to_flagfile(self) -> str:
