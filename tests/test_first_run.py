@@ -1,5 +1,5 @@
 """A clean first impression: the scripts start without TensorFlow's C++ chatter, `--help` lists the flags with
-their meaning, a flag silently overridden by a later --flagfile is warned about, the evaluation chart has a legend
+their meaning, a flag that a later --flagfile would override is refused naming both, the evaluation chart has a legend
 and the worst case, and `--overwrite` of a training run keeps the evaluation reports in its directory."""
 
 import json
@@ -111,51 +111,60 @@ def training_flags():
     return values
 
 
-def warnings_of(capsys, argv, flag_values):
-    cli.warn_overridden_flags(["train.py", *argv], flag_values)
-    return [line for line in capsys.readouterr().err.splitlines() if line]
+def refusal_of(capsys, argv, flag_values):
+    """The one error line `cli.refuse_overridden_flags` exits 2 with, or None when it lets the command through."""
+    try:
+        cli.refuse_overridden_flags(["train.py", *argv], flag_values)
+    except SystemExit as exit_:
+        lines = [line for line in capsys.readouterr().err.splitlines() if line]
+        assert exit_.code == 2 and len(lines) == 1, lines
+        return lines[0]
+    assert capsys.readouterr().err == ""
+    return None
 
 
-def test_flag_before_an_overriding_flagfile_is_warned(capsys, monkeypatch, training_flags):
-    expected = ("warning: --lr=0.1 is overridden by --flagfile=flags/digits.cfg (which sets --lr=0.05); put flags "
-                "after --flagfile")
+def test_flag_before_an_overriding_flagfile_is_refused(capsys, monkeypatch, training_flags):
+    """Accepted, not applied (Boundary II): absl lets the later --flagfile win over a flag typed before it; it
+    was a warning and the run went on with the flagfile's value. Now one line naming both, exit 2."""
+    expected = ("error: --lr=0.1 is overridden by --flagfile=flags/digits.cfg (which sets --lr=0.05): the flagfile "
+                "would win; put flags after --flagfile")
     monkeypatch.chdir(ROOT)
-    assert warnings_of(capsys, ["--lr=0.1", "--flagfile=flags/digits.cfg"], training_flags) == [expected]
-    assert warnings_of(capsys, ["--lr", "0.1", "--flagfile", "flags/digits.cfg"], training_flags) == [expected]
-    assert warnings_of(capsys, ["--flagfile=flags/digits.cfg", "--lr=0.1"], training_flags) == []
-    assert warnings_of(capsys, ["--lr=0.05", "--flagfile=flags/digits.cfg"], training_flags) == []
-    assert warnings_of(capsys, ["--lr=5e-2", "--flagfile=flags/digits.cfg"], training_flags) == []  # same number
-    assert warnings_of(capsys, ["--lr=0.1", "--flagfile=flags/digits.cfg", "--lr=0.2"], training_flags) == []
-    assert warnings_of(capsys, ["--epochs=3", "--lr=0.05", "--defense=trades", "--flagfile=flags/digits.cfg"],
-                       training_flags) == ["warning: --epochs=3 is overridden by --flagfile=flags/digits.cfg (which "
-                                           "sets --epochs=30); put flags after --flagfile"]
+    assert refusal_of(capsys, ["--lr=0.1", "--flagfile=flags/digits.cfg"], training_flags) == expected
+    assert refusal_of(capsys, ["--lr", "0.1", "--flagfile", "flags/digits.cfg"], training_flags) == expected
+    assert refusal_of(capsys, ["--flagfile=flags/digits.cfg", "--lr=0.1"], training_flags) is None
+    assert refusal_of(capsys, ["--lr=0.05", "--flagfile=flags/digits.cfg"], training_flags) is None
+    assert refusal_of(capsys, ["--lr=5e-2", "--flagfile=flags/digits.cfg"], training_flags) is None  # same number
+    assert refusal_of(capsys, ["--lr=0.1", "--flagfile=flags/digits.cfg", "--lr=0.2"], training_flags) is None
+    assert refusal_of(capsys, ["--epochs=3", "--lr=0.05", "--defense=trades", "--flagfile=flags/digits.cfg"],
+                      training_flags) == ("error: --epochs=3 is overridden by --flagfile=flags/digits.cfg (which "
+                                          "sets --epochs=30): the flagfile would win; put flags after --flagfile")
 
 
-def test_nested_flagfile_override_is_warned(tmp_path, capsys, training_flags):
+def test_nested_flagfile_override_is_refused_naming_every_flag(tmp_path, capsys, training_flags):
     nested = tmp_path / "nested.cfg"
     nested.write_text(f"--flagfile={os.path.join(ROOT, 'flags', 'digits.cfg')}\n--seed=7\n")
-    assert warnings_of(capsys, ["--momentum=0.5", "--seed=1", f"--flagfile={nested}"], training_flags) == [
-        f"warning: --momentum=0.5 is overridden by --flagfile={nested} (which sets --momentum=0.9); put flags "
-        "after --flagfile",
-        f"warning: --seed=1 is overridden by --flagfile={nested} (which sets --seed=7); put flags after --flagfile"]
+    assert refusal_of(capsys, ["--momentum=0.5", "--seed=1", f"--flagfile={nested}"], training_flags) == (
+        f"error: --momentum=0.5 is overridden by --flagfile={nested} (which sets --momentum=0.9); --seed=1 is "
+        f"overridden by --flagfile={nested} (which sets --seed=7): the flagfile would win; put flags after "
+        "--flagfile")
 
 
-def test_scripts_print_the_override_warning(tmp_path):
-    # train.py (absl's own flagfiles): the warning, then the run is refused for another flag, nothing written.
+def test_scripts_refuse_a_flag_their_flagfile_overrides(tmp_path):
+    # train.py (absl's own flagfiles): one line, exit 2, nothing written (it trained with --lr=0.05 before).
     out = tmp_path / "run"
-    train = script_server.run_script("train.py", "--lr=0.1", "--flagfile=flags/digits.cfg", "--batch_size=0",
-                       f"--output_dir={out}")
+    train = script_server.run_script("train.py", "--lr=0.1", "--flagfile=flags/digits.cfg", "--epochs=1",
+                                     f"--output_dir={out}")
     assert train.returncode == 2 and not out.exists()
-    assert train.stderr.splitlines()[0] == ("warning: --lr=0.1 is overridden by --flagfile=flags/digits.cfg "
-                                            "(which sets --lr=0.05); put flags after --flagfile"), train.stderr
+    assert train.stderr.splitlines() == ["error: --lr=0.1 is overridden by --flagfile=flags/digits.cfg (which sets "
+                                         "--lr=0.05): the flagfile would win; put flags after --flagfile"], train.stderr
     # build_cossat.py (cli.training_flagfile_parser): a flag of its own that a nested training flagfile sets.
     flagfile = tmp_path / "c.cfg"
     flagfile.write_text("--flagfile=flags/digits.cfg\n--min_recall=0.8\n")
     build = script_server.run_script("build_cossat.py", "--min_recall=0.95", f"--flagfile={flagfile}")
     assert build.returncode == 2
     assert build.stderr.splitlines() == [
-        f"warning: --min_recall=0.95 is overridden by --flagfile={flagfile} (which sets --min_recall=0.8); put "
-        "flags after --flagfile", "error: --ssat: is required"], build.stderr
+        f"error: --min_recall=0.95 is overridden by --flagfile={flagfile} (which sets --min_recall=0.8): the "
+        "flagfile would win; put flags after --flagfile"], build.stderr
     after = script_server.run_script("build_cossat.py", f"--flagfile={flagfile}", "--min_recall=0.95")
     assert after.stderr.splitlines() == ["error: --ssat: is required"], after.stderr
 

@@ -134,11 +134,13 @@ def _same_value(flag, first: str, second: str) -> bool:
         return False
 
 
-def warn_overridden_flags(argv, flag_values=None):
-    """One line on stderr for each flag given before a `--flagfile` that sets it to another value (absl, like
-    `training_flagfile_parser`, lets the later one win): the user most likely meant their flag to win. Nothing
-    when the flag comes after the flagfile (it wins) or the values agree. A flagfile that cannot be read is left
-    to the parser's error. `flag_values`: the defined flags (default: absl's FLAGS)."""
+def overridden_flags(argv, flag_values=None) -> list:
+    """["--lr=0.1 is overridden by --flagfile=F (which sets --lr=0.05)", ...]: each flag given before a
+    `--flagfile` that sets it to another value (absl, like `training_flagfile_parser`, lets the later one win,
+    so the typed value would be accepted and not applied). Nothing when the flag comes after the flagfile (it
+    wins) or the values agree. Every `--flagfile` of the command line is read (`config.read_flag_values`):
+    ConfigError for one that includes itself, is not UTF-8 text or holds a line that is no flag; OSError for
+    one that cannot be read. `flag_values`: the defined flags (default: absl's FLAGS)."""
     from tfadv import config as config_lib
 
     flag_values = flags.FLAGS if flag_values is None else flag_values
@@ -149,22 +151,36 @@ def warn_overridden_flags(argv, flag_values=None):
             given[name] = (value, typed)
             overridden.pop(name, None)
             continue
-        try:
-            values = config_lib.read_flag_values(flagfile)
-        except (OSError, config_lib.ConfigError):
-            continue
+        values = config_lib.read_flag_values(flagfile)
         for key, raw in values.items():
             if key in given and key in flag_values and not _same_value(flag_values[key], given[key][0], raw):
                 overridden[key] = (given.pop(key)[1], flagfile, raw)
-    for key, (typed, flagfile, raw) in overridden.items():
-        print(f"warning: {typed} is overridden by --flagfile={flagfile} (which sets --{key}={raw}); put flags "
-              "after --flagfile", file=sys.stderr)
+    return [f"{typed} is overridden by --flagfile={flagfile} (which sets --{key}={raw})"
+            for key, (typed, flagfile, raw) in overridden.items()]
+
+
+def refuse_overridden_flags(argv, flag_values=None):
+    """Exit 2 with one line for a flagfile of the command line that cannot be read, includes itself, is not text
+    or holds a line that is no flag, and for flags given before a `--flagfile` that overrides them (accepted,
+    not applied): all of them named on the line, with the fix (put them after --flagfile)."""
+    from tfadv import config as config_lib
+
+    try:
+        overridden = overridden_flags(argv, flag_values)
+    except config_lib.ConfigError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"--flagfile: cannot read {error.filename}: {error.strerror or error}")
+    if overridden:
+        fail(f"{'; '.join(overridden)}: the flagfile would win; put flags after --flagfile")
 
 
 def parse_flags_or_exit(argv):
-    """An `app.run(flags_parser=...)` parser: a bad flag is one line on stderr and exit code 2; a flag given
-    before a `--flagfile` that overrides it is warned about (`warn_overridden_flags`)."""
-    warn_overridden_flags(argv)
+    """An `app.run(flags_parser=...)` parser: a bad flag is one line on stderr and exit code 2, and so is a flag
+    given before a `--flagfile` that overrides it or a flagfile absl would ignore or crash on
+    (`refuse_overridden_flags`). Asking for help is exit 0."""
+    if not any(arg in HELP_FLAGS for arg in argv[1:]):
+        refuse_overridden_flags(argv)
     return _parse(argv)
 
 
@@ -188,10 +204,12 @@ def training_flagfile_parser(argv):
     flagfile (e.g. `--flagfile=flags/cifar10.cfg` for the dataset and eps): each `--flagfile=PATH` is replaced,
     in place, by the `--name=value` lines of that file (nested flagfiles followed) for the flags this script
     defines; training-only flags in it are skipped; an unknown name is still an error. Flags after
-    `--flagfile` override it, as with absl's own flagfiles (a flag before it that it overrides is warned about)."""
+    `--flagfile` override it, as with absl's own flagfiles; a flag before it that it overrides is refused, and so is
+    a flagfile that includes itself, is not text or holds a line that is no flag (`refuse_overridden_flags`)."""
     from tfadv import config as config_lib
 
-    warn_overridden_flags(argv)
+    if not any(arg in HELP_FLAGS for arg in argv[1:]):
+        refuse_overridden_flags(argv)
     defined = set(flags.FLAGS)
     training_names = config_lib.flag_names()
     expanded = [argv[0]]
