@@ -132,7 +132,7 @@ SPLIT_SEED = 0
 def split_validation(train, fraction: float):
     """A fixed (SPLIT_SEED), stratified split of the training arrays into (train, validation)."""
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"--val_fraction must be in [0, 1), got {fraction}")
+        raise ValueError(f"val_fraction: must be in [0, 1), got {fraction}")
     if fraction == 0.0:
         return train, None
     from sklearn.model_selection import train_test_split
@@ -243,10 +243,13 @@ def eval_pipeline(arrays, batch_size: int) -> tf.data.Dataset:
 
 
 def take(arrays, num_examples: int):
-    """The first `num_examples` examples (all of them for -1)."""
+    """The first `num_examples` examples (all of them for -1 or None); ValueError naming `num_examples` for 0, a
+    negative number other than -1 (which returned everything) or a non-integer."""
     x, y = arrays
-    if num_examples is None or num_examples < 0:
+    if num_examples is None or (num_examples == -1 and not isinstance(num_examples, bool)):
         return x, y
+    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
+        raise ValueError(f"num_examples: must be a positive number of examples or -1 (all), got {num_examples!r}")
     return x[:num_examples], y[:num_examples]
 
 

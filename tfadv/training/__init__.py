@@ -48,9 +48,15 @@ def make(name: str, network, attack: AttackConfig, **kwargs) -> Trainer:
 
         trainer = tfadv.training.make("trades", network, AttackConfig(eps=8/255, step_size=2/255, steps=10), beta=6.0)
     """
-    method = registry.get(name)
+    method = registry.lookup(name) if isinstance(name, str) else None
+    if method is None:
+        raise ValueError(f"name: unknown training method {name!r}; registered: {', '.join(registry.names())}")
     fields = {field.name for field in dataclasses.fields(method.options)}
-    options = method.options(**{key: kwargs.pop(key) for key in list(kwargs) if key in fields})
+    try:
+        options = method.options(**{key: kwargs.pop(key) for key in list(kwargs) if key in fields})
+    except registry.OptionError as error:  # it names the command-line flag (--free_replays); here: the argument
+        argument = method.flags().get(error.flag, error.flag)
+        raise ValueError(f"{argument}: {str(error).split(': ', 1)[1]}") from None
     return method.trainer(network, attack, options, **kwargs)
 
 __all__ = ["AttackConfig", "BAT_ATTACKS", "BAT_LABELS", "BATTrainer", "BN_MODES", "CLEAN_DEFENSES", "DEFENSES",

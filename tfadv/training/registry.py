@@ -114,8 +114,9 @@ def unregister(name: str) -> None:
 
 
 def get(name: str) -> Method:
+    """The registered method `name`; KeyError naming the registered ones if there is none."""
     if name not in _METHODS:
-        raise KeyError(name)
+        raise KeyError(f"unknown training method {name!r}; registered: {', '.join(_METHODS)}")
     return _METHODS[name]
 
 
