@@ -75,6 +75,10 @@ def _check_output_dir(config: TrainConfig):
         return
     if not os.path.isdir(out):
         raise ConfigError("output_dir", f"{out!r} exists and is not a directory")
+    try:  # a run that is writing it now (a second train.py into the same directory): refused, nothing touched
+        runs.check_unlocked(out)
+    except runs.RunLocked as error:
+        raise RunError(str(error)) from None
     if overwrite:
         return
     if os.path.exists(runs.metrics_path(out)):
@@ -86,7 +90,7 @@ def _check_output_dir(config: TrainConfig):
         if changed:
             raise RunError(f"--output_dir={out} holds an interrupted run with different flags ({', '.join(changed)}; "
                            f"see {flags_path}); rerun with the same flags to resume, or pass --overwrite")
-    elif os.listdir(out):
+    elif set(os.listdir(out)) - {runs.LOCK_FILE}:
         raise RunError(f"--output_dir={out} is not empty and is not a tfadv run; choose another directory or "
                        "pass --overwrite")
 
@@ -419,9 +423,13 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
     try:
         prepared = prepare(config, log)
         try:
-            built = build(prepared, log)
-            fit(prepared.config, built, log)
-            return finish(prepared, built, log)
+            # the run directory is this process's until the run ends (a second run into it is refused)
+            with runs.run_lock(prepared.config.runtime.output_dir):
+                built = build(prepared, log)
+                fit(prepared.config, built, log)
+                return finish(prepared, built, log)
+        except runs.RunLocked as error:  # another run took it between the check in prepare and here
+            raise RunError(str(error)) from None
         finally:  # a non-chief worker's temporary directory
             distribute.remove_worker_directory(prepared.config.runtime.output_dir, prepared.run_dir)
     finally:  # a caller in the same process gets its own policy back

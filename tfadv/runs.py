@@ -14,10 +14,12 @@ evaluation with --output_dir writes report.json, report.md and plots/.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import socket
 from typing import Optional
 
 FLAGS_FILE = "flags.txt"
@@ -43,6 +45,85 @@ ROBUST_ACCURACY_PLOT = "robust_accuracy.png"
 # checkpoint (the run's reported best and the robust self-teacher), "best_clean" the best-clean one (the standard
 # self-teacher). The values are the file stems (and the keys of metrics.json's entries).
 CHECKPOINTS = {"best_robust": "best", "best_clean": "best_clean", "final": "final"}
+# held while a training run writes its directory: "<pid> <host>" of the writer (`run_lock`)
+LOCK_FILE = ".tfadv-run.lock"
+
+
+class RunLocked(RuntimeError):
+    """Another live process is writing this run directory."""
+
+
+def _lock_holder(run_dir: str) -> Optional[str]:
+    """Who holds the run directory's lock ("PID 123 on host h"), or None if nobody does (no lock file, or a stale
+    one: its process on this host is gone). A lock of another host is taken as live (its PID cannot be checked)."""
+    try:
+        with open(os.path.join(run_dir, LOCK_FILE)) as handle:
+            pid_text, _, host = handle.read().strip().partition(" ")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return "an unreadable lock"
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return None  # not a lock we wrote (an empty file of a writer killed mid-write): stale
+    if host and host != socket.gethostname():
+        return f"PID {pid} on host {host}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    try:  # a killed writer that its parent has not reaped yet (a zombie) writes nothing any more
+        with open(f"/proc/{pid}/stat") as handle:
+            if handle.read().rpartition(")")[2].split()[0] == "Z":
+                return None
+    except (OSError, IndexError):
+        pass
+    return f"PID {pid}"
+
+
+def check_unlocked(run_dir: str) -> None:
+    """RunLocked (naming the holder) if a live process holds `run_dir`'s lock; reads only."""
+    holder = _lock_holder(run_dir)
+    if holder:
+        raise RunLocked(f"--output_dir={run_dir} is being written by another training run ({holder}); wait for it "
+                        f"to finish or choose another directory (if no run is writing it, remove "
+                        f"{os.path.join(run_dir, LOCK_FILE)})")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str):
+    """Holds `run_dir` for this process while the block runs: an O_EXCL lock file with the PID and host (a stale
+    one, of a process that is gone, is replaced); removed on exit, and so is the directory if the lock created
+    it and nothing else was written. RunLocked if a live process holds it."""
+    created = not os.path.isdir(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, LOCK_FILE)
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            check_unlocked(run_dir)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)  # stale: its writer is gone
+    else:
+        check_unlocked(run_dir)
+        raise RunLocked(f"--output_dir={run_dir}: could not take the run lock {path}")
+    try:
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+    finally:
+        os.close(fd)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(run_dir)  # only if empty: a run refused before writing leaves nothing
 
 
 def path(run_dir: str, *parts: str) -> str:
