@@ -18,8 +18,8 @@ from test_cli import error_lines, run_script
 TRAIN = ["--flagfile=flags/digits.cfg", "--epochs=1"]
 
 # (id, script, extra args, flag the first error line must name). In args, {run} is the trained digits run,
-# {file} an existing regular file, {dir} an existing directory, {npz:NAME} an examples file below, {out} the
-# case's own (not yet existing) output directory.
+# {file} an existing regular file, {dir} an existing directory, {npz:NAME} an examples file below, {cfg:NAME} a
+# bad flagfile below, {out} the case's own (not yet existing) output directory.
 CASES = [
     # train.py: every float flag must be finite; seeds, epochs, example counts; the output directory
     ("train-eps-nan", "train.py", TRAIN + ["--eps=nan", "--output_dir={out}"], "--eps"),
@@ -41,6 +41,36 @@ CASES = [
     ("eval-square-queries-negative", "evaluate.py", ["--audit", "--audit_square_queries=-5"], "--audit_square_queries"),
     ("train-output-dir-is-file", "train.py", TRAIN + ["--output_dir={file}"], "--output_dir"),
     ("train-output-dir-under-file", "train.py", TRAIN + ["--output_dir={file}/run"], "--output_dir"),
+    # train.py: accepted, not applied (Boundary II): typed flags the run would not read
+    ("train-val-examples-with-held-out-split", "train.py", TRAIN + ["--val_examples=100", "--output_dir={out}"],
+     "--val_examples"),
+    ("train-wrn-depth-without-wide-resnet", "train.py", TRAIN + ["--wrn_depth=34", "--output_dir={out}"],
+     "--wrn_depth"),
+    ("train-lr-peak-fraction-piecewise", "train.py", TRAIN + ["--lr_peak_fraction=0.3", "--output_dir={out}"],
+     "--lr_peak_fraction"),
+    ("train-lr-decay-factor-cosine", "train.py", TRAIN + ["--lr_schedule=cosine", "--lr_decay_factor=0.5",
+                                                          "--output_dir={out}"], "--lr_decay_factor"),
+    ("train-crop-padding-without-crop", "train.py", TRAIN + ["--crop_padding=2", "--output_dir={out}"],
+     "--crop_padding"),
+    ("train-data-dir-with-digits", "train.py", TRAIN + ["--data_dir={dir}", "--output_dir={out}"], "--data_dir"),
+    ("train-bat-gamma-with-hard-labels", "train.py", TRAIN + ["--bat_gamma=0.1", "--output_dir={out}"],
+     "--bat_gamma"),
+    ("train-ls-alpha-without-ls-method", "train.py", TRAIN + ["--ls_alpha=0.1", "--output_dir={out}"], "--ls_alpha"),
+    ("train-squeeze-reduction-without-beta", "train.py", TRAIN + ["--squeeze_reduction=mean_l2",
+                                                                  "--output_dir={out}"], "--squeeze_reduction"),
+    ("train-kd-temperature-without-teacher", "train.py", TRAIN + ["--kd_temperature=4", "--output_dir={out}"],
+     "--kd_temperature"),
+    ("train-swa-mode-without-swa", "train.py", TRAIN + ["--swa_mode=iswa", "--output_dir={out}"], "--swa_mode"),
+    ("train-flag-before-overriding-flagfile", "train.py", ["--lr=0.1", "--flagfile=flags/digits.cfg", "--epochs=1",
+                                                           "--output_dir={out}"], "--lr"),
+    # flagfiles absl would ignore (circular), crash on (binary) or pass on as a stray argument (garbage)
+    ("train-flagfile-includes-itself", "train.py", ["--flagfile={cfg:itself}", "--output_dir={out}"], "--flagfile"),
+    ("train-flagfile-circular-through-another", "train.py", ["--flagfile={cfg:first}", "--output_dir={out}"],
+     "--flagfile"),
+    ("train-flagfile-binary", "train.py", ["--flagfile={cfg:binary}", "--output_dir={out}"], "--flagfile"),
+    ("train-flagfile-latin1", "train.py", ["--flagfile={cfg:latin1}", "--output_dir={out}"], "--flagfile"),
+    ("train-flagfile-garbage-line", "train.py", ["--flagfile={cfg:garbage}", "--output_dir={out}"], "--flagfile"),
+    ("train-flagfile-missing", "train.py", ["--flagfile={dir}/missing.cfg", "--output_dir={out}"], "--flagfile"),
     # evaluate.py: flags
     ("eval-step-size-negative", "evaluate.py", ["--attacks=pgd20", "--attack_step_size=-1"], "--attack_step_size"),
     ("eval-step-size-0", "evaluate.py", ["--attacks=pgd20", "--attack_step_size=0"], "--attack_step_size"),
@@ -59,6 +89,10 @@ CASES = [
     ("eval-eps-l1-beyond-every-image", "evaluate.py", ["--eps_l1=1e9"], "--eps_l1"),
     ("eval-num-examples-with-examples", "evaluate.py", ["--examples={npz:nan}", "--num_examples=10"], "--num_examples"),
     ("eval-dataset-of-another-shape", "evaluate.py", ["--dataset=cifar10"], "--dataset"),
+    ("eval-flagfile-garbage-line", "evaluate.py", ["--flagfile={cfg:garbage}"], "--flagfile"),
+    ("eval-flagfile-includes-itself", "evaluate.py", ["--flagfile={cfg:itself}"], "--flagfile"),
+    ("eval-flagfile-binary", "evaluate.py", ["--flagfile={cfg:binary}"], "--flagfile"),
+    ("eval-flag-before-overriding-flagfile", "evaluate.py", ["--eps=3", "--flagfile=flags/digits.cfg"], "--eps"),
     # evaluate.py: --examples files
     ("eval-labels-out-of-range", "evaluate.py", ["--examples={npz:label_10}"], "--examples"),
     ("eval-labels-negative", "evaluate.py", ["--examples={npz:negative}"], "--examples"),
@@ -83,7 +117,25 @@ CASES = [
     ("cossat-min-recall-nan", "build_cossat.py", ["--min_recall=nan"], "--min_recall"),
     ("cossat-output-dir-is-file", "build_cossat.py", ["--output_dir={file}"], "--output_dir"),
     ("cossat-output-dir-under-file", "build_cossat.py", ["--output_dir={file}/build"], "--output_dir"),
+    ("cossat-flagfile-binary", "build_cossat.py", ["--flagfile={cfg:binary}"], "--flagfile"),
 ]
+
+
+def _flagfiles(directory):
+    """The bad flagfiles: one that includes itself, two that include each other, a binary one, latin-1 text, and
+    one with a line that is no flag."""
+    paths = {name: os.path.join(directory, f"{name}.cfg") for name in
+             ("itself", "first", "second", "binary", "latin1", "garbage")}
+    texts = {"itself": f"--eps=2\n--flagfile={paths['itself']}\n", "first": f"--flagfile={paths['second']}\n",
+             "second": f"--epochs=1\n--flagfile={paths['first']}\n", "garbage": "--dataset=digits\neps 3\n"}
+    for name, text in texts.items():
+        with open(paths[name], "w") as handle:
+            handle.write(text)
+    with open(paths["binary"], "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n\x00\x00\xff")
+    with open(paths["latin1"], "wb") as handle:
+        handle.write("# r\xe9glages\n--epochs=1\n".encode("latin-1"))
+    return paths
 
 
 def _examples(directory):
@@ -122,20 +174,23 @@ def outcomes(tmp_path_factory):
     """{case id: (CompletedProcess, output location, its state before)} of every case, run 3 at a time."""
     root = tmp_path_factory.mktemp("bad_inputs")
     run = root / "digits-run"
-    trained = run_script("train.py", "--flagfile=flags/digits.cfg", "--epochs=1", "--val_examples=50",
-                         "--eval_examples=50", f"--output_dir={run}", timeout=400)
+    trained = run_script("train.py", "--flagfile=flags/digits.cfg", "--epochs=1", "--eval_examples=50",
+                         f"--output_dir={run}", timeout=400)
     assert trained.returncode == 0, trained.stderr[-3000:]
     existing_file = root / "a_file.txt"
     existing_file.write_text("keep me\n")
     existing_dir = root / "a_dir"
     existing_dir.mkdir()
     npz = _examples(str(root))
+    cfg = _flagfiles(str(root))
 
     def expand(arg, out):
         arg = arg.replace("{run}", str(run)).replace("{file}", str(existing_file)).replace("{dir}", str(existing_dir))
         arg = arg.replace("{out}", str(out))
         for name, path in npz.items():
             arg = arg.replace("{npz:" + name + "}", path)
+        for name, path in cfg.items():
+            arg = arg.replace("{cfg:" + name + "}", path)
         return arg
 
     jobs = {}
