@@ -28,13 +28,14 @@ flags.DEFINE_string("markdown", None, "also write the table here")
 flags.DEFINE_boolean("report_only", False, "run nothing: tabulate the rows already finished (row.json)")
 FLAGS = flags.FLAGS
 
-EXTRA = {"fgsm_rs": "--step_size=10", "free": "--step_size=8 --epochs=25",  # the cifar10.cfg comments' commands
+EXTRA = {"free": "--epochs=25",  # FGSM-RS steps 1.25 eps and Free-AT eps by default; their recipes are rows below
          "label_smoothing": "--ls_method=uniform --ls_alpha=0.95 --noise_sigma=20",
          "logit_squeeze": "--squeeze_beta=10 --noise_sigma=20"}
 ROWS = [("cifar10", name, EXTRA.get(name, "")) for name in registry.names()] + [
     ("cifar10_cpu", "pgd", ""), ("cifar100", "pgd", ""), ("svhn", "pgd", ""),
     ("bat_cifar10", "bat", ""), ("bat_cifar100", "bat", ""), ("bat_svhn", "bat", ""),
     ("trades_cifar10", "trades", ""), ("ssat_cifar10", "ssat", ""),
+    ("fgsm_rs_cifar10", "fgsm_rs", ""), ("free_cifar10", "free", ""),
     ("smoothening_cifar10", "natural", ""), ("smoothening_cifar10", "pgd", ""),
     ("smoothening_cifar10", "pgd", "--kd_adv_teacher={smoothening_cifar10-pgd} "
      "--kd_std_teacher={smoothening_cifar10-natural} --swa --swa_start_epoch=2"),
