@@ -13,6 +13,11 @@ Attacks of a group (AutoAttack, `AttackSpec.group`) run as a cascade per attacke
 the points the source still classifies correctly; the image that fooled the source (the clean one where
 nothing did) is then classified by Co-SSAT. Plain attacks are classified by Co-SSAT directly. Random choices
 come from per-example keys, so results do not depend on the batch size.
+
+Every attack output is checked against the spec's threat model as the Evaluator does
+(`tfadv.evaluation.runner.check_threat_model`): an invalid one fools no source and Co-SSAT classifies the clean
+image instead; each attack's entry counts them over its sources (`invalid_outputs`, `invalid_reasons`, of
+`attacked` outputs), records its `max_perturbation`, and the report's `warnings` name it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfadv.attacks import rng
+from tfadv.evaluation import runner
 
 PROTOCOLS = {"white_box": ("logits", "ssat_logits", "base_logits"), "half_white_box": ("ssat_logits",),
              "aa_dispatch": ("ssat_logits", "base_logits")}
@@ -50,8 +56,10 @@ def evaluate(outputs_fn: Callable, x, y, specs: Sequence, protocol: str = "white
         def fn(images, labels, indices):
             keys = rng.example_keys(indices, seed, _salt(spec.canonical_name, source))
             x_adv = spec.run(branch(source), images, labels, keys)
-            fooled = tf.not_equal(tf.argmax(branch(source)(x_adv), -1, output_type=tf.int32), labels)
-            return x_adv, fooled
+            checks = runner.check_threat_model(images, x_adv, spec.norm, spec.eps)
+            x_adv, valid = runner.scored(images, x_adv, checks)  # an invalid output: the clean image, fooling none
+            fooled = tf.not_equal(tf.argmax(branch(source)(x_adv), -1, output_type=tf.int32), labels) & valid
+            return x_adv, fooled, checks
 
         return tf.function(fn, reduce_retracing=True) if spec.compiled else fn
 
@@ -80,6 +88,7 @@ def evaluate(outputs_fn: Callable, x, y, specs: Sequence, protocol: str = "white
         start = time.time()
         robust = correct.copy()
         per_source = {}
+        checked = []  # the threat-model checks of every output of this attack, over its sources
         for source in sources:
             if spec.group:
                 key = (spec.group, source)
@@ -89,7 +98,8 @@ def evaluate(outputs_fn: Callable, x, y, specs: Sequence, protocol: str = "white
                     cascade[key] = (x.copy(), predicted == y)
                 images, source_robust = cascade[key]
                 targets = np.flatnonzero(source_robust & correct)
-                for chunk, (x_adv, fooled) in batched(compiled[(spec.name, source)], targets, x, y):
+                for chunk, (x_adv, fooled, checks) in batched(compiled[(spec.name, source)], targets, x, y):
+                    checked.append([c.numpy() for c in checks])
                     fooled = fooled.numpy()
                     images[chunk[fooled]] = x_adv.numpy()[fooled]
                     source_robust[chunk[fooled]] = False
@@ -97,7 +107,8 @@ def evaluate(outputs_fn: Callable, x, y, specs: Sequence, protocol: str = "white
             else:
                 targets = np.arange(len(y))
                 parts = batched(compiled[(spec.name, source)], targets, x, y)
-                images = np.concatenate([a.numpy() for _, (a, _) in parts]) if parts else x
+                checked += [[c.numpy() for c in checks] for _, (_, _, checks) in parts]
+                images = np.concatenate([a.numpy() for _, (a, _, _) in parts]) if parts else x
                 ok = cossat_correct(images) & correct
             per_source[source] = float(ok.mean())
             robust &= ok
@@ -106,12 +117,22 @@ def evaluate(outputs_fn: Callable, x, y, specs: Sequence, protocol: str = "white
             report["groups"][spec.group] = {"robust_accuracy": float(robust.mean()),
                                             "attacks": [s.name for s in specs if s.group == spec.group]}
         worst &= robust
-        report["attacks"][spec.name] = {"robust_accuracy": float(robust.mean()), "per_source": per_source,
-                                        "seconds": round(time.time() - start, 3), **spec.metadata()}
+        checks = [np.concatenate(part) for part in zip(*checked)] if checked else \
+            [np.zeros([0], bool)] * 3 + [np.zeros([0])]
+        entry = {"robust_accuracy": float(robust.mean()), "per_source": per_source,
+                 "seconds": round(time.time() - start, 3), **spec.metadata(), "attacked": int(len(checks[0])),
+                 **runner.threat_model_entry(*checks)}
+        report["attacks"][spec.name] = entry
         if spec.group:
-            report["attacks"][spec.name]["group"] = spec.group
+            entry["group"] = spec.group
+        warning = runner.invalid_output_warning(spec.name, entry)
+        if warning:
+            report.setdefault("warnings", []).append(warning)
         if log:
             log(f"{spec.name} ({protocol}{', cumulative' if spec.group else ''}): robust accuracy "
-                f"{robust.mean():.4f} {per_source}")
+                f"{robust.mean():.4f} {per_source}; max perturbation {entry['max_perturbation']:.6g} {spec.norm}, "
+                f"{entry['invalid_outputs']} invalid")
+            if warning:
+                log(f"WARNING: {warning}")
     report["worst_case_accuracy"] = float(worst.mean())
     return report

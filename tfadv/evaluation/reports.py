@@ -5,41 +5,61 @@ from __future__ import annotations
 from typing import Optional
 
 
+def _perturbation(entry: dict) -> str:
+    """An attack's max perturbation as the table shows it: fraction of [0, 1] (pixel levels), and its norm."""
+    if "max_perturbation" not in entry:  # a report from before tfadv checked attack outputs
+        return ""
+    levels = f" ({entry['max_perturbation_levels']:.4g})" if "max_perturbation_levels" in entry else ""
+    return f"{entry['max_perturbation']:.4g}{levels} {entry['norm']}"
+
+
 def format_table(report: dict) -> str:
-    """A plain-text table of a report (cascaded attacks show the accuracy after them, marked `+`)."""
-    rows = [("clean", report["clean_accuracy"], "", "")]
+    """A plain-text table of a report (cascaded attacks show the accuracy after them, marked `+`): accuracy, time,
+    images/s, each attack's max perturbation (fraction of [0, 1], pixel levels in brackets when known) and its
+    invalid outputs; then a "WARNING:" line per warning of the report (invalid attack outputs, chance level)."""
+    rows = [("clean", report["clean_accuracy"], "", "", "", "")]
     for name, entry in report["attacks"].items():
         rows.append(((" + " if entry.get("group") else "") + name, entry["robust_accuracy"],
-                     f"{entry['seconds']:.1f}s", f"{entry['images_per_second']:.1f}"))
+                     f"{entry['seconds']:.1f}s", f"{entry['images_per_second']:.1f}", _perturbation(entry),
+                     str(entry.get("invalid_outputs", ""))))
     for group, entry in report.get("groups", {}).items():
-        rows.append((f"{group} (all)", entry["robust_accuracy"], f"{entry['seconds']:.1f}s", ""))
+        rows.append((f"{group} (all)", entry["robust_accuracy"], f"{entry['seconds']:.1f}s", "", "", ""))
     by_norm = report.get("worst_case_by_norm", {})
     if len(by_norm) > 1:
-        rows += [(f"worst case ({norm})", value, "", "") for norm, value in by_norm.items()]
-    rows.append(("worst case" + (" (all norms)" if len(by_norm) > 1 else ""), report["worst_case_accuracy"], "", ""))
+        rows += [(f"worst case ({norm})", value, "", "", "", "") for norm, value in by_norm.items()]
+    rows.append(("worst case" + (" (all norms)" if len(by_norm) > 1 else ""), report["worst_case_accuracy"], "", "",
+                 "", ""))
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'attack'.ljust(width)}  accuracy    time  img/s", f"{'-' * width}  --------  ------  -----"]
-    lines += [f"{name.ljust(width)}  {value * 100:7.2f}%  {t:>6}  {ips:>5}" for name, value, t, ips in rows]
+    size = max([len("max perturbation")] + [len(r[4]) for r in rows])
+    lines = [f"{'attack'.ljust(width)}  accuracy    time  img/s  {'max perturbation'.ljust(size)}  invalid",
+             f"{'-' * width}  --------  ------  -----  {'-' * size}  -------"]
+    lines += [f"{name.ljust(width)}  {value * 100:7.2f}%  {t:>6}  {ips:>5}  {pert.ljust(size)}  {bad:>7}".rstrip()
+              for name, value, t, ips, pert, bad in rows]
     lines.append(f"({report['num_examples']} examples" + ("; + = cascade: accuracy after this attack, run on the "
                                                           "points the earlier ones left robust)"
                                                           if report.get("groups") else ")"))
+    lines += [f"WARNING: {warning}" for warning in report.get("warnings", [])]
     return "\n".join(lines)
 
 
 def format_markdown(report: dict, audit: Optional[dict] = None, title: str = "Robustness report") -> str:
-    """A Markdown summary: accuracy per attack with time and images/s, groups, worst case, audit verdicts."""
+    """A Markdown summary: the report's warnings (bold, first), accuracy per attack with time, images/s, max
+    perturbation and invalid outputs, groups, worst case, audit verdicts."""
     by_norm = report.get("worst_case_by_norm", {})
     per_norm = "".join(f"; {norm} attacks only **{value * 100:.2f} %**" for norm, value in by_norm.items()) \
         if len(by_norm) > 1 else ""
     lines = [f"# {title}", "", f"{report['num_examples']} examples; clean accuracy "
              f"**{report['clean_accuracy'] * 100:.2f} %**; worst case over all attacks "
              f"**{report['worst_case_accuracy'] * 100:.2f} %**{per_norm}.", ""]
-    lines += ["| attack | norm | eps | robust accuracy | attacked | time (s) | images/s |",
-              "|---|---|---|---|---|---|---|"]
+    if report.get("warnings"):
+        lines += ["**Warnings:**", ""] + [f"- **{w}**" for w in report["warnings"]] + [""]
+    lines += ["| attack | norm | eps | robust accuracy | attacked | time (s) | images/s | max perturbation | "
+              "invalid outputs |", "|---|---|---|---|---|---|---|---|---|"]
     for name, entry in report["attacks"].items():
         shown = f"{name} (cumulative, {entry['group']})" if entry.get("group") else name
         lines.append(f"| {shown} | {entry['norm']} | {entry['eps']:.4g} | {entry['robust_accuracy'] * 100:.2f} % | "
-                     f"{entry['attacked']} | {entry['seconds']:.1f} | {entry['images_per_second']:.1f} |")
+                     f"{entry['attacked']} | {entry['seconds']:.1f} | {entry['images_per_second']:.1f} | "
+                     f"{_perturbation(entry)} | {entry.get('invalid_outputs', '')} |")
     for group, entry in report.get("groups", {}).items():
         lines += ["", f"**{group}** ({' → '.join(entry['attacks'])}): robust accuracy "
                       f"**{entry['robust_accuracy'] * 100:.2f} %** in {entry['seconds']:.1f} s."]
@@ -114,8 +134,10 @@ def report_figure(report: dict, title: str = ""):
                               label=f"worst case over all attacks: {worst:.1f} %"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     warned = [name for name, check in report.get("audit", {}).items() if check.get("verdict") == "warn"]
-    heading = title + (f"\naudit warns: {', '.join(warned)}" if warned else "")
-    ax.set_title(heading, fontsize=9, color="#c44e52" if warned else "black")
+    invalid = [name for name, entry in report["attacks"].items() if entry.get("invalid_outputs")]
+    heading = title + (f"\naudit warns: {', '.join(warned)}" if warned else "") + \
+        (f"\ninvalid attack outputs (counted as not broken): {', '.join(invalid)}" if invalid else "")
+    ax.set_title(heading, fontsize=9, color="#c44e52" if warned or invalid else "black")
     fig.tight_layout()
     return fig
 
@@ -123,7 +145,7 @@ def report_figure(report: dict, title: str = ""):
 def plot_report(report: dict, path: str, title: str = "") -> str:
     """A horizontal bar chart of a report (`report_figure`): clean, each attack (cascade stages hatched,
     labelled "+"), the worst case per norm and over all norms (also a dashed line), a legend; the audit's
-    warnings in the title when `report["audit"]` has any. Returns `path`."""
+    warnings in the title when `report["audit"]` has any, and the attacks with invalid outputs. Returns `path`."""
     import matplotlib.pyplot as plt
 
     fig = report_figure(report, title)

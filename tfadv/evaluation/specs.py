@@ -250,7 +250,10 @@ class AttackSpec:
         return entry.run(self, logits_fn, x, y, keys)
 
 
-def at_budget(x, x_adv, norms, eps: float, tolerance: float = 1e-6):
+AT_BUDGET_TOLERANCE = 1e-6  # relative slack of a minimum-norm attack's own norm at the budget (`at_budget`)
+
+
+def at_budget(x, x_adv, norms, eps: float, tolerance: float = AT_BUDGET_TOLERANCE):
     """A minimum-norm attack scored at a budget: x_adv where its norm is within eps, else the clean x."""
     within = norms <= eps * (1.0 + tolerance)
     return tf.where(tf.reshape(within, [-1] + [1] * (len(x.shape) - 1)), x_adv, x)
