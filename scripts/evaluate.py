@@ -27,6 +27,8 @@ F.DEFINE_integer("num_examples", 1000, "evaluate on the first N test examples (-
 F.DEFINE_string("examples", None, "an .npz with x (float [0,1], NHWC) and y (int) to evaluate instead")
 F.DEFINE_string("output", None, "write the report as JSON here")
 F.DEFINE_string("output_dir", None, "write report.json, report.md and plots/ here")
+F.DEFINE_string("save_adversarial", None, "write each attack's adversarial images, example indices and verdicts "
+                "(broken, valid) to this .npz (its directory must exist)")
 F.DEFINE_boolean("progress", True, "show a progress bar with ETA for each attack (stderr)")
 F.DEFINE_integer("eval_batch_size", 256, "examples per attack batch")
 F.DEFINE_integer("eot_iter", 1, "APGD attacks average each step's gradient over N passes (EOT)")
@@ -37,7 +39,7 @@ F.DEFINE_string("data_dir", None, "tensorflow-datasets directory")
 F.DEFINE_boolean("download", False, "let tensorflow-datasets download a missing dataset")
 FLAGS = F.FLAGS
 CHECKED = ("num_examples", "eot_iter", "seed", "audit", "audit_square_queries", "diagnostics", "cossat_protocol",
-           "output", "output_dir", "plots_dir", "shard")
+           "output", "output_dir", "plots_dir", "shard", "save_adversarial")
 PASSED = CHECKED[2:] + ("progress", "jit_compile")  # evaluate_model's arguments of the same names
 
 

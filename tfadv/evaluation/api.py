@@ -65,9 +65,26 @@ def unwritable_reason(path: str, directory: bool = True) -> Optional[str]:
     return None
 
 
+def save_path_reason(path: str) -> Optional[str]:
+    """Why `path` cannot be the .npz of the adversarial examples; None if it can. Its directory must exist and be
+    writable (unlike --output, no directory is created: the file is written after every attack, so a typo must
+    be caught before any runs). Touches nothing."""
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        return f"{path} is a directory; give a file path such as {os.path.join(path, 'adversarial.npz')}"
+    if not os.path.isdir(directory):
+        return f"the directory {directory} does not exist" if not os.path.exists(directory) else \
+            f"{directory} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"{path} is not writable"
+    return None
+
+
 def check_arguments(*, attack_step_size=None, eps=None, eps_l2=None, eps_l1=None, num_examples=None,
                     batch_size=None, seed=None, eot_iter=None, audit_square_queries=None, output=None,
-                    output_dir=None, plots_dir=None, shard=None, audit=None, diagnostics=None, cossat_protocol=None):
+                    output_dir=None, plots_dir=None, shard=None, audit=None, diagnostics=None, cossat_protocol=None,
+                    save_adversarial=None):
     """EvaluationError ("--flag: ...") for the first bad evaluate.py argument; None means "not given". Loads no
     model and touches no file, so a bad flag never costs an attack or leaves a file behind: call it first.
     `shard` ("i/n"): also refused with fewer `num_examples` than shards, and with what cannot be merged from
@@ -92,6 +109,9 @@ def check_arguments(*, attack_step_size=None, eps=None, eps_l2=None, eps_l1=None
         reason = unwritable_reason(value, directory) if value else None
         if reason:
             raise EvaluationError(f"--{flag}: {reason}")
+    reason = save_path_reason(save_adversarial) if save_adversarial else None
+    if reason:
+        raise EvaluationError(f"--save_adversarial: {reason}")
     check_shard(shard, num_examples if num_examples not in (None, -1) else None, audit, diagnostics, cossat_protocol)
 
 
@@ -383,7 +403,7 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
                    output_dir: Optional[str] = None, output: Optional[str] = None, plots_dir: Optional[str] = None,
                    progress: bool = False, log: Optional[Callable] = print, model_name: Optional[str] = None,
                    examples_source: str = "examples", report_fields: Optional[dict] = None,
-                   shard=None, jit_compile: bool = False) -> dict:
+                   shard=None, jit_compile: bool = False, save_adversarial: Optional[str] = None) -> dict:
     """Clean, per-attack and worst-case accuracy of `model` on (x, y) ([0,1] NHWC, int labels); returns the
     report dict (tfadv.evaluation.Evaluator's, with the audit, diagnostics and Co-SSAT protocols when asked).
 
@@ -407,11 +427,18 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     needs to rebuild the whole run's report exactly. The audit, diagnostics and Co-SSAT protocols cannot be
     merged: refused when asked for, skipped (said in `log`) when they would run by default. `jit_compile`:
     compile every attack with XLA (the report then records "jit_compile": true).
+
+    Every attack's outputs are checked against its threat model (`tfadv.evaluation.runner.check_threat_model`):
+    invalid ones count as not broken and are counted per attack (`invalid_outputs`, `invalid_reasons`, a line in
+    `warnings`); each attack records its `max_perturbation` (fraction of [0, 1]) and, with a Budget (which knows
+    the pixel levels), `max_perturbation_levels`. `save_adversarial` (a path whose directory exists): an .npz
+    with, per attack, `<name>/images` (what it returned), `<name>/indices` (in (x, y)), `<name>/broken` and
+    `<name>/valid`, and `attacks` (the names in order) (`save_adversarial_examples`).
     """
     import numpy as np
 
     check_arguments(batch_size=batch_size, seed=seed, eot_iter=eot_iter, audit_square_queries=audit_square_queries,
-                    output=output, output_dir=output_dir, plots_dir=plots_dir)
+                    output=output, output_dir=output_dir, plots_dir=plots_dir, save_adversarial=save_adversarial)
     from_split = examples_source.endswith("test split")  # evaluate.py: the dataset's split, else --examples
     check_examples(x, y, flag="--num_examples" if from_split else "--examples")
     shard = check_shard(shard, len(x), audit, diagnostics, cossat_protocol,
@@ -464,19 +491,24 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
         f"{radii['l2']:.4f} (l2), {radii['l1']:.4f} (l1); attacks: {', '.join(s.name for s in specs)}"
         + ("; attacks compiled with XLA" if jit_compile else ""))
     evaluator = runner.Evaluator(logits_fn, specs, batch_size, seed, progress, jit_compile)
+    keep = save_adversarial is not None
     try:
         if shard is None:
-            report = evaluator(x, y, log)
+            report = evaluator(x, y, log, keep_adversarial=keep)
             report.pop("per_example_robust")
             report.pop("per_example_correct")
-        else:
-            report = shards.evaluate_shard(evaluator, x, y, shard, log, model_name or shown)  # no audit etc. below
+        else:  # no audit etc. below
+            report = shards.evaluate_shard(evaluator, x, y, shard, log, model_name or shown, keep_adversarial=keep)
     except runner.XLAUnsupportedError as error:
         raise EvaluationError(f"--jit_compile: {error}") from None
+    if keep:
+        save_adversarial_examples(save_adversarial, report.pop("adversarial"))
+        say(f"adversarial examples written to {save_adversarial}")
     report.update(report_fields or {})
     report.update({"eps": radii["linf"], "eps_l2": radii["l2"], "eps_l1": radii["l1"]})
     if hasattr(budget, "to_json"):
         report["budget"] = budget.to_json()
+    add_perturbation_levels(report, getattr(budget, "pixel_max", None))
     if jit_compile:
         report["jit_compile"] = True
     say(reports.format_table(report))
@@ -508,8 +540,34 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     if cossat_protocol:
         report["cossat"] = _cossat(outputs_fn, x, y, specs, radii, COSSAT_PROTOCOLS[cossat_protocol], batch_size,
                                    seed, say)
+        for protocol, result in report["cossat"].items():  # invalid attack outputs, said at the top as well
+            report.setdefault("warnings", []).extend(f"Co-SSAT {protocol}: {w}" for w in result.get("warnings", []))
     write_report(report, output=output, output_dir=output_dir, plots=plots, model_name=model_name or shown, log=say)
     return report
+
+
+def add_perturbation_levels(report: dict, pixel_max: Optional[float]):
+    """Each attack's `max_perturbation_levels` (the max perturbation in the CLI's pixel levels, as --eps is given)
+    when the budget knows the pixel range; nothing without it (a {norm: radius} budget)."""
+    if pixel_max:
+        for entry in report["attacks"].values():
+            entry["max_perturbation_levels"] = entry["max_perturbation"] * float(pixel_max)
+
+
+def save_adversarial_examples(path: str, adversarial: dict) -> str:
+    """Writes the Evaluator's `adversarial` ({name: {images, indices, broken, valid}}) to the .npz `path`
+    (exactly that path, via a temporary file: never half-written) as `<name>/<field>` arrays plus `attacks`
+    (the names in order); `numpy.load(path)` reads it back. Returns `path`."""
+    import numpy as np
+
+    arrays = {"attacks": np.asarray(list(adversarial), dtype=str)}
+    for name, fields in adversarial.items():
+        arrays.update({f"{name}/{field}": value for field, value in fields.items()})
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
+    return path
 
 
 def write_report(report: dict, output: Optional[str] = None, output_dir: Optional[str] = None,

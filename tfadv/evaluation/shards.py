@@ -7,7 +7,8 @@ This is exact because every random number an attack draws is keyed by the exampl
 report carries, besides its own numbers, the per-example correctness of the clean pass and of every attack
 (a cascade stage's cumulative), and the merge concatenates them and recomputes clean, per-attack, cascade,
 worst-case and per-norm accuracies with the runner's own formula. Times are summed over the shards (compute
-time, not wall time).
+time, not wall time); so are the counts of invalid attack outputs (by reason), and the max perturbation is the
+largest of the shards' (the threat-model warnings are rebuilt from the merged counts).
 
 Report parts that are not means over examples cannot be merged this way: the gradient-masking audit (its
 probes, random-noise draw and gradient statistics see the whole set at once), the diagnostics and the Co-SSAT
@@ -25,14 +26,16 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from tfadv.evaluation import runner
 from tfadv.evaluation.api import EvaluationError
 
 SHARD_KEY = "shard"
 PER_EXAMPLE_KEY = "per_example"
 # what a report holds per shard (recomputed or summed by the merge); every other field must agree across shards
 _PER_SHARD_FIELDS = ("clean_accuracy", "num_examples", "attacks", "groups", "worst_case_accuracy",
-                     "worst_case_by_norm", SHARD_KEY, PER_EXAMPLE_KEY)
-_PER_SHARD_ATTACK_FIELDS = ("robust_accuracy", "attacked", "seconds", "images_per_second")
+                     "worst_case_by_norm", "warnings", SHARD_KEY, PER_EXAMPLE_KEY)
+_THREAT_MODEL_FIELDS = ("invalid_outputs", "invalid_reasons", "max_perturbation", "max_perturbation_levels")
+_PER_SHARD_ATTACK_FIELDS = ("robust_accuracy", "attacked", "seconds", "images_per_second") + _THREAT_MODEL_FIELDS
 # report parts that see the whole set at once: never in a shard report, never merged
 UNMERGEABLE = ("audit", "diagnostics", "cossat")
 MERGED_KEY = "merged_shards"
@@ -96,18 +99,20 @@ def _mask(bits: str, length: int, where: str) -> np.ndarray:
     return np.frombuffer(bits.encode(), np.uint8) == ord("1")
 
 
-def evaluate_shard(evaluator, x, y, shard, log: Optional[Callable] = None, model: str = "model") -> dict:
+def evaluate_shard(evaluator, x, y, shard, log: Optional[Callable] = None, model: str = "model",
+                   keep_adversarial: bool = False) -> dict:
     """The report of shard `shard` ("i/n" or (i, n)) of the evaluation set (x, y) by `evaluator` (a
     tfadv.evaluation.Evaluator): its examples `shard_bounds(i, n, len(y))`, each attacked with the random numbers
     it gets in a run over all of (x, y). Besides the shard's own numbers the report has what `merge_reports`
     needs: "shard" (i, n, start, stop, total_examples, examples_sha256, `model`, jit_compile) and "per_example"
-    (the clean and per-attack correctness, "0"/"1" per example)."""
+    (the clean and per-attack correctness, "0"/"1" per example). `keep_adversarial`: the Evaluator's
+    "adversarial" (each attack's outputs, indexed in the whole set) stays in the report."""
     index, count = parse_shard(shard)
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32).reshape(-1)
     check_shard_size((index, count), len(y), "the evaluation set")
     start, stop = shard_bounds(index, count, len(y))
-    report = evaluator(x[start:stop], y[start:stop], log, index_offset=start)
+    report = evaluator(x[start:stop], y[start:stop], log, index_offset=start, keep_adversarial=keep_adversarial)
     report.pop("per_example_robust")
     correct = report.pop("per_example_correct")
     report[SHARD_KEY] = {"index": index, "count": count, "start": start, "stop": stop, "total_examples": len(y),
@@ -173,9 +178,10 @@ def _short(value, limit: int = 120) -> str:
 def merge_reports(reports: Sequence[dict], names: Optional[Sequence[str]] = None) -> dict:
     """The report of one run over the whole evaluation set, from the reports of all its shards (any order).
 
-    Clean, per-attack, cascade, worst-case and per-norm accuracies and the attacked counts equal the single
-    run's exactly; "seconds" is summed over the shards and "images_per_second" recomputed from it; the report
-    gains `merged_shards` (count and names). EvaluationError when the reports are not all the shards of one
+    Clean, per-attack, cascade, worst-case and per-norm accuracies, the attacked counts, the invalid-output
+    counts (summed) and the max perturbations (the max over the shards) equal the single run's exactly, and so
+    do the threat-model warnings (rebuilt from the merged counts); "seconds" is summed over the shards and
+    "images_per_second" recomputed from it; the report gains `merged_shards` (count and names). EvaluationError when the reports are not all the shards of one
     evaluation (different model, budget, attacks, seed, examples or settings; overlapping or missing shards).
     """
     reports = list(reports)
@@ -196,6 +202,10 @@ def merge_reports(reports: Sequence[dict], names: Optional[Sequence[str]] = None
                                for r in ordered])
 
     merged = copy.deepcopy(ordered[0])
+    other_warnings = []  # the shards' warnings other than the threat model's, which are rebuilt below
+    for report in ordered:
+        ours = runner.threat_model_warnings(report["attacks"])
+        other_warnings += [w for w in report.get("warnings", []) if w not in ours and w not in other_warnings]
     correct = joined(lambda r: r[PER_EXAMPLE_KEY]["clean"])
     worst = correct.copy()
     worst_by_norm = {}
@@ -210,6 +220,7 @@ def merge_reports(reports: Sequence[dict], names: Optional[Sequence[str]] = None
         attacked = sum(r["attacks"][name]["attacked"] for r in ordered)
         entry.update({"robust_accuracy": _accuracy(result), "attacked": int(attacked), "seconds": round(seconds, 3),
                       "images_per_second": round(attacked / max(seconds, 1e-9), 1)})
+        _merge_threat_model(entry, [r["attacks"][name] for r in ordered])
         if entry.get("group"):
             group = merged["groups"][entry["group"]]
             group["robust_accuracy"] = entry["robust_accuracy"]
@@ -217,11 +228,30 @@ def merge_reports(reports: Sequence[dict], names: Optional[Sequence[str]] = None
                                          if s in merged["attacks"]), 3)
     merged["worst_case_accuracy"] = _accuracy(worst)
     merged["worst_case_by_norm"] = {norm: _accuracy(w) for norm, w in worst_by_norm.items()}
+    merged["warnings"] = other_warnings + runner.threat_model_warnings(merged["attacks"])
+    if not merged["warnings"]:
+        merged.pop("warnings")
     merged.pop(SHARD_KEY)
     merged.pop(PER_EXAMPLE_KEY)
     merged[MERGED_KEY] = {"count": ordered[0][SHARD_KEY]["count"],
                           "reports": [names[reports.index(r)] for r in ordered]}
     return merged
+
+
+def _merge_threat_model(entry: dict, parts: Sequence[dict]):
+    """An attack's threat-model fields over all shards (`parts`: its entry in each): invalid counts and reasons
+    summed, max perturbations the max; a field some shard lacks (a report from before tfadv checked outputs) is
+    left out rather than guessed."""
+    for key in _THREAT_MODEL_FIELDS:
+        if not all(key in part for part in parts):
+            entry.pop(key, None)
+            continue
+        if key == "invalid_outputs":
+            entry[key] = int(sum(part[key] for part in parts))
+        elif key == "invalid_reasons":
+            entry[key] = {reason: int(sum(part[key].get(reason, 0) for part in parts)) for reason in parts[0][key]}
+        else:
+            entry[key] = max(part[key] for part in parts)
 
 
 def load_reports(paths: Sequence[str]) -> list:
