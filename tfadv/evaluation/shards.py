@@ -181,8 +181,9 @@ def merge_reports(reports: Sequence[dict], names: Optional[Sequence[str]] = None
     Clean, per-attack, cascade, worst-case and per-norm accuracies, the attacked counts, the invalid-output
     counts (summed) and the max perturbations (the max over the shards) equal the single run's exactly, and so
     do the threat-model warnings (rebuilt from the merged counts); "seconds" is summed over the shards and
-    "images_per_second" recomputed from it; the report gains `merged_shards` (count and names). EvaluationError when the reports are not all the shards of one
-    evaluation (different model, budget, attacks, seed, examples or settings; overlapping or missing shards).
+    "images_per_second" recomputed from it; the report gains `merged_shards` (count and names). EvaluationError
+    when the reports are not all the shards of one evaluation (different model, budget, attacks, seed, examples or
+    settings; overlapping or missing shards).
     """
     reports = list(reports)
     names = list(names) if names is not None else [f"report {i}" for i in range(len(reports))]
