@@ -1,4 +1,4 @@
-"""Exact replica parity of every defense (tfadv.distribute.parity_run): one short epoch of each defense (and PGD
+"""Exact replica parity of every defense (tfadv.parity.parity_run): one short epoch of each defense (and PGD
 with distillation from a teacher, PGD with SWA) on 2 logical CPU devices (mirrored) and on 2 local worker
 processes (multi_worker) gives the per-step losses and final weights of one device at the same global batch
 and seed. Every random draw (PGD / FGSM-RS / BAT random start, TRADES and SSAT starts, Gaussian noise) is on,
@@ -11,7 +11,7 @@ started together (one device then 2 logical devices in one, one per worker), eve
 
 import numpy as np
 
-from tfadv import distribute
+from tfadv import parity
 
 # tolerance: weights within 1e-5 absolute (the MLP's weights are below 1 in magnitude), per-step losses within
 # 1e-5 relative; measured 2026-11-27: at most 4.5e-8 (weights) and 1e-6 relative (losses)
@@ -21,22 +21,22 @@ STEPS = 4
 
 
 def test_every_defense_trains_the_same_on_two_devices_and_on_two_workers_as_on_one(tmp_path):
-    results = distribute.parity_results(str(tmp_path), ("none",) + distribute.PARITY_MODES, steps=STEPS)
+    results = parity.parity_results(str(tmp_path), ("none",) + parity.PARITY_MODES, steps=STEPS)
     assert set(results) == {"none", "mirrored", "multi_worker"}
     one = results["none"]
-    assert set(one) == set(distribute.PARITY_CASES)
+    assert set(one) == set(parity.PARITY_CASES)
     for case, result in one.items():
         expected = STEPS * (2 if case.endswith("swa") else 1)
         assert len(result["losses"]) == expected and np.all(np.isfinite(result["losses"])), case
     # each defense trains on its own objective (a harness that ran one method for all would fail here)
-    defenses = [case for case in distribute.PARITY_CASES if "+" not in case]
+    defenses = [case for case in parity.PARITY_CASES if "+" not in case]
     assert len({round(float(one[case]["losses"][0]), 5) for case in defenses}) == len(defenses)
     # distillation and SWA change the result of plain PGD
     assert not np.allclose(one["pgd+distillation"]["losses"], one["pgd"]["losses"])
     assert max(np.max(np.abs(a - b)) for a, b in zip(one["pgd+swa"]["weights"], one["pgd"]["weights"])) > 1e-4
     failures = []
-    for row in distribute.parity_table(results):
-        for mode in distribute.PARITY_MODES:
+    for row in parity.parity_table(results):
+        for mode in parity.PARITY_MODES:
             weight, _, relative = row[mode]
             if weight > WEIGHT_ATOL or relative > LOSS_RTOL:
                 failures.append(f"{row['case']} {mode}: weights {weight:.2e}, losses {relative:.2e} relative")

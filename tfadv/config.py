@@ -19,7 +19,8 @@ import math
 import os
 from typing import List, Optional
 
-from tfadv import data, losses, models, targets, training
+from tfadv import cluster, data, losses, models, targets, training
+from tfadv.errors import ConfigError
 from tfadv.callbacks import LR_SCHEDULES
 from tfadv.training import registry
 from tfadv.training.registry import option
@@ -29,14 +30,6 @@ DISTRIBUTE_MODES = ("none", "mirrored", "multi_worker")
 PRECISIONS = ("none", "bfloat16", "float16")
 OPTIMIZERS = ("sgd", "adam")
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip")
-
-
-class ConfigError(ValueError):
-    """A bad flag value; the message names the flag and what is allowed."""
-
-    def __init__(self, flag: str, message: str):
-        super().__init__(f"--{flag}: {message}")
-        self.flag = flag
 
 
 def _one_of(flag, value, allowed):
@@ -393,9 +386,7 @@ class RuntimeSection:
         """Replicas in sync: --num_cpu_devices when mirrored (over CPUs), the workers of TF_CONFIG for
         multi_worker, else 1."""
         if self.distribute == "multi_worker":
-            from tfadv import distribute
-
-            return distribute.cluster_from_environment().num_workers
+            return cluster.cluster_from_environment().num_workers
         return self.num_cpu_devices if self.distribute == "mirrored" else 1
 
     def validate(self, run):
@@ -406,20 +397,18 @@ class RuntimeSection:
         _positive_ints(self, "num_cpu_devices")
         if not self.output_dir:
             raise ConfigError("output_dir", "is required (the run's directory)")
-        from tfadv import distribute
-
         if self.distribute == "multi_worker":
             try:
-                distribute.cluster_from_environment()
+                cluster.cluster_from_environment()
             except ValueError as error:
                 raise ConfigError("distribute", str(error)) from None
-        elif os.environ.get(distribute.TF_CONFIG, "").strip():
+        elif os.environ.get(cluster.TF_CONFIG, "").strip():
             # a cluster manager sets TF_CONFIG for every worker of a multi-worker job: under --distribute=none or
             # mirrored each worker would silently train alone, on all the data, into the same run directory
             raise ConfigError("distribute", f"{self.distribute} trains in this one process, but the "
-                                            f"{distribute.TF_CONFIG} environment variable describes a cluster (it is read only by "
+                                            f"{cluster.TF_CONFIG} environment variable describes a cluster (it is read only by "
                                             "--distribute=multi_worker); pass --distribute=multi_worker, or unset "
-                                            f"{distribute.TF_CONFIG} for a single-process run")
+                                            f"{cluster.TF_CONFIG} for a single-process run")
         if run.optimization.batch_size % self.replicas:
             raise ConfigError("batch_size", f"{run.optimization.batch_size} does not split evenly over "
                                             f"{self.replicas} replicas")

@@ -19,6 +19,7 @@ import re
 from typing import Callable, Dict, Optional, Sequence, Union
 
 from tfadv import runs
+from tfadv.errors import EvaluationError
 from tfadv.evaluation import reports, runner, specs as specs_lib
 
 DIAGNOSTICS = ("eps_l", "gradients", "lipschitz", "linearity", "landscape", "confidence", "sweep")
@@ -26,10 +27,6 @@ COSSAT_PROTOCOLS = {"white_box": ["white_box"], "half_white_box": ["half_white_b
                     "both": ["white_box", "half_white_box"], "all": ["white_box", "half_white_box", "aa_dispatch"]}
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "cw20")
 TRANSFER_ATTACK = "transfer_pgd20"  # what a suite adds when a source model is given
-
-
-class EvaluationError(ValueError):
-    """A bad argument of `evaluate_model`; the message names the evaluate.py flag and what is allowed."""
 
 
 def _as_list(value) -> list:

@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tfadv.evaluation import runner
-from tfadv.evaluation.api import EvaluationError
+from tfadv.errors import EvaluationError
 
 SHARD_KEY = "shard"
 PER_EXAMPLE_KEY = "per_example"

@@ -1,0 +1,223 @@
+"""Replica parity: every defense, one short epoch, under one device, a MirroredStrategy over logical CPU devices
+and two local worker processes (MultiWorkerMirroredStrategy), compared step by step (`parity_table`). The harness
+behind tests/test_parity.py and scripts/parity_table.py; it launches processes, so it lives apart from the
+strategy code in `tfadv.distribute`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Callable
+
+import tensorflow as tf
+
+from tfadv.cluster import launch, stop
+from tfadv.config import TrainConfig
+from tfadv.distribute import is_chief, prepare_trainer, setup, strategy
+
+PARITY_BASE = {"dataset": "digits", "model": "mlp", "batch_size": 32, "lr": 0.05, "momentum": 0.9,
+               "weight_decay": 5e-4, "eps": 2.0, "step_size": 0.5, "attack_steps": 3, "free_replays": 2,
+               "ssat_replays": 2, "trades_beta": 6.0, "seed": 3, "epochs": 1, "lr_schedule": "constant"}
+# case -> flags on top of PARITY_BASE; "teacher" and "swa" are special cases (see parity_run)
+PARITY_CASES = {
+    "natural": {"defense": "natural"},
+    "pgd": {"defense": "pgd"},
+    "fgsm_rs": {"defense": "fgsm_rs"},  # one step of 1.25 eps = 2.5
+    "free": {"defense": "free"},
+    "trades": {"defense": "trades"},
+    "bat": {"defense": "bat"},
+    "ssat": {"defense": "ssat"},
+    "label_smoothing": {"defense": "label_smoothing", "ls_method": "als", "ls_alpha": 0.1, "noise_sigma": 4.0},
+    "logit_squeeze": {"defense": "logit_squeeze", "squeeze_beta": 0.5},
+    "pgd+distillation": {"defense": "pgd"},
+    "pgd+swa": {"defense": "pgd", "swa": True, "swa_start_epoch": 1, "epochs": 2},
+}
+PARITY_MODES = ("mirrored", "multi_worker")
+
+
+def parity_config(case: str, distribute: str = "none", replicas: int = 1) -> TrainConfig:
+    flags = {**PARITY_BASE, **PARITY_CASES[case], "distribute": distribute, "output_dir": "unused"}
+    if distribute == "mirrored":
+        flags["num_cpu_devices"] = replicas
+    return TrainConfig.from_flags(flags)
+
+
+def _parity_teacher(spec):
+    """A fixed random MLP teacher (the same weights in every process), called in inference mode."""
+    import keras
+
+    from tfadv import models, training
+
+    keras.utils.set_random_seed(1234)
+    teacher = models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
+    logits = lambda x: teacher(x, training=False)  # noqa: E731
+    return training.Distillation({"robust": (logits, 0.5), "standard": (logits, 0.25)}, 0.25, 2.0)
+
+
+def parity_run(strategy_, cases=None, steps: int = 4, log: Callable = print) -> dict:
+    """Trains every case of PARITY_CASES (or `cases`) for one short epoch (`steps` global batches; the SWA case
+    two) under `strategy_` (the default strategy, or the process's strategy made by `setup`/`strategy`) and
+    returns {case: {"losses": per-step losses, "weights": [arrays]}}. A new network is built in the strategy's
+    scope for each case."""
+    import keras
+    import numpy as np
+
+    from tfadv import callbacks, data, experiment
+
+    splits = None
+    results = {}
+    for case in cases or PARITY_CASES:
+        config = parity_config(case)
+        o = config.optimization
+        if splits is None:
+            splits = data.load("digits")
+        train = data.take(splits.train, steps * o.batch_size)
+        distillation = _parity_teacher(splits.spec) if case.endswith("distillation") else None
+        updates = steps * config.updates_per_batch()
+        keras.utils.set_random_seed(config.runtime.seed)
+        with strategy_.scope():
+            network = config.build_network()
+            trainer = config.build_trainer(network, distillation, updates)
+            schedule = callbacks.make_schedule(o.lr_schedule, o.lr, o.epochs, updates)
+            optimizer = experiment.build_optimizer(config, schedule)
+            trainer.compile(optimizer=optimizer, jit_compile=False)
+            optimizer.build(network.trainable_variables)
+        dataset = data.train_pipeline(train, splits.spec, o.batch_size, config.runtime.seed, o.epochs,
+                                      noise_sigma=config.budget().fraction("noise_sigma"))
+        prepare_trainer(trainer, strategy_, dataset.element_spec)
+        means = []
+        record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: means.append(
+            float(np.asarray(logs["loss"]).reshape(-1)[0])))
+        swa = None
+        extra = []
+        if config.averaging.swa:
+            swa = callbacks.StochasticWeightAveraging(network, config.swa_start(), config.averaging.swa_mode)
+            extra = [swa]
+        trainer.fit(dataset, epochs=o.epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
+                    callbacks=[record, *extra])
+        if swa is not None:
+            swa.apply_average()
+        # the logged loss is the epoch's running mean: recover each step's loss from consecutive means
+        losses = []
+        for epoch in range(o.epochs):
+            epoch_means = means[epoch * steps:(epoch + 1) * steps]
+            losses += [k * m - (k - 1) * epoch_means[k - 2] if k > 1 else m
+                       for k, m in enumerate(epoch_means, start=1)]
+        # the weights, then the state a checkpoint keeps besides them (Free-AT's perturbation of every example)
+        state = [tf.convert_to_tensor(v).numpy() for _, v in sorted(trainer.extra_state().items())]
+        results[case] = {"losses": np.array(losses, np.float64),
+                         "weights": [w.numpy() for w in network.weights] + state}
+        log(f"{case}: {len(losses)} steps, last loss {losses[-1]:.6f}")
+    return results
+
+
+PARITY_WORKER = r"""
+import sys
+from tfadv import cli
+cli.quiet_tensorflow()
+from tfadv import parity
+parity.parity_worker_main(sys.argv[1:])
+"""
+
+
+def parity_worker_main(argv):
+    """Entry of one parity process: argv = [modes, replicas, result path pattern with {mode}, steps, case, ...];
+    `modes` is one of none, mirrored, multi_worker, or "none,mirrored" (one device, then the mirrored strategy,
+    in one process: the default strategy does not collide with a MirroredStrategy)."""
+    import numpy as np
+
+    modes, replicas, pattern, steps, *cases = argv
+    quiet = lambda *_: None  # noqa: E731
+    configs = {mode: parity_config(next(iter(PARITY_CASES)), mode, int(replicas)) for mode in modes.split(",")}
+    for config in configs.values():  # before any other TensorFlow op: logical devices, a multi-worker strategy
+        setup(config, log=quiet)
+    for mode, config in configs.items():
+        strategy_ = strategy(config, log=quiet)
+        results = parity_run(strategy_, cases or None, int(steps), log=quiet)
+        if is_chief(strategy_):
+            arrays = {}
+            for case, result in results.items():
+                arrays[f"{case}/losses"] = result["losses"]
+                for i, w in enumerate(result["weights"]):
+                    arrays[f"{case}/w{i}"] = w
+            np.savez(pattern.format(mode=mode), **arrays)
+
+
+def _load_parity(path: str) -> dict:
+    import numpy as np
+
+    out = {}
+    with np.load(path) as archive:
+        for key in archive.files:
+            case, name = key.split("/")
+            entry = out.setdefault(case, {"losses": None, "weights": {}})
+            if name == "losses":
+                entry["losses"] = archive[key]
+            else:
+                entry["weights"][int(name[1:])] = archive[key]
+    return {case: {"losses": e["losses"], "weights": [e["weights"][i] for i in sorted(e["weights"])]}
+            for case, e in out.items()}
+
+
+def parity_results(workdir: str, modes=("none",) + PARITY_MODES, steps: int = 4, cases=None,
+                   timeout: float = 600) -> dict:
+    """{mode: parity_run results} for modes among "none" (one device), "mirrored" (2 logical CPU devices) and
+    "multi_worker" (two local worker processes): one process per mode, except that none and mirrored share
+    one; all started at once."""
+    groups = [[mode] for mode in modes if mode not in ("none", "mirrored")]
+    groups.insert(0, [mode for mode in ("none", "mirrored") if mode in modes])
+    pattern = os.path.join(workdir, "parity-{mode}.npz")
+    running = {}
+    try:
+        for group in filter(None, groups):
+            name = ",".join(group)
+            args = [sys.executable, "-c", PARITY_WORKER, name, "2" if "mirrored" in group else "1", pattern,
+                    str(steps), *(cases or [])]
+            log_path = os.path.join(workdir, f"parity-{name}.log")
+            with open(log_path, "w") as log_file:
+                # on CPUs: "mirrored" means 2 logical CPU devices, whatever GPUs the machine has
+                running[name] = (log_path, launch(args, num_workers=2 if group == ["multi_worker"] else 0,
+                                                  env={"CUDA_VISIBLE_DEVICES": ""}, stdout=log_file,
+                                                  stderr=subprocess.STDOUT))
+        for name, (log_path, processes) in running.items():
+            for process in processes:
+                process.wait(timeout=timeout)
+            codes = [p.returncode for p in processes]
+            if any(codes):
+                with open(log_path) as handle:
+                    raise RuntimeError(f"parity run {name} failed ({codes}):\n{handle.read()[-4000:]}")
+        return {mode: _load_parity(pattern.format(mode=mode)) for mode in modes}
+    finally:
+        for _, processes in running.values():
+            stop(processes)
+
+
+def parity_table(results: dict, reference: str = "none") -> list:
+    """Rows {case, mode: (max |weight difference|, max |loss difference|, max relative loss difference)} of
+    each mode against `reference`."""
+    import numpy as np
+
+    rows = []
+    for case, base in results[reference].items():
+        row = {"case": case}
+        for mode, result in results.items():
+            if mode == reference:
+                continue
+            other = result[case]
+            weight = max(float(np.max(np.abs(a - b))) for a, b in zip(other["weights"], base["weights"]))
+            loss = float(np.max(np.abs(other["losses"] - base["losses"])))
+            relative = float(np.max(np.abs(other["losses"] - base["losses"]) / np.abs(base["losses"])))
+            row[mode] = (weight, loss, relative)
+        rows.append(row)
+    return rows
+
+
+def parity_markdown(rows: list, modes=PARITY_MODES) -> str:
+    names = {"mirrored": "2 devices (mirrored)", "multi_worker": "2 workers (multi_worker)"}
+    header = "| defense | " + " | ".join(f"{names.get(m, m)}: max abs weight diff / max loss diff" for m in modes)
+    lines = [header + " |", "| --- |" + " --- |" * len(modes)]
+    for row in rows:
+        cells = [f"{row[m][0]:.1e} / {row[m][1]:.1e}" if m in row else "-" for m in modes]
+        lines.append(f"| {row['case']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
