@@ -1,6 +1,7 @@
 """Training methods by name; each is a Keras Model subclass with its own train_step, defined in its own module
 with its `Options` and registered in `tfadv.training.registry` on import (importing this package registers
-them all). `TRAINERS`, `DEFENSES` and `CLEAN_DEFENSES` are read from the registry."""
+them all). `TRAINERS`, `DEFENSES` and `CLEAN_DEFENSES` are read from the registry when they are read, so a
+method registered later (a test's toy one) is in them too."""
 
 import dataclasses
 
@@ -9,20 +10,25 @@ from tfadv.training.base import (BAT_LABELS, BN_MODES, WEIGHT_DECAY_SCOPES, Atta
                                  LabelAdversary, SmoothingConfig, Trainer)
 
 # Every module of this package registers its method on import; a new defense is one new module here (no list
-# to edit). The tuple below only fixes the display order of the built-in ones (DEFENSES, --defense's help).
+# to edit). The tuple below only fixes the display order of the built-in ones (DEFENSES, --defense's help);
+# any other module is imported after them, in name order.
 _DISPLAY_ORDER = ("natural", "pgd", "fgsm_rs", "free", "trades", "bat", "ssat", "label_smoothing", "logit_squeeze")
 
 
-def _import_method_modules():
+def import_method_modules():
+    """THE discovery of training methods: imports every module on this package's path (`__path__`), which
+    registers its method; a module already imported is not imported again. Returns the module names."""
     import importlib
     import pkgutil
 
     names = [m.name for m in pkgutil.iter_modules(__path__) if m.name not in ("base", "registry")]
-    for name in sorted(names, key=lambda n: (_DISPLAY_ORDER.index(n) if n in _DISPLAY_ORDER else len(_DISPLAY_ORDER), n)):
+    names.sort(key=lambda n: (_DISPLAY_ORDER.index(n) if n in _DISPLAY_ORDER else len(_DISPLAY_ORDER), n))
+    for name in names:
         importlib.import_module(f"{__name__}.{name}")
+    return names
 
 
-_import_method_modules()
+import_method_modules()
 
 from tfadv.training.natural import NaturalTrainer  # noqa: E402
 from tfadv.training.pgd import PGDTrainer  # noqa: E402
@@ -32,12 +38,17 @@ from tfadv.training.trades import TRADESTrainer  # noqa: E402
 from tfadv.training.bat import BAT_ATTACKS, BATTrainer  # noqa: E402
 from tfadv.training.ssat import SSATTrainer  # noqa: E402
 
-TRAINERS = {method.name: method.trainer for method in registry.methods()}
 
-# Defenses that train on clean inputs only (their eps is used for validation, and may be 0).
-CLEAN_DEFENSES = tuple(method.name for method in registry.methods() if method.clean)
-
-DEFENSES = registry.names()
+def __getattr__(name):
+    """TRAINERS {name: trainer class}, DEFENSES (names, in registration order) and CLEAN_DEFENSES (the defenses
+    that train on clean inputs only: their eps is used for validation, and may be 0), read from the registry."""
+    if name == "TRAINERS":
+        return {method.name: method.trainer for method in registry.methods()}
+    if name == "DEFENSES":
+        return registry.names()
+    if name == "CLEAN_DEFENSES":
+        return tuple(method.name for method in registry.methods() if method.clean)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make(name: str, network, attack: AttackConfig, **kwargs) -> Trainer:

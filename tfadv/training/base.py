@@ -23,6 +23,7 @@ stateful TensorFlow generator, so a run that is killed and resumed continues bit
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Optional
 
 import keras
@@ -35,10 +36,26 @@ from tfadv.training import registry
 BN_MODES = ("eval", "train")
 WEIGHT_DECAY_SCOPES = ("all", "kernels")
 
-# Salts of the keyed training draws, one per kind of draw (a trainer never shares a stream between two).
-SALT_ATTACK_START = 1  # the training attack's random start (PGD, FGSM-RS, BAT)
-SALT_TRADES_START = 2  # TRADES' 0.001 * N(0, 1) start
-SALT_SSAT_START = 3    # SSAT's per-minibatch delta
+# The salts of the keyed training draws, one per kind of draw (a trainer never shares a stream between two): a
+# method names its kind of draw (`salt("<method>_start")`) and needs no constant of its own here. The three
+# below keep the numbers they had before salts were derived from names, so those methods' draws are unchanged.
+_SALTS_BEFORE_NAMES = {"attack_start": 1, "trades_start": 2, "ssat_start": 3}
+
+
+def salt(name: str) -> int:
+    """The salt of the kind of training draw `name`: a stable 32-bit hash of the name (CRC-32, the same in every
+    process and version), or its number from before salts were named."""
+    if name in _SALTS_BEFORE_NAMES:
+        return _SALTS_BEFORE_NAMES[name]
+    value = zlib.crc32(name.encode("utf-8"))
+    if value in _SALTS_BEFORE_NAMES.values():
+        raise ValueError(f"the salt of {name!r} collides with a numbered one; name the draw otherwise")
+    return value
+
+
+SALT_ATTACK_START = salt("attack_start")  # the training attack's random start (PGD, FGSM-RS, BAT)
+SALT_TRADES_START = salt("trades_start")  # TRADES' 0.001 * N(0, 1) start
+SALT_SSAT_START = salt("ssat_start")      # SSAT's per-minibatch delta
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,4 +8,6 @@ from tfadv.training.natural import CLEAN_FEATURES, NaturalTrainer
 
 registry.register(registry.Method(
     "label_smoothing", NaturalTrainer, clean=True, supports=CLEAN_FEATURES, requires={"label_smoothing"},
-    description="natural training on smoothed labels (--ls_method, --ls_alpha; papers 003, 004)"))
+    description="natural training on smoothed labels (--ls_method, --ls_alpha; papers 003, 004)",
+    # an example run: ALS, with the Gaussian noise papers 003 / 004 train it with
+    example={"ls_method": "als", "ls_alpha": 0.1, "noise_sigma": 4.0}))

@@ -8,4 +8,5 @@ from tfadv.training.natural import CLEAN_FEATURES, NaturalTrainer
 
 registry.register(registry.Method(
     "logit_squeeze", NaturalTrainer, clean=True, supports=CLEAN_FEATURES, requires={"logit_squeeze"},
-    description="natural training with a logit-norm penalty (--squeeze_beta; paper 004)"))
+    description="natural training with a logit-norm penalty (--squeeze_beta; paper 004)",
+    example={"squeeze_beta": 0.5}))

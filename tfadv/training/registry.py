@@ -13,7 +13,7 @@ supports. Nothing else lists methods: the run config, the flags and the scripts 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, FrozenSet, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 
 # What a method can combine with (refused with both flags named when a method does not declare it):
 #   label_smoothing     --ls_method (targets of the outer loss)
@@ -77,6 +77,19 @@ class Method:
     attack_bn_applies: bool = True
     # whether the training attack starts at a random point of the eps-ball (BAT: --bat_random_start)
     random_start: Callable[[object], bool] = lambda options: True
+    # run-config flags besides --defense of a short example run of the method (the ones a feature it `requires`
+    # needs: label_smoothing --ls_method); the parity harness (tfadv/parity.py) and the tests parametrized over
+    # this registry train every method with them
+    example: Mapping[str, object] = dataclasses.field(default_factory=dict, compare=False)
+    # the method's loss L (before distillation and logit squeezing) in float64 numpy, for the tests parametrized
+    # over this registry (tests/test_outer_loss.py checks each weight update against it, and the composition of
+    # teachers, squeezing and --ls_method around it):
+    #     reference(ops, options, targets, logits, distill_logits) -> L
+    # `logits` are those of the images the outer loss is given (`inputs`), `distill_logits` those of its
+    # `distill_on` images (TRADES' adversarial pair; else the same logits), `targets` the outer loss's targets
+    # (one-hot or --ls_method's) and `ops` the test's float64 per-example functions ce(targets, logits),
+    # kl(logits_p, logits_q), log_softmax(logits). None: a hand-written scenario in that test covers it.
+    reference: Optional[Callable] = None
 
     def __post_init__(self):
         unknown = set(self.supports) - set(FEATURES)
@@ -84,6 +97,7 @@ class Method:
             raise ValueError(f"method {self.name!r}: unknown features {sorted(unknown)}; known: {FEATURES}")
         object.__setattr__(self, "supports", frozenset(self.supports))
         object.__setattr__(self, "requires", frozenset(self.requires))
+        object.__setattr__(self, "example", dict(self.example))
 
     def flag(self, field: str) -> str:
         """The command-line name of one of this method's option fields."""

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tfadv import attacks, losses
 from tfadv.attacks import rng
 from tfadv.training import registry
-from tfadv.training.base import SALT_TRADES_START, Trainer, not_negative
+from tfadv.training.base import Trainer, not_negative, salt
 from tfadv.training.registry import option
 
 
@@ -23,6 +23,10 @@ class Options:
 
     def validate(self, run) -> None:
         not_negative("trades_beta", self.beta)
+
+
+# the keyed 0.001 * N(0, 1) start (its own stream: `salt` of the draw's name)
+START_SALT = salt("trades_start")
 
 
 class TRADESTrainer(Trainer):
@@ -45,7 +49,7 @@ class TRADESTrainer(Trainer):
         a = self.attack
         clean_logits = tf.stop_gradient(self.attack_logits(x))
         # TRADES starts 0.001 * N(0, 1) away from the clean point.
-        start = rng.normal(self.example_keys(tf.shape(x)[0], SALT_TRADES_START), tf.shape(x)[1:])
+        start = rng.normal(self.example_keys(tf.shape(x)[0], START_SALT), tf.shape(x)[1:])
         delta = attacks.clip_to_box(x, attacks.project(0.001 * start, a.eps, a.norm))
 
         def ascend(delta):
@@ -70,7 +74,13 @@ class TRADESTrainer(Trainer):
         return loss, clean_logits
 
 
+def reference(ops, options, targets, logits, distill_logits):
+    """L in float64 numpy for the tests parametrized over the registry (`registry.Method.reference`): the mean
+    cross-entropy of the clean logits plus beta times the mean KL(p(clean) || p(adversarial))."""
+    return ops.ce(targets, logits).mean() + options.beta * ops.kl(logits, distill_logits).mean()
+
+
 registry.register(registry.Method(
     "trades", TRADESTrainer, Options, flag_prefix="trades",
     supports={"label_smoothing", "logit_squeeze", "distillation"},
-    description="TRADES (Zhang et al.): clean CE + beta * KL(clean || adversarial)"))
+    description="TRADES (Zhang et al.): clean CE + beta * KL(clean || adversarial)", reference=reference))
