@@ -32,7 +32,8 @@ flags.DEFINE_integer("num_classes", 10, "classes")
 flags.DEFINE_integer("batch_size", 128, "batch size")
 flags.DEFINE_integer("steps", 3, "timed steps per method (after warm-up)")
 flags.DEFINE_integer("warmup", 1, "untimed steps per method (tracing, allocation)")
-flags.DEFINE_list("methods", ["natural", "fgsm_rs", "bat", "pgd7", "pgd10", "free", "trades10"], "methods to time")
+flags.DEFINE_list("methods", ["natural", "fgsm_rs", "bat", "pgd7", "pgd10", "free", "trades10"],
+                  "registered methods to time, with the attack steps appended (pgd7)")
 flags.DEFINE_list("precisions", ["float32", "bfloat16"], "float32 and/or bfloat16")
 flags.DEFINE_integer("free_replays", 4, "free: replays per minibatch (time is reported per replay)")
 flags.DEFINE_string("jit_compile", "false", "XLA: true or false")
@@ -44,13 +45,12 @@ LIMITS = {"natural": 1.0, "fgsm_rs": 5 / 3, "free": 1.0, "bat": 2.0}
 
 
 def limit(method):
-    if method.startswith("pgd"):
-        k = int(method[3:])
-        return (2 * k + 3) / 3
-    if method.startswith("trades"):
-        k = int(method[6:])
-        return (2 * k + 7) / 3
-    return LIMITS[method]
+    """The arithmetic limit of the ratio to natural; None for a method without a cost model here."""
+    name = method.rstrip("0123456789")
+    if name in ("pgd", "trades"):
+        k = int(method[len(name):])
+        return (2 * k + (3 if name == "pgd" else 7)) / 3
+    return LIMITS.get(method)
 
 
 def run_config(method: str):
@@ -112,12 +112,14 @@ def main(argv):
         for method in ["natural"] + [m for m in FLAGS.methods if m != "natural"]:
             seconds = time_method(method, shape, precision)
             base = base or seconds
+            bound = limit(method)
             row = {"seconds_per_step": round(seconds, 4), "images_per_second": round(FLAGS.batch_size / seconds, 2),
-                   "ratio": round(seconds / base, 3), "limit": round(limit(method), 3), "precision": precision}
+                   "ratio": round(seconds / base, 3), "limit": bound and round(bound, 3), "precision": precision}
             results[method + suffix] = row
-            note = " (per replay)" if method == "free" else ""
+            note = " (per replay)" if run_config(method).updates_per_batch() > 1 else ""
+            cells = f"{row['limit']:>8.2f}{row['ratio'] / row['limit']:>13.2f}" if bound else f"{'-':>8}{'-':>13}"
             print(f"{method + suffix:<16}{seconds:>10.3f}{row['images_per_second']:>10.1f}{row['ratio']:>8.2f}"
-                  f"{row['limit']:>8.2f}{row['ratio'] / row['limit']:>13.2f}{note}", flush=True)
+                  f"{cells}{note}", flush=True)
     if FLAGS.json:
         with open(FLAGS.json, "w") as handle:
             json.dump(results, handle, indent=2)

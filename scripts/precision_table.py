@@ -18,8 +18,9 @@ from tfadv import data, training  # noqa: E402
 from tfadv.training import base  # noqa: E402
 
 BATCH = 64
-CASES = {"natural": {}, "pgd": {}, "fgsm_rs": {}, "free": dict(replays=2, batch_size=BATCH), "trades": {}, "bat": {},
-         "ssat": dict(replays=2), "label_smoothing": dict(smoothing=base.SmoothingConfig("als", 0.3)),
+# a row per registered method: training.make's keywords for these, any other with its defaults
+CASES = {"free": dict(replays=2), "ssat": dict(replays=2),
+         "label_smoothing": dict(smoothing=base.SmoothingConfig("als", 0.3)),
          "logit_squeeze": dict(smoothing=base.SmoothingConfig(squeeze_beta=0.05))}
 
 
@@ -35,7 +36,7 @@ def run(name, jit, x, y, steps, policy="float32"):
         keras.utils.set_random_seed(0)
         net = network()
         trainer = training.make(name, net, training.AttackConfig(eps=0.125, step_size=0.05, steps=3), seed=1,
-                                **CASES[name])
+                                batch_size=BATCH, **CASES.get(name, {}))  # batch_size: read by Free-AT only
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # as experiment.build_optimizer
@@ -61,7 +62,7 @@ def main():
     print(f"| defense | max abs weight diff XLA vs not (3 steps) | float32 last loss ({epoch} steps) | float16 "
           "last loss | final loss scale, skipped updates | float16 + XLA: loss, scale, skipped |")
     print("|---|---|---|---|---|---|")
-    for name in CASES:
+    for name in training.DEFENSES:
         _, plain, _ = run(name, False, x, y, 3)
         _, compiled, _ = run(name, True, x, y, 3)
         difference = max(float(np.abs(a - b).max()) for a, b in zip(plain, compiled))

@@ -15,29 +15,35 @@ import tensorflow as tf
 from tfadv.cluster import launch, stop
 from tfadv.config import TrainConfig
 from tfadv.distribute import is_chief, prepare_trainer, setup, strategy
+from tfadv.training import registry
 
 PARITY_BASE = {"dataset": "digits", "model": "mlp", "batch_size": 32, "lr": 0.05, "momentum": 0.9,
                "weight_decay": 5e-4, "eps": 2.0, "step_size": 0.5, "attack_steps": 3, "free_replays": 2,
                "ssat_replays": 2, "trades_beta": 6.0, "seed": 3, "epochs": 1, "lr_schedule": "constant"}
-# case -> flags on top of PARITY_BASE; "teacher" and "swa" are special cases (see parity_run)
-PARITY_CASES = {
-    "natural": {"defense": "natural"},
-    "pgd": {"defense": "pgd"},
-    "fgsm_rs": {"defense": "fgsm_rs"},  # one step of 1.25 eps = 2.5
-    "free": {"defense": "free"},
-    "trades": {"defense": "trades"},
-    "bat": {"defense": "bat"},
-    "ssat": {"defense": "ssat"},
-    "label_smoothing": {"defense": "label_smoothing", "ls_method": "als", "ls_alpha": 0.1, "noise_sigma": 4.0},
-    "logit_squeeze": {"defense": "logit_squeeze", "squeeze_beta": 0.5},
+# two cases besides one per registered method; "distillation" and "swa" are special cases (see parity_run)
+PARITY_EXTRA_CASES = {
     "pgd+distillation": {"defense": "pgd"},
     "pgd+swa": {"defense": "pgd", "swa": True, "swa_start_epoch": 1, "epochs": 2},
 }
 PARITY_MODES = ("mirrored", "multi_worker")
 
 
+def parity_cases() -> dict:
+    """case -> flags on top of PARITY_BASE: every registered method (in registration order) with its example
+    flags (`registry.Method.example`: label_smoothing's --ls_method, ...), then PARITY_EXTRA_CASES. (fgsm_rs
+    takes one step of 1.25 eps = 2.5.)"""
+    cases = {method.name: {"defense": method.name, **method.example} for method in registry.methods()}
+    return {**cases, **PARITY_EXTRA_CASES}
+
+
+def __getattr__(name):
+    if name == "PARITY_CASES":  # read from the registry when it is read (a method registered later is in it)
+        return parity_cases()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def parity_config(case: str, distribute: str = "none", replicas: int = 1) -> TrainConfig:
-    flags = {**PARITY_BASE, **PARITY_CASES[case], "distribute": distribute, "output_dir": "unused"}
+    flags = {**PARITY_BASE, **parity_cases()[case], "distribute": distribute, "output_dir": "unused"}
     if distribute == "mirrored":
         flags["num_cpu_devices"] = replicas
     return TrainConfig.from_flags(flags)
@@ -56,7 +62,7 @@ def _parity_teacher(spec):
 
 
 def parity_run(strategy_, cases=None, steps: int = 4, log: Callable = print) -> dict:
-    """Trains every case of PARITY_CASES (or `cases`) for one short epoch (`steps` global batches; the SWA case
+    """Trains every case of `parity_cases()` (or `cases`) for one short epoch (`steps` global batches; the SWA case
     two) under `strategy_` (the default strategy, or the process's strategy made by `setup`/`strategy`) and
     returns {case: {"losses": per-step losses, "weights": [arrays]}}. A new network is built in the strategy's
     scope for each case."""
@@ -67,7 +73,7 @@ def parity_run(strategy_, cases=None, steps: int = 4, log: Callable = print) -> 
 
     splits = None
     results = {}
-    for case in cases or PARITY_CASES:
+    for case in cases or parity_cases():
         config = parity_config(case)
         o = config.optimization
         if splits is None:
@@ -129,7 +135,7 @@ def parity_worker_main(argv):
 
     modes, replicas, pattern, steps, *cases = argv
     quiet = lambda *_: None  # noqa: E731
-    configs = {mode: parity_config(next(iter(PARITY_CASES)), mode, int(replicas)) for mode in modes.split(",")}
+    configs = {mode: parity_config(next(iter(parity_cases())), mode, int(replicas)) for mode in modes.split(",")}
     for config in configs.values():  # before any other TensorFlow op: logical devices, a multi-worker strategy
         setup(config, log=quiet)
     for mode, config in configs.items():
