@@ -22,6 +22,8 @@ in one place for every method.
 """
 
 import dataclasses
+import types
+from typing import Callable, Optional
 
 import keras
 import numpy as np
@@ -69,8 +71,8 @@ SCENARIOS = {
     "free_uniform_squeeze": ("free", "free", free.Options(replays=2),
                              dict(batch_size=64, smoothing=S("uniform", 0.1, squeeze_beta=0.1)), False),
     "trades": ("trades", "trades", None, {}, False),
-    "trades_als_squeeze": ("trades", "trades", trades.Options(beta=3.0), dict(smoothing=S("als", 0.1, squeeze_beta=0.1)),
-                           False),
+    "trades_als_squeeze": ("trades", "trades", trades.Options(beta=3.0),
+                           dict(smoothing=S("als", 0.1, squeeze_beta=0.1)), False),
     "trades_teachers": ("trades", "trades", None, {}, True),
     "bat": ("bat", "bat", None, {}, False),
     "bat_uniform": ("bat", "bat", bat.Options(labels="uniform"), dict(label_adversary=LA(eps_y=0.4)), False),
@@ -312,19 +314,24 @@ class _Run:
     snapshots: list  # the network's weights before each step, and after the last
     records: list  # one per weight update, in order
     reported: list  # train_on_batch's loss per step
+    # the method's declared float64 loss (`registry.Method.reference`), or None: the hand formulas below
+    reference: Optional[Callable] = None
 
     @property
     def per_step(self):
         return len(self.records) // len(self.batches)
 
 
-def _run(networks, defense, attack, options, keywords, teachers, digits, steps=2):
-    """Two SGD steps (minibatches of 64) of the combination, recorded."""
+def _run(networks, defense, attack, options, keywords, teachers, digits, steps=2, reference=None):
+    """Two SGD steps (minibatches of 64) of the combination, recorded. `attack`: a name in ATTACKS or an
+    AttackConfig; `reference`: check against the method's declared reference instead of the hand formulas."""
     student, robust, standard = networks
     keywords = dict(keywords)
     if teachers:
         keywords["distillation"] = _teachers(robust, standard)
-    trainer = training.TRAINERS[defense](student, ATTACKS[attack], options, **keywords)
+    method = training.registry.get(defense)
+    attack = ATTACKS[attack] if isinstance(attack, str) else attack
+    trainer = method.trainer(student, attack, options, **keywords)
     trainer.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM), jit_compile=False)
     records = _record_updates(trainer)
     x, y = digits.train[0][:64 * steps], digits.train[1][:64 * steps].astype("int32")
@@ -336,10 +343,13 @@ def _run(networks, defense, attack, options, keywords, teachers, digits, steps=2
     snapshots.append([w.numpy() for w in student.weights])
     records.sort(key=lambda record: int(record["iteration"]))
     assert [int(r["iteration"]) for r in records] == list(range(len(records)))
-    assert len(records) == steps * getattr(trainer.options, "replays", 1)
+    assert len(records) == steps * method.updates_per_batch(trainer.options)
+    if reference is None:
+        assert len(records) == steps * getattr(trainer.options, "replays", 1)
     teacher_forwards = [(weight, _Forward(net), [w.numpy().astype(np.float64) for w in net.weights])
                         for weight, net in ((KD_WEIGHTS[1], robust), (KD_WEIGHTS[2], standard))] if teachers else []
-    return _Run(defense, trainer, _Forward(student), teacher_forwards, batches, snapshots, records, reported)
+    return _Run(defense, trainer, _Forward(student), teacher_forwards, batches, snapshots, records, reported,
+                reference)
 
 
 def _values(record, count):
@@ -365,6 +375,8 @@ def _hand_update(run, t):
 
     trained = [values[i] for i in student.trainable]
     inputs = record["inputs"]
+    if run.reference is not None:
+        return _declared_update(run, record, y, logits, trained, inputs)
     if run.defense == "trades":
         np.testing.assert_array_equal(inputs, x)  # its outer loss is on the clean logits
         distill_inputs = record["distill_inputs"]
@@ -421,15 +433,50 @@ def _hand_update(run, t):
     return loss, trained, trained_on
 
 
+# the float64 per-example functions a method's declared reference is written with (`registry.Method.reference`)
+REFERENCE_OPS = types.SimpleNamespace(ce=_ce, kl=_kl, log_softmax=_log_softmax)
+
+
+def _declared_update(run, record, y, logits, trained, inputs):
+    """_hand_update for a method checked against its declared reference L(ops, options, targets, logits,
+    distill_logits): the outer loss's targets (one-hot or --ls_method's, from the logits of `inputs`), L, the
+    teachers on the `distill_on` pair, logit squeezing of the logits of `inputs`; the training-mode forward
+    passes are `inputs`' then the distill_on images' when the method passes those apart (as TRADES)."""
+    trainer, smoothing = run.trainer, run.trainer.smoothing
+    assert "targets" not in record, (f"{run.defense} trains on its own targets: the declared reference does not "
+                                     "give them; add a hand-written scenario (SCENARIOS) for it")
+    separate = "distill_inputs" in record
+    distill_inputs = record["distill_inputs"] if separate else inputs
+    trained_on = [inputs, distill_inputs] if separate else [inputs]
+    targets = _smoothed(smoothing, y, logits(trained, inputs).real)
+    teacher_logits = [(weight, forward(teacher_values, distill_inputs, training=False)[0])
+                      for weight, forward, teacher_values in run.teachers]
+
+    def loss(weights):
+        z = logits(weights, inputs)
+        distill_logits = logits(weights, distill_inputs) if separate else z
+        total = run.reference(REFERENCE_OPS, trainer.options, targets, z, distill_logits)
+        if teacher_logits:
+            total = KD_WEIGHTS[0] * total + sum(weight * _kd(teacher, distill_logits).mean()
+                                                for weight, teacher in teacher_logits)
+        if smoothing.squeeze_beta:
+            total = total + _squeeze(z, smoothing.squeeze_beta, smoothing.squeeze_reduction)
+        return total
+
+    return loss, trained, trained_on
+
+
 def _check_threat_model(run, t):
     """The images of update t are x itself (clean methods, TRADES' CE), or within eps of x in the threat norm
     and in [0, 1]; an attack moved them (but Free-AT's first replay, from the zero delta)."""
     record, step = run.records[t], t // run.per_step
     x = run.batches[step][0]
-    if run.defense in NATURAL:
+    declared = run.reference is not None
+    if (training.registry.get(run.defense).clean if declared else run.defense in NATURAL):
         np.testing.assert_array_equal(record["inputs"], x)
         return
-    adversarial = record["distill_inputs" if run.defense == "trades" else "inputs"]
+    separate = "distill_inputs" in record if declared else run.defense == "trades"
+    adversarial = record["distill_inputs" if separate else "inputs"]
     attack = run.trainer.attack
     sizes = _perturbation_sizes(adversarial - x, attack.norm)
     # float32 rounding of x + delta: half an ulp of 1 per coordinate
@@ -524,7 +571,47 @@ def test_every_combination_trains_as_its_hand_formula(name, digits):
 
 
 def test_every_registered_method_has_a_combination():
-    assert {scenario[0] for scenario in SCENARIOS.values()} == set(training.DEFENSES)
+    """Every registered method has a hand-written scenario above or declares its reference loss (a method added
+    as one module: `registry.Method.reference`, checked by the test below); every scenario is of a registered
+    method."""
+    hand_written = {scenario[0] for scenario in SCENARIOS.values()}
+    assert hand_written <= set(training.DEFENSES)
+    assert hand_written >= {"natural", "pgd", "fgsm_rs", "free", "trades", "bat", "ssat", "label_smoothing",
+                            "logit_squeeze"}
+    missing = [m.name for m in training.registry.methods() if m.name not in hand_written and m.reference is None]
+    assert not missing, f"no scenario and no declared reference: {missing}"
+
+
+def check_declared_reference(name, digits):
+    """Method `name` (its default options, its step rule at eps 0.125 and --step_size 0.03, 3 steps) trains as
+    its declared reference, two SGD steps on a BatchNorm network: plain, then with every feature it supports
+    (--ls_method ALS, --squeeze_beta, the teachers), which must change the loss."""
+    method = training.registry.get(name)
+    assert method.reference is not None, f"{name} declares no reference loss"
+    options = method.options()
+    attack = training.AttackConfig(0.125, float(method.step_levels(options, 0.125, 0.03)), 3,
+                                   random_start=method.random_start(options))
+    smoothing = S("als" if "label_smoothing" in method.supports else "none",
+                  0.1 if "label_smoothing" in method.supports else 0.0,
+                  squeeze_beta=0.1 if "logit_squeeze" in method.supports else 0.0)
+    first = {}
+    for features in (False, True):
+        keywords = dict(batch_size=64, smoothing=smoothing if features else S())
+        run = _run(_bn_networks(), name, attack, options, keywords, features and "distillation" in method.supports,
+                   digits, reference=method.reference)
+        hand = _check_run(run)
+        per_step = run.per_step
+        for step, reported in enumerate(run.reported):  # rtol: as in the hand-written combinations
+            np.testing.assert_allclose(reported, np.mean(hand[step * per_step:(step + 1) * per_step]), rtol=1e-5,
+                                       err_msg=f"{name} features={features} step {step + 1}")
+        first[features] = run.reported[0]
+    if {"label_smoothing", "logit_squeeze", "distillation"} & method.supports:
+        assert abs(first[True] - first[False]) > 1e-3 * abs(first[False]), first
+
+
+@pytest.mark.parametrize("name", [m.name for m in training.registry.methods() if m.reference is not None])
+def test_a_method_trains_as_its_declared_reference(name, digits):
+    check_declared_reference(name, digits)
 
 
 # ---------------------------------------------------------------------------------------------------------

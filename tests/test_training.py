@@ -21,7 +21,7 @@ def _trainer(defense, digits, precision="float32", options=None, **keywords):
         if defense == "free":
             options = options or training.FreeTrainer.Options(replays=2)
             keywords.setdefault("batch_size", 64)
-        trainer = training.TRAINERS[defense](network, attack, options, **keywords)
+        trainer = training.registry.get(defense).trainer(network, attack, options, **keywords)
         trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
         return trainer, network
     finally:
@@ -39,8 +39,12 @@ def test_each_defense_trains_one_epoch_with_finite_loss(defense, precision, digi
     assert np.isfinite(loss) and loss > 0
     logits = network(digits.test[0][:4], training=False)
     assert logits.dtype == tf.float32  # logits stay float32 under mixed precision
-    # one weight update per minibatch, m per minibatch for the replay methods (Free-AT, SSAT)
-    updates_per_batch = {"free": 2, "ssat": trainer.options.replays if defense == "ssat" else 1}.get(defense, 1)
+    # one weight update per minibatch, m per minibatch for the replay methods (Free-AT, SSAT): as the method
+    # declares (`updates_per_batch`), and for the built-in ones as written here
+    updates_per_batch = training.registry.get(defense).updates_per_batch(trainer.options)
+    if defense in METHODS:
+        assert updates_per_batch == {"free": 2, "ssat": trainer.options.replays if defense == "ssat" else 1
+                                     }.get(defense, 1)
     assert int(trainer.optimizer.iterations.numpy()) == 8 * updates_per_batch
     assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, network.trainable_variables))
 
@@ -103,7 +107,7 @@ def _smoothing_trainer(defense, digits, smoothing, **options):
     spec = digits.spec
     network = models.build("mlp", spec.image_shape, spec.num_classes, spec.mean, spec.std)
     attack = training.AttackConfig(eps=0.125, step_size=0.03, steps=3)
-    trainer = training.TRAINERS[defense](network, attack, smoothing=smoothing, **options)
+    trainer = training.registry.get(defense).trainer(network, attack, smoothing=smoothing, **options)
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
     return trainer, network
 
@@ -334,8 +338,11 @@ METHODS = {  # name: (trainer, supports, requires, clean, norms)
 
 def test_every_method_is_registered_with_its_features_and_todays_flags():
     registry = training.registry
-    assert training.DEFENSES == registry.names() == tuple(METHODS)  # the order of --defense's help, as before
-    assert training.CLEAN_DEFENSES == ("natural", "label_smoothing", "logit_squeeze")
+    # the built-in methods first, in the order of --defense's help as before; a method added since follows them
+    assert training.DEFENSES == registry.names() and registry.names()[:len(METHODS)] == tuple(METHODS)
+    assert training.CLEAN_DEFENSES == tuple(method.name for method in registry.methods() if method.clean)
+    assert tuple(name for name in training.CLEAN_DEFENSES if name in METHODS) == ("natural", "label_smoothing",
+                                                                                   "logit_squeeze")
     flags = {}
     for name, (trainer, supports, requires, clean, norms) in METHODS.items():
         method = registry.get(name)
@@ -349,6 +356,35 @@ def test_every_method_is_registered_with_its_features_and_todays_flags():
             flags[flag] = (getattr(defaults, field), declared.metadata["help"])
             assert type(getattr(defaults, field)) is type(FLAGS_BEFORE[flag][0]), flag
     assert flags == FLAGS_BEFORE
+
+
+@pytest.mark.parametrize("name", training.DEFENSES)
+def test_a_registered_method_declares_a_consistent_registration(name):
+    """For every registered method, built-in or added since: its trainer takes its Options, every option field
+    is a flag --<prefix>_<field> with --help text and a default that passes its own check, its step rule,
+    BatchNorm reading and updates per minibatch are well formed, and its example run is a valid run config."""
+    from tfadv.config import TrainConfig
+
+    registry = training.registry
+    method = registry.get(name)
+    assert training.TRAINERS[name] is method.trainer and method.trainer.Options is method.options
+    assert issubclass(method.trainer, training.Trainer)
+    fields = dataclasses.fields(method.options)
+    assert method.flags() == {(f"{method.flag_prefix}_{f.name}" if method.flag_prefix else f.name): f.name
+                              for f in fields}
+    assert fields == () or method.flag_prefix, "a method with options needs a flag prefix"
+    for field in fields:
+        assert field.metadata.get("help"), field.name
+    defaults = method.options()
+    defaults.validate(_run(name))
+    assert method.step_flag == "step_size" or method.step_flag in method.flags()
+    assert float(method.step_levels(defaults, 8.0, 2.0)) > 0
+    assert method.attack_bn_mode in training.BN_MODES and isinstance(method.attack_bn_applies, bool)
+    assert isinstance(method.random_start(defaults), bool)
+    assert int(method.updates_per_batch(defaults)) >= 1
+    assert set(method.norms) <= set(registry.NORMS) and method.norms
+    config = TrainConfig.from_flags(defense=name, output_dir="unused", **method.example).validate()
+    assert config.method is method
 
 
 def _run(defense="pgd", ls_method="none"):
@@ -405,7 +441,7 @@ def test_method_options_accept_good_values_and_give_the_attack_budget_in_levels(
     assert registry.get("trades").updates_per_batch(registry.get("trades").options()) == 1
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", training.DEFENSES)
 def test_every_trainer_takes_the_same_keywords(name):
     method = training.registry.get(name)
     network = models.build("linear", (8, 8, 1), 10)
