@@ -42,9 +42,15 @@ FLAGS = {
 }
 
 
+# a training step of 1 level where the method takes one (BAT steps eps, SSAT eps / m by their own rules), each
+# through the method's own step flag (a --step_size the method ignores is refused)
+STEP = {"fgsm_rs": {"fgsm_rs_step_size": 1}, "free": {"free_step_size": 1}, "bat": {}, "ssat": {}}
+
+
 def config_for(defense, precision="float16", **flags):
-    return TrainConfig.from_flags(defense=defense, mixed_precision=precision, eps=2, step_size=1, attack_steps=2,
-                                  batch_size=BATCH, lr=0.05, seed=1, output_dir="unused", **{**FLAGS[defense], **flags})
+    return TrainConfig.from_flags(defense=defense, mixed_precision=precision, eps=2, attack_steps=2, batch_size=BATCH,
+                                  lr=0.05, seed=1, output_dir="unused",
+                                  **{**STEP.get(defense, {"step_size": 1}), **FLAGS[defense], **flags})
 
 
 @pytest.fixture
@@ -186,7 +192,7 @@ def test_a_float16_run_end_to_end(digits, precision, tmp_path):
 
     out = tmp_path / "run"
     config = TrainConfig.from_flags(dataset="digits", model="mlp", defense="free", free_replays=2, epochs=1,
-                                    batch_size=BATCH, train_examples=256, lr=0.05, eps=2.0, step_size=1.0,
+                                    batch_size=BATCH, train_examples=256, lr=0.05, eps=2.0, free_step_size=1.0,
                                     attack_steps=2, val_attack_steps=2, eval_examples=64,
                                     eval_attack_steps=2, mixed_precision="float16", output_dir=str(out))
     assert keras.mixed_precision.global_policy().name == "float32"
