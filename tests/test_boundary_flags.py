@@ -239,3 +239,20 @@ def test_a_second_training_into_a_directory_being_written_is_refused_and_touches
         experiment.train(config, log=lambda *_: None)
     assert f"PID {_live_pid()}" in str(info.value) and "another training run" in str(info.value)
     assert {name: (run / name).read_text() for name in os.listdir(run)} == before
+
+
+def test_a_non_chief_worker_does_not_take_the_chiefs_lock_for_another_run(tmp_path, monkeypatch):
+    """Every worker of a multi-worker job runs the same command into the same --output_dir; only the chief writes
+    it and holds its lock (the others write temporary directories). A slow worker that checks the directory after
+    the chief took the lock must not be refused: that killed the whole job under load."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / runs.LOCK_FILE).write_text(f"{_live_pid()} {os.uname().nodename}\n")  # the chief, already running
+    two = distribute.local_cluster(2)
+    config = TrainConfig.from_flags(dataset="digits", model="linear", defense="natural", epochs=1,
+                                    distribute="multi_worker", output_dir=str(run))
+    monkeypatch.setenv(distribute.TF_CONFIG, two[1])  # worker 1: not the chief
+    experiment._check_output_dir(config)
+    monkeypatch.setenv(distribute.TF_CONFIG, two[0])  # a second chief into a locked directory is refused
+    with pytest.raises(experiment.RunError, match="another training run"):
+        experiment._check_output_dir(config)

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import keras
 import numpy as np
 
-from tfadv import data, distribute, evaluation, export, runs, training
+from tfadv import cluster, data, distribute, evaluation, export, runs, training
 from tfadv.callbacks import (EpochLog, ResumableCheckpoint, RobustValidation, StochasticWeightAveraging,
                              make_schedule, schedule_curve, weights_finite)
 from tfadv.config import ConfigError, TrainConfig, read_flagfile
@@ -75,10 +75,14 @@ def _check_output_dir(config: TrainConfig):
         return
     if not os.path.isdir(out):
         raise ConfigError("output_dir", f"{out!r} exists and is not a directory")
-    try:  # a run that is writing it now (a second train.py into the same directory): refused, nothing touched
-        runs.check_unlocked(out)
-    except runs.RunLocked as error:
-        raise RunError(str(error)) from None
+    # a run that is writing it now (a second train.py into the same directory): refused, nothing touched. A
+    # non-chief worker of a multi-worker job shares the chief's --output_dir but never writes it (its own writes go
+    # to a temporary directory): the chief's lock is its own job's, not another run's
+    if config.runtime.distribute != "multi_worker" or cluster.cluster_from_environment().is_chief:
+        try:
+            runs.check_unlocked(out)
+        except runs.RunLocked as error:
+            raise RunError(str(error)) from None
     if overwrite:
         return
     if os.path.exists(runs.metrics_path(out)):
