@@ -196,17 +196,23 @@ def test_restarts_and_targets_only_add_successes(natural_mlp, batch):
     assert np.all(wrong(x) <= one)  # already misclassified examples stay misclassified
 
 
-def test_apgd_t_is_a_run_per_target_merged_first_success_then_highest_margin(natural_mlp, batch):
+@pytest.mark.parametrize("compact", [True, False])
+def test_apgd_t_is_a_run_per_target_merged_first_success_then_highest_margin(natural_mlp, batch, compact):
     """APGD-T = one APGD-DLR run per target (top wrong classes by clean logit, restart streams index * restarts +
     restart), merged per example: the first run (in target order) that misclassifies wins, else the point with
-    the highest CW margin. Composed here from `apgd_run` and numpy, against the attack's graph loop."""
+    the highest CW margin. Composed here from `apgd_run` and numpy, against the attack's graph loop.
+
+    `compact` (the default, the reference's `perturb`): a misclassified example is not attacked again, so the
+    first successful run's point is returned, and an example misclassified clean keeps x. `compact=False`: every
+    example is attacked by every run, and among its successful runs the highest CW margin wins."""
     x, y = batch
     x, y = x[:40], y[:40]
     fn = _logits_fn(natural_mlp)
     keys = attacks_rng.example_keys(tf.range(len(y)), seed=4)
     targets, restarts = 3, 2
     ours = tf.function(lambda images, labels: apgd_module.apgd_targeted(
-        fn, images, labels, eps=0.06, steps=8, num_targets=targets, restarts=restarts, keys=keys))(x, y).numpy()
+        fn, images, labels, eps=0.06, steps=8, num_targets=targets, restarts=restarts, keys=keys,
+        compact=compact))(x, y).numpy()
     candidates = apgd_module.top_wrong_classes(fn(x), y, targets).numpy()
     clean_wrong = np.argmax(fn(x), -1) != y
     best, best_margin, best_won = None, None, None
@@ -225,8 +231,12 @@ def test_apgd_t_is_a_run_per_target_merged_first_success_then_highest_margin(nat
                 best, best_margin, best_won = run, margin, won
                 continue
             better = (won & ~best_won) | ((won == best_won) & (margin > best_margin))
+            if compact:
+                better &= ~best_won  # a misclassified example is not attacked again
             best = np.where(better[:, None, None, None], run, best)
             best_margin, best_won = np.where(better, margin, best_margin), best_won | won
+    if compact:
+        best = np.where(clean_wrong[:, None, None, None], x, best)
     np.testing.assert_allclose(ours, best, atol=1e-6)
     assert 0 < best_won.sum() < len(y)  # both rules decided some examples
 
@@ -377,7 +387,8 @@ def test_eot_averages_the_gradient_and_keeps_the_last_passs_objective_as_the_ref
     apgd_module.apgd(model, x, labels, eps=0.1, steps=3, eot_iter=4, seed=0)
     assert model.calls == 1 + 4 * (1 + 3)
     model.calls = 0
-    apgd_module.apgd_targeted(model, x, labels, eps=0.1, steps=3, num_targets=2, eot_iter=4, seed=0)
+    # (compact=False: every target attacks the whole batch; the toy's noises are per position in a batch of 5)
+    apgd_module.apgd_targeted(model, x, labels, eps=0.1, steps=3, num_targets=2, eot_iter=4, seed=0, compact=False)
     assert model.calls == 1 + 2 * (4 * (1 + 3) + 1)
     model.calls = 0
     attacks.pgd(model, x, labels, eps=0.1, step_size=0.05, steps=3, eot_iter=4)

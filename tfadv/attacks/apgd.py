@@ -45,8 +45,8 @@ import tensorflow as tf
 
 from tfadv.attacks import rng
 from tfadv.attacks.losses import LOSS_NAMES, cw_margin, objective
-from tfadv.attacks.ops import (check_eot, clip_to_box, expected_value_and_gradient, flat_norm, per_example, project,
-                               top_wrong_classes, while_loop)
+from tfadv.attacks.ops import (check_eot, clip_to_box, expected_value_and_gradient, flat_norm, in_xla_context,
+                               per_example, project, top_wrong_classes, while_loop)
 from tfadv.attacks.pgd import steepest_step
 
 APGD_NORMS = ("linf", "l2")
@@ -150,13 +150,14 @@ def _evaluate(logits_fn, x, labels, loss, targets, eot_iter=1):
 
 
 def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=100, rho=0.75, targets=None,
-             seed=None, clean_wrong=None, keys=None, eot_iter: int = 1) -> APGDRun:
+             seed=None, clean_wrong=None, keys=None, eot_iter: int = 1, start=None) -> APGDRun:
     """One APGD run from a random start (Algorithm 1), with its diagnostics; see `apgd` for the attack.
 
     `seed` is None (stateful random start) or a shape-[2] int seed for a stateless one. `clean_wrong` ([B]
     bool) marks examples the clean input already misclassifies: they keep `x` unless another misclassified
     point is met. `keys` ([B] int64 per-example keys) overrides `seed` with a batch-independent start.
-    `eot_iter`: gradient averaged over that many passes, the objective the last pass's (see `apgd`).
+    `eot_iter`: gradient averaged over that many passes, the objective the last pass's (see `apgd`). `start`
+    ([B, ...]): the random start, drawn by the caller (`seed` and `keys` are then unused).
     """
     _check(norm, loss, steps, 1, rho)
     check_eot(eot_iter)
@@ -169,7 +170,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
     def feasible(point):
         return x + clip_to_box(x, project(point - x, eps, norm))
 
-    x_start = _random_start(x, eps, norm, seed, keys)
+    x_start = _random_start(x, eps, norm, seed, keys) if start is None else tf.convert_to_tensor(start, tf.float32)
     loss_start, grad_start, wrong_start = _evaluate(logits_fn, x_start, labels, loss, targets, eot_iter)
     if clean_wrong is None:
         found, x_found = wrong_start, x_start
@@ -252,8 +253,49 @@ def _misclassified(logits_fn, x, labels):
     return tf.not_equal(tf.argmax(logits_fn(x), axis=-1, output_type=tf.int32), labels)
 
 
+def _first_success(best, merged, after_first=True):
+    """`merged` where `best` = (x, value, won) has not yet won: the compacted result (a point's first success is
+    kept) when every example is attacked anyway (under XLA)."""
+    done = tf.logical_and(best[2], after_first)
+    return tuple(tf.where(per_example(done, new) if new.shape.rank > 1 else done, old, new)
+                 for old, new in zip(best, merged))
+
+
+def _gather(values, index):
+    return None if values is None else tf.gather(values, index)
+
+
+def _scatter(full, index, part):
+    """`full` [B, ...] with its rows `index` ([n] int64) replaced by `part` [n, ...]."""
+    return tf.tensor_scatter_nd_update(full, index[:, None], part)
+
+
+def _run_on_still_robust(logits_fn, x, labels, best, stream, *, value_fn, targets, clean_wrong, seed, keys, first,
+                         **run_args):
+    """One APGD run (random-start stream `stream`) on the examples of `best` = (x, value, won) that no earlier run
+    has fooled, merged into `best` as `_keep_worst` merges (first success, else the highest `value_fn(logits,
+    labels, targets)`); the fooled ones cost nothing, as in the reference (`autopgd_base.py`, `perturb` of
+    APGDAttack and APGDAttack_targeted: `ind_to_fool = acc.nonzero()` before every run, `adv[ind_to_fool[ind_curr]]
+    = adv_curr[ind_curr]`). An example's run is the one it gets in the whole batch: its start, its step sizes
+    and its trajectory are its own (per-example keys, [B] step sizes, per-example forward passes)."""
+    todo = tf.where(tf.logical_not(best[2]))[:, 0]
+    start = None
+    if keys is None and seed is not None:
+        # a stateless start is drawn for the shape of the batch: drawn for the whole batch, as without compaction
+        start = tf.gather(_random_start(x, run_args["eps"], run_args["norm"], _stateless_seed(seed, stream), None),
+                          todo)
+    sub_labels, sub_targets = tf.gather(labels, todo), _gather(targets, todo)
+    run = apgd_run(logits_fn, tf.gather(x, todo), sub_labels, targets=sub_targets,
+                   seed=_stateless_seed(seed, stream), clean_wrong=tf.gather(clean_wrong, todo),
+                   keys=_fold(_gather(keys, todo), stream), start=start, **run_args)
+    merged = _keep_worst(logits_fn, sub_labels, run.x_adv,
+                         lambda logits: value_fn(logits, sub_labels, sub_targets),
+                         tuple(tf.gather(part, todo) for part in best), first=first)
+    return tuple(_scatter(full, todo, part) for full, part in zip(best, merged))
+
+
 def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=100, restarts=1, rho=0.75,
-         targets=None, seed: Optional[int] = None, keys=None, eot_iter: int = 1):
+         targets=None, seed: Optional[int] = None, keys=None, eot_iter: int = 1, compact: bool = True):
     """APGD on `loss` ("ce": APGD-CE, "dlr": APGD-DLR, "cw"); with `targets`, the targeted version (with
     loss="dlr" the targeted DLR loss of APGD-T, which needs at least 4 classes; untargeted DLR needs 3).
 
@@ -266,12 +308,29 @@ def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=1
     `eot_iter` forward/backward passes of `logits_fn`; the objective that drives the step-size checkpoints and
     the best-point bookkeeping, and whether a point misclassifies, are the last pass's, as in the reference
     (Croce & Hein's `autopgd_base.py`).
+
+    `compact` (default, the reference's `perturb`), with `restarts` > 1: a restart attacks only the examples no
+    earlier run has misclassified, and examples the clean input misclassifies are not attacked (they keep x); an
+    example's adversarial point is the first run's that misclassified it (a single run attacks every example).
+    Every example's run is the one it gets in the whole batch, so the set of misclassified outputs is the same as
+    with `compact=False`, which attacks every example with every restart and keeps, among its successful runs,
+    the one of highest objective (with `keys`, or with `seed`, whose starts are drawn for the whole batch either
+    way; stateful draws differ). Under XLA (static shapes) every example is attacked, with the compacted result.
     """
     _check(norm, loss, steps, restarts, rho)
     check_eot(eot_iter)
     x = tf.convert_to_tensor(x, tf.float32)
     labels = tf.cast(labels, tf.int32)
     clean_wrong = _misclassified(logits_fn, x, labels)
+    if compact and restarts > 1 and not in_xla_context():  # XLA: static shapes, no compaction
+        batch = tf.shape(x)[0]
+        best = (x, tf.fill([batch], float("-inf")), clean_wrong)
+        for restart in range(restarts):
+            best = _run_on_still_robust(
+                logits_fn, x, labels, best, restart, value_fn=lambda logits, y, t: objective(loss, logits, y, t),
+                targets=targets, clean_wrong=clean_wrong, seed=seed, keys=keys, first=tf.constant(restart == 0),
+                eps=eps, norm=norm, loss=loss, steps=steps, rho=rho, eot_iter=eot_iter)
+        return best[0]
     best = None
     for restart in range(restarts):
         run = apgd_run(logits_fn, x, labels, eps=eps, norm=norm, loss=loss, steps=steps, rho=rho,
@@ -279,19 +338,27 @@ def apgd(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", steps=1
                        keys=_fold(keys, restart), eot_iter=eot_iter)
         if restarts == 1:
             return run.x_adv
-        best = _keep_worst(logits_fn, labels, run.x_adv,
-                           lambda logits: objective(loss, logits, labels, targets), best)
-    return best[0]
+        merged = _keep_worst(logits_fn, labels, run.x_adv,
+                             lambda logits: objective(loss, logits, labels, targets), best)
+        best = merged if not compact or best is None else _first_success(best, merged)
+    return tf.where(per_example(clean_wrong, x), x, best[0]) if compact else best[0]
 
 
 def apgd_targeted(logits_fn: Callable, x, labels, *, eps, norm="linf", steps=100, num_targets=9, restarts=1,
-                  rho=0.75, seed: Optional[int] = None, keys=None, eot_iter: int = 1):
+                  rho=0.75, seed: Optional[int] = None, keys=None, eot_iter: int = 1, compact: bool = True):
     """APGD-T: APGD on the targeted DLR loss, once for each of the top-`num_targets` wrong classes by clean
     logit (K - 1 when there are fewer), each run starting from the clean input.
 
     Per example the first target (in that order) whose run misclassifies wins; unsuccessful examples keep
     the point with the highest untargeted CW margin over the targets. Needs at least 4 classes. `eot_iter` as
     in `apgd`.
+
+    `compact` (default) is the reference's APGDAttack_targeted.perturb: each target's run attacks only the
+    examples no earlier target (or restart) has misclassified, examples misclassified clean are not attacked
+    (they keep x), and the loop stops when every example is misclassified. An example's adversarial point is
+    then its first successful run's; with `compact=False` every example is attacked by every target and keeps,
+    among its successful runs, the one of highest CW margin. The set of misclassified outputs is the same
+    either way (see `apgd`). Compiled by XLA (static shapes) it runs without compaction.
     """
     _check(norm, "dlr", steps, restarts, rho)
     check_eot(eot_iter)
@@ -307,6 +374,27 @@ def apgd_targeted(logits_fn: Callable, x, labels, *, eps, norm="linf", steps=100
         raise ValueError(f"APGD-T uses the targeted DLR loss, which needs at least 4 classes, got {num_classes}")
     clean_wrong = tf.not_equal(tf.argmax(clean_logits, axis=-1, output_type=tf.int32), labels)
     candidates = top_wrong_classes(clean_logits, labels, min(num_targets, num_classes - 1))
+    batch = tf.shape(x)[0]
+
+    if compact and not in_xla_context():  # XLA: static shapes, no compaction
+        # one graph loop over the targets (traced once); each (target, restart) run gathers the examples still
+        # robust and scatters its results back, and the loop ends early once no example is left
+        def still_robust_target(index, best_x, best_value, best_won):
+            best = (best_x, best_value, best_won)
+            for restart in range(restarts):
+                stream = index * restarts + restart
+                best = _run_on_still_robust(
+                    logits_fn, x, labels, best, stream, value_fn=lambda logits, y, _: cw_margin(logits, y),
+                    targets=tf.gather(candidates, index, axis=1), clean_wrong=clean_wrong, seed=seed, keys=keys,
+                    first=tf.equal(stream, 0), eps=eps, norm=norm, loss="dlr", steps=steps, rho=rho,
+                    eot_iter=eot_iter)
+            return (index + 1,) + best
+
+        start = (tf.constant(0), x, tf.fill([batch], float("-inf")), clean_wrong)
+        _, best_x, _, _ = while_loop(
+            lambda index, _x, _value, won: (index < candidates.shape[1]) & tf.reduce_any(tf.logical_not(won)),
+            still_robust_target, start)
+        return best_x
 
     # one graph loop over the targets: the APGD loop is traced once, not once per target (9x the tracing and
     # graph-optimisation time); stream = index * restarts + restart as before, so the same random starts
@@ -317,11 +405,11 @@ def apgd_targeted(logits_fn: Callable, x, labels, *, eps, norm="linf", steps=100
             run = apgd_run(logits_fn, x, labels, eps=eps, norm=norm, loss="dlr", steps=steps, rho=rho,
                            targets=tf.gather(candidates, index, axis=1), seed=_stateless_seed(seed, stream),
                            clean_wrong=clean_wrong, keys=_fold(keys, stream), eot_iter=eot_iter)
-            best = _keep_worst(logits_fn, labels, run.x_adv, lambda logits: cw_margin(logits, labels), best,
-                               first=tf.equal(stream, 0))
+            merged = _keep_worst(logits_fn, labels, run.x_adv, lambda logits: cw_margin(logits, labels), best,
+                                 first=tf.equal(stream, 0))
+            best = _first_success(best, merged, tf.not_equal(stream, 0)) if compact else merged
         return (index + 1,) + best
 
-    batch = tf.shape(x)[0]
     start = (tf.constant(0), x, tf.fill([batch], float("-inf")), tf.zeros([batch], tf.bool))
     _, best_x, _, _ = while_loop(lambda index, *_: index < candidates.shape[1], one_target, start)
-    return best_x
+    return tf.where(per_example(clean_wrong, x), x, best_x) if compact else best_x

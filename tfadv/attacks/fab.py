@@ -31,7 +31,8 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from tfadv.attacks import rng
-from tfadv.attacks.ops import flat_norm, per_example, top_wrong_classes, value_and_gradient, while_loop
+from tfadv.attacks.ops import (flat_norm, in_xla_context, per_example, top_wrong_classes, value_and_gradient,
+                               while_loop)
 
 FAB_NORMS = ("linf", "l2")
 _BIG = 1e12
@@ -134,11 +135,64 @@ def fab_run(logits_fn: Callable, x, labels, targets, *, norm="linf", steps=100, 
     return best, best_norm
 
 
+def _restart_start(x, best_norm, norm, eps, keys, stream):
+    """A restart's random start: half the best norm so far (capped at `eps` when given) around x."""
+    radius = best_norm if eps is None else tf.minimum(best_norm, eps)
+    radius = tf.where(tf.math.is_finite(radius), radius, 0.0) * 0.5
+    restart_keys = None if keys is None else rng.fold(keys, stream)
+    shape = tf.shape(x)[1:]
+    if norm == "linf":
+        t = rng.uniform(restart_keys, shape, stream=1, minval=-1.0, maxval=1.0, batch=tf.shape(x)[0])
+    else:
+        t = rng.normal(restart_keys, shape, stream=2, batch=tf.shape(x)[0])
+    t = t / per_example(flat_norm(t, norm) + 1e-12, x)
+    return tf.clip_by_value(x + per_example(radius, x) * t, 0.0, 1.0)
+
+
+def _fab_targeted_compact(logits_fn, x, labels, candidates, best_norm, *, norm, steps, restarts, eps, keys,
+                          stop_within, **fab_args):
+    """FAB-T's loop over targets and restarts, each run on the examples whose best norm is still above
+    `stop_within` (0 when None), as the reference's `perturb` (see `fab_targeted`)."""
+    threshold = 0.0 if stop_within is None else tf.cast(stop_within, tf.float32)
+
+    def one_target(index, best, best_norm):
+        target = tf.gather(candidates, index, axis=1)
+        for restart in range(restarts):
+            todo = tf.where(best_norm > threshold)[:, 0]
+            sub_x, sub_norm = tf.gather(x, todo), tf.gather(best_norm, todo)
+            sub_keys = None if keys is None else tf.gather(keys, todo)
+            start = (None if restart == 0
+                     else _restart_start(sub_x, sub_norm, norm, eps, sub_keys, index * restarts + restart))
+            candidate, candidate_norm = fab_run(logits_fn, sub_x, tf.gather(labels, todo), tf.gather(target, todo),
+                                                norm=norm, steps=steps, start=start, **fab_args)
+            better = candidate_norm < sub_norm
+            sub_best = tf.where(per_example(better, sub_x), candidate, tf.gather(best, todo))
+            best = tf.tensor_scatter_nd_update(best, todo[:, None], sub_best)
+            best_norm = tf.tensor_scatter_nd_update(best_norm, todo[:, None],
+                                                    tf.where(better, candidate_norm, sub_norm))
+        return index + 1, best, best_norm
+
+    _, best, best_norm = while_loop(
+        lambda index, _, norms: (index < candidates.shape[1]) & tf.reduce_any(norms > threshold), one_target,
+        (tf.constant(0), x, best_norm))
+    return best, best_norm
+
+
 def fab_targeted(logits_fn: Callable, x, labels, *, norm="linf", steps=100, num_targets=9, restarts=1,
-                 alpha_max=0.1, eta=1.05, beta=0.9, eps: Optional[float] = None, keys=None):
+                 alpha_max=0.1, eta=1.05, beta=0.9, eps: Optional[float] = None, keys=None,
+                 stop_within: Optional[float] = None, compact: bool = True):
     """FAB-T: returns (x_adv, norms). Per example the smallest-norm misclassified point found over the targets
     (the top-`num_targets` wrong classes by clean logit) and restarts, with its distance to x; x and +inf
-    where none was found; x and 0 where x is already misclassified."""
+    where none was found; x and 0 where x is already misclassified.
+
+    `stop_within` (the radius the result is scored at, AutoAttack's eps): an example whose best norm is within it
+    is broken and attacked no further, so its point is the first one found within the radius rather than the
+    smallest over all targets, as in the reference FAB-T (fab_base.py `perturb`, targeted: `ind_to_fool =
+    acc.nonzero()` before every target and restart, `acc_curr = max(acc_curr, res > eps)`). `compact`
+    (default) runs each target and restart on the examples still open only (gathered, results scattered back;
+    without `stop_within` those are the examples not misclassified clean: no run can beat a norm of 0), and
+    stops when none is left; an example's runs are the ones it gets in the whole batch, so which examples end
+    within `stop_within` does not change (with `keys`; stateful restart draws differ)."""
     _check(norm, steps, num_targets, restarts)
     x = tf.convert_to_tensor(x, tf.float32)
     labels = tf.cast(labels, tf.int32)
@@ -148,31 +202,26 @@ def fab_targeted(logits_fn: Callable, x, labels, *, norm="linf", steps=100, num_
         raise ValueError("FAB-T needs a static number of classes, at least 2")
     candidates = top_wrong_classes(clean_logits, labels, min(num_targets, num_classes - 1))
     clean_wrong = tf.not_equal(tf.argmax(clean_logits, -1, output_type=tf.int32), labels)
+    best_norm = tf.where(clean_wrong, 0.0, tf.fill([tf.shape(x)[0]], float("inf")))
+    if compact and not in_xla_context():  # XLA: static shapes, no compaction
+        return _fab_targeted_compact(logits_fn, x, labels, candidates, best_norm, norm=norm, steps=steps,
+                                     restarts=restarts, eps=eps, keys=keys, stop_within=stop_within,
+                                     alpha_max=alpha_max, eta=eta, beta=beta)
     # one graph loop over the targets: FAB's loop is traced once, not once per target (9x the tracing and
     # graph-optimisation time); restart streams index * restarts + restart as before, so the same restarts
     def one_target(index, best, best_norm):
         target = tf.gather(candidates, index, axis=1)
         for restart in range(restarts):
-            start = None
-            if restart > 0:
-                radius = best_norm if eps is None else tf.minimum(best_norm, eps)
-                radius = tf.where(tf.math.is_finite(radius), radius, 0.0) * 0.5
-                restart_keys = None if keys is None else rng.fold(keys, index * restarts + restart)
-                shape = tf.shape(x)[1:]
-                if norm == "linf":
-                    t = rng.uniform(restart_keys, shape, stream=1, minval=-1.0, maxval=1.0, batch=tf.shape(x)[0])
-                else:
-                    t = rng.normal(restart_keys, shape, stream=2, batch=tf.shape(x)[0])
-                t = t / per_example(flat_norm(t, norm) + 1e-12, x)
-                start = tf.clip_by_value(x + per_example(radius, x) * t, 0.0, 1.0)
+            start = None if restart == 0 else _restart_start(x, best_norm, norm, eps, keys, index * restarts + restart)
             candidate, candidate_norm = fab_run(logits_fn, x, labels, target, norm=norm, steps=steps,
                                                 alpha_max=alpha_max, eta=eta, beta=beta, start=start)
             better = candidate_norm < best_norm
+            if compact:  # under XLA: every example attacked, the compacted result (within the radius: kept)
+                better &= best_norm > (0.0 if stop_within is None else stop_within)
             best = tf.where(per_example(better, x), candidate, best)
             best_norm = tf.where(better, candidate_norm, best_norm)
         return index + 1, best, best_norm
 
-    best_norm = tf.where(clean_wrong, 0.0, tf.fill([tf.shape(x)[0]], float("inf")))
     _, best, best_norm = while_loop(lambda index, *_: index < candidates.shape[1], one_target,
                                     (tf.constant(0), x, best_norm))
     return best, best_norm

@@ -107,6 +107,15 @@ def while_loop(cond, body, loop_vars):
     return tf.while_loop(cond, pinned, loop_vars, parallel_iterations=1)
 
 
+def in_xla_context() -> bool:
+    """True while tracing for XLA (`tf.function(jit_compile=True)`): there shapes are static, so an attack
+    cannot shrink its batch to the points still robust (a gathered subset fails XLA's dynamic reshapes) and runs
+    without compaction. TensorFlow has no public test for it; this is the one its own control flow uses."""
+    from tensorflow.python.ops import control_flow_util  # private: no public equivalent
+
+    return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def repeat(body, value, times):
     """`value = body(value)` `times` times, as a graph loop (Keras compiles train_step without AutoGraph)."""
     return while_loop(lambda i, _: i < times, lambda i, v: (i + 1, body(v)), (tf.constant(0), value))[1]

@@ -54,11 +54,12 @@ from typing import Callable
 import tensorflow as tf
 
 from tfadv.attacks import rng
-from tfadv.attacks.ops import top_wrong_logit, while_loop
+from tfadv.attacks.ops import in_xla_context, top_wrong_logit, while_loop
 
 SquareRun = collections.namedtuple("SquareRun", ["x_adv", "margin", "queries"])
 SQUARE_NORMS = ("linf", "l2")
 _THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+COMPACT_EVERY = 50  # proposals between two gatherings of the still-robust examples (`square_run(compact=True)`)
 
 
 def _margin(logits, labels):
@@ -180,26 +181,31 @@ def _check(x, norm, queries, p_init):
 
 
 def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000, p_init=0.8,
-               keys=None, rescale_schedule=False) -> SquareRun:
+               keys=None, rescale_schedule=False, compact: bool = True,
+               compact_every: int = COMPACT_EVERY) -> SquareRun:
     """Square with diagnostics: SquareRun(x_adv, margin [B], queries [B] model queries per example, the
     initial one included: at most 1 + `queries`, which is the number of proposals after the initial query).
-    `rescale_schedule`: map the p-schedule to the query budget (see `p_selection`); off in AutoAttack."""
+    `rescale_schedule`: map the p-schedule to the query budget (see `p_selection`); off in AutoAttack.
+
+    `compact` (default): every `compact_every` proposals the examples still correctly classified are gathered
+    and only they are proposed for and queried until the next gathering (the reference queries only
+    `idx_to_fool`, the examples with a positive margin, at every iteration); a misclassified example keeps its
+    point, margin and query count. Every example draws from its key and the global iteration index as without
+    compaction, and its proposals depend on nothing else, so the result is the same (with `keys`; stateful
+    draws differ). `compact=False` queries the whole batch at every iteration, the misclassified examples'
+    proposals discarded."""
     x = tf.convert_to_tensor(x, tf.float32)
     _check(x, norm, queries, p_init)
+    if not isinstance(compact_every, int) or compact_every < 1:
+        raise ValueError(f"compact_every must be a positive int, got {compact_every!r}")
     labels = tf.cast(labels, tf.int32)
     batch = tf.shape(x)[0]
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     eps = tf.cast(eps, tf.float32)
 
-    def draw_int(stream_keys, stream, high):
-        return rng.randint(stream_keys, [], high, stream=stream, batch=batch)
-
-    def draw_sign(stream_keys, shape, stream):
-        return rng.sign(stream_keys, shape, stream=stream, batch=batch)
-
     init_keys = None if keys is None else rng.fold(keys, 0x5151)
     if norm == "linf":
-        x_best = tf.clip_by_value(x + eps * draw_sign(init_keys, [1, width, channels], 1), 0.0, 1.0)
+        x_best = tf.clip_by_value(x + eps * rng.sign(init_keys, [1, width, channels], stream=1, batch=batch), 0.0, 1.0)
     else:
         size = height // 5 if height >= 5 else 1
         start = (height - size * 5) // 2
@@ -225,53 +231,87 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
     margin_best = _margin(logits_fn(x_best), labels)
     used = tf.ones([batch], tf.int32)
 
-    def body(i, x_best, margin_best, used):
-        active = margin_best > 0.0
-        step_keys = None if keys is None else rng.fold(keys, i + 1)
-        p = p_selection(p_init, i, queries, rescale=rescale_schedule)
-        if norm == "linf":
-            size = tf.cast(tf.round(tf.sqrt(p * height * width)), tf.int32)
-            size = tf.clip_by_value(size, 1, min(height, width) - 1)
-            corner_h = draw_int(step_keys, 1, height - size)
-            corner_w = draw_int(step_keys, 2, width - size)
-            mask = _window(corner_h, corner_w, size, height, width)
-            signs = draw_sign(step_keys, [1, 1, channels], 3)
-            proposal = tf.clip_by_value(x + eps * signs, 0.0, 1.0)
-            unchanged = tf.reduce_all(tf.abs(proposal - x_best) * mask < 1e-7, axis=[1, 2, 3])
-            signs = tf.where(unchanged[:, None, None, None], -signs, signs)
-            proposal = tf.clip_by_value(x + eps * signs, 0.0, 1.0)
-            x_new = mask * proposal + (1.0 - mask) * x_best
-        else:
-            size = tf.cast(tf.round(tf.sqrt(p * height * width)), tf.int32)
-            size = tf.maximum(size, 3)
-            size = size + 1 - tf.math.floormod(size, 2)  # odd
-            size = tf.minimum(size, min(height, width) - 1)
-            delta = l2_proposal(x_best - x, eps, size,
-                                draw_int(step_keys, 1, height - size), draw_int(step_keys, 2, width - size),
-                                draw_int(step_keys, 3, height - size), draw_int(step_keys, 4, width - size),
-                                rng.uniform(step_keys, [], stream=5, batch=batch) > 0.5,
-                                draw_sign(step_keys, [1, 1, channels], 6))
-            x_new = tf.clip_by_value(x + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0)
-        margin_new = _margin(logits_fn(x_new), labels)
-        better = active & (margin_new < margin_best)
-        x_best = tf.where(better[:, None, None, None], x_new, x_best)
-        margin_best = tf.where(better, margin_new, margin_best)
-        used = used + tf.cast(active, tf.int32)
-        return i + 1, x_best, margin_best, used
+    def proposals(x, labels, keys):
+        """The loop body over the examples given (the whole batch or the gathered still-robust ones)."""
+        batch = tf.shape(x)[0]
 
-    _, x_best, margin_best, used = while_loop(
-        lambda i, _x, margin, _u: (i < queries) & tf.reduce_any(margin > 0.0), body,
-        (tf.constant(0), x_best, margin_best, used))
+        def draw_int(stream_keys, stream, high):
+            return rng.randint(stream_keys, [], high, stream=stream, batch=batch)
+
+        def draw_sign(stream_keys, shape, stream):
+            return rng.sign(stream_keys, shape, stream=stream, batch=batch)
+
+        def body(i, x_best, margin_best, used):
+            active = margin_best > 0.0
+            step_keys = None if keys is None else rng.fold(keys, i + 1)
+            p = p_selection(p_init, i, queries, rescale=rescale_schedule)
+            if norm == "linf":
+                size = tf.cast(tf.round(tf.sqrt(p * height * width)), tf.int32)
+                size = tf.clip_by_value(size, 1, min(height, width) - 1)
+                corner_h = draw_int(step_keys, 1, height - size)
+                corner_w = draw_int(step_keys, 2, width - size)
+                mask = _window(corner_h, corner_w, size, height, width)
+                signs = draw_sign(step_keys, [1, 1, channels], 3)
+                proposal = tf.clip_by_value(x + eps * signs, 0.0, 1.0)
+                unchanged = tf.reduce_all(tf.abs(proposal - x_best) * mask < 1e-7, axis=[1, 2, 3])
+                signs = tf.where(unchanged[:, None, None, None], -signs, signs)
+                proposal = tf.clip_by_value(x + eps * signs, 0.0, 1.0)
+                x_new = mask * proposal + (1.0 - mask) * x_best
+            else:
+                size = tf.cast(tf.round(tf.sqrt(p * height * width)), tf.int32)
+                size = tf.maximum(size, 3)
+                size = size + 1 - tf.math.floormod(size, 2)  # odd
+                size = tf.minimum(size, min(height, width) - 1)
+                delta = l2_proposal(x_best - x, eps, size,
+                                    draw_int(step_keys, 1, height - size), draw_int(step_keys, 2, width - size),
+                                    draw_int(step_keys, 3, height - size), draw_int(step_keys, 4, width - size),
+                                    rng.uniform(step_keys, [], stream=5, batch=batch) > 0.5,
+                                    draw_sign(step_keys, [1, 1, channels], 6))
+                x_new = tf.clip_by_value(x + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0)
+            margin_new = _margin(logits_fn(x_new), labels)
+            better = active & (margin_new < margin_best)
+            x_best = tf.where(better[:, None, None, None], x_new, x_best)
+            margin_best = tf.where(better, margin_new, margin_best)
+            used = used + tf.cast(active, tf.int32)
+            return i + 1, x_best, margin_best, used
+
+        return body
+
+    def running(i, _x, margin, _u):
+        return (i < queries) & tf.reduce_any(margin > 0.0)
+
+    if not compact or in_xla_context():  # XLA: static shapes, no compaction
+        _, x_best, margin_best, used = while_loop(running, proposals(x, labels, keys),
+                                                  (tf.constant(0), x_best, margin_best, used))
+        return SquareRun(x_best, margin_best, used)
+
+    def chunk(i, x_best, margin_best, used):
+        # the reference's idx_to_fool, gathered every `compact_every` iterations; the chunk's loop runs on them
+        # with the global iteration index (the schedule and each example's draws), results scattered back
+        todo = tf.where(margin_best > 0.0)[:, 0]
+        sub_keys = None if keys is None else tf.gather(keys, todo)
+        stop = tf.minimum(i + compact_every, queries)
+        i, sub_best, sub_margin, sub_used = while_loop(
+            lambda j, _x, margin, _u: (j < stop) & tf.reduce_any(margin > 0.0),
+            proposals(tf.gather(x, todo), tf.gather(labels, todo), sub_keys),
+            (i, tf.gather(x_best, todo), tf.gather(margin_best, todo), tf.gather(used, todo)))
+        index = todo[:, None]
+        return (i, tf.tensor_scatter_nd_update(x_best, index, sub_best),
+                tf.tensor_scatter_nd_update(margin_best, index, sub_margin),
+                tf.tensor_scatter_nd_update(used, index, sub_used))
+
+    _, x_best, margin_best, used = while_loop(running, chunk, (tf.constant(0), x_best, margin_best, used))
     # the clean input where the initialisation did not help and nothing was found is not needed: x_best is
     # always a point of the ball; examples misclassified from the start keep their (also misclassified) x_best
     return SquareRun(x_best, margin_best, used)
 
 
 def square(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000, p_init=0.8, keys=None,
-           rescale_schedule=False):
+           rescale_schedule=False, compact: bool = True):
     """Square Attack (untargeted, margin loss): adversarial images in the eps-ball of `norm` and [0,1], after
     an initial query and up to `queries` proposals (1 + queries model queries per example, as the reference).
     `keys` ([B] int64, `rng.example_keys`) make every random choice per example and batch-independent.
-    `rescale_schedule=False` (AutoAttack-standard) keeps the p-schedule's thresholds at fixed iterations."""
+    `rescale_schedule=False` (AutoAttack-standard) keeps the p-schedule's thresholds at fixed iterations.
+    `compact` (default): only the examples still correctly classified are queried (see `square_run`)."""
     return square_run(logits_fn, x, labels, eps=eps, norm=norm, queries=queries, p_init=p_init, keys=keys,
-                      rescale_schedule=rescale_schedule).x_adv
+                      rescale_schedule=rescale_schedule, compact=compact).x_adv
