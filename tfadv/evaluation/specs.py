@@ -350,7 +350,8 @@ def _positive(name, what, value):
     return int(value)
 
 
-def _parse(name: str, eps: Dict[str, float], step_size: Optional[float]) -> AttackSpec:
+def _parse(name: str, eps: Dict[str, float], step_size: Optional[float],
+           source: Optional[Callable] = None) -> AttackSpec:
     entry, parts = _match(name)
     family = entry.family
     if parts["eot"] is not None and not entry.eot:
@@ -370,9 +371,26 @@ def _parse(name: str, eps: Dict[str, float], step_size: Optional[float]) -> Atta
     eot_iter = _positive(name, "the EOT count", parts["eot"]) if parts["eot"] is not None else 1
     options = {o.field: _positive(name, f"_{o.letter}", parts["options"].get(o.letter, o.default))
                for o in entry.options}
+    return build_spec(family, eps, steps=steps, norm=norm, restarts=restarts, eot_iter=eot_iter, step_size=step_size,
+                      source=source, **options)
+
+
+def build_spec(family: str, eps: Dict[str, float], *, steps: Optional[int] = None, norm: Optional[str] = None,
+               restarts: int = 1, eot_iter: int = 1, step_size: Optional[float] = None,
+               source: Optional[Callable] = None, group: Optional[str] = None, **options) -> AttackSpec:
+    """The AttackSpec of a registered `family` built from its fields, no name parsed: what a name leaving out
+    the same parts gives (`steps` / `norm` / options: the family's defaults when None or absent; `step_size`: the
+    family's rule; `source`: a transfer attack; `group`: a cascade), named canonically. The fields are taken as
+    given: a name's checks (`parse_attack`) are for what a user typed."""
+    entry = attack_entry(family)
+    norm = norm or entry.default_norm
+    steps = entry.default_steps if steps is None else int(steps)
+    values = {o.field: int(options.get(o.field) or o.default) for o in entry.options}
     radius = eps[norm]
     size = entry.step_size(radius, norm, steps, step_size) if entry.step_size else radius
-    return AttackSpec(name, entry.tag, entry.loss, steps, norm, restarts, radius, size, eot_iter=eot_iter, **options)
+    spec = AttackSpec("", entry.tag, entry.loss, steps, norm, int(restarts), radius, size, group=group, source=source,
+                      eot_iter=int(eot_iter), **values)
+    return dataclasses.replace(spec, name=spec.canonical_name)
 
 
 def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = None,
@@ -398,10 +416,8 @@ def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = 
             raise ValueError(f"attack {name!r} needs {TRANSFER.needs}")
         if name[len(prefix):].startswith(prefix):
             raise _unknown(name[len(prefix):])
-        spec = dataclasses.replace(_parse(name[len(prefix):], eps, step_size), source=source)
-    else:
-        spec = _parse(name, eps, step_size)
-    return dataclasses.replace(spec, name=spec.canonical_name)
+        return _parse(name[len(prefix):], eps, step_size, source)
+    return _parse(name, eps, step_size)
 
 
 def with_eot(spec: AttackSpec, eot_iter: int) -> AttackSpec:
@@ -544,8 +560,7 @@ def autoattack_specs(eps: Dict[str, float], norm: str = "linf", version: str = "
         raise ValueError(f"unknown AutoAttack version {version!r}; valid: {', '.join(AUTOATTACK_VERSIONS)}")
     families, eot_iter, group = AUTOATTACK_VERSIONS[version]
     group += "" if norm == "linf" else f"_{norm}"
-    return [dataclasses.replace(parse_attack(canonical_attack_name(family, norm=norm, eot_iter=eot_iter), eps),
-                                group=group) for family in families]
+    return [build_spec(family, eps, norm=norm, eot_iter=eot_iter, group=group) for family in families]
 
 
 def suite_specs(suite: str, eps: Dict[str, float], step_size: Optional[float] = None,
