@@ -8,7 +8,8 @@ from tfadv import cli
 
 cli.quiet_tensorflow()
 from absl import app, flags as F  # noqa: E402
-from tfadv.evaluation import api, reports, shards  # noqa: E402
+from tfadv.errors import EvaluationError  # noqa: E402
+from tfadv.evaluation import config, pipeline, reports, shards  # noqa: E402
 
 F.DEFINE_string("output", None, "write the merged report as JSON here")
 F.DEFINE_string("output_dir", None, "write report.json, report.md and plots/ here")
@@ -19,13 +20,13 @@ def main(argv):
     paths = argv[1:]
     paths or cli.fail("give the shard reports to merge: merge_reports.py A.json B.json ... --output=ALL.json")
     try:
-        api.check_arguments(output=FLAGS.output, output_dir=FLAGS.output_dir)
+        config.check_values(output=FLAGS.output, output_dir=FLAGS.output_dir)
         merged = shards.merge_reports(shards.load_reports(paths), paths)
-    except api.EvaluationError as error:
+    except EvaluationError as error:
         cli.fail(str(error))
     print(reports.format_table(merged))
-    api.write_report(merged, output=FLAGS.output, output_dir=FLAGS.output_dir,
-                     model_name=merged.get("model_dir") or "model")
+    pipeline.write(merged, pipeline.Output(FLAGS.output, FLAGS.output_dir,
+                                           model_name=merged.get("model_dir") or "model"))
 
 
 if __name__ == "__main__":

@@ -244,6 +244,18 @@ def define_train_flags():
         flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
 
 
+def define_evaluation_flags():
+    """evaluate.py's flags, generated from the evaluation config's fields (`tfadv.evaluation.config.define_flags`),
+    declared key flags of the calling module (its short `--help` lists them)."""
+    from tfadv.evaluation import config as evaluation_config
+
+    names = evaluation_config.define_flags()
+    caller = sys._getframe(1).f_globals.get("__name__", "__main__")
+    module = sys.argv[0] if caller == "__main__" else caller  # absl names the main module by sys.argv[0]
+    for name in names:
+        flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
+
+
 def train_config_from_flags():
     """The TrainConfig of the parsed flags; a malformed value (e.g. a non-integer --lr_decay_epochs entry) is a
     usage error."""

@@ -1,5 +1,6 @@
-"""Evaluation: the attack registry and suites (specs), the Evaluator (runner), reports, and `evaluate_model`,
-the library call behind scripts/evaluate.py."""
+"""Evaluation: the attack registry and suites (specs), the Evaluator (runner), reports, the evaluation config
+(EvalConfig: evaluate.py's flags) and its one path (pipeline: plan -> run -> write), and `evaluate_model`, the
+Python API over the same path."""
 
 from tfadv.evaluation.specs import (AUTOATTACK, AUTOATTACK_RAND, SUITES, AttackEntry, AttackSpec, NameOption,
                                     at_budget, attack_entry, autoattack_specs, canonical_attack_name, check_classes,
@@ -10,9 +11,12 @@ from tfadv.evaluation.reports import format_markdown, format_table, plot_report
 from tfadv.evaluation.api import (EVALUATION_SEED, EvaluationError, evaluate_model, pgd_accuracy_fn, resolve_attacks,
                                   robust_attack_name)
 from tfadv.evaluation.shards import evaluate_shard, merge_reports
+from tfadv.evaluation.config import EvalConfig
+from tfadv.evaluation.pipeline import plan, run, write
 
-__all__ = ["EVALUATION_SEED", "pgd_accuracy_fn", "robust_attack_name", "AUTOATTACK", "AUTOATTACK_RAND", "SUITES", "AttackEntry", "AttackSpec", "EvaluationError", "Evaluator",
+__all__ = ["EvalConfig", "plan", "run", "write", "EVALUATION_SEED", "pgd_accuracy_fn", "robust_attack_name",
+           "AUTOATTACK", "AUTOATTACK_RAND", "SUITES", "AttackEntry", "AttackSpec", "EvaluationError", "Evaluator",
            "NameOption", "at_budget", "attack_entry", "autoattack_specs", "canonical_attack_name", "check_classes",
-           "evaluate", "evaluate_model", "evaluate_shard", "format_markdown", "format_table", "merge_reports", "parse_attack", "plot_report",
-           "register_attack", "registered_attacks", "resolve_attacks", "suite_specs", "unregister_attack",
-           "with_eot"]
+           "evaluate", "evaluate_model", "evaluate_shard", "format_markdown", "format_table", "merge_reports",
+           "parse_attack", "plot_report", "register_attack", "registered_attacks", "resolve_attacks", "suite_specs",
+           "unregister_attack", "with_eot"]
