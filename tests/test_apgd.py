@@ -202,7 +202,7 @@ def test_apgd_t_is_a_run_per_target_merged_first_success_then_highest_margin(nat
     restart), merged per example: the first run (in target order) that misclassifies wins, else the point with
     the highest CW margin. Composed here from `apgd_run` and numpy, against the attack's graph loop.
 
-    `compact` (the default, the reference's `perturb`): a misclassified example is not attacked again, so the
+    `compact` (opt-in, the reference's `perturb`): a misclassified example is not attacked again, so the
     first successful run's point is returned, and an example misclassified clean keeps x. `compact=False`: every
     example is attacked by every run, and among its successful runs the highest CW margin wins."""
     x, y = batch

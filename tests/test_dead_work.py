@@ -2,7 +2,7 @@
 result is the one without compaction.
 
 Per attack, on a small digits model, in a graph with an unknown batch dimension (as the evaluation runner
-compiles it): the per-example set of broken points with compaction (the default) equals the one with
+compiles it): the per-example set of broken points with compaction (`compact=True`, opt-in) equals the one with
 `compact=False` (which attacks every point to the end), every output is valid (inside the eps-ball and [0, 1]),
 and the model is called on fewer examples (counted by a wrapper around `logits_fn`), so these tests fail if the
 compaction is removed. Compaction follows the reference code (auto-attack `autopgd_base.py` and `fab_base.py`

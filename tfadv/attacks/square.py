@@ -181,13 +181,13 @@ def _check(x, norm, queries, p_init):
 
 
 def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000, p_init=0.8,
-               keys=None, rescale_schedule=False, compact: bool = True,
+               keys=None, rescale_schedule=False, compact: bool = False,
                compact_every: int = COMPACT_EVERY) -> SquareRun:
     """Square with diagnostics: SquareRun(x_adv, margin [B], queries [B] model queries per example, the
     initial one included: at most 1 + `queries`, which is the number of proposals after the initial query).
     `rescale_schedule`: map the p-schedule to the query budget (see `p_selection`); off in AutoAttack.
 
-    `compact` (default): every `compact_every` proposals the examples still correctly classified are gathered
+    `compact` (opt-in; the same result, not yet measured faster here): every `compact_every` proposals the examples still correctly classified are gathered
     and only they are proposed for and queried until the next gathering (the reference queries only
     `idx_to_fool`, the examples with a positive margin, at every iteration); a misclassified example keeps its
     point, margin and query count. Every example draws from its key and the global iteration index as without
@@ -307,11 +307,11 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
 
 
 def square(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000, p_init=0.8, keys=None,
-           rescale_schedule=False, compact: bool = True):
+           rescale_schedule=False, compact: bool = False):
     """Square Attack (untargeted, margin loss): adversarial images in the eps-ball of `norm` and [0,1], after
     an initial query and up to `queries` proposals (1 + queries model queries per example, as the reference).
     `keys` ([B] int64, `rng.example_keys`) make every random choice per example and batch-independent.
     `rescale_schedule=False` (AutoAttack-standard) keeps the p-schedule's thresholds at fixed iterations.
-    `compact` (default): only the examples still correctly classified are queried (see `square_run`)."""
+    `compact` (opt-in): only the examples still correctly classified are queried (see `square_run`)."""
     return square_run(logits_fn, x, labels, eps=eps, norm=norm, queries=queries, p_init=p_init, keys=keys,
                       rescale_schedule=rescale_schedule, compact=compact).x_adv
