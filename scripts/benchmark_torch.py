@@ -101,7 +101,8 @@ def main():
             pgd_step(model, optimizer, x, y, 8 / 255, 2 / 255, args.attack_steps, autocast)
         seconds = (time.perf_counter() - start) / args.steps
         name = f"torch_pgd{args.attack_steps}" + ("_bf16" if autocast else "")
-        results[name] = {"seconds_per_step": round(seconds, 4), "images_per_second": round(args.batch_size / seconds, 2)}
+        results[name] = {"seconds_per_step": round(seconds, 4),
+                         "images_per_second": round(args.batch_size / seconds, 2)}
         print(f"{name:<18}{seconds:>8.3f} s/step {args.batch_size / seconds:>8.2f} img/s", flush=True)
     if args.json:
         with open(args.json, "w") as handle:

@@ -50,7 +50,8 @@ ROWS = {
     "ls_uniform_noise": ("uniform LS 0.95 + noise 20", "--defense=label_smoothing --ls_method=uniform --ls_alpha=0.95 "
                                                        "--noise_sigma=20"),
     "squeeze_noise": ("logit squeeze 10 + noise 20", "--defense=logit_squeeze --squeeze_beta=10 --noise_sigma=20"),
-    **{f"pgd_ls_{m}": (f"PGD-AT + {name} 0.1", f"--defense=pgd --ls_method={m} --ls_alpha=0.1") for m, name in LS.items()},
+    **{f"pgd_ls_{m}": (f"PGD-AT + {name} 0.1", f"--defense=pgd --ls_method={m} --ls_alpha=0.1")
+       for m, name in LS.items()},
     "pgd_ls_uniform_noise": ("PGD-AT + uniform LS 0.95 + noise 20", "--defense=pgd --ls_method=uniform --ls_alpha=0.95 "
                                                                     "--noise_sigma=20"),
     "pgd_squeeze_noise": ("PGD-AT + logit squeeze 10 + noise 20", "--defense=pgd --squeeze_beta=10 --noise_sigma=20"),

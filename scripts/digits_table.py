@@ -182,7 +182,8 @@ def smoothening_table():
 def eps_l_rows(outs):
     """Paper 004 Table 1's columns: the share predicted robust by the linear estimate eps_L (eps < eps_L), FGSM on
     the cross-entropy and on the CW margin, and the medians behind eps_L; all 450 test images, eps 2/16."""
-    lines = ["| model | predicted | FGSM (CE) | FGSM (CW) | median logit gap | median gradient gap | median coherence |",
+    lines = ["| model | predicted | FGSM (CE) | FGSM (CW) | median logit gap | median gradient gap | "
+             "median coherence |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, out in outs.items():
         run("evaluate.py", f"--model_dir={out}", "--attacks=fgsm", "--diagnostics=eps_l", "--num_examples=-1",

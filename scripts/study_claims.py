@@ -6,7 +6,8 @@ the difference is larger than two standard errors the other way, or within them 
 failure to reproduce a claimed improvement); "mixed" when a claim's parts disagree; "pending" while a run is
 missing. A "matches or beats" claim (BAT against PGD-AT) is reproduced unless ours is worse by more than two
 standard errors. The best-vs-final gap compares two checkpoints on the same images, so its error is taken as
-sqrt(2) standard errors (an upper bound for positively correlated outcomes). Papers' own CIFAR-10 numbers stand beside ours for scale only (10x less data, a smaller network,
+sqrt(2) standard errors (an upper bound for positively correlated outcomes). Papers' own CIFAR-10 numbers stand
+beside ours for scale only (10x less data, a smaller network,
 fewer epochs)."""
 
 import csv
@@ -177,7 +178,8 @@ def plots(rows, results, labels, plots_dir):
         for key in smooth:
             epochs, robust, clean = curves(results[key]["history"])
             line, = ax.plot(epochs, [100 * v for v in robust], label=f"{labels[key]}: robust (PGD-10)")
-            ax.plot(epochs, [100 * v for v in clean], "--", color=line.get_color(), alpha=0.6, label=f"{labels[key]}: clean")
+            ax.plot(epochs, [100 * v for v in clean], "--", color=line.get_color(), alpha=0.6,
+                    label=f"{labels[key]}: clean")
         ax.set(xlabel="epoch", ylabel="held-out validation accuracy (%)",
                title="Paper 001 on real CIFAR-10 (subset, WRN-16-2): robust overfitting and its remedy")
         ax.legend(fontsize=7)
@@ -186,9 +188,11 @@ def plots(rows, results, labels, plots_dir):
         fig.tight_layout()
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
-    groups = {"cifar10_baselines.png": ("Baselines and paper 002 (BAT)", ["natural", "pgd", "fgsm_rs", "free", "trades", "bat"]),
-              "cifar10_label_smoothing.png": ("Papers 003/004: label smoothing and logit squeezing, alone and on PGD-AT",
-                                              [k for k in labels if k.startswith(("ls_", "squeeze", "pgd_ls", "pgd_squeeze"))]),
+    groups = {"cifar10_baselines.png": ("Baselines and paper 002 (BAT)",
+                                        ["natural", "pgd", "fgsm_rs", "free", "trades", "bat"]),
+              "cifar10_label_smoothing.png": (
+                  "Papers 003/004: label smoothing and logit squeezing, alone and on PGD-AT",
+                  [k for k in labels if k.startswith(("ls_", "squeeze", "pgd_ls", "pgd_squeeze"))]),
               "cifar10_ssat.png": ("Paper 000: SSAT vs Free-AT (same replays)", ["free", "ssat", "pgd"])}
     for name, (title, keys) in groups.items():
         keys = [k for k in keys if rows.get(k)]

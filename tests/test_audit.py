@@ -253,7 +253,8 @@ def test_a_transfer_pgd_is_not_counted_as_a_white_box_pgd():
     white-box PGD comparisons (it made `more_steps_help` warn: PGD-20 0.50, transfer 0.80, PGD-100 0.49)."""
     meta = lambda name: evaluation.parse_attack(name, {"linf": 0.125}, source=lambda x: x).metadata()  # noqa: E731
     report = {"attacks": {"pgd20": _entry(0.50, **meta("pgd20")), "pgd100": _entry(0.49, **meta("pgd100")),
-                          "transfer_pgd20": _entry(0.80, **meta("transfer_pgd20")), "fgsm": _entry(0.60, **meta("fgsm"))}}
+                          "transfer_pgd20": _entry(0.80, **meta("transfer_pgd20")),
+                          "fgsm": _entry(0.60, **meta("fgsm"))}}
     assert audit.attack_classes(report)["transfer_pgd20"]["kind"] == "transfer"
     more = audit.check_more_steps(report)
     assert more["verdict"] == "pass" and "transfer_pgd20" not in more["numbers"]

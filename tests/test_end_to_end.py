@@ -249,7 +249,8 @@ def test_evaluate_suite_audit_diagnostics_and_transfer(runs, tmp_path):
     assert {"fgsm", "pgd20", "pgd100", "cw20", "cw100", "pgd20_l2", "transfer_pgd20"} == set(report["attacks"])
     assert set(report["audit"]) >= {"one_step_vs_multi_step", "unbounded_eps", "black_box_vs_white_box"}
     assert report["audit"]["black_box_vs_white_box"]["verdict"] == "pass"  # transfer is weaker than white-box
-    assert (tmp_path / "plots" / "loss_landscape.png").exists() and (tmp_path / "plots" / "accuracy_sweeps.png").exists()
+    assert (tmp_path / "plots" / "loss_landscape.png").exists()
+    assert (tmp_path / "plots" / "accuracy_sweeps.png").exists()
     bad = run_script("evaluate.py", f"--model_dir={runs['pgd'][0]}", "--suite=magic")
     assert bad.returncode == 2 and "--suite" in bad.stderr
 

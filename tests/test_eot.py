@@ -73,8 +73,8 @@ def test_evaluate_refuses_eot_iter_without_an_apgd_attack(natural_mlp, tmp_path)
 
     from tfadv import export
 
-    path = export.export(natural_mlp, str(tmp_path / "model"), {"dataset": "digits", "eps": 0.125,
-                                                                "budget": {"pixel_max": 16.0, "eps": {"levels": 2.0, "fraction": 0.125}}})
+    budget = {"pixel_max": 16.0, "eps": {"levels": 2.0, "fraction": 0.125}}
+    path = export.export(natural_mlp, str(tmp_path / "model"), {"dataset": "digits", "eps": 0.125, "budget": budget})
     result = run_script("evaluate.py", f"--model_dir={path}", "--attacks=fgsm,pgd20", "--eot_iter=20",
                         "--noprogress")
     assert result.returncode == 2, result.stderr[-2000:]

@@ -174,8 +174,8 @@ def test_evaluate_script_runs_one_attack_once_whatever_its_spelling(natural_mlp,
 
     from tfadv import export
 
-    path = export.export(natural_mlp, str(tmp_path / "model"), {"dataset": "digits", "eps": 0.125,
-                                                                "budget": {"pixel_max": 16.0, "eps": {"levels": 2.0, "fraction": 0.125}}})
+    budget = {"pixel_max": 16.0, "eps": {"levels": 2.0, "fraction": 0.125}}
+    path = export.export(natural_mlp, str(tmp_path / "model"), {"dataset": "digits", "eps": 0.125, "budget": budget})
     output = tmp_path / "eval.json"
     result = run_script("evaluate.py", f"--model_dir={path}", "--attacks=pgd10,pgd10_linf_r1,fgsm_linf",
                         "--num_examples=30", "--noprogress", "--noaudit", f"--output={output}")

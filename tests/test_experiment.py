@@ -71,7 +71,8 @@ def test_both_checkpoints_are_kept_each_selected_by_its_own_criterion(natural_ru
     for key, column in (("best", "val_robust_accuracy"), ("best_clean", "val_clean_accuracy")):
         row = history[metrics[key]["epoch"] - 1]
         assert metrics[key][column] == pytest.approx(float(row[column]), abs=1e-6)
-    assert (out / "checkpoints" / "best_clean.weights.h5").exists() and (out / "checkpoints" / "best.weights.h5").exists()
+    assert (out / "checkpoints" / "best_clean.weights.h5").exists()
+    assert (out / "checkpoints" / "best.weights.h5").exists()
 
 
 def test_robust_validation_saves_each_best_at_its_own_epoch(tmp_path):
@@ -86,7 +87,8 @@ def test_robust_validation_saves_each_best_at_its_own_epoch(tmp_path):
         net.layers[0].kernel.assign(np.full((2, 2), float(epoch), np.float32))
         snapshots.append(net.get_weights())
         validation.on_epoch_end(epoch, {})
-    assert validation.best("robust") == pytest.approx({"epoch": 1, "val_clean_accuracy": 0.5, "val_robust_accuracy": 0.30})
+    assert validation.best("robust") == pytest.approx({"epoch": 1, "val_clean_accuracy": 0.5,
+                                                       "val_robust_accuracy": 0.30})
     assert validation.best("clean")["epoch"] == 3
     for kind, epoch in (("robust", 1), ("clean", 3)):
         net.load_weights(paths[kind])
@@ -244,7 +246,8 @@ def test_eps_warmup_grows_the_training_perturbation_linearly(defense, digits):
         trainer.optimizer.iterations.assign(t)
         bound = 0.125 * min(1.0, (t + 1) / 8)
         step = bound if defense == "bat" else bound / 2  # BAT steps eps (--bat_step_size=0), the others 1 of 2 levels
-        assert float(trainer.attack.eps) == pytest.approx(bound) and float(trainer.attack.step_size) == pytest.approx(step)
+        assert float(trainer.attack.eps) == pytest.approx(bound)
+        assert float(trainer.attack.step_size) == pytest.approx(step)
         if defense == "bat":
             x_adv = trainer.adversarial_examples(x, y, trainer.eval_logits(x))
         else:

@@ -94,7 +94,8 @@ def test_fab_and_cw_gradients_on_a_float16_model(float32_model, digits):
     for name, net in (("32", float32_model), ("16", mixed)):
         fn = lambda images, net=net: net(images, training=False)  # noqa: E731
         norms["fab" + name] = fab_targeted(fn, x, y, steps=20, num_targets=3)[1].numpy()
-        norms["cw" + name] = carlini_wagner_l2(fn, x, y, steps=50, binary_search_steps=5, initial_const=0.1).norms.numpy()
+        norms["cw" + name] = carlini_wagner_l2(fn, x, y, steps=50, binary_search_steps=5,
+                                               initial_const=0.1).norms.numpy()
     for name in ("fab", "cw"):
         found = np.isfinite(norms[name + "32"]) & (norms[name + "32"] > 0)
         # measured: FAB finds 97.5 % (median norm ratio 1.0003), this short C&W 67.5 % (ratio 1.00001)

@@ -141,7 +141,8 @@ def test_swa_batchnorm_data_follows_the_option(digits):
 def test_the_flagship_command_attacks_as_each_methods_reference_code():
     # `--defense=bat --flagfile=flags/cifar10.cfg`: BAT's own code attacks in inference mode even though the
     # preset's PGD-AT (Rice, Madry) attacks in training mode; --attack_bn_mode=auto gives each its source's mode
-    modes = {d: _config("cifar10", d).attack_config().bn_mode for d in ("pgd", "fgsm_rs", "free", "ssat", "trades", "bat")}
+    modes = {d: _config("cifar10", d).attack_config().bn_mode
+             for d in ("pgd", "fgsm_rs", "free", "ssat", "trades", "bat")}
     assert modes == {"pgd": "train", "fgsm_rs": "train", "free": "train", "ssat": "train", "trades": "eval",
                      "bat": "eval"}
     assert _config("cifar10", "bat", "--attack_bn_mode=train").attack_config().bn_mode == "train"  # typed wins

@@ -27,7 +27,7 @@ def test_the_readme_python_api_block_runs_and_trains_a_robust_model(tmp_path):
     script.write_text(readme_block())
     result = script_server.run_script(str(script), cwd=tmp_path, timeout=540)  # as `python example.py`
     assert result.returncode == 0, result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("clean ")][-1]
+    line = [text for text in result.stdout.splitlines() if text.startswith("clean ")][-1]
     clean, worst = (float(v) for v in re.findall(r"\d\.\d+", line))
     report = json.loads((tmp_path / "runs" / "api" / "eval" / "report.json").read_text())
     assert round(report["clean_accuracy"], 3) == clean and round(report["worst_case_accuracy"], 3) == worst

@@ -1,4 +1,5 @@
-"""Learning-rate schedules and training callbacks, SWA included (tfadv's own: TF Addons is end-of-life and Keras-2 only).
+"""Learning-rate schedules and training callbacks, SWA included (tfadv's own: TF Addons is end-of-life and
+Keras-2 only).
 
 Schedules are Keras `LearningRateSchedule`s over optimizer updates, so they resume exactly with the
 optimizer's iteration counter. Callbacks: robust validation with best-checkpoint keeping, and a resumable

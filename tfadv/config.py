@@ -101,7 +101,8 @@ class DataSection:
                                               f"got {self.crop_padding}")
         if self.noise_sigma > spec.pixel_max:
             raise ConfigError("noise_sigma", f"{self.noise_sigma} exceeds the pixel range of {self.dataset} "
-                                             f"(0..{spec.pixel_max:g} levels; it is in pixel levels, e.g. 20 for 20/255)")
+                                             f"(0..{spec.pixel_max:g} levels; it is in pixel levels, e.g. 20 for "
+                                             "20/255)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         if self.train_examples == 0 or self.train_examples < -1:
@@ -406,7 +407,8 @@ class RuntimeSection:
             # a cluster manager sets TF_CONFIG for every worker of a multi-worker job: under --distribute=none or
             # mirrored each worker would silently train alone, on all the data, into the same run directory
             raise ConfigError("distribute", f"{self.distribute} trains in this one process, but the "
-                                            f"{cluster.TF_CONFIG} environment variable describes a cluster (it is read only by "
+                                            f"{cluster.TF_CONFIG} environment variable describes a cluster (it is "
+                                            "read only by "
                                             "--distribute=multi_worker); pass --distribute=multi_worker, or unset "
                                             f"{cluster.TF_CONFIG} for a single-process run")
         if run.optimization.batch_size % self.replicas:

@@ -31,7 +31,8 @@ class RunError(RuntimeError):
 
 
 def set_precision(config: TrainConfig):
-    policy = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[config.runtime.mixed_precision]
+    policies = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+    policy = policies[config.runtime.mixed_precision]
     keras.mixed_precision.set_global_policy(policy)
 
 
@@ -59,7 +60,8 @@ def build_distillation(config: TrainConfig, log: Callable = print):
         return None, {}
     weights = d.loss_weights()
     teachers, records = {}, {}
-    for name, flag, wanted in (("robust", "kd_adv_teacher", "best_robust"), ("standard", "kd_std_teacher", "best_clean")):
+    for name, flag, wanted in (("robust", "kd_adv_teacher", "best_robust"),
+                               ("standard", "kd_std_teacher", "best_clean")):
         path = getattr(d, flag)
         if path:
             logits_fn, record = runs.load_teacher(path, flag, config.spec, wanted, log)
@@ -509,7 +511,8 @@ def robust_overfitting_table(metrics: dict, config: TrainConfig) -> str:
     ra_diff = best["robust_accuracy"] - final["robust_accuracy"]
     sa_diff = best["clean_accuracy"] - final["clean_accuracy"]
     return "\n".join([
-        f"Robust overfitting of `{config.defense}` on {config.data.dataset} ({config.network.model}): test accuracy in %, RA = "
+        f"Robust overfitting of `{config.defense}` on {config.data.dataset} ({config.network.model}): test accuracy "
+        "in %, RA = "
         f"{final['robust_attack']} at eps {metrics['eps']:.4f} on {final['num_examples']} test examples; the best "
         f"checkpoint is epoch {best['epoch']} of {final['epoch']}, {best['selected_by']}.",
         "",

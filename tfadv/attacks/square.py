@@ -187,7 +187,8 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
     initial one included: at most 1 + `queries`, which is the number of proposals after the initial query).
     `rescale_schedule`: map the p-schedule to the query budget (see `p_selection`); off in AutoAttack.
 
-    `compact` (opt-in; the same result, not yet measured faster here): every `compact_every` proposals the examples still correctly classified are gathered
+    `compact` (opt-in; the same result, not yet measured faster here): every `compact_every` proposals the
+    examples still correctly classified are gathered
     and only they are proposed for and queried until the next gathering (the reference queries only
     `idx_to_fool`, the examples with a positive margin, at every iteration); a misclassified example keeps its
     point, margin and query count. Every example draws from its key and the global iteration index as without

@@ -169,8 +169,10 @@ def check_black_box(report: dict) -> dict:
         ok = ok and gap <= SQUARE_TOLERANCE + 1e-9
         worst_gap = max(worst_gap, gap)
         suffix = "" if norm == "linf" else f"_{norm}"
-        numbers.update({f"best_black_box{suffix}": best_black, f"best_black_box_attack{suffix}": min(black, key=black.get),
-                        f"best_white_box{suffix}": best_white, f"best_white_box_attack{suffix}": min(white, key=white.get),
+        numbers.update({f"best_black_box{suffix}": best_black,
+                        f"best_black_box_attack{suffix}": min(black, key=black.get),
+                        f"best_white_box{suffix}": best_white,
+                        f"best_white_box_attack{suffix}": min(white, key=white.get),
                         f"standalone_threshold_points{suffix}": round(threshold * 100, 4)})
     if not compared:
         return _not_applicable("black_box_vs_white_box", "needs a black-box (score-based such as square, or "

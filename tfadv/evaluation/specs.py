@@ -398,7 +398,8 @@ def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = 
     """An AttackSpec from a name of the registry's grammar (module docstring): `fgsm`, `pgd20`, `pgd100`, `cw20`
     (PGD on the CW margin), `dlr50`, `apgd_ce`, `apgd_dlr`, `apgd_t` (APGD-T on the targeted DLR loss over the
     top-9 wrong classes; 100 steps unless a count follows, e.g. `apgd_ce50`), `fab_t` (FAB-T, 9 targets x 100
-    steps), `square` (Square, an initial query + 5000 proposals unless a count follows, e.g. `square1000`), `deepfool`, `cwl2`
+    steps), `square` (Square, an initial query + 5000 proposals unless a count follows, e.g. `square1000`),
+    `deepfool`, `cwl2`
     (Carlini-Wagner L2: 9 binary-search steps x 1000 Adam steps; `cwl2_200_b5` = 200 steps x 5 searches), with
     optional `_l2` / `_l1` norm and `_rN` restarts, e.g. `pgd20_l2`, `pgd50_r5`, and for APGD `_eotN`
     (gradients averaged over N forward passes, for randomised models); `transfer_<attack>` crafts on `source`
@@ -552,7 +553,8 @@ SUITES = {
 def autoattack_specs(eps: Dict[str, float], norm: str = "linf", version: str = "standard") -> list:
     """AutoAttack as one cascade, each attack from the clean input on the points still robust.
 
-    version "standard": APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 proposals after an initial query), group
+    version "standard": APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 proposals after an initial
+    query), group
     "autoattack"; "rand" (for randomised defenses): APGD-CE and APGD-DLR, 100 steps, 1 restart, 20 EOT draws
     per step, group "autoattack_rand". Other norms than l-inf add `_<norm>` to the group.
     """

@@ -3,8 +3,8 @@
 Per minibatch: clean logits with BatchNorm in inference mode give the target (the most confusing class =
 the highest wrong logit, or the least likely wrong class, Eq. 23) and the clean probabilities for the
 adversarial labels; a uniform random start in the eps-ball; one step of `step_size` *down* the cross-entropy
-toward the target (or up the true label's for the untargeted variant); projection and clipping; the weight update uses only
-the adversarial images, against adversarial labels (Eq. 14 / 18), uniform labels (R-MC-LS) or hard ones:
+toward the target (or up the true label's for the untargeted variant); projection and clipping; the weight update
+uses only the adversarial images, against adversarial labels (Eq. 14 / 18), uniform labels (R-MC-LS) or hard ones:
 those labels are the targets of the composed outer loss (`Trainer.outer_loss`), so --squeeze_beta and the
 distillation teachers (on the adversarial images and logits) apply on top; --ls_method does not (BAT's labels
 replace it).
