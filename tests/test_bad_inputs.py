@@ -63,6 +63,50 @@ CASES = [
     ("train-swa-mode-without-swa", "train.py", TRAIN + ["--swa_mode=iswa", "--output_dir={out}"], "--swa_mode"),
     ("train-flag-before-overriding-flagfile", "train.py", ["--lr=0.1", "--flagfile=flags/digits.cfg", "--epochs=1",
                                                            "--output_dir={out}"], "--lr"),
+    # train.py: each method's own step and BatchNorm rule, the new preset flags (Faithfulness II item 3)
+    ("train-step-size-with-bat", "train.py", TRAIN + ["--defense=bat", "--step_size=3", "--output_dir={out}"],
+     "--step_size"),
+    ("train-step-size-with-fgsm-rs", "train.py", TRAIN + ["--defense=fgsm_rs", "--step_size=3", "--output_dir={out}"],
+     "--step_size"),
+    ("train-step-size-with-free", "train.py", TRAIN + ["--defense=free", "--step_size=3", "--output_dir={out}"],
+     "--step_size"),
+    ("train-step-size-with-ssat", "train.py", TRAIN + ["--defense=ssat", "--step_size=3", "--output_dir={out}"],
+     "--step_size"),
+    ("train-attack-bn-mode-with-free", "train.py",
+     TRAIN + ["--defense=free", "--attack_bn_mode=train", "--output_dir={out}"], "--attack_bn_mode"),
+    ("train-attack-bn-mode-with-natural", "train.py",
+     TRAIN + ["--defense=natural", "--attack_bn_mode=train", "--output_dir={out}"], "--attack_bn_mode"),
+    ("train-attack-bn-mode-unknown", "train.py", TRAIN + ["--attack_bn_mode=frozen", "--output_dir={out}"],
+     "--attack_bn_mode"),
+    ("train-fgsm-rs-step-negative", "train.py",
+     TRAIN + ["--defense=fgsm_rs", "--fgsm_rs_step_size=-1", "--output_dir={out}"], "--fgsm_rs_step_size"),
+    ("train-free-step-negative", "train.py", TRAIN + ["--defense=free", "--free_step_size=-2", "--output_dir={out}"],
+     "--free_step_size"),
+    ("train-free-step-with-pgd", "train.py", TRAIN + ["--free_step_size=2", "--output_dir={out}"], "--free_step_size"),
+    ("train-free-clip-delta-with-pgd", "train.py", TRAIN + ["--nofree_clip_delta", "--output_dir={out}"],
+     "--free_clip_delta"),
+    ("train-crop-padding-0", "train.py", TRAIN + ["--augmentation=crop", "--crop_padding=0", "--output_dir={out}"],
+     "--crop_padding"),
+    ("train-crop-padding-whole-image", "train.py",
+     TRAIN + ["--augmentation=crop", "--crop_padding=8", "--output_dir={out}"], "--crop_padding"),
+    ("train-swa-bn-data-unknown", "train.py", TRAIN + ["--swa", "--swa_bn_data=noisy", "--output_dir={out}"],
+     "--swa_bn_data"),
+    ("train-swa-bn-data-without-swa", "train.py", TRAIN + ["--swa_bn_data=augmented", "--output_dir={out}"],
+     "--swa_bn_data"),
+    ("train-lr-warmup-with-piecewise", "train.py", TRAIN + ["--lr_warmup_epochs=2", "--output_dir={out}"],
+     "--lr_warmup_epochs"),
+    ("train-weight-decay-scope-at-zero", "train.py",
+     TRAIN + ["--weight_decay=0", "--weight_decay_scope=kernels", "--output_dir={out}"], "--weight_decay_scope"),
+    ("train-bls-temperature-with-sls", "train.py",
+     TRAIN + ["--ls_method=sls", "--ls_alpha=0.1", "--bls_temperature=0.5", "--output_dir={out}"], "--bls_temperature"),
+    ("train-download-with-digits", "train.py", TRAIN + ["--download", "--output_dir={out}"], "--download"),
+    ("train-bat-eps-y-with-adversarial-labels", "train.py",
+     TRAIN + ["--defense=bat", "--bat_eps_y=0.3", "--output_dir={out}"], "--bat_eps_y"),
+    ("train-ssat-replays-0", "train.py", TRAIN + ["--defense=ssat", "--ssat_replays=0", "--output_dir={out}"],
+     "--ssat_replays"),
+    ("train-trades-beta-with-pgd", "train.py", TRAIN + ["--trades_beta=3", "--output_dir={out}"], "--trades_beta"),
+    ("train-kd-weights-not-summing-to-1", "train.py",
+     TRAIN + ["--kd_adv_teacher={dir}", "--kd_weights=0.5,0.5,0.5", "--output_dir={out}"], "--kd_weights"),
     # flagfiles absl would ignore (circular), crash on (binary) or pass on as a stray argument (garbage)
     ("train-flagfile-includes-itself", "train.py", ["--flagfile={cfg:itself}", "--output_dir={out}"], "--flagfile"),
     ("train-flagfile-circular-through-another", "train.py", ["--flagfile={cfg:first}", "--output_dir={out}"],
@@ -111,6 +155,10 @@ CASES = [
     ("eval-output-dir-under-file", "evaluate.py", ["--output_dir={file}/eval"], "--output_dir"),
     ("eval-output-is-directory", "evaluate.py", ["--output={dir}"], "--output"),
     ("eval-output-under-file", "evaluate.py", ["--output={file}/report.json"], "--output"),
+    ("eval-save-adversarial-in-missing-dir", "evaluate.py",
+     ["--attacks=fgsm", "--save_adversarial={dir}/missing/a.npz"], "--save_adversarial"),
+    ("eval-save-adversarial-is-directory", "evaluate.py", ["--attacks=fgsm", "--save_adversarial={dir}"],
+     "--save_adversarial"),
     # build_cossat.py
     ("cossat-calibration-examples-0", "build_cossat.py", ["--calibration_examples=0"], "--calibration_examples"),
     ("cossat-calibration-steps-0", "build_cossat.py", ["--calibration_steps=0"], "--calibration_steps"),
@@ -225,7 +273,7 @@ def _state(path):
 
 
 def test_the_table_is_large_and_covers_every_script():
-    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+    assert len(CASES) >= 100 and len({c[0] for c in CASES}) == len(CASES)  # Boundary II: at least 100 bad inputs
     assert {c[1] for c in CASES} == {"train.py", "evaluate.py", "build_cossat.py"}
 
 
