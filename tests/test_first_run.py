@@ -208,6 +208,22 @@ def test_chart_has_a_legend_and_the_worst_case_report_md_leads_with(tmp_path):
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_chart_title_says_the_threat_model_it_measured():
+    """robust_accuracy.png names each norm's radius (Boundary II item 9): in pixel levels when the report's budget
+    records them (evaluate.py always does), else as a fraction of [0, 1]."""
+    import matplotlib.pyplot as plt
+
+    report = _report({"linf": 0.45, "l2": 0.3}, 0.3)
+    for entry in (report["attacks"]["pgd20_l2"],):
+        entry["eps"] = 0.5
+    assert reports.threat_model_line(report) == "l-inf eps 0.125; l2 eps 0.5"
+    report["budget"] = {"pixel_max": 16.0, "eps": {"levels": 2.0, "fraction": 0.125},
+                        "eps_l2": {"levels": 8.0, "fraction": 0.5}}
+    fig = reports.report_figure(report, "m: robust accuracy")
+    assert fig.axes[0].get_title().splitlines()[0] == "m: robust accuracy (l-inf eps 2/16 = 0.125; l2 eps 0.5)"
+    plt.close(fig)
+
+
 def test_remove_training_outputs_keeps_everything_else(tmp_path):
     run = tmp_path / "run"
     for name in ["flags.txt", "metrics.json", "history.csv", "robust_overfitting.md", "report.json", "report.md",

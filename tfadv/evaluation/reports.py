@@ -101,6 +101,23 @@ def report_rows(report: dict) -> list:
     return rows
 
 
+def threat_model_line(report: dict) -> str:
+    """The radii the report's attacks used, one per norm in the order l-inf, l2, l1: "l-inf eps 8/255 = 0.0314;
+    l2 eps 0.5" (pixel levels when the report's budget records them, else fractions of [0, 1])."""
+    budget = report.get("budget") or {}
+    pixel_max = budget.get("pixel_max")
+    parts = []
+    for norm, key, name in (("linf", "eps", "l-inf"), ("l2", "eps_l2", "l2"), ("l1", "eps_l1", "l1")):
+        radii = sorted({float(e["eps"]) for e in report["attacks"].values() if e.get("norm") == norm and "eps" in e})
+        for eps in radii:
+            levels = (budget.get(key) or {}).get("levels")
+            if norm == "linf" and levels is not None and pixel_max and abs(levels / pixel_max - eps) < 1e-9:
+                parts.append(f"{name} eps {levels:g}/{pixel_max:g} = {eps:.4g}")
+            else:
+                parts.append(f"{name} eps {eps:.4g}")
+    return "; ".join(parts)
+
+
 def report_figure(report: dict, title: str = ""):
     """The matplotlib figure of `plot_report` (the caller closes it): one horizontal bar per `report_rows` entry
     (cascade stages hatched), a dashed line at the worst case over all attacks, and a legend of the bar kinds."""
@@ -135,7 +152,8 @@ def report_figure(report: dict, title: str = ""):
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     warned = [name for name, check in report.get("audit", {}).items() if check.get("verdict") == "warn"]
     invalid = [name for name, entry in report["attacks"].items() if entry.get("invalid_outputs")]
-    heading = title + (f"\naudit warns: {', '.join(warned)}" if warned else "") + \
+    radii = threat_model_line(report)
+    heading = title + (f" ({radii})" if radii else "") + (f"\naudit warns: {', '.join(warned)}" if warned else "") + \
         (f"\ninvalid attack outputs (counted as not broken): {', '.join(invalid)}" if invalid else "")
     ax.set_title(heading, fontsize=9, color="#c44e52" if warned or invalid else "black")
     fig.tight_layout()
