@@ -202,3 +202,18 @@ def test_labels_the_model_gets_at_chance_are_a_loud_warning(natural_mlp, digits)
     honest = evaluation.evaluate_model(natural_mlp, x, y, ["fgsm"], budget=budget, audit=False, progress=False,
                                        log=lambda *_: None)
     assert "warnings" not in honest
+
+
+def test_a_model_without_metadata_gets_one_refusal_listing_what_it_needs():
+    """A SavedModel exported from the Python API records no dataset and no eps: the refusal names both at once
+    (it used to name --dataset, then on the corrected command --eps)."""
+    from tfadv.evaluation import pipeline
+
+    with pytest.raises(evaluation.EvaluationError) as info:
+        pipeline.budget_of({})
+    assert str(info.value).startswith("--dataset:") and "--dataset and --eps" in str(info.value)
+    with pytest.raises(evaluation.EvaluationError) as info:
+        pipeline.budget_of({}, eps=2.0)  # eps given: only the dataset is missing
+    assert "--dataset, or a training --flagfile" in str(info.value) and "--eps (" not in str(info.value)
+    spec, budget = pipeline.budget_of({}, "digits", 2.0)  # both given: accepted
+    assert spec.name == "digits" and budget.eps == 2.0 / 16

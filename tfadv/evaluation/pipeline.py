@@ -407,7 +407,9 @@ def budget_of(metadata: dict, dataset: Optional[str] = None, eps: Optional[float
     name = dataset or metadata.get("dataset")
     if name is None:
         if examples_shape is None or eps is None:
-            raise EvaluationError("--dataset: the model records no dataset (no tfadv.json): give --dataset or a "
+            # one refusal that lists everything a model without tfadv metadata needs (it was two, one at a time)
+            needs = "--dataset" + ("" if eps is not None else " and --eps (pixel levels)")
+            raise EvaluationError(f"--dataset: the model records no dataset (no tfadv.json): give {needs}, or a "
                                   "training --flagfile, or --examples with --eps")
         spec = data.DatasetSpec("examples", tuple(examples_shape), 0, 255.0, (0.0,), (1.0,), "none")
     else:
