@@ -315,3 +315,17 @@ def test_final_numbers_are_measured_on_the_float32_network_that_is_exported(tmp_
     x, y = data.take(data.load("digits").test, 100)
     clean = float(np.mean(np.argmax(served(tf.constant(x)), -1) == y))
     assert clean == metrics["final"]["clean_accuracy"]
+
+
+def test_validation_logs_only_the_best_checkpoints_it_keeps(tmp_path):
+    """A Python-API validation that keeps only the best-robust checkpoint printed "best clean -1.0000 at epoch -1"
+    (a sentinel); it names only what it keeps."""
+    net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    for paths in ({"robust": str(tmp_path / "r.weights.h5")}, {"clean": str(tmp_path / "c.weights.h5")}):
+        lines = []
+        validation = callbacks.RobustValidation(net, (None, None), lambda *_: (0.5, 0.25), paths, log=lines.append)
+        validation.set_model(net)
+        validation.on_epoch_end(0)
+        assert "-1" not in lines[-1], lines[-1]
+        assert ("best robust 0.2500 at epoch 1" in lines[-1]) == ("robust" in paths), lines[-1]
+        assert ("best clean 0.5000 at epoch 1" in lines[-1]) == ("clean" in paths), lines[-1]

@@ -202,9 +202,12 @@ class RobustValidation(keras.callbacks.Callback):
         what = f"SWA average of {self.swa.count} epochs" if averaged else "weights"
         raw = f" (raw weights: clean {raw_clean:.4f} robust {raw_robust:.4f})" if averaged else ""
         best = ""
+        # only the checkpoints this run keeps (no "-1.0000 at epoch -1" for one it does not)
         if "robust" in self.best_paths:
-            best = (f"; best robust {float(self.best_robust.numpy()):.4f} at epoch {int(self.best_epoch.numpy())}, "
-                    f"best clean {float(self.best_sa_clean.numpy()):.4f} at epoch {int(self.best_sa_epoch.numpy())}")
+            best += f"; best robust {float(self.best_robust.numpy()):.4f} at epoch {int(self.best_epoch.numpy())}"
+        if "clean" in self.best_paths:
+            best += (f"{', ' if best else '; '}best clean {float(self.best_sa_clean.numpy()):.4f} at epoch "
+                     f"{int(self.best_sa_epoch.numpy())}")
         self.log(f"epoch {epoch + 1}: validation of the {what}: clean {clean:.4f} robust {robust:.4f}{raw}{best} "
                  f"({time.time() - start:.1f}s)")
 
