@@ -5,7 +5,9 @@ worker was killed resumes when both are relaunched; a missing or malformed TF_CO
 import csv
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -175,3 +177,55 @@ def test_train_refuses_multi_worker_without_tf_config(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="^--distribute: TF_CONFIG needs a 'cluster' object and a 'task'"):
         config.validate()
     assert not (tmp_path / "run").exists()
+
+
+def _lone_worker(tmp_path, *extra):
+    """Worker 0 of a two-worker TF_CONFIG whose worker 1 never starts (Boundary II item 6), in its own session."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TF_CONFIG=distribute.local_cluster(2)[0], TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = [sys.executable, os.path.join(root, "scripts", "train.py"), "--flagfile=flags/digits.cfg", "--epochs=1",
+            "--distribute=multi_worker", f"--output_dir={tmp_path / 'run'}", *extra]
+    return subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_a_worker_whose_cluster_never_comes_says_so_and_gives_up(tmp_path):
+    """It used to print nothing, write nothing and wait for ever (11+ minutes, only SIGKILL stopped it)."""
+    process = _lone_worker(tmp_path, "--cluster_timeout=5")
+    try:
+        out, err = process.communicate(timeout=120)
+    finally:
+        distribute.stop([process])
+    assert "waiting for 1 other worker(s)" in out and "up to 5 s (--cluster_timeout)" in out
+    assert _error_lines(err) == [_error_lines(err)[0]] and "did not join within 5 s" in _error_lines(err)[0], err
+    assert process.returncode != 0 and not (tmp_path / "run").exists()
+
+
+def test_sigterm_stops_a_worker_waiting_for_its_cluster(tmp_path):
+    process = _lone_worker(tmp_path)  # the default timeout: 10 minutes
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (tmp_path / "run").exists() and process.poll() is None:
+            time.sleep(1)  # wait until it waits (the handshake starts before anything is written)
+            if process.stdout and os.path.exists(f"/proc/{process.pid}") and _waiting(process.pid):
+                break
+        os.killpg(process.pid, signal.SIGTERM)  # what a cluster manager or a shell's job control sends
+        out, err = process.communicate(timeout=30)
+    finally:
+        distribute.stop([process])
+    assert "stopped by SIGTERM while waiting for the other workers" in err, err[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def _waiting(pid):
+    """Whether `pid` has started its watchdog (a child process running the handshake's watchdog)."""
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        return False
+    return bool(children)

@@ -380,6 +380,8 @@ class RuntimeSection:
     distribute: str = option("none", f"distribution: {', '.join(DISTRIBUTE_MODES)} (multi_worker: "
                                      "MultiWorkerMirroredStrategy, the cluster from TF_CONFIG)")
     num_cpu_devices: int = option(1, "split the CPU into N logical devices (mirrored tests)")
+    cluster_timeout: float = option(600.0, "multi_worker: seconds to wait for every worker of TF_CONFIG to join "
+                                           "before giving up with one line (the worker is killed: exit status 137)")
     mixed_precision: str = option("none", f"compute dtype: {', '.join(PRECISIONS)}")
 
     @property
@@ -396,6 +398,8 @@ class RuntimeSection:
         _one_of("distribute", self.distribute, DISTRIBUTE_MODES)
         _one_of("mixed_precision", self.mixed_precision, PRECISIONS)
         _positive_ints(self, "num_cpu_devices")
+        if not self.cluster_timeout > 0:
+            raise ConfigError("cluster_timeout", f"must be a positive number of seconds, got {self.cluster_timeout}")
         if not self.output_dir:
             raise ConfigError("output_dir", "is required (the run's directory)")
         if self.distribute == "multi_worker":
@@ -781,6 +785,9 @@ class TrainConfig:
         if self.spec.tfds_name is None:
             for flag in ("data_dir", "download"):
                 unused[flag] = f"--dataset={d.dataset} ships with tfadv (not from tensorflow-datasets)"
+        if self.runtime.distribute != "multi_worker":
+            unused["cluster_timeout"] = ("applies to --distribute=multi_worker, not "
+                                         f"--distribute={self.runtime.distribute}")
         # the kind of BAT labels the run builds: --bat_labels for bat, "adversarial" for Madry-LA, None without
         if self.defense == "bat":
             kind = self.options.labels

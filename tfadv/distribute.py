@@ -27,7 +27,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
+import sys
+import subprocess
 import tempfile
+import threading
 from typing import Callable
 
 import tensorflow as tf
@@ -100,12 +104,63 @@ def strategy(config: TrainConfig, log: Callable = print):
         return _PROCESS["strategy"]
     if mode == "multi_worker":
         cluster = cluster_from_environment()
-        made = tf.distribute.MultiWorkerMirroredStrategy()
+        made = _join_cluster(cluster, config.runtime.cluster_timeout, log)
         log(f"multi_worker: {cluster.task_type} {cluster.task_index} of {cluster.num_workers} worker(s)"
             f"{' (chief: writes the run directory)' if cluster.is_chief else ''}")
     else:
         made = tf.distribute.MirroredStrategy(devices=list(key[1]))
     _PROCESS.update(key=key, strategy=made)
+    return made
+
+
+# A watchdog process beside a worker that waits for its cluster. TensorFlow's handshake blocks in C++ holding the
+# GIL (no Python thread or signal handler of this process runs until it returns) and TF installs its own SIGTERM
+# handler, so a worker whose peers never came printed nothing, ignored Ctrl-C and SIGTERM and waited for ever. The
+# watchdog says every 30 s how long it has waited; after --cluster_timeout, or on Ctrl-C / SIGTERM to the process
+# group, it prints one line and SIGKILLs the worker (exit status 137). The worker closes its stdin when joined.
+_WATCHDOG = r"""
+import os, select, signal, sys, time
+pid, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+def stop(line):
+    sys.stderr.write("error: " + line + "\n"); sys.stderr.flush(); os.kill(pid, signal.SIGKILL); os._exit(1)
+def on_signal(signum, frame):
+    stop("stopped by %s while waiting for the other workers" % signal.Signals(signum).name)
+for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, on_signal)
+start = time.monotonic()
+while True:
+    left = timeout - (time.monotonic() - start)
+    if left <= 0:
+        stop(message)
+    ready, _, _ = select.select([sys.stdin], [], [], min(30.0, left))
+    if ready:
+        os._exit(0)
+    waited = time.monotonic() - start
+    if waited < timeout:
+        print("multi_worker: still waiting for the other worker(s) after %.0f s" % waited, flush=True)
+"""
+
+
+def _join_cluster(cluster: Cluster, timeout: float, log: Callable):
+    """MultiWorkerMirroredStrategy, with a watchdog (`_WATCHDOG`) while the workers join: it says what it waits
+    for, gives up after `timeout` seconds with one line, and stops on Ctrl-C. Afterwards SIGTERM terminates this
+    process again (Python's default; TF had replaced it)."""
+    others = [address for kind, addresses in cluster.tasks.items() for index, address in enumerate(addresses)
+              if (kind, index) != (cluster.task_type, cluster.task_index)]
+    message = (f"--distribute=multi_worker: the other worker(s) of TF_CONFIG ({', '.join(others)}) did not join "
+               f"within {timeout:g} s (--cluster_timeout); start the same command on every worker")
+    if others:
+        log(f"multi_worker: waiting for {len(others)} other worker(s) ({', '.join(others)}), up to {timeout:g} s "
+            "(--cluster_timeout)")
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), repr(float(timeout)), message],
+                                stdin=subprocess.PIPE)
+    try:
+        made = tf.distribute.MultiWorkerMirroredStrategy()
+    finally:
+        watchdog.stdin.close()  # joined (or failed): the watchdog exits
+        watchdog.wait()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return made
 
 
