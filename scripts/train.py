@@ -1,7 +1,7 @@
 """Train a (robust) classifier: `python scripts/train.py --defense=pgd --flagfile=flags/digits.cfg --output_dir=runs/x`.
 
 Flags given after --flagfile override it. Bad flags: one line on stderr, exit code 2, nothing written.
-Several workers: run the same command on each with --distribute=multi_worker and its own TF_CONFIG (README).
+Several workers: run the same command on each with --distribute=multi_worker and its own TF_CONFIG (docs/scaling.md).
 """
 
 from tfadv import cli

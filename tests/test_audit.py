@@ -72,7 +72,7 @@ def test_a_pgd_at_model_passes_and_missing_probes_are_run_by_the_audit(pgd_at_ml
 
 
 def test_a_label_smoothed_model_is_flagged_by_the_loss_dependence_check(tmp_path):
-    """Uniform label smoothing (a = 0.5, trained by train.py as in the README's table) flattens cross-entropy:
+    """Uniform label smoothing (a = 0.5, trained by train.py as in docs/results.md's table) flattens cross-entropy:
     PGD-CE overstates its robustness and CW does not (papers 003/004); the audit says so."""
     import json
 
@@ -147,7 +147,7 @@ def test_a_report_without_metadata_is_classified_once_by_the_runners_parser():
                                              (0.7367, "warn")])
 def test_the_black_box_check_fires_at_autoattacks_square_threshold(square, verdict):
     """AutoAttack's check_square_sr warns when Square ends more than 0.2 points below the best other attack;
-    the README's 73.67 vs 74.67 % (one point) passed with the old 2-point tolerance."""
+    docs/results.md's 73.67 vs 74.67 % (one point) passed with the old 2-point tolerance."""
     meta = lambda name: evaluation.parse_attack(name, {"linf": 0.125}).metadata()  # noqa: E731
     report = {"attacks": {"apgd_ce": _entry(0.7467, **meta("apgd_ce")), "square": _entry(square, **meta("square"))}}
     assert audit.SQUARE_TOLERANCE == 0.002
