@@ -1,5 +1,5 @@
-"""Reproduces the digits tables of docs/results.md: trains each row with flags/digits.cfg plus the row's flags, evaluates
-it on all 450 test images at eps 2/16 and prints a Markdown table (seconds per epoch also as a ratio to the
+"""Reproduces the digits tables of docs/results.md: trains each row with flags/digits.cfg plus the row's flags,
+evaluates it on all 450 test images at eps 2/16 and prints a Markdown table (seconds per epoch also as a ratio to the
 first row of the table). The training tables use FGSM, PGD-20 (CE), PGD-20 (CW margin) and PGD-100;
 `--table=evaluation` runs the standard suite plus AutoAttack-standard with the gradient-masking audit and
 reports the suite's run time; `--table=ssat` adds AutoAttack and builds Co-SSAT(PGD-AT) from the SSAT and
