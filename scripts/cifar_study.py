@@ -118,7 +118,8 @@ def main(argv):
             build_cossat()
     results = {key: load(key) for key in ROWS}
     cossat = os.path.join(FLAGS.runs_dir, "cossat")
-    studylib.write_markdown(FLAGS.markdown, study_claims.report(ROWS, results, cossat, FLAGS.plots_dir))
+    studylib.write_markdown(FLAGS.markdown, study_claims.report(ROWS, results, cossat, FLAGS.plots_dir,
+                                                                os.path.dirname(FLAGS.markdown or "") or "."))
 
 
 if __name__ == "__main__":

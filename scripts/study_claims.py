@@ -235,7 +235,9 @@ def cossat_lines(cossat_dir):
     return lines
 
 
-def report(row_specs, results, cossat_dir, plots_dir=None):
+def report(row_specs, results, cossat_dir, plots_dir=None, links_from="."):
+    """The study's Markdown: the rows table, the claims table, Co-SSAT's lines and the figures, linked relative to
+    `links_from` (the directory of the Markdown file)."""
     labels = {key: label for key, (label, _) in row_specs.items()}
     rows = {key: numbers(r) for key, r in results.items() if r}
     lines = ["| row | flags (on flags/cifar10_cpu.cfg) | clean | PGD-20 | AutoAttack | AA n | RA best / final | "
@@ -253,5 +255,6 @@ def report(row_specs, results, cossat_dir, plots_dir=None):
     lines += [f"| {claim} | {evidence} | {v} |" for claim, evidence, v in claims(rows, labels)]
     lines += [""] + cossat_lines(cossat_dir)
     if plots_dir:
-        lines += ["", *[f"![{os.path.basename(p)}]({p})" for p in plots(rows, results, labels, plots_dir)]]
+        lines += ["", *[f"![{os.path.basename(p)}]({os.path.relpath(p, links_from)})"
+                        for p in plots(rows, results, labels, plots_dir)]]
     return "\n".join(lines)
