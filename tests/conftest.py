@@ -141,3 +141,15 @@ def parse_training_flags(argv):
     finally:
         os.chdir(cwd)
     return config_lib.from_parsed_flags(values, argv=["train.py", *argv])
+
+
+@pytest.fixture
+def training_flags():
+    """A fresh absl FlagValues with train.py's flags (tests of the command line's flagfile handling)."""
+    from absl import flags
+
+    from tfadv import config as config_lib
+
+    values = flags.FlagValues()
+    config_lib.define_flags(values)
+    return values

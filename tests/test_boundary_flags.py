@@ -9,10 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
 
 from conftest import ROOT, parse_training_flags
-from tfadv import cli, data, distribute, experiment, runs, training
+from test_first_run import refusal_of
+from tfadv import data, distribute, experiment, runs, training
 from tfadv import config as config_lib
 from tfadv.config import ConfigError, TrainConfig
 
@@ -81,23 +81,6 @@ def test_the_python_api_refuses_val_examples_with_a_held_out_split():
 # flagfiles
 
 
-@pytest.fixture
-def training_flags():
-    values = flags.FlagValues()
-    config_lib.define_flags(values)
-    return values
-
-
-def refusal(capsys, argv, flag_values):
-    try:
-        cli.refuse_overridden_flags(["train.py", *argv], flag_values)
-    except SystemExit as exit_:
-        lines = [line for line in capsys.readouterr().err.splitlines() if line]
-        assert exit_.code == 2 and len(lines) == 1, lines
-        return lines[0]
-    return None
-
-
 def test_circular_and_undecodable_flagfiles_are_one_line(tmp_path, capsys, training_flags):
     itself = tmp_path / "itself.cfg"
     itself.write_text(f"--lr=0.1\n--flagfile={itself}\n")
@@ -110,25 +93,25 @@ def test_circular_and_undecodable_flagfiles_are_one_line(tmp_path, capsys, train
     latin1.write_bytes("# r\xe9glages\n--lr=0.1\n".encode("latin-1"))
     garbage = tmp_path / "garbage.cfg"
     garbage.write_text("--lr=0.1\nlr 0.2\n")
-    assert refusal(capsys, [f"--flagfile={itself}"], training_flags) == (
+    assert refusal_of(capsys, [f"--flagfile={itself}"], training_flags) == (
         f"error: --flagfile: {itself} includes itself ({itself} -> {itself}); absl would ignore it")
-    assert refusal(capsys, [f"--flagfile={first}"], training_flags) == (
+    assert refusal_of(capsys, [f"--flagfile={first}"], training_flags) == (
         f"error: --flagfile: {first} includes itself ({first} -> {second} -> {first}); absl would ignore it")
-    assert refusal(capsys, [f"--flagfile={binary}"], training_flags) == (
+    assert refusal_of(capsys, [f"--flagfile={binary}"], training_flags) == (
         f"error: --flagfile: {binary} is not a text flagfile (not UTF-8: byte 0xff at offset 0)")
-    assert refusal(capsys, [f"--flagfile={latin1}"], training_flags).startswith(
+    assert refusal_of(capsys, [f"--flagfile={latin1}"], training_flags).startswith(
         f"error: --flagfile: {latin1} is not a text flagfile")
-    assert refusal(capsys, [f"--flagfile={garbage}"], training_flags) == (
+    assert refusal_of(capsys, [f"--flagfile={garbage}"], training_flags) == (
         f"error: --flagfile: {garbage}:2: not a flag line: 'lr 0.2' (one --name=value per line; comments start "
         "with #)")
-    assert refusal(capsys, [f"--flagfile={tmp_path / 'missing.cfg'}"], training_flags).startswith(
+    assert refusal_of(capsys, [f"--flagfile={tmp_path / 'missing.cfg'}"], training_flags).startswith(
         f"error: --flagfile: cannot read {tmp_path / 'missing.cfg'}: No such file")
     # the same file twice side by side is no cycle (absl reads it twice)
     shared = tmp_path / "shared.cfg"
     shared.write_text("--lr=0.2\n")
     twice = tmp_path / "twice.cfg"
     twice.write_text(f"# comment\n\n// another\n--flagfile={shared}\n--flagfile={shared}\n-epochs=3\n")
-    assert refusal(capsys, [f"--flagfile={twice}"], training_flags) is None
+    assert refusal_of(capsys, [f"--flagfile={twice}"], training_flags) is None
     assert config_lib.read_flag_values(str(twice)) == {"lr": "0.2", "epochs": "3"}
 
 

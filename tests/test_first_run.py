@@ -8,12 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from absl import flags
 
 import script_server
 from conftest import ROOT
 from tfadv import cli, runs
-from tfadv import config as config_lib
 from tfadv.evaluation import reports
 
 NOISE = ("cuInit", "cudart_stub", "oneDNN", "InitializeLog", "cpu_feature_guard", "TF-TRT", "I0000", "E0000",
@@ -102,13 +100,6 @@ def test_short_help_lists_the_scripts_flags_with_their_meaning(script, expected)
         assert text in result.stdout, (text, result.stdout[:2000])
     assert noise_in(result.stdout + result.stderr) == []
     assert "--helpfull" not in result.stdout.split("flags:")[-1][:40]  # a list of flags, not only a pointer
-
-
-@pytest.fixture
-def training_flags():
-    values = flags.FlagValues()
-    config_lib.define_flags(values)
-    return values
 
 
 def refusal_of(capsys, argv, flag_values):

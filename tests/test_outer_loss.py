@@ -423,14 +423,20 @@ def _hand_update(run, t):
         distill_logits = logits(trained, distill_inputs) if run.defense == "trades" else z
         if run.defense == "trades":  # the method's loss L = CE + beta * KL (paper 001 Eq. 1 weights L as a whole)
             total = total + trainer.options.beta * _kl(z, distill_logits).mean()
-        if teacher_logits:
-            total = KD_WEIGHTS[0] * total + sum(weight * _kd(teacher, distill_logits).mean()
-                                                for weight, teacher in teacher_logits)
-        if smoothing.squeeze_beta:
-            total = total + _squeeze(z, smoothing.squeeze_beta, smoothing.squeeze_reduction)
-        return total
+        return _with_teachers_and_squeeze(total, z, distill_logits, teacher_logits, smoothing)
 
     return loss, trained, trained_on
+
+
+def _with_teachers_and_squeeze(total, z, distill_logits, teacher_logits, smoothing):
+    """Paper 001 Eq. 1 around a method's loss L: (1 - sum of teacher weights) L + the teachers' KD terms on the
+    distill logits, then logit squeezing of `z` added after the weighting."""
+    if teacher_logits:
+        total = KD_WEIGHTS[0] * total + sum(weight * _kd(teacher, distill_logits).mean()
+                                            for weight, teacher in teacher_logits)
+    if smoothing.squeeze_beta:
+        total = total + _squeeze(z, smoothing.squeeze_beta, smoothing.squeeze_reduction)
+    return total
 
 
 # the float64 per-example functions a method's declared reference is written with (`registry.Method.reference`)
@@ -456,12 +462,7 @@ def _declared_update(run, record, y, logits, trained, inputs):
         z = logits(weights, inputs)
         distill_logits = logits(weights, distill_inputs) if separate else z
         total = run.reference(REFERENCE_OPS, trainer.options, targets, z, distill_logits)
-        if teacher_logits:
-            total = KD_WEIGHTS[0] * total + sum(weight * _kd(teacher, distill_logits).mean()
-                                                for weight, teacher in teacher_logits)
-        if smoothing.squeeze_beta:
-            total = total + _squeeze(z, smoothing.squeeze_beta, smoothing.squeeze_reduction)
-        return total
+        return _with_teachers_and_squeeze(total, z, distill_logits, teacher_logits, smoothing)
 
     return loss, trained, trained_on
 
