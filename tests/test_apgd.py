@@ -4,7 +4,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import accuracy, model_calls_when_traced
+from helpers import accuracy, model_calls_when_traced
 
 from tfadv import attacks
 from tfadv.attacks import rng as attacks_rng

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import small_dense_network
+from helpers import small_dense_network
 from tfadv import attacks
 from tfadv.attacks import rng
 from tfadv.attacks.cw import carlini_wagner_l2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
+from helpers import ROOT
 from tfadv import attacks, evaluation
 from tfadv.attacks import ops, rng
 from tfadv.evaluation import audit, runner, specs

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import small_dense_network
+from helpers import small_dense_network
 from tfadv import attacks, evaluation
 from tfadv.attacks import rng
 from tfadv.attacks.fab import fab_targeted

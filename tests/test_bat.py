@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import InputRecorder
+from helpers import InputRecorder
 from tfadv import attacks, data, losses, models, targets, training
 from tfadv.training import bat, pgd
 

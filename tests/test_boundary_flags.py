@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, parse_training_flags
+from helpers import ROOT, parse_training_flags
 from test_first_run import refusal_of
 from tfadv import data, distribute, experiment, runs, training
 from tfadv import config as config_lib

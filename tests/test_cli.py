@@ -5,7 +5,7 @@ import os
 import pytest
 
 import script_server
-from conftest import ROOT
+from helpers import ROOT
 
 from tfadv import experiment
 from tfadv.config import ConfigError, TrainConfig

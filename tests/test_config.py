@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, parse_training_flags
+from helpers import ROOT, parse_training_flags
 from tfadv import config as config_lib, experiment, losses, runs, training
 from tfadv.config import ConfigError, TrainConfig
 from tfadv.training import registry

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import small_dense_network
+from helpers import small_dense_network
 from tfadv.attacks import rng
 from tfadv.attacks.fab import fab_targeted
 from tfadv.attacks.square import square_run

@@ -5,7 +5,7 @@ import glob
 import os
 import re
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def slugs(path):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 import script_server
 from test_cli import run_script
 

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from scipy.optimize import linprog, minimize
 
-from conftest import model_calls_when_traced
+from helpers import model_calls_when_traced
 from tfadv import attacks, evaluation
 from tfadv.attacks import rng
 from tfadv.attacks.fab import box_hyperplane_projection, fab_targeted

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import script_server
-from conftest import ROOT
+from helpers import ROOT
 from tfadv import cli, runs
 from tfadv.evaluation import reports
 

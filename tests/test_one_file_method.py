@@ -20,7 +20,7 @@ import tensorflow as tf
 import test_config
 import test_outer_loss
 import test_training
-from conftest import ROOT, parse_training_flags
+from helpers import ROOT, parse_training_flags
 from tfadv import config as config_lib, experiment, parity, runs, training
 from tfadv.config import ConfigError
 from tfadv.training import base, registry

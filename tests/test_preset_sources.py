@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import parse_training_flags
+from helpers import parse_training_flags
 from tfadv import data, experiment, models, training
 from tfadv.config import ConfigError, TrainConfig
 

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import parse_training_flags
+from helpers import parse_training_flags
 from tfadv import experiment, export, runs
 
 # what flags/cifar10_cpu.cfg says it changes with respect to flags/cifar10.cfg, and nothing else

@@ -8,7 +8,7 @@ import re
 import tensorflow as tf
 
 import script_server
-from conftest import ROOT
+from helpers import ROOT
 
 MARKER = "<!-- python-api: tests/test_readme_api.py runs the next code block -->"
 

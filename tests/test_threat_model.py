@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import small_dense_network
+from helpers import small_dense_network
 from script_server import run_script
 from tfadv import attacks, config, data, evaluation
 from tfadv.evaluation import api, runner, shards

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import InputRecorder
+from helpers import InputRecorder
 from tfadv import attacks, callbacks, data, losses, models, targets, training
 
 
