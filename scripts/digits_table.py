@@ -6,7 +6,7 @@ reports the suite's run time; `--table=ssat` adds AutoAttack and builds Co-SSAT(
 PGD-AT rows, evaluated white-box, half-white-box and with paper 000 App. H.2's AutoAttack dispatch;
 `--table=label_smoothing` also prints paper 004's linear-robustness (eps_L) table for four of its rows;
 `--table=smoothening` is paper 001's robust-overfitting table (PGD-AT, + self-teachers, + SWA) on a
-300-image training subset.
+300-image training subset. The rows: `tfadv.studies.digits.TABLES`.
 
   python scripts/digits_table.py --table=baselines --runs_dir=runs/digits-table
 """
@@ -15,212 +15,20 @@ from tfadv import cli
 
 cli.quiet_tensorflow()
 
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
 from absl import app, flags  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TABLES = {
-    "baselines": [
-        ("natural", "--defense=natural"),
-        ("PGD-AT", "--defense=pgd"),
-        ("FGSM-RS", "--defense=fgsm_rs"),  # one step of 1.25 eps = 2.5 levels (--fgsm_rs_step_size default)
-        ("Free-AT (m=4)", "--defense=free --epochs=8"),  # step eps = 2 levels (--free_step_size default)
-        ("TRADES", "--defense=trades"),
-    ],
-    # paper 004's MNIST settings in digits levels: sigma 0.3 = 4.8/16, sigma 0.5 = 8/16
-    "label_smoothing": [
-        ("natural", "--defense=natural"),
-        ("uniform LS a=0.5", "--defense=label_smoothing --ls_method=uniform --ls_alpha=0.5"),
-        ("uniform LS a=0.95 + noise 0.3", "--defense=label_smoothing --ls_method=uniform --ls_alpha=0.95 "
-                                          "--noise_sigma=4.8"),
-        ("ALS a=0.1", "--defense=label_smoothing --ls_method=als --ls_alpha=0.1"),
-        ("ALS a=0.4", "--defense=label_smoothing --ls_method=als --ls_alpha=0.4"),
-        ("logit squeeze b=0.5 + noise 0.5", "--defense=logit_squeeze --squeeze_beta=0.5 --noise_sigma=8"),
-        ("PGD-AT", "--defense=pgd"),
-        ("PGD-AT + ALS a=0.1", "--defense=pgd --ls_method=als --ls_alpha=0.1"),
-    ],
-    # paper 002 on digits: eps 2/16, one step of eps from a random start (BAT), PGD-10 for PGD-AT / Madry-LA
-    "bat": [
-        ("PGD-AT", "--defense=pgd"),
-        ("R-FGSM", "--defense=bat --bat_attack=fgsm --bat_labels=hard"),
-        ("R-LL", "--defense=bat --bat_attack=ll --bat_labels=hard"),
-        ("R-MC", "--defense=bat --bat_attack=mc --bat_labels=hard"),
-        ("R-MC-LS", "--defense=bat --bat_labels=uniform --bat_eps_y=0.5"),
-        ("R-MC-LA", "--defense=bat"),
-        ("R-MC-LA3 (top-k)", "--defense=bat --bat_top_k=3"),
-        ("Madry-LA", "--defense=pgd --pgd_labels=bat"),
-    ],
-    # paper 000 on digits: SSAT with m=4 replays, cyclic LR 0 -> 0.1 -> 0, 10 passes; Free-AT with the same
-    "ssat": [
-        ("Free-AT (m=4)", "--defense=free --free_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1"),
-        ("SSAT", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1"),
-        ("SSAT w/o boundary split", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1 "
-                                    "--nossat_boundary_split"),
-        ("SSAT w/o adaptive LS", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1 "
-                                 "--nossat_adaptive"),
-        ("SSAT w/o target reg.", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1 "
-                                 "--ssat_target_beta=0"),
-        ("SSAT all off", "--defense=ssat --ssat_replays=4 --epochs=10 --lr_schedule=cyclic --lr=0.1 "
-                         "--nossat_boundary_split --nossat_adaptive --ssat_target_beta=0"),
-        ("PGD-AT", "--defense=pgd"),
-    ],
-}
-# paper 001 on digits: 300 training images, 150 epochs, LR 0.1 x0.1 at 50 / 100, validation every 2 epochs
-SMOOTHENING = "--train_examples=300 --epochs=150 --lr=0.1 --lr_decay_epochs=50,100 --val_every=2"
-TABLES["smoothening"] = [
-    ("natural (standard teacher)", f"--defense=natural {SMOOTHENING}"),
-    ("PGD-AT", f"--defense=pgd {SMOOTHENING}"),
-    ("+ KD (`--kd_adv_teacher --kd_std_teacher`)", f"--defense=pgd {SMOOTHENING} --kd_adv_teacher={{PGD-AT}} "
-                                                     "--kd_std_teacher={natural (standard teacher)}"),
-    ("+ KD + SWA (`--swa`)", f"--defense=pgd {SMOOTHENING} --kd_adv_teacher={{PGD-AT}} "
-                             "--kd_std_teacher={natural (standard teacher)} --swa"),
-]
-EPS_L_ROWS = ("natural", "uniform LS a=0.5", "logit squeeze b=0.5 + noise 0.5", "PGD-AT")
-TABLES["evaluation"] = [
-    ("natural", "--defense=natural"),
-    ("label smoothing (uniform a=0.5)", "--defense=label_smoothing --ls_method=uniform --ls_alpha=0.5"),
-    ("PGD-AT", "--defense=pgd"),
-]
-EVALUATION = {
-    "evaluation": ("--suite=standard,autoattack", [("PGD-20", "pgd20"), ("CW-20", "cw20"), ("APGD-CE", "apgd_ce"),
-                                                   ("+APGD-T", "apgd_t"), ("+FAB-T", "fab_t"), ("+Square", "square")]),
-    "ssat": ("--attacks=fgsm,pgd20,cw20,pgd100 --suite=autoattack",
-             [("FGSM", "fgsm"), ("PGD-20 (CE)", "pgd20"), ("PGD-20 (CW)", "cw20"), ("PGD-100", "pgd100"),
-              ("AutoAttack", "square")]),
-}
-DEFAULT_EVALUATION = ("--attacks=fgsm,pgd20,cw20,pgd100", [("FGSM", "fgsm"), ("PGD-20 (CE)", "pgd20"),
-                                                          ("PGD-20 (CW)", "cw20"), ("PGD-100", "pgd100")])
-flags.DEFINE_string("table", "baselines", f"which table: {', '.join(TABLES)}")
+from tfadv.studies import digits  # noqa: E402
+
+flags.DEFINE_string("table", "baselines", f"which table: {', '.join(digits.TABLES)}")
 flags.DEFINE_string("runs_dir", "runs/digits-table", "where the runs go (each row is replaced)")
 FLAGS = flags.FLAGS
 
 
-def run(script, *args, log):
-    with open(log, "w") as handle:
-        code = subprocess.call([sys.executable, os.path.join(HERE, script), *args], stdout=handle,
-                               stderr=subprocess.STDOUT)
-    if code:
-        sys.exit(f"{script} {' '.join(args)} failed with exit code {code}; see {log}")
-
-
 def main(argv):
     del argv
-    if FLAGS.table not in TABLES:
-        cli.fail(f"--table: unknown {FLAGS.table!r}; valid: {', '.join(TABLES)}")
-    os.makedirs(FLAGS.runs_dir, exist_ok=True)
-    if FLAGS.table == "smoothening":
-        return smoothening_table()
-    eval_args, columns = EVALUATION.get(FLAGS.table, DEFAULT_EVALUATION)
-    audit = FLAGS.table == "evaluation"
-    header = ["defense", "flags", "clean"] + [c for c, _ in columns] + ["worst case (ℓ∞)"]
-    header += ["audit warnings", "suite s"] if audit else ["s/epoch", "time vs first row"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    reference = None
-    outs = {}
-    for index, (name, args) in enumerate(TABLES[FLAGS.table]):
-        out = os.path.join(FLAGS.runs_dir, f"{FLAGS.table}-{index}")
-        outs[name] = out
-        run("train.py", "--flagfile=flags/digits.cfg", *args.split(), f"--output_dir={out}", "--overwrite",
-            log=out + ".train.log")
-        run("evaluate.py", f"--model_dir={out}", *eval_args.split(), "--num_examples=-1",
-            f"--output={out}/eval.json", "--noprogress", *([] if audit else ["--noaudit"]), log=out + ".eval.log")
-        with open(f"{out}/eval.json") as handle:
-            report = json.load(handle)
-        with open(f"{out}/metrics.json") as handle:
-            metrics = json.load(handle)
-        a = report["attacks"]
-        cells = [report["clean_accuracy"]] + [a[k]["robust_accuracy"] for _, k in columns]
-        cells.append(report.get("worst_case_by_norm", {}).get("linf", report["worst_case_accuracy"]))
-        line = f"| {name} | `{args}` | " + " | ".join(f"{100 * v:.1f}" for v in cells)
-        if audit:
-            warned = [k for k, c in report["audit"].items() if c["verdict"] == "warn"]
-            seconds = sum(entry["seconds"] for entry in a.values())
-            line += f" | {', '.join(warned) or 'none'} | {seconds:.0f} |"
-        else:
-            seconds = metrics["seconds_per_epoch"]
-            reference = reference or seconds
-            line += f" | {seconds:.3f} | {seconds / reference:.2f} |"
-        lines.append(line)
-        print(line, flush=True)
-    print("\n".join(lines))
-    if FLAGS.table == "ssat":
-        cossat_rows(outs["SSAT"], outs["PGD-AT"])
-    if FLAGS.table == "label_smoothing":
-        eps_l_rows({name: outs[name] for name in EPS_L_ROWS})
-
-
-def smoothening_table():
-    """Paper 001's robust-overfitting table from each run's robust_overfitting.md numbers (test RA = PGD-20 at
-    eps 2/16 on all 450 test images; best = the best-validation-RA checkpoint)."""
-    outs = {}
-    lines = ["| run | RA best | RA final | RA diff | SA best | SA final | SA diff | best epoch |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for index, (name, args) in enumerate(TABLES["smoothening"]):
-        out = os.path.join(FLAGS.runs_dir, f"smoothening-{index}")
-        outs[name] = out
-        for other, path in outs.items():
-            args = args.replace("{" + other + "}", path)
-        run("train.py", "--flagfile=flags/digits.cfg", *args.split(), f"--output_dir={out}", "--overwrite",
-            log=out + ".train.log")
-        if index == 0:
-            continue
-        with open(f"{out}/metrics.json") as handle:
-            metrics = json.load(handle)
-        best, final = metrics["best"], metrics["final"]
-        cells = [best["robust_accuracy"], final["robust_accuracy"], best["robust_accuracy"] - final["robust_accuracy"],
-                 best["clean_accuracy"], final["clean_accuracy"], best["clean_accuracy"] - final["clean_accuracy"]]
-        line = f"| {name} | " + " | ".join(f"{100 * v:.2f}" for v in cells) + f" | {best['epoch']} |"
-        lines.append(line)
-        print(line, flush=True)
-    print("\n".join(lines))
-
-
-def eps_l_rows(outs):
-    """Paper 004 Table 1's columns: the share predicted robust by the linear estimate eps_L (eps < eps_L), FGSM on
-    the cross-entropy and on the CW margin, and the medians behind eps_L; all 450 test images, eps 2/16."""
-    lines = ["| model | predicted | FGSM (CE) | FGSM (CW) | median logit gap | median gradient gap | "
-             "median coherence |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, out in outs.items():
-        run("evaluate.py", f"--model_dir={out}", "--attacks=fgsm", "--diagnostics=eps_l", "--num_examples=-1",
-            "--noaudit", "--noprogress", f"--output={out}/eps_l.json", log=out + ".eps_l.log")
-        with open(f"{out}/eps_l.json") as handle:
-            result = json.load(handle)["diagnostics"]["eps_l"]
-        lines.append(f"| {name} | {100 * result['predicted_robust_accuracy']:.1f} | "
-                     f"{100 * result['fgsm_ce_accuracy']:.1f} | {100 * result['fgsm_cw_accuracy']:.1f} | "
-                     f"{result['logit_gap']['median']:.2f} | {result['gradient_gap']['median']:.1f} | "
-                     f"{result['coherence']['median']:.2f} |")
-    print("\n".join(lines))
-
-
-def cossat_rows(ssat, base):
-    """Co-SSAT(PGD-AT) from the SSAT and PGD-AT runs: calibration, then the three protocols with AutoAttack."""
-    out = os.path.join(FLAGS.runs_dir, "cossat")
-    run("build_cossat.py", f"--ssat={ssat}", f"--base={base}", "--flagfile=flags/digits.cfg", f"--output_dir={out}",
-        "--overwrite", log=out + ".build.log")
-    run("evaluate.py", f"--model_dir={out}", "--attacks=fgsm,pgd20,cw20,pgd100", "--suite=autoattack",
-        "--num_examples=-1", "--cossat_protocol=all", "--noaudit", "--noprogress", f"--output={out}/eval.json",
-        log=out + ".eval.log")
-    with open(f"{out}/eval.json") as handle:
-        report = json.load(handle)
-    names = ["fgsm", "pgd20", "cw20", "pgd100"]
-    lines = ["| model | protocol | clean | FGSM | PGD-20 (CE) | PGD-20 (CW) | PGD-100 | AutoAttack | worst case |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    labels = {"half_white_box": "half-white-box (attack SSAT, classify with Co-SSAT)",
-              "white_box": "white-box (attack composite and each branch)",
-              "aa_dispatch": "App. H.2 (each attack on each branch separately, dispatched by the detector)"}
-    for protocol, label in labels.items():
-        result = report["cossat"][protocol]
-        a = result["attacks"]
-        cells = [result["clean_accuracy"]] + [a[n]["robust_accuracy"] if n in a else None for n in names]
-        cells += [a["square"]["robust_accuracy"], result["worst_case_accuracy"]]
-        lines.append(f"| Co-SSAT(PGD-AT) | {label} | " + " | ".join("—" if v is None else f"{100 * v:.1f}"
-                                                                    for v in cells) + " |")
-    print("\n".join(lines))
+    if FLAGS.table not in digits.TABLES:
+        cli.fail(f"--table: unknown {FLAGS.table!r}; valid: {', '.join(digits.TABLES)}")
+    digits.write_table(FLAGS.table, FLAGS.runs_dir)
 
 
 if __name__ == "__main__":

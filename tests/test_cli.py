@@ -141,7 +141,7 @@ def test_bat_flags_are_validated(tmp_path):
 
 
 @pytest.mark.parametrize("script", sorted(name for name in os.listdir(os.path.join(ROOT, "scripts"))
-                                          if name.endswith(".py") and name not in ("studylib.py", "study_claims.py")))
+                                          if name.endswith(".py")))
 def test_help_exits_0_and_names_the_scripts_flags(script):
     """`--help` is not an error: absl printed the help and exited 1; precision_table.py ignored it and ran the whole
     table; benchmark_torch.py without PyTorch died on its import (Boundary II)."""

@@ -1,16 +1,11 @@
-"""The real-CIFAR study's claim verdicts (scripts/study_claims.py): a difference counts only beyond two standard
+"""The real-CIFAR study's claim verdicts (tfadv/studies/claims.py): a difference counts only beyond two standard
 errors of independent binomial rates, in the direction the paper claims; a missing row is "pending"."""
 
 import math
-import os
-import sys
 
 import pytest
 
-from helpers import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import study_claims  # noqa: E402
+from tfadv.studies import claims as study_claims
 
 
 def _row(clean, pgd20, aa, best_ra=None, minutes=10.0, n=660, aa_n=300, warned=()):

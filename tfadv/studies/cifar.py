@@ -1,0 +1,131 @@
+"""The real-CIFAR-10 study at CPU scale (scripts/cifar_study.py): each row trains with flags/cifar10_cpu.cfg plus
+its flags on the CIFAR-10 subset (train 4000 = 3600 + 400 held out / test 660), then evaluate.py runs
+AutoAttack-standard with the gradient-masking audit on the first `autoattack_examples` test images; Co-SSAT(PGD-AT)
+is built from the SSAT and PGD-AT rows. Finished rows are skipped and an interrupted one resumes (`jobs.run`).
+
+The rows and the papers' own numbers are data here; cifar_report.py writes the tables and figures."""
+
+import dataclasses
+import os
+import re
+
+from tfadv.studies import cifar_report, jobs
+
+FLAGFILE = "flags/cifar10_cpu.cfg"
+SSAT = "--lr_schedule=cyclic --lr=0.04 --lr_peak_fraction=0.5 --epochs=4"  # paper 000 App. J, 4 passes
+LS = {"sls": "SLS", "als": "ALS", "bls": "BLS", "sbls": "SBLS"}
+# key: (label, flags on top of FLAGFILE); {key} is that row's run directory. Cheapest and most needed first: the
+# teachers and the baselines, then each paper's rows.
+ROWS = {
+    "natural": ("natural", "--defense=natural"),
+    "pgd": ("PGD-AT", "--defense=pgd"),
+    "bat": ("BAT (R-MC-LA)", "--defense=bat --bat_step_size=8 --bat_beta=9 --bat_gamma=0.01"),
+    "trades": ("TRADES (beta 6)", "--defense=trades --trades_beta=6"),
+    "fgsm_rs": ("FGSM-RS (alpha 1.25 eps)", "--defense=fgsm_rs"),  # --fgsm_rs_step_size 0 = 1.25 eps
+    "free": ("Free-AT (m 8, step eps)", f"--defense=free --free_replays=8 {SSAT}"),  # --free_step_size 0 = eps
+    "ssat": ("SSAT (m 8)", f"--defense=ssat --ssat_replays=8 {SSAT}"),
+    "pgd_kd_swa": ("PGD-AT + KD + SWA", "--defense=pgd --kd_adv_teacher={pgd} --kd_std_teacher={natural} --swa"),
+    "pgd_kd": ("PGD-AT + KD", "--defense=pgd --kd_adv_teacher={pgd} --kd_std_teacher={natural}"),
+    "pgd_swa": ("PGD-AT + SWA", "--defense=pgd --swa"),
+    **{f"ls_{m}": (f"{name} alpha 0.1", f"--defense=label_smoothing --ls_method={m} --ls_alpha=0.1")
+       for m, name in LS.items()},
+    "ls_uniform_noise": ("uniform LS 0.95 + noise 20", "--defense=label_smoothing --ls_method=uniform --ls_alpha=0.95 "
+                                                       "--noise_sigma=20"),
+    "squeeze_noise": ("logit squeeze 10 + noise 20", "--defense=logit_squeeze --squeeze_beta=10 --noise_sigma=20"),
+    **{f"pgd_ls_{m}": (f"PGD-AT + {name} 0.1", f"--defense=pgd --ls_method={m} --ls_alpha=0.1")
+       for m, name in LS.items()},
+    "pgd_ls_uniform_noise": ("PGD-AT + uniform LS 0.95 + noise 20", "--defense=pgd --ls_method=uniform --ls_alpha=0.95 "
+                                                                    "--noise_sigma=20"),
+    "pgd_squeeze_noise": ("PGD-AT + logit squeeze 10 + noise 20", "--defense=pgd --squeeze_beta=10 --noise_sigma=20"),
+}
+COSSAT = "cossat"  # the Co-SSAT(PGD-AT) run's directory and its --only name
+# The papers' own CIFAR-10 numbers, for scale only (clean / attack, %; full training set, their network and
+# schedule: 10x the data, larger networks, more epochs), read from ../shared/papers: paper, table, row.
+PAPER = {
+    "natural": "88.6 clean, ResNet-18 (003 Tab. 2)",
+    "pgd": "final 82.4 / PGD-20 41.4 / AA 40.0, best-RA ckpt 80.8 / 50.7 / 47.0; ResNet-18, 200 ep (001 Tab. 1, 4)",
+    "bat": "90.7 / PGD-20 55.3 (PGD-100 53.8); Madry* 88.0 / 47.6; WRN-28-10, 100 ep (002 Tab. 5, 10)",
+    "trades": "final 81.8 / PGD-20 47.3, best 79.7 / 51.1; ResNet-18 (001 Tab. 2)",
+    "fgsm_rs": "final 86.5 / PGD-20 37.1, best 85.8 / 43.1; ResNet-18 (001 Tab. 2)",
+    "free": "81.4 / PGD-20 48.1 (m 4); WRN-34-10 (000 Tab. 1)",
+    "ssat": "88.5 / PGD-20 84.2 / AA 23.7 (m 4); WRN-34-10 (000 Tab. 1, 10)",
+    "pgd_kd_swa": "final 85.4 / PGD-20 51.5 / AA 49.4, best 84.7 / 52.1; ResNet-18 (001 Tab. 1, 4)",
+    "pgd_kd": "final 85.3 / PGD-20 48.3, best 83.7 / 50.9; ResNet-18 (001 Tab. 1)",
+    "pgd_swa": "final 84.1 / PGD-20 48.2, best 83.4 / 51.7; ResNet-18 (001 Tab. 5)",
+    "ls_sls": "89.4 / FGSM 34.5 / BIM 14.2 at eps 0.05; ResNet-18 (003 Tab. 2-3)",
+    "ls_als": "89.0 / FGSM 36.5 / BIM 16.7 at eps 0.05; ResNet-18 (003 Tab. 2-3)",
+    "ls_bls": "88.9 / FGSM 34.6 / BIM 14.2 at eps 0.05; ResNet-18 (003 Tab. 2-3)",
+    "ls_sbls": "88.1 / FGSM 15.9 / BIM 2.1 at eps 0.05; ResNet-18 (003 Tab. 2-3)",
+    "ls_uniform_noise": "92.9 / PGD-20 43.0 (CE), 41.3 (CW); WRN-28-10 (004 Tab. 3, 7)",
+    "squeeze_noise": "92.7 / PGD-20 52.6 (CE), 48.8 (CW); WRN-28-10 (004 Tab. 3, 7)",
+    "pgd_ls_sls": "PGD-AT + label smoothing (alpha not given): final 83.5 / 44.7, best 81.3 / 50.8 (001 Tab. 6)",
+}
+
+
+def unknown_rows(only):
+    """The names in `only` (--only) that are neither a row nor Co-SSAT, sorted."""
+    return sorted(set(only) - set(ROWS) - {COSSAT})
+
+
+@dataclasses.dataclass
+class Study:
+    runs_dir: str  # one run directory per row
+    data_dir: str = None  # the CIFAR-10 subset as a tensorflow-datasets directory
+    autoattack_examples: int = 300
+
+    def run_dir(self, key):
+        return os.path.join(self.runs_dir, key)
+
+    def run(self, only=()):
+        """Trains and evaluates the rows in `only` (all when empty), in ROWS' order, then Co-SSAT once its two
+        bases are finished; a failed row prints one line naming its log and the study goes on."""
+        os.makedirs(self.runs_dir, exist_ok=True)
+        for key in ROWS:
+            if not only or key in only:
+                self.train_and_evaluate(key)
+        if (not only or COSSAT in only) and self.load("ssat") and self.load("pgd"):
+            self.build_cossat()
+
+    def train_and_evaluate(self, key):
+        _, args = ROWS[key]
+        args = re.sub(r"\{(\w+)\}", lambda m: self.run_dir(m.group(1)), args)
+        out, log = self.run_dir(key), self.run_dir(key) + ".log"
+        code, _ = jobs.run(["scripts/train.py", f"--flagfile={FLAGFILE}", *args.split(),
+                            f"--data_dir={self.data_dir}", f"--output_dir={out}"], log,
+                           os.path.join(out, "metrics.json"))
+        if code == 0:
+            code, _ = jobs.run(["scripts/evaluate.py", f"--model_dir={out}", "--suite=autoattack",
+                                f"--num_examples={self.autoattack_examples}", f"--data_dir={self.data_dir}",
+                                f"--output_dir={out}/autoattack", "--noprogress"], log,
+                               os.path.join(out, "autoattack", "report.json"))
+        if code != 0:
+            print(f"{key}: exit code {code}; see {log}: {jobs.last_lines(log)}", flush=True)
+
+    def build_cossat(self):
+        out = self.run_dir(COSSAT)
+        log = out + ".log"
+        code, _ = jobs.run(["scripts/build_cossat.py", f"--ssat={self.run_dir('ssat')}",
+                            f"--base={self.run_dir('pgd')}", f"--flagfile={FLAGFILE}", f"--data_dir={self.data_dir}",
+                            f"--output_dir={out}"], log, os.path.join(out, "metrics.json"))
+        if code == 0:
+            code, _ = jobs.run(["scripts/evaluate.py", f"--model_dir={out}", "--attacks=pgd20", "--suite=autoattack",
+                                f"--num_examples={self.autoattack_examples}", "--cossat_protocol=all", "--noaudit",
+                                f"--data_dir={self.data_dir}", f"--output={out}/eval.json", "--noprogress"], log,
+                               os.path.join(out, "eval.json"))
+        if code != 0:
+            print(f"cossat: exit code {code}; see {log}: {jobs.last_lines(log)}", flush=True)
+
+    def load(self, key):
+        """The row's results ({metrics, report, history: the path of history.csv}), or None while unfinished."""
+        paths = [os.path.join(self.run_dir(key), "metrics.json"),
+                 os.path.join(self.run_dir(key), "autoattack", "report.json")]
+        if not all(os.path.exists(p) for p in paths):
+            return None
+        metrics, report = [jobs.read_json(p) for p in paths]
+        return {"metrics": metrics, "report": report, "history": os.path.join(self.run_dir(key), "history.csv")}
+
+    def report(self, plots_dir=None, links_from="."):
+        """The study's Markdown from the finished rows (the others pending); figures into `plots_dir`, linked
+        relative to `links_from` (the Markdown file's directory)."""
+        results = {key: self.load(key) for key in ROWS}
+        return cifar_report.report(ROWS, PAPER, results, self.run_dir(COSSAT), plots_dir, links_from)
