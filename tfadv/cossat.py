@@ -25,6 +25,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
+from tfadv import runs
+
 METRICS = ("dlr", "top1", "top2", "kl_uniform", "cw_abs")
 MODES = ("dlr", "vote")
 # One random-start stream per calibration attack (rng.example_keys salts), so no two share a start.
@@ -269,7 +271,7 @@ def plot_roc(report: dict, path: str):
                  f"{report.get('num_negative', '?')} untargeted; tau by {criterion}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runs.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

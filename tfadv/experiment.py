@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import shutil
 import sys
 from typing import Callable, Optional
 
@@ -101,6 +102,36 @@ def _check_output_dir(config: TrainConfig):
                        "pass --overwrite")
 
 
+FREE_SPACE_SLACK = 32 * 2**20  # logs, history.csv, TensorBoard events, plots, flags.txt, metrics.json
+
+
+def space_needed(network, optimizer) -> int:
+    """Bytes a run writes, at most: the resumable checkpoint (weights, optimizer slots, an SWA average), two best
+    checkpoints, the SavedModel and one more copy of the weights while a checkpoint is replaced, plus
+    FREE_SPACE_SLACK."""
+    def size(variables):
+        return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+
+    return 6 * size(network.weights) + size(optimizer.variables) + FREE_SPACE_SLACK
+
+
+def _check_free_space(out: str, network, optimizer, overwrite: bool):
+    """Refuses a run whose checkpoints and SavedModel would not fit on --output_dir's file system (the space of
+    a run --overwrite replaces counts as free), before anything is written or removed."""
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    if overwrite and os.path.isdir(out):
+        free += sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(out) for f in names
+                    if os.path.isfile(os.path.join(d, f)))
+    needed = space_needed(network, optimizer)
+    if free < needed:
+        raise ConfigError("output_dir", f"{free / 2**20:.1f} MiB free on the file system of {out}, but the run "
+                          f"writes up to {needed / 2**20:.1f} MiB (checkpoints, SavedModel, logs): free some space "
+                          "or choose another directory")
+
+
 def _changed_flags(previous: TrainConfig, config: TrainConfig) -> list:
     """["--lr=0.01 (was 0.05)", ...]: the flags in which `config` differs from an interrupted run's flags.txt.
     The output directory counts as the same however it is spelled (relative, absolute, ./x, x/)."""
@@ -139,7 +170,7 @@ def _plot(history, schedule, config: TrainConfig, updates_per_epoch: int, plots_
     ax.set_ylabel("learning rate")
     ax.set_title(f"{o.lr_schedule} schedule")
     fig.tight_layout()
-    fig.savefig(os.path.join(plots_dir, runs.LEARNING_RATE_PLOT), dpi=120)
+    runs.save_figure(fig, os.path.join(plots_dir, runs.LEARNING_RATE_PLOT), dpi=120)
     plt.close(fig)
 
     rows = [r for r in history if r.get("val_robust_accuracy") not in (None, "", "nan", "NA")]
@@ -162,7 +193,7 @@ def _plot(history, schedule, config: TrainConfig, updates_per_epoch: int, plots_
         ax.legend(fontsize=7)
         ax.set_title(f"{config.defense} on {config.data.dataset} ({config.network.model}), {radius}", fontsize=9)
         fig.tight_layout()
-        fig.savefig(os.path.join(plots_dir, runs.ACCURACY_PLOT), dpi=120)
+        runs.save_figure(fig, os.path.join(plots_dir, runs.ACCURACY_PLOT), dpi=120)
         plt.close(fig)
 
 
@@ -254,6 +285,7 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
         trainer.compile(optimizer=optimizer, jit_compile=jit)
         optimizer.build(network.trainable_variables)
 
+    _check_free_space(out, network, optimizer, rt.overwrite)  # before --overwrite removes anything
     if rt.overwrite and os.path.isdir(out):
         runs.remove_training_outputs(out)  # an evaluation's report.json, report.md, eval/ ... stay
     os.makedirs(out, exist_ok=True)
@@ -433,7 +465,10 @@ def train(config: TrainConfig, log: Callable = print) -> dict:
             with runs.run_lock(prepared.config.runtime.output_dir):
                 built = build(prepared, log)
                 fit(prepared.config, built, log)
-                return finish(prepared, built, log)
+                try:
+                    return finish(prepared, built, log)
+                except OSError as error:  # a full disk, a permission changed during the run
+                    raise RunError(_finish_failed_message(prepared.config, error)) from None
         except runs.RunLocked as error:  # another run took it between the check in prepare and here
             raise RunError(str(error)) from None
         finally:  # a non-chief worker's temporary directory
@@ -522,6 +557,15 @@ def robust_overfitting_table(metrics: dict, config: TrainConfig) -> str:
         f"{pct(best['clean_accuracy'])} | {pct(final['clean_accuracy'])} | {pct(sa_diff)} |",
         "",
     ])
+
+
+def _finish_failed_message(config: TrainConfig, error: OSError) -> str:
+    """One line: what could not be written, and that the trained epochs wait for the same command to finish."""
+    out = config.runtime.output_dir
+    what = f" {error.filename}" if error.filename else ""
+    return (f"finishing the run failed: could not write{what} ({error.strerror or error}); the "
+            f"{config.optimization.epochs} trained epochs are kept in {runs.resume_dir(out)} and no metrics.json or "
+            f"SavedModel was written: fix that and rerun the same command to finish the run without training again")
 
 
 def _divergence_message(out: str) -> str:

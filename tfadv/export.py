@@ -130,17 +130,35 @@ def write_saved_model(path: str, networks, serve_fn, image_shape, metadata: Opti
     tmp = path.rstrip("/") + ".partial"
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
-    archive.write_out(tmp, verbose=False)
-    if metadata:
-        # assets.extra/ is where TF Serving looks for optional side files; it ignores this one.
-        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-        with open(os.path.join(tmp, "assets.extra", METADATA_FILE), "w") as handle:
-            json.dump(metadata, handle, indent=2)
+    created = _missing_ancestors(tmp)
+    try:
+        archive.write_out(tmp, verbose=False)
+        if metadata:
+            # assets.extra/ is where TF Serving looks for optional side files; it ignores this one.
+            os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+            with open(os.path.join(tmp, "assets.extra", METADATA_FILE), "w") as handle:
+                json.dump(metadata, handle, indent=2)
+    except BaseException:  # a full disk, a signal: no half-written model stays (nor the directories made for it)
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+        for directory in created:
+            if os.path.isdir(directory) and not os.listdir(directory):
+                os.rmdir(directory)
+        raise
     if tf.io.gfile.exists(path):
         tf.io.gfile.rmtree(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     os.replace(tmp, path)
     return path
+
+
+def _missing_ancestors(path: str) -> list:
+    """The directories above `path` that do not exist yet, deepest first (what writing `path` creates)."""
+    missing, parent = [], os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    return missing
 
 
 def export(network: keras.Model, path: str, metadata: Optional[dict] = None) -> str:

@@ -47,6 +47,8 @@ from typing import Dict, Sequence
 
 import numpy as np
 
+from tfadv import runs
+
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -349,5 +351,5 @@ def plot(result: Dict, path: str):
     for axis in (curves, weights):
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    runs.save_figure(figure, path, dpi=120)
     plt.close(figure)

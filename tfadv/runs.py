@@ -220,9 +220,27 @@ def remove_training_outputs(run_dir: str) -> list:
 def atomic_write(target: str, text: str):
     """Writes `text` to `target` via a temporary file, so a crash never leaves a half-written file."""
     tmp = f"{target}.tmp{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:  # a full disk, a signal: the old file stays as it was, no temporary file is left
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_figure(fig, target: str, **kwargs) -> str:
+    """`fig.savefig(target, **kwargs)` via a temporary file (as `atomic_write`): never a half-written image."""
+    tmp = f"{target}.tmp{os.getpid()}"
+    try:
+        fig.savefig(tmp, format=os.path.splitext(target)[1].lstrip(".") or "png", **kwargs)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return target
 
 
 def json_text(obj, indent: int = 2) -> str:
@@ -258,7 +276,7 @@ class Run:
 
     @property
     def dataset(self) -> str:
-        return self.config.dataset
+        return self.config.data.dataset
 
     @property
     def defense(self) -> str:
@@ -266,11 +284,11 @@ class Run:
 
     @property
     def seed(self) -> int:
-        return self.config.seed
+        return self.config.runtime.seed
 
     @property
     def data_dir(self) -> Optional[str]:
-        return self.config.data_dir
+        return self.config.data.data_dir
 
     @property
     def budget(self):

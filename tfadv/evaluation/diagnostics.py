@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfadv import attacks
+from tfadv import attacks, runs
 
 
 def linear_robustness(logits_fn: Callable, x, y, eps: float, batch_size: int = 256) -> dict:
@@ -96,5 +96,5 @@ def plot_linear_robustness(result: dict, path: str):
                  f"FGSM-CE {100 * result['fgsm_ce_accuracy']:.1f}% / FGSM-CW {100 * result['fgsm_cw_accuracy']:.1f}%",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    runs.save_figure(fig, path, dpi=110)
     plt.close(fig)

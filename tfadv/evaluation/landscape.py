@@ -22,7 +22,7 @@ from typing import Callable, Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfadv import attacks
+from tfadv import attacks, runs
 
 
 def _batched(fn, arrays, batch_size=256):
@@ -153,7 +153,7 @@ def plot_landscape(result: dict, path: str, title: str = ""):
     ax.set_zlabel("cross-entropy")
     ax.set_title(title or "loss landscape")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runs.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -208,5 +208,5 @@ def plot_sweep(result: dict, path: str):
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runs.save_figure(fig, path, dpi=120)
     plt.close(fig)

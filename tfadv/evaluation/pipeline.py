@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import contextlib
 import os
 import re
 from typing import Callable, Dict, Optional, Sequence
@@ -181,6 +182,11 @@ def _plan(config, model, examples, budget, attacks, step_size, source, log, mode
     else:
         plots = config.plots_dir or (os.path.join(os.path.dirname(os.path.abspath(output)), runs.PLOTS_DIR) if output
                                      else "eval_plots")
+    if diagnostics or output_dir:  # the default place too (--plots_dir was checked with the other values)
+        reason = config_lib.unwritable_reason(plots, directory=True)
+        if reason:
+            raise EvaluationError(f"--plots_dir: {reason} (where the {'diagnostic ' if diagnostics else ''}plots go; "
+                                  "give another --plots_dir)")
     protocols = config_lib.COSSAT_PROTOCOLS[config.cossat_protocol] if config.cossat_protocol else []
     return Plan(config, logits_fn, shown, x, y, examples_source, num_classes, budget, radii, specs, shard, audit,
                 diagnostics, protocols, outputs_fn, Output(output, output_dir, plots, model_name), report_fields or {},
@@ -234,7 +240,8 @@ def run(plan: Plan) -> dict:
     except runner.XLAUnsupportedError as error:
         raise EvaluationError(f"--jit_compile: {error}") from None
     if keep:
-        save_adversarial_examples(config.save_adversarial, report.pop("adversarial"))
+        with _writing("--save_adversarial", config.save_adversarial):
+            save_adversarial_examples(config.save_adversarial, report.pop("adversarial"))
         say(f"adversarial examples written to {config.save_adversarial}")
     report.update(plan.report_fields)
     report.update({"eps": radii["linf"], "eps_l2": radii["l2"], "eps_l1": radii["l1"]})
@@ -277,25 +284,43 @@ def write(report: dict, output: Output, log: Optional[Callable] = print) -> dict
     """The JSON report to `output.output` and to output_dir/report.json; with `output.output_dir` also the bar
     chart (`output.plots`/robust_accuracy.png) and report.md. Returns `report`."""
     say = log or (lambda *_: None)
-    targets = [output.output] if output.output else []
+    targets = [("--output", output.output)] if output.output else []
     if output.output_dir:
-        targets.append(runs.path(output.output_dir, runs.REPORT_JSON))
-    for target in targets:
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        runs.atomic_write(target, runs.json_text(report))
+        targets.append(("--output_dir", runs.path(output.output_dir, runs.REPORT_JSON)))
+    for flag, target in targets:
+        with _writing(flag, target):
+            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+            runs.atomic_write(target, runs.json_text(report))
         say(f"report written to {target}")
     if output.output_dir:
-        plots = output.plots or runs.plots_dir(output.output_dir)
-        os.makedirs(plots, exist_ok=True)
-        chart = reports.plot_report(report, os.path.join(plots, runs.ROBUST_ACCURACY_PLOT),
-                                    f"{os.path.basename(os.path.normpath(output.model_name))}: robust accuracy")
-        say(f"chart written to {chart}")
-        markdown = runs.path(output.output_dir, runs.REPORT_MD)
-        runs.atomic_write(markdown, reports.format_markdown(report, report.get("audit"),
-                                                            f"Robustness of {output.model_name}")
-                          + f"\n![robust accuracy]({os.path.relpath(chart, output.output_dir)})\n")
-        say(f"summary written to {markdown}")
+        with _writing("--output_dir", output.output_dir):
+            _write_summary(report, output, say)
     return report
+
+
+@contextlib.contextmanager
+def _writing(flag: str, target: str):
+    """An OSError (a full disk after every attack ran) as one line naming `flag`; the writes are atomic, so no
+    half-written file stays."""
+    try:
+        yield
+    except OSError as error:
+        raise EvaluationError(f"{flag}: could not write {target} ({error.strerror or error}); the results are in "
+                              "the log above") from None
+
+
+def _write_summary(report: dict, output: Output, say: Callable):
+    """The bar chart and report.md of an --output_dir."""
+    plots = output.plots or runs.plots_dir(output.output_dir)
+    os.makedirs(plots, exist_ok=True)
+    chart = reports.plot_report(report, os.path.join(plots, runs.ROBUST_ACCURACY_PLOT),
+                                f"{os.path.basename(os.path.normpath(output.model_name))}: robust accuracy")
+    say(f"chart written to {chart}")
+    markdown = runs.path(output.output_dir, runs.REPORT_MD)
+    runs.atomic_write(markdown, reports.format_markdown(report, report.get("audit"),
+                                                        f"Robustness of {output.model_name}")
+                      + f"\n![robust accuracy]({os.path.relpath(chart, output.output_dir)})\n")
+    say(f"summary written to {markdown}")
 
 
 def evaluate(config: config_lib.EvalConfig, log: Optional[Callable] = print, **given) -> dict:
@@ -590,7 +615,12 @@ def save_adversarial_examples(path: str, adversarial: dict) -> str:
     for name, fields in adversarial.items():
         arrays.update({f"{name}/{field}": value for field, value in fields.items()})
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from tfadv import runs
+
 
 def _perturbation(entry: dict) -> str:
     """An attack's max perturbation as the table shows it: fraction of [0, 1] (pixel levels), and its norm."""
@@ -167,6 +169,6 @@ def plot_report(report: dict, path: str, title: str = "") -> str:
     import matplotlib.pyplot as plt
 
     fig = report_figure(report, title)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    runs.save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
