@@ -43,11 +43,11 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from tfadv.attacks import rng
+from tfadv.attacks import parts, rng
 from tfadv.attacks.losses import LOSS_NAMES, cw_margin, objective
-from tfadv.attacks.ops import (check_eot, clip_to_box, expected_value_and_gradient, flat_norm, in_xla_context,
-                               per_example, project, top_wrong_classes, while_loop)
-from tfadv.attacks.pgd import steepest_step
+from tfadv.attacks.ops import (check_eot, clip_to_box, expected_value_and_gradient, in_xla_context, per_example,
+                               top_wrong_classes, while_loop)
+from tfadv.attacks.parts import steepest_step
 
 APGD_NORMS = ("linf", "l2")
 MOMENTUM = 0.75
@@ -111,19 +111,9 @@ def should_halve(increases, window, rho, halved_last, loss_best, loss_best_last)
 
 
 def _random_start(x, eps, norm, seed, keys=None):
-    """x + eps * t / ||t|| (t uniform in [-1,1]^d for l-inf, Gaussian for l2), clipped to [0,1]; with `keys`
-    drawn per example (independent of batching)."""
-    shape = tf.shape(x)
-    if keys is not None:
-        t = (rng.uniform(keys, shape[1:], stream=0, minval=-1.0, maxval=1.0) if norm == "linf"
-             else rng.normal(keys, shape[1:], stream=1))
-    elif norm == "linf":
-        t = (tf.random.uniform(shape, -1.0, 1.0) if seed is None
-             else tf.random.stateless_uniform(shape, seed, -1.0, 1.0))
-    else:
-        t = tf.random.normal(shape) if seed is None else tf.random.stateless_normal(shape, seed)
-    delta = eps * t / per_example(flat_norm(t, norm) + 1e-12, x)
-    return x + clip_to_box(x, delta)
+    """x + eps * t / ||t|| (t uniform in [-1,1]^d for l-inf, Gaussian for l2), clipped to [0,1]: the sphere
+    start (`parts.random_start`), per example with `keys`, else from the stateless `seed` (or stateful)."""
+    return x + clip_to_box(x, parts.random_start(x, eps, norm, seed, keys, kind="sphere"))
 
 
 def _check(norm, loss, steps, restarts, rho):
@@ -168,7 +158,7 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
     eps = tf.cast(eps, tf.float32)
 
     def feasible(point):
-        return x + clip_to_box(x, project(point - x, eps, norm))
+        return x + parts.constrain(x, point - x, eps, norm)
 
     x_start = _random_start(x, eps, norm, seed, keys) if start is None else tf.convert_to_tensor(start, tf.float32)
     loss_start, grad_start, wrong_start = _evaluate(logits_fn, x_start, labels, loss, targets, eot_iter)
@@ -191,10 +181,8 @@ def apgd_run(logits_fn: Callable, x, labels, *, eps, norm="linf", loss="ce", ste
         loss_new, grad_new, wrong = _evaluate(logits_fn, x_new, labels, loss, targets, eot_iter)
 
         increases = increases + tf.cast(loss_new > loss_cur, tf.int32)
-        improved = loss_new > loss_best
-        x_best = tf.where(per_example(improved, x), x_new, x_best)
-        grad_best = tf.where(per_example(improved, x), grad_new, grad_best)
-        loss_best = tf.where(improved, loss_new, loss_best)
+        x_best, grad_best, loss_best = parts.keep_best((x_best, grad_best, loss_best), (x_new, grad_new, loss_new),
+                                                       loss_new > loss_best)
         x_found = tf.where(per_example(wrong, x), x_new, x_found)
         found = found | wrong
 
@@ -231,22 +219,15 @@ def _fold(keys, stream):
 
 
 def _keep_worst(logits_fn, labels, candidate, value_fn, best, first=None):
-    """Merges `candidate` into `best` = (x, value, won): first success wins, else the highest value. `best` None,
-    or `first` a true bool tensor (the first pass of a graph loop, whose `best` is a placeholder): `candidate`
-    is taken as it is."""
-    logits = logits_fn(candidate)
-    won = tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels)
-    value = value_fn(tf.cast(logits, tf.float32))
+    """Merges `candidate` into `best` = (x, value, won) (`parts.keep_best`): first success (misclassification)
+    wins, else the highest value. `best` None, or `first` a true bool tensor (the first pass of a graph loop,
+    whose `best` is a placeholder): `candidate` is taken as it is."""
+    scored = parts.scored(logits_fn, candidate, lambda logits: value_fn(tf.cast(logits, tf.float32)),
+                          lambda logits: tf.not_equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels))
     if best is None:
-        return candidate, value, won
-    best_x, best_value, best_won = best
-    better = (won & ~best_won) | ((won == best_won) & (value > best_value))
-    merged_won = best_won | won
-    if first is not None:
-        better = better | first
-        merged_won = tf.where(first, won, merged_won)
-    return (tf.where(per_example(better, candidate), candidate, best_x), tf.where(better, value, best_value),
-            merged_won)
+        return scored
+    better = parts.succeeds_or_scores_higher(best, scored)
+    return parts.keep_best(best, scored, better if first is None else better | first)
 
 
 def _misclassified(logits_fn, x, labels):
@@ -256,9 +237,7 @@ def _misclassified(logits_fn, x, labels):
 def _first_success(best, merged, after_first=True):
     """`merged` where `best` = (x, value, won) has not yet won: the compacted result (a point's first success is
     kept) when every example is attacked anyway (under XLA)."""
-    done = tf.logical_and(best[2], after_first)
-    return tuple(tf.where(per_example(done, new) if new.shape.rank > 1 else done, old, new)
-                 for old, new in zip(best, merged))
+    return parts.keep_best(merged, best, tf.logical_and(best[2], after_first))
 
 
 def _gather(values, index):

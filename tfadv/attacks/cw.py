@@ -18,7 +18,8 @@ from typing import Callable
 
 import tensorflow as tf
 
-from tfadv.attacks.ops import per_example, top_wrong_logit, value_and_gradient, while_loop
+from tfadv.attacks import losses, parts
+from tfadv.attacks.ops import per_example, value_and_gradient, while_loop
 
 CWResult = collections.namedtuple("CWResult", ["x_adv", "norms", "found"])
 _BOX = 0.999999  # tanh-space margin so that pixels at exactly 0 or 1 have finite w
@@ -26,15 +27,11 @@ _UPPER = 1e10
 
 
 def _margin(logits, labels, targets, confidence):
-    logits = tf.cast(logits, tf.float32)
-    num_classes = tf.shape(logits)[-1]
+    """The loss's margin term before max(., 0): z_y - max_{j != y} z_j + kappa (untargeted), max_{j != t} z_j - z_t
+    + kappa (targeted); success when <= 0."""
     if targets is None:
-        own = tf.one_hot(labels, num_classes, on_value=True, off_value=False)
-        real = tf.reduce_sum(tf.where(own, logits, 0.0), axis=-1)
-        return real - top_wrong_logit(logits, labels) + confidence  # success when <= 0
-    own = tf.one_hot(targets, num_classes, on_value=True, off_value=False)
-    target = tf.reduce_sum(tf.where(own, logits, 0.0), axis=-1)
-    return top_wrong_logit(logits, targets) - target + confidence
+        return losses.margin(logits, labels) + confidence
+    return -losses.margin(logits, targets) + confidence
 
 
 def carlini_wagner_l2(logits_fn: Callable, x, labels, *, targets=None, confidence: float = 0.0,
@@ -81,9 +78,7 @@ def carlini_wagner_l2(logits_fn: Callable, x, labels, *, targets=None, confidenc
             x_new, distance, logits, loss, gradient = objective(w, const)
             ok = success(logits)
             norm = tf.sqrt(distance)
-            improved = ok & (norm < best_norm) & active
-            best_norm = tf.where(improved, norm, best_norm)
-            best_x = tf.where(per_example(improved, x), x_new, best_x)
+            best_norm, best_x = parts.keep_best((best_norm, best_x), (norm, x_new), ok & (norm < best_norm) & active)
             found_now = found_now | (ok & active)
             t = tf.cast(i + 1, tf.float32)
             m = beta1 * m + (1.0 - beta1) * gradient

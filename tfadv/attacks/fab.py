@@ -30,9 +30,8 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from tfadv.attacks import rng
-from tfadv.attacks.ops import (flat_norm, in_xla_context, per_example, top_wrong_classes, value_and_gradient,
-                               while_loop)
+from tfadv.attacks import parts, rng
+from tfadv.attacks.ops import flat_norm, in_xla_context, per_example, top_wrong_classes, value_and_gradient, while_loop
 
 FAB_NORMS = ("linf", "l2")
 _BIG = 1e12
@@ -122,9 +121,7 @@ def fab_run(logits_fn: Callable, x, labels, targets, *, norm="linf", steps=100, 
         new_image = tf.reshape(new, tf.shape(x))
         wrong = tf.not_equal(tf.argmax(logits_fn(new_image), -1, output_type=tf.int32), labels)
         distance = flat_norm(new_image - x, norm)
-        improved = wrong & (distance < best_norm)
-        best = tf.where(per_example(improved, x), new_image, best)
-        best_norm = tf.where(improved, distance, best_norm)
+        best, best_norm = parts.keep_best((best, best_norm), (new_image, distance), wrong & (distance < best_norm))
         pulled = x0 + (new - x0) * beta
         new = tf.where(wrong[:, None], pulled, new)
         return k + 1, tf.reshape(new, tf.shape(x)), best, best_norm
@@ -140,13 +137,8 @@ def _restart_start(x, best_norm, norm, eps, keys, stream):
     radius = best_norm if eps is None else tf.minimum(best_norm, eps)
     radius = tf.where(tf.math.is_finite(radius), radius, 0.0) * 0.5
     restart_keys = None if keys is None else rng.fold(keys, stream)
-    shape = tf.shape(x)[1:]
-    if norm == "linf":
-        t = rng.uniform(restart_keys, shape, stream=1, minval=-1.0, maxval=1.0, batch=tf.shape(x)[0])
-    else:
-        t = rng.normal(restart_keys, shape, stream=2, batch=tf.shape(x)[0])
-    t = t / per_example(flat_norm(t, norm) + 1e-12, x)
-    return tf.clip_by_value(x + per_example(radius, x) * t, 0.0, 1.0)
+    direction = parts.random_start(x, 1.0, norm, keys=restart_keys, kind="sphere", stream=1)  # a unit vector
+    return tf.clip_by_value(x + per_example(radius, x) * direction, 0.0, 1.0)
 
 
 def _fab_targeted_compact(logits_fn, x, labels, candidates, best_norm, *, norm, steps, restarts, eps, keys,
@@ -165,11 +157,10 @@ def _fab_targeted_compact(logits_fn, x, labels, candidates, best_norm, *, norm, 
                      else _restart_start(sub_x, sub_norm, norm, eps, sub_keys, index * restarts + restart))
             candidate, candidate_norm = fab_run(logits_fn, sub_x, tf.gather(labels, todo), tf.gather(target, todo),
                                                 norm=norm, steps=steps, start=start, **fab_args)
-            better = candidate_norm < sub_norm
-            sub_best = tf.where(per_example(better, sub_x), candidate, tf.gather(best, todo))
+            sub_best, sub_norm = parts.keep_best((tf.gather(best, todo), sub_norm), (candidate, candidate_norm),
+                                                 candidate_norm < sub_norm)
             best = tf.tensor_scatter_nd_update(best, todo[:, None], sub_best)
-            best_norm = tf.tensor_scatter_nd_update(best_norm, todo[:, None],
-                                                    tf.where(better, candidate_norm, sub_norm))
+            best_norm = tf.tensor_scatter_nd_update(best_norm, todo[:, None], sub_norm)
         return index + 1, best, best_norm
 
     _, best, best_norm = while_loop(
@@ -218,8 +209,7 @@ def fab_targeted(logits_fn: Callable, x, labels, *, norm="linf", steps=100, num_
             better = candidate_norm < best_norm
             if compact:  # under XLA: every example attacked, the compacted result (within the radius: kept)
                 better &= best_norm > (0.0 if stop_within is None else stop_within)
-            best = tf.where(per_example(better, x), candidate, best)
-            best_norm = tf.where(better, candidate_norm, best_norm)
+            best, best_norm = parts.keep_best((best, best_norm), (candidate, candidate_norm), better)
         return index + 1, best, best_norm
 
     _, best, best_norm = while_loop(lambda index, *_: index < candidates.shape[1], one_target,

@@ -9,6 +9,7 @@ import tensorflow as tf
 from tfadv.attacks.ops import top_wrong_logit
 
 LOSS_NAMES = ("ce", "cw", "dlr")
+__all__ = ["LOSS_NAMES", "cross_entropy", "cw_margin", "dlr", "margin", "objective", "targeted_dlr"]
 
 
 def _sorted_desc(logits):
@@ -23,9 +24,17 @@ def cross_entropy(logits, labels):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
+def margin(logits, labels):
+    """The margin z_y - max_{j != y} z_j [B] in float32 (positive while `labels` wins, <= 0 once misclassified):
+    the one margin the attacks use (Square's loss, C&W's and DLR's numerators, `cw_margin`)."""
+    logits = tf.cast(logits, tf.float32)
+    return _true_logit(logits, labels) - top_wrong_logit(logits, labels)
+
+
 def cw_margin(logits, labels):
-    """Carlini-Wagner margin: max_{j != y} z_j - z_y (positive once misclassified)."""
-    return top_wrong_logit(logits, labels) - _true_logit(logits, labels)
+    """Carlini-Wagner margin, the attacker's objective: max_{j != y} z_j - z_y = -margin (positive once
+    misclassified)."""
+    return -margin(logits, labels)
 
 
 def dlr(logits, labels):
@@ -33,7 +42,7 @@ def dlr(logits, labels):
     if logits.shape[-1] is not None and logits.shape[-1] < 3:
         raise ValueError(f"the DLR loss needs at least 3 classes, got {logits.shape[-1]}")
     top = _sorted_desc(logits)
-    return -(_true_logit(logits, labels) - top_wrong_logit(logits, labels)) / (top[:, 0] - top[:, 2] + 1e-12)
+    return -margin(logits, labels) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
 def targeted_dlr(logits, labels, targets):

@@ -53,20 +53,13 @@ from typing import Callable
 
 import tensorflow as tf
 
-from tfadv.attacks import rng
-from tfadv.attacks.ops import in_xla_context, top_wrong_logit, while_loop
+from tfadv.attacks import losses, parts, rng
+from tfadv.attacks.ops import in_xla_context, while_loop
 
 SquareRun = collections.namedtuple("SquareRun", ["x_adv", "margin", "queries"])
 SQUARE_NORMS = ("linf", "l2")
 _THRESHOLDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 COMPACT_EVERY = 50  # proposals between two gatherings of the still-robust examples (`square_run(compact=True)`)
-
-
-def _margin(logits, labels):
-    logits = tf.cast(logits, tf.float32)
-    own = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
-    correct = tf.reduce_sum(tf.where(own, logits, 0.0), axis=-1)
-    return correct - top_wrong_logit(logits, labels)
 
 
 def p_selection(p_init, iteration, queries, rescale=False):
@@ -229,7 +222,7 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
                              tf.where(transposed[..., None], signs, 0.0)], axis=0)  # [2 * cells, B, C]
         delta = tf.einsum("khw,kbc->bhwc", patterns, weights)  # [B, H, W, C]
         x_best = tf.clip_by_value(x + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0)
-    margin_best = _margin(logits_fn(x_best), labels)
+    margin_best = losses.margin(logits_fn(x_best), labels)
     used = tf.ones([batch], tf.int32)
 
     def proposals(x, labels, keys):
@@ -269,10 +262,9 @@ def square_run(logits_fn: Callable, x, labels, *, eps, norm="linf", queries=5000
                                     rng.uniform(step_keys, [], stream=5, batch=batch) > 0.5,
                                     draw_sign(step_keys, [1, 1, channels], 6))
                 x_new = tf.clip_by_value(x + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0)
-            margin_new = _margin(logits_fn(x_new), labels)
-            better = active & (margin_new < margin_best)
-            x_best = tf.where(better[:, None, None, None], x_new, x_best)
-            margin_best = tf.where(better, margin_new, margin_best)
+            margin_new = losses.margin(logits_fn(x_new), labels)
+            x_best, margin_best = parts.keep_best((x_best, margin_best), (x_new, margin_new),
+                                                  active & (margin_new < margin_best))
             used = used + tf.cast(active, tf.int32)
             return i + 1, x_best, margin_best, used
 

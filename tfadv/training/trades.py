@@ -8,7 +8,7 @@ import dataclasses
 import tensorflow as tf
 
 from tfadv import attacks, losses
-from tfadv.attacks import rng
+from tfadv.attacks import parts
 from tfadv.training import registry
 from tfadv.training.base import Trainer, not_negative, salt
 from tfadv.training.registry import option
@@ -48,21 +48,20 @@ class TRADESTrainer(Trainer):
     def adversarial_examples(self, x):
         a = self.attack
         clean_logits = tf.stop_gradient(self.attack_logits(x))
-        # TRADES starts 0.001 * N(0, 1) away from the clean point.
-        start = rng.normal(self.example_keys(tf.shape(x)[0], START_SALT), tf.shape(x)[1:])
-        delta = attacks.clip_to_box(x, attacks.project(0.001 * start, a.eps, a.norm))
+        # TRADES starts 0.001 * N(0, 1) away from the clean point (the keyed start, its own stream), then runs the
+        # attacks' projected-step loop on the KL
+        start = parts.random_start(x, 0.001, a.norm, keys=self.example_keys(tf.shape(x)[0], START_SALT),
+                                   kind="normal")
 
-        def ascend(delta):
-            # the KL and its input gradient in float32 (loss-scaled under float16: near the clean point the KL's
-            # gradient is tiny and would underflow in a float16 backward pass)
-            x_adv = x + delta
-            _, gradient, _ = attacks.value_and_gradient(
-                self.attack_logits, x_adv, lambda logits: losses.kl_divergence(clean_logits, logits),
-                independent=self.attack_independent)
-            delta = delta + attacks.steepest_step(gradient, a.step_size, a.norm, x_adv)
-            return attacks.clip_to_box(x, attacks.project(delta, a.eps, a.norm))
+        def gradient(x_adv):
+            # the KL's input gradient in float32 (loss-scaled under float16: near the clean point the KL's gradient
+            # is tiny and would underflow in a float16 backward pass)
+            return attacks.value_and_gradient(self.attack_logits, x_adv,
+                                              lambda logits: losses.kl_divergence(clean_logits, logits),
+                                              independent=self.attack_independent)[1]
 
-        return tf.stop_gradient(x + attacks.repeat(ascend, delta, a.steps))
+        return tf.stop_gradient(parts.projected_ascent(x, parts.constrain(x, start, a.eps, a.norm), gradient,
+                                                       eps=a.eps, step_size=a.step_size, steps=a.steps, norm=a.norm))
 
     def training_loss(self, x, labels):
         x_adv = self.adversarial_examples(x)
