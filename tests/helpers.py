@@ -60,7 +60,8 @@ class InputRecorder(keras.layers.Layer):
 
 
 def parse_training_flags(argv):
-    """The TrainConfig `train.py ARGV` builds, parsed in-process (flagfiles are named relative to the repository)."""
+    """The TrainConfig `train.py ARGV` builds, parsed in-process (flagfiles are named relative to the repository,
+    as train.py reads them: `config.training_argv`)."""
     from absl import flags
 
     from tfadv import config as config_lib
@@ -70,7 +71,7 @@ def parse_training_flags(argv):
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        values(["train.py", *argv])
+        values(config_lib.training_argv(["train.py", *argv], values))  # with the presets' per-method flagfiles
     finally:
         os.chdir(cwd)
     return config_lib.from_parsed_flags(values, argv=["train.py", *argv])

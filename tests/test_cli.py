@@ -83,7 +83,7 @@ def test_config_validation_names_the_flag(tmp_path):
 def test_a_finished_run_is_refused_without_overwrite(tmp_path):
     config = _config(tmp_path, defense="natural", epochs=1, eval_examples=50)
     experiment.train(config, log=lambda *_: None)
-    metrics = os.path.join(config.output_dir, "metrics.json")
+    metrics = os.path.join(config.runtime.output_dir, "metrics.json")
     stamp = os.path.getmtime(metrics)
     with pytest.raises(experiment.RunError, match="finished run.*--overwrite"):
         experiment.train(config, log=lambda *_: None)

@@ -35,13 +35,19 @@ def test_every_flagfile_gives_the_configuration_it_gave_before_the_move(command)
     smoothing, SSAT options, adversarial labels), or the same refusal naming the same flag.
 
     Compared on the flags the files recorded: a method added since brings its options as new flags, which are
-    not a failure; any other new flag is, and so is a recorded flag that is missing or has another value."""
+    not a failure; any other new flag is, and so is a recorded flag that is missing or has another value.
+    Another method's options are no part of the run (Architecture II item 6: a preset keeps them in its
+    per-method flagfiles, read only for that --defense): they are at their defaults, whatever the capture held."""
     before = _cases()[command]
     with open(BEFORE_DERIVED) as handle:
         derived = json.load(handle)[command]
     config = _parse(command.split())
     flat = config.flat()
-    assert {name: flat[name] for name in before if name in flat} == before
+    others = {flag: getattr(method.options(), field) for method in registry.methods()
+              if method.name != config.defense for flag, field in method.flags().items()}
+    assert {name: flat[name] for name in before if name in flat and name not in others} == {
+        name: value for name, value in before.items() if name not in others}
+    assert {name: flat[name] for name in others} == others
     method_flags = {flag for method in registry.methods() for flag in method.flags()}
     assert set(flat) - set(before) <= method_flags, sorted(set(flat) - set(before) - method_flags)
     if "error" in derived:
@@ -73,13 +79,31 @@ def test_flags_txt_round_trips_every_flag(tmp_path):
     assert again == config and again.flat() == config.flat()
 
 
-def test_a_flag_of_another_method_is_refused_when_given_directly_but_not_from_a_flagfile():
+def test_a_flag_of_another_method_is_refused_whatever_its_source(tmp_path):
     with pytest.raises(ConfigError) as info:
         _parse(["--flagfile=flags/digits.cfg", "--defense=pgd", "--ssat_replays=4", "--output_dir=x"]).validate()
     assert info.value.flag == "ssat_replays" and "--defense=ssat" in str(info.value)
-    # digits.cfg sets --free_replays=4 for Free-AT; a PGD run from it is fine (the value is recorded, unused)
+    # from a flagfile too (it used to be recorded, unused): a preset that sets it for one method is refused
+    preset = tmp_path / "shared.cfg"
+    preset.write_text("--flagfile=flags/digits.cfg\n--free_replays=4\n")
+    with pytest.raises(ConfigError) as info:
+        _parse([f"--flagfile={preset}", "--defense=pgd", "--output_dir=x"]).validate()
+    assert info.value.flag == "free_replays" and "--defense=free" in str(info.value) and "free.cfg" in str(info.value)
+    # digits.cfg keeps Free-AT's m = 4 in flags/digits/free.cfg, read for --defense=free only
+    assert _parse(["--flagfile=flags/digits.cfg", "--defense=free", "--output_dir=x"]).validate().options.replays == 4
     config = _parse(["--flagfile=flags/digits.cfg", "--defense=pgd", "--output_dir=x"]).validate()
-    assert config.free_replays == 4 and config.defense == "pgd"
+    assert config.methods["free"].replays == 8 and config.defense == "pgd"
+    # typed after the preset, the method's option still wins over its per-method flagfile
+    typed = _parse(["--flagfile=flags/digits.cfg", "--defense=free", "--free_replays=2", "--output_dir=x"])
+    assert typed.validate().options.replays == 2
+
+
+def test_a_config_is_read_by_its_sections_not_by_flag_name():
+    """Architecture II item 6: no second spelling of a field (`config.eps` for `config.attack.eps`)."""
+    config = TrainConfig.from_flags(defense="free", free_replays=3, eps=4, output_dir="x")
+    assert config.attack.eps == 4 and config.options.replays == 3 and config.methods["free"].replays == 3
+    for name in ("eps", "free_replays", "output_dir", "dataset"):
+        assert not hasattr(config, name), name
 
 
 @pytest.mark.parametrize("defense,extra,flag", [
@@ -156,11 +180,11 @@ def test_a_toy_method_registered_in_a_test_trains_through_the_same_path(tmp_path
     metrics = experiment.train(frozen, log=lambda *_: None)
     keras.utils.set_random_seed(0)
     initial = frozen.build_network()  # the run's initial weights (experiment seeds before building)
-    network, loaded = runs.load_run_network(frozen.output_dir)
-    assert loaded.defense == "toy" and loaded.toy_scale == 0.0
+    network, loaded = runs.load_run_network(frozen.runtime.output_dir)
+    assert loaded.defense == "toy" and loaded.options.scale == 0.0
     for before, after in zip(initial.get_weights(), network.get_weights()):
         np.testing.assert_array_equal(before, after)  # a zero loss moved nothing
-    assert "--toy_scale=0.0" in open(runs.flags_path(frozen.output_dir)).read()
+    assert "--toy_scale=0.0" in open(runs.flags_path(frozen.runtime.output_dir)).read()
     assert metrics["defense"] == "toy"
     learning = TrainConfig.from_flags(toy_scale=1.0, output_dir=str(tmp_path / "learning"), **common)
     trained = experiment.train(learning, log=lambda *_: None)

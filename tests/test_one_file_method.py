@@ -83,7 +83,7 @@ def test_a_copy_of_trades_is_one_file_that_trains_from_the_command_line(dropped_
     argv = ["--flagfile=flags/digits.cfg", f"--defense={NAME}", f"--{PREFIX}_beta=3", "--epochs=1",
             "--eval_examples=50", "--val_attack_steps=2", f"--output_dir={output}"]
     config = parse_training_flags(argv).validate()
-    assert config.defense == NAME and config.options.beta == 3.0 and config.trades_beta == 6.0
+    assert config.defense == NAME and config.options.beta == 3.0 and config.methods["trades"].beta == 6.0
     metrics = experiment.train(config, log=lambda *_: None)
     assert metrics["defense"] == NAME
     assert f"--{PREFIX}_beta=3.0" in open(runs.flags_path(output)).read()

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import parse_training_flags
+from helpers import ROOT, parse_training_flags
 from tfadv import data, experiment, models, training
+from tfadv.training import registry
 from tfadv.config import ConfigError, TrainConfig
 
 _parse = parse_training_flags
@@ -61,6 +62,43 @@ def test_a_typed_step_size_that_the_method_would_ignore_is_refused(defense, own)
     _config("cifar10", defense)
 
 
+@pytest.mark.parametrize("defense", ["bat", "ssat", "fgsm_rs", "free", "natural", "label_smoothing",
+                                     "logit_squeeze"])
+@pytest.mark.parametrize("flag", ["--attack_steps=7", "--step_size=3"])
+def test_a_typed_attack_flag_the_method_does_not_read_is_refused(defense, flag):
+    """Boundary II item 7: one-step, replay and clean methods read neither --attack_steps nor --step_size (typed,
+    either used to be accepted for some of them and not applied); cifar10.cfg's values (PGD's and TRADES') are
+    recorded, unused."""
+    example = [f"--{k}={v}" for k, v in registry.get(defense).example.items()]
+    with pytest.raises(ConfigError) as info:
+        _config("cifar10", defense, flag, *example)
+    name = flag[2:].split("=")[0]
+    assert info.value.flag == name and "not used by this run" in str(info.value) and "\n" not in str(info.value)
+    assert _config("cifar10", defense, *example).attack.attack_steps == 10
+    for k_step in ("pgd", "trades"):
+        assert _config("cifar10", k_step, "--attack_steps=7", "--step_size=3").attack_config().steps == 7
+
+
+def test_a_per_method_flagfile_is_read_for_its_method_only_and_holds_only_its_options(tmp_path, monkeypatch):
+    """Architecture II item 6: flags/<preset>/<method>.cfg is read after <preset>.cfg (and after the per-method
+    flagfiles of the presets it includes) when --defense is that method; it may set only that method's options."""
+    monkeypatch.chdir(ROOT)
+    assert _config("mnist", "trades").options.beta == 1.0 and _config("mnist", "pgd").methods["trades"].beta == 6.0
+    # an including preset's own per-method flagfile wins over the included one's
+    outer = tmp_path / "outer.cfg"
+    outer.write_text("--flagfile=flags/digits.cfg\n--epochs=3\n")
+    (tmp_path / "outer").mkdir()
+    (tmp_path / "outer" / "free.cfg").write_text("--free_replays=3\n")
+    config = parse_training_flags([f"--flagfile={outer}", "--defense=free", "--output_dir=x"]).validate()
+    assert config.options.replays == 3 and config.optimization.epochs == 3
+    assert TrainConfig.from_flagfile(str(outer), defense="free", output_dir="x").options.replays == 3
+    # a shared flag, or another method's option, in a per-method flagfile is refused naming the file
+    (tmp_path / "outer" / "free.cfg").write_text("--free_replays=3\n--epochs=9\n")
+    with pytest.raises(ConfigError) as info:
+        parse_training_flags([f"--flagfile={outer}", "--defense=free", "--output_dir=x"])
+    assert info.value.flag == "flagfile" and "sets --epochs" in str(info.value) and "outer/free.cfg" in str(info.value)
+
+
 def test_wong_and_shafahi_presets_carry_their_recipes():
     fgsm = _config("fgsm_rs_cifar10", "fgsm_rs")
     o = fgsm.optimization
@@ -71,9 +109,9 @@ def test_wong_and_shafahi_presets_carry_their_recipes():
     o = free.optimization
     assert (free.network.model, free.network.wrn_depth, free.network.wrn_width) == ("wide_resnet", 34, 10)
     assert (o.weight_decay, o.weight_decay_scope, o.epochs, list(o.lr_decay_epochs)) == (2e-4, "kernels", 26, [13, 19])
-    assert free.free_replays == 8 and np.isclose(free.attack_config().step_size, 8 / 255)
+    assert free.options.replays == 8 and np.isclose(free.attack_config().step_size, 8 / 255)
     assert free.data.crop_padding == 2  # D17: Madry's / Free's cifar10_input.py pads to 36x36
-    assert free.free_clip_delta is False  # D11: Shafahi's code clamps the carried perturbation to +-eps only
+    assert free.options.clip_delta is False  # D11: Shafahi's code clamps the carried perturbation to +-eps only
     assert free.attack.attack_bn_mode == "train"
 
 
@@ -86,7 +124,7 @@ def test_mnist_preset_trains_madrys_hundred_thousand_iterations():
     config = _config("mnist", "pgd")
     iterations = config.optimization.epochs * (60000 // config.optimization.batch_size)
     assert config.optimization.batch_size == 50 and abs(iterations - 100000) < 1200
-    assert _config("mnist", "trades").trades_beta == 1.0  # D27: train_trades_mnist.py --beta 1.0
+    assert _config("mnist", "trades").options.beta == 1.0  # D27: train_trades_mnist.py --beta 1.0
 
 
 def test_crop_padding_sets_the_pad_of_the_random_crop():

@@ -138,9 +138,9 @@ def overridden_flags(argv, flag_values=None) -> list:
     """["--lr=0.1 is overridden by --flagfile=F (which sets --lr=0.05)", ...]: each flag given before a
     `--flagfile` that sets it to another value (absl, like `training_flagfile_parser`, lets the later one win,
     so the typed value would be accepted and not applied). Nothing when the flag comes after the flagfile (it
-    wins) or the values agree. Every `--flagfile` of the command line is read (`config.read_flag_values`):
-    ConfigError for one that includes itself, is not UTF-8 text or holds a line that is no flag; OSError for
-    one that cannot be read. `flag_values`: the defined flags (default: absl's FLAGS)."""
+    wins) or the values agree. Every `--flagfile` of the command line is read as absl reads it
+    (`config.read_flag_values`): ConfigError for one that includes itself, is not UTF-8 text or holds a line
+    that is no flag; OSError for one that cannot be read. `flag_values`: the defined flags (default: absl's FLAGS)."""
     from tfadv import config as config_lib
 
     flag_values = flags.FLAGS if flag_values is None else flag_values
@@ -178,10 +178,25 @@ def refuse_overridden_flags(argv, flag_values=None):
 def parse_flags_or_exit(argv):
     """An `app.run(flags_parser=...)` parser: a bad flag is one line on stderr and exit code 2, and so is a flag
     given before a `--flagfile` that overrides it or a flagfile absl would ignore or crash on
-    (`refuse_overridden_flags`). Asking for help is exit 0."""
+    (`refuse_overridden_flags`). Asking for help is exit 0. With the training flags defined (train.py), each
+    `--flagfile=PRESET` is followed by the preset's per-method flagfile for --defense (`config.training_argv`)."""
     if not any(arg in HELP_FLAGS for arg in argv[1:]):
+        argv = _with_method_flagfiles(argv)
         refuse_overridden_flags(argv)
     return _parse(argv)
+
+
+def _with_method_flagfiles(argv):
+    from tfadv import config as config_lib
+
+    if not config_lib.flag_names() - {"flagfile"} <= set(flags.FLAGS):
+        return argv
+    try:
+        return config_lib.training_argv(argv, flags.FLAGS)
+    except config_lib.ConfigError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"--flagfile: cannot read {error.filename}: {error.strerror or error}")
 
 
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")

@@ -499,37 +499,66 @@ def budget(spec: "data.DatasetSpec", **levels) -> Budget:
     return Budget(spec.name, pixel_max, recorded, fractions)
 
 
-def read_flag_values(path: str, _including=()) -> dict:
-    """{flag name: raw value} of a flagfile, following nested `--flagfile=` lines as absl does (later lines
-    win; `--name` is "true", `--noname` "false"). Unknown names are kept: the caller picks what it needs.
+# ----------------------------------------------------------------------------------------------------------
+# flagfiles: THE reader is absl's (`FlagValues.read_flags_from_files`); tfadv only checks a file before absl reads
+# it (what absl would ignore or crash on) and adds a preset's per-method flagfile for the chosen --defense
 
-    ConfigError naming --flagfile for what absl would ignore or crash on: a flagfile that includes itself,
-    directly or through another (absl warns "Ignoring" and goes on without it), a file that is not UTF-8 text
-    (absl: a UnicodeDecodeError traceback), and a line that is neither a flag (`--name=value`, `-name`), a
-    comment (`#`, `//`) nor blank (absl hands it to the script as a stray argument). OSError if it cannot be
-    read. The same file included twice side by side is no cycle (absl reads it twice)."""
+
+def check_flagfile(path: str) -> list:
+    """The flagfiles absl reads for `--flagfile=PATH`, in the order it reads them (PATH, then the ones it includes,
+    depth first); ConfigError naming --flagfile for what absl would ignore or crash on: a flagfile that includes
+    itself, directly or through another (absl warns "Ignoring" and goes on without it), a file that is not UTF-8
+    text (absl: a UnicodeDecodeError traceback), and a line that is neither a flag (`--name=value`, `-name`), a
+    comment (`#`, `//` at the start of the line) nor blank (absl hands it to the script as a stray argument).
+    OSError if one cannot be read. The same file included twice side by side is no cycle (absl reads it twice)."""
+    def pre_order(node):
+        return [node[0]] + [path for child in node[1] for path in pre_order(child)]
+
+    return pre_order(_flagfile_tree(path))
+
+
+def _flagfile_tree(path: str, _including=()) -> tuple:
+    """(path, [the trees of the flagfiles it includes, in order]), checked as `check_flagfile` says."""
     real = os.path.realpath(path)
     chain = [*(shown for _, shown in _including), path]
     if any(real == seen for seen, _ in _including):
         raise ConfigError("flagfile", f"{path} includes itself ({' -> '.join(chain)}); absl would ignore it")
-    values = {}
     try:
         with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
     except UnicodeDecodeError as error:
         raise ConfigError("flagfile", f"{path} is not a text flagfile (not UTF-8: byte "
                                       f"{error.object[error.start]:#04x} at offset {error.start})") from None
+    included = []
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
-        if not line or line.startswith(("#", "//")):
+        if not line or raw.startswith(("#", "//")):  # absl's rule: a comment starts the line
             continue
         if not line.startswith("-") or line == "-" or "\x00" in line:
             raise ConfigError("flagfile", f"{path}:{number}: not a flag line: {line[:60]!r} (one --name=value per "
                                           "line; comments start with #)")
+        if raw.startswith(("--flagfile=", "-flagfile=")):
+            included.append(_flagfile_tree(os.path.expanduser(line.split("=", 1)[1].strip()),
+                                           (*_including, (real, path))))
+    return path, included
+
+
+def read_flags(path: str) -> list:
+    """The flag lines (`--name=value`, `--name`, `--noname`) absl reads for `--flagfile=PATH`, nested flagfiles
+    expanded where they stand (later lines win), after `check_flagfile`."""
+    from absl import flags
+
+    check_flagfile(path)
+    return flags.FlagValues().read_flags_from_files([f"--flagfile={path}"], force_gnu=True)
+
+
+def read_flag_values(path: str) -> dict:
+    """{flag name: raw value} of a flagfile as absl reads it (`read_flags`; the last setting of a flag wins,
+    `--name` is "true", `--noname` "false"). Unknown names are kept: the caller picks what it needs."""
+    values = {}
+    for line in read_flags(path):
         name, equals, value = line.lstrip("-").partition("=")
-        if name == "flagfile":
-            values.update(read_flag_values(value, (*_including, (real, path))))
-        elif equals:
+        if equals:
             values[name] = value
         elif name.startswith("no") and len(name) > 2:
             values[name[2:]] = "false"  # no tfadv flag name starts with "no"
@@ -538,6 +567,70 @@ def read_flag_values(path: str, _including=()) -> dict:
     return values
 
 
+def method_flagfile(path: str, defense: str) -> str:
+    """Where a preset keeps the options of one method: flags/cifar10.cfg -> flags/cifar10/<defense>.cfg."""
+    return os.path.join(os.path.splitext(path)[0], f"{defense}.cfg")
+
+
+def method_flagfiles(path: str, defense: str) -> list:
+    """The per-method flagfiles `--defense=DEFENSE --flagfile=PATH` reads after PATH: `method_flagfile` of PATH
+    and of every flagfile it includes, when it exists, the included files' first (an including preset's own wins).
+    Each may set only options of DEFENSE (ConfigError naming --flagfile otherwise)."""
+    def post_order(node):
+        return [path for child in node[1] for path in post_order(child)] + [node[0]]
+
+    method = registry.lookup(defense)
+    found = []
+    for flagfile in post_order(_flagfile_tree(path)):
+        candidate = method_flagfile(flagfile, defense)
+        if method is None or not os.path.isfile(candidate) or candidate in found:
+            continue
+        for name in read_flag_values(candidate):
+            if name not in method.flags():
+                raise ConfigError("flagfile", f"{candidate} sets --{name}: a per-method flagfile holds only options "
+                                              f"of --defense={defense} ({', '.join(method.flags()) or 'none'})")
+        found.append(candidate)
+    return found
+
+
+def training_argv(argv: list, flag_values=None) -> list:
+    """`argv` (a train.py command line) with each `--flagfile=PATH` followed by `--flagfile=` of its per-method
+    flagfiles for the run's --defense (`method_flagfiles`), so that what a preset sets for one method is read
+    only when that method trains; flags typed after PATH still win. The defense is the last --defense of the
+    command line as absl expands it (default: TrainConfig.defense). ConfigError / OSError as `check_flagfile`."""
+    from absl import flags
+
+    flag_values = flag_values if flag_values is not None else flags.FLAGS
+    argv, given = [argv[0]], list(argv[1:])
+    while given:  # `--flagfile PATH` as `--flagfile=PATH`
+        arg = given.pop(0)
+        argv.append(f"{arg}={given.pop(0)}" if arg in ("--flagfile", "-flagfile") and given else arg)
+        if arg == "--":
+            argv += given
+            break
+    files = [arg.split("=", 1)[1] for arg in argv[1:argv.index("--") if "--" in argv else None]
+             if arg.startswith(("--flagfile=", "-flagfile="))]
+    if not files:
+        return argv
+    for path in files:
+        check_flagfile(path)
+    defense = TrainConfig.defense
+    expanded = flag_values.read_flags_from_files(list(argv[1:]), force_gnu=True)
+    for index, arg in enumerate(expanded):
+        if arg == "--":
+            break
+        if arg.startswith(("--defense=", "-defense=")):
+            defense = arg.split("=", 1)[1]
+        elif arg in ("--defense", "-defense") and index + 1 < len(expanded):
+            defense = expanded[index + 1]
+    out = [argv[0]]
+    for index, arg in enumerate(argv[1:], 1):
+        out.append(arg)
+        if arg == "--":
+            return out + argv[index + 1:]
+        if arg.startswith(("--flagfile=", "-flagfile=")):
+            out += [f"--flagfile={extra}" for extra in method_flagfiles(arg.split("=", 1)[1], defense)]
+    return out
 
 
 def _default_methods() -> dict:
@@ -548,9 +641,9 @@ def _default_methods() -> dict:
 class TrainConfig:
     """A run: the defense (a registered method), every method's options (`methods`), and the sections.
 
-    `config.<flag name>` reads that flag's value wherever it lives (`config.eps` is `config.attack.eps`,
-    `config.ssat_replays` is `config.methods["ssat"].replays`); `from_flags` / `flat` convert from / to the
-    flat {flag: value} form of the command line and flags.txt.
+    A field is read where it lives (`config.attack.eps`; the chosen method's options: `config.options.replays`,
+    another's: `config.methods["ssat"].replays`), never by its flag name on the config; `from_flags` / `flat`
+    convert from / to the flat {flag: value} form of the command line and flags.txt.
     """
 
     defense: str = "pgd"
@@ -565,23 +658,12 @@ class TrainConfig:
     validation: ValidationSection = dataclasses.field(default_factory=ValidationSection)
     runtime: RuntimeSection = dataclasses.field(default_factory=RuntimeSection)
     methods: dict = dataclasses.field(default_factory=_default_methods)
-    # The flags the user gave directly (not through a flagfile); None = all of them (a library call). Another
-    # method's option with a non-default value is refused when given directly; from a flagfile (which may hold a
-    # dataset's settings for several methods, e.g. --free_replays in digits.cfg) it is recorded and unused.
+    # The flags the user gave directly (not through a flagfile); None = all of them (a library call). A shared
+    # flag this run does not read (`unused_flags`) is refused when given directly with a non-default value; from a
+    # flagfile (a preset for several settings) it is recorded, unused. Another method's option with a non-default
+    # value is refused whatever its source: presets keep method options in per-method flagfiles
+    # (`method_flagfile`), read only for that --defense.
     explicit: Optional[frozenset] = dataclasses.field(default=None, compare=False, repr=False)
-
-    # -- flat access by flag name ----------------------------------------------------------------------------
-    def __getattr__(self, name):
-        if name.startswith("_") or name in ("defense", "methods", "explicit") or name in dict(SECTIONS):
-            raise AttributeError(name)
-        home = _flag_homes().get(name)
-        if home is None:
-            raise AttributeError(f"TrainConfig has no flag or attribute {name!r}")
-        kind, owner, field = home
-        container = self.methods.get(owner) if kind == "method" else getattr(self, owner)
-        if container is None:
-            raise AttributeError(name)
-        return getattr(container, field)
 
     @classmethod
     def from_flags(cls, values: Optional[dict] = None, strict: bool = True, explicit=None, **more) -> "TrainConfig":
@@ -631,17 +713,22 @@ class TrainConfig:
     def from_flagfile(cls, path: str, **overrides) -> "TrainConfig":
         """What `train.py --flagfile=PATH --name=value ...` builds, from Python: the flagfile is read by the
         command line's own parser (nested --flagfile lines relative to the working directory, --noname, comments;
-        an unknown or malformed flag is a ConfigError, as the command line refuses it), then `overrides` (flag
-        names) replace what it set, as flags typed after --flagfile do."""
+        the preset's per-method flagfile of the `defense` override, `training_argv`; an unknown or malformed flag
+        is a ConfigError, as the command line refuses it), then `overrides` (flag names) replace what it set, as
+        flags typed after --flagfile do."""
         from absl import flags
 
         flag_values = flags.FlagValues()
         define_flags(flag_values)
+        argv = ["tfadv", f"--flagfile={path}"]
+        defense = [f"--defense={overrides['defense']}"] if "defense" in overrides else []
         try:
-            flag_values(["tfadv", f"--flagfile={path}"])
+            flag_values(training_argv(argv + defense, flag_values))
         except flags.Error as error:
             raise ConfigError("flagfile", f"{path}: {str(error).splitlines()[0]}") from None
-        config = from_parsed_flags(flag_values, argv=["tfadv", f"--flagfile={path}"])
+        except OSError as error:
+            raise ConfigError("flagfile", f"cannot read {error.filename}: {error.strerror or error}") from None
+        config = from_parsed_flags(flag_values, argv=argv)
         return config.replace(**overrides) if overrides else config
 
     def replace(self, **values) -> "TrainConfig":
@@ -718,21 +805,18 @@ class TrainConfig:
                 continue
             defaults, options = other.options(), self.methods[other.name]
             for flag, field in other.flags().items():
-                given = self.explicit is None or flag in self.explicit
-                if given and getattr(options, field) != getattr(defaults, field):
-                    raise ConfigError(flag, f"applies to --defense={other.name}, not --defense={self.defense}")
+                if getattr(options, field) != getattr(defaults, field):  # typed or from a flagfile alike
+                    typed = self.explicit is None or flag in self.explicit
+                    where = "" if typed else (f" (a flagfile sets it: a preset keeps --{other.name}'s options in its "
+                                              f"per-method flagfile, <preset>/{other.name}.cfg, read only for "
+                                              f"--defense={other.name})")
+                    raise ConfigError(flag, f"applies to --defense={other.name}, not --defense={self.defense}{where}")
         given = self.explicit is None or "attack_bn_mode" in self.explicit
         if given and self.attack.attack_bn_mode != AttackSection.attack_bn_mode and (
                 method.clean or not method.attack_bn_applies):
             why = "trains on clean inputs" if method.clean else "takes its input gradient from the training pass"
             raise ConfigError("attack_bn_mode", f"--defense={self.defense} {why}: there is no separate attack for "
                                                 f"--attack_bn_mode to set (set it in a flagfile to record it unused)")
-        if method.step_flag != "step_size" and not method.clean:
-            # --step_size set in a flagfile is PGD's and is recorded unused; typed, it would be silently ignored
-            given = self.explicit is None or "step_size" in self.explicit
-            if given and self.attack.step_size != AttackSection.step_size:
-                raise ConfigError("step_size", f"--defense={self.defense} takes its training step from "
-                                               f"--{method.step_flag} (see --help), not --step_size")
         for name, _ in SECTIONS:
             getattr(self, name).validate(self)
         active = {"label_smoothing": self.smoothing.ls_method != "none",
@@ -759,11 +843,23 @@ class TrainConfig:
 
     def unused_flags(self) -> dict:
         """{flag: why this run does not read it} for the flags that matter only together with another one (a
-        held-out split makes --val_examples unused, --wrn_depth needs --model=wide_resnet, ...). Another method's
-        options, --step_size / --attack_bn_mode of methods without that step, and --num_cpu_devices have their
-        own rules above."""
+        held-out split makes --val_examples unused, --wrn_depth needs --model=wide_resnet, --attack_steps needs a
+        k-step method, ...). Another method's options, --attack_bn_mode of methods without a separate attack, and
+        --num_cpu_devices have their own rules above."""
         d, o, s = self.data, self.optimization, self.smoothing
         method, unused = self.method, {}
+        # the training attack's --step_size / --attack_steps: read by k-step methods only (`Method.attack_flags`);
+        # a preset sets them for PGD and TRADES, so from a flagfile they are recorded, unused, by the others
+        for flag in sorted(set(registry.ATTACK_FLAGS) - method.attack_flags):
+            if method.clean:
+                unused[flag] = (f"--defense={self.defense} trains on clean inputs: there is no training attack "
+                                "(robust validation takes --val_attack_steps steps of eps/4)")
+            elif flag == "step_size":
+                unused[flag] = (f"--defense={self.defense} takes its training step from --{method.step_flag} (see "
+                                "--help), not --step_size")
+            else:
+                unused[flag] = (f"--defense={self.defense} runs no k-step attack (its step: --{method.step_flag}; "
+                                "--attack_steps is PGD's and TRADES' k)")
         if d.val_fraction > 0:
             unused["val_examples"] = (f"applies to --val_fraction=0 (curves on test images); with "
                                       f"--val_fraction={d.val_fraction:g} the run validates on its held-out split")

@@ -22,6 +22,8 @@ from typing import Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 #   adversarial_labels  the --bat_beta/--bat_gamma/--bat_eps_y/--bat_top_k section (BAT; PGD with --pgd_labels=bat)
 FEATURES = ("label_smoothing", "logit_squeeze", "distillation", "adversarial_labels")
 NORMS = ("linf", "l2", "l1")
+# the run config's training-attack flags a method may read besides --eps and --norm (`Method.attack_flags`)
+ATTACK_FLAGS = ("step_size", "attack_steps")
 
 
 class OptionError(ValueError):
@@ -75,6 +77,12 @@ class Method:
     attack_bn_mode: str = "eval"
     # whether --attack_bn_mode changes anything (False: no separate attack pass, or no attack at all)
     attack_bn_applies: bool = True
+    # the run config's training-attack flags besides --eps and --norm that the method reads: "step_size" and
+    # "attack_steps" for a k-step attack of --step_size (pgd, trades). None (the default) derives them: both when
+    # the method attacks (not `clean`) with `step_flag` "step_size"; none when it has a step flag of its own
+    # (one-step and replay methods: bat, fgsm_rs, free, ssat) or trains on clean inputs. A flag typed for a
+    # method that does not read it is refused (from a flagfile it is recorded, unused).
+    attack_flags: Optional[FrozenSet[str]] = None
     # whether the training attack starts at a random point of the eps-ball (BAT: --bat_random_start)
     random_start: Callable[[object], bool] = lambda options: True
     # run-config flags besides --defense of a short example run of the method (the ones a feature it `requires`
@@ -98,6 +106,13 @@ class Method:
         object.__setattr__(self, "supports", frozenset(self.supports))
         object.__setattr__(self, "requires", frozenset(self.requires))
         object.__setattr__(self, "example", dict(self.example))
+        if self.attack_flags is None:
+            pgd_type = not self.clean and self.step_flag == "step_size"
+            object.__setattr__(self, "attack_flags", frozenset({"step_size", "attack_steps"} if pgd_type else ()))
+        unknown = set(self.attack_flags) - set(ATTACK_FLAGS)
+        if unknown:
+            raise ValueError(f"method {self.name!r}: unknown attack flags {sorted(unknown)}; known: {ATTACK_FLAGS}")
+        object.__setattr__(self, "attack_flags", frozenset(self.attack_flags))
 
     def flag(self, field: str) -> str:
         """The command-line name of one of this method's option fields."""
