@@ -72,14 +72,15 @@ def test_the_same_key_draws_the_same_start_and_another_key_another(kind, norm):
     assert not np.allclose(draw(keys=_keys(range(4)), stream=1).numpy(), first)
 
 
-@pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_a_stateless_seed_draws_a_reproducible_sphere_start(norm):
+@pytest.mark.parametrize("kind,norm", START_CASES[:5])
+def test_a_stateless_seed_draws_a_reproducible_start(kind, norm):
     x = _images(3)
-    seed = tf.constant([4, 2], tf.int64)
-    first = parts.random_start(x, 0.3, norm, seed, kind="sphere").numpy()
-    np.testing.assert_array_equal(parts.random_start(x, 0.3, norm, seed, kind="sphere").numpy(), first)
-    assert not np.allclose(parts.random_start(x, 0.3, norm, tf.constant([4, 3], tf.int64), kind="sphere").numpy(),
-                           first)
+    draw = functools.partial(parts.random_start, x, 0.3, norm, kind=kind)
+    first = draw(tf.constant([4, 2], tf.int64)).numpy()
+    np.testing.assert_array_equal(draw(tf.constant([4, 2], tf.int64)).numpy(), first)
+    assert not np.allclose(draw(tf.constant([4, 3], tf.int64)).numpy(), first)
+    if kind == "ball":
+        assert _norms(tf.constant(first), norm).max() <= 0.3 * (1 + 1e-5)
 
 
 def test_the_random_start_refuses_what_it_does_not_draw():
