@@ -4,19 +4,18 @@ Eq. 11) and by Monte Carlo with the optimal perturbation.
 
   python scripts/fading_gaussian.py --output_dir=runs/fading-gaussian
 
-Writes fading_gaussian.png and fading_gaussian.json into --output_dir and prints a table.
+Writes fading_gaussian.png and fading_gaussian.json into --output_dir and prints a table (`tfadv.studies.fading`).
 """
 
 from tfadv import cli
 
 cli.quiet_tensorflow()
 
-import json  # noqa: E402
-import os  # noqa: E402
-
 from absl import app, flags  # noqa: E402
 
 from tfadv import fading_gaussian  # noqa: E402
+from tfadv.errors import UsageError  # noqa: E402
+from tfadv.studies import fading  # noqa: E402
 
 flags.DEFINE_integer("d", 10, "number of features d (sigma_i = 1 - (i-1)/d, mu_i = sigma_i^2)")
 flags.DEFINE_list("alphas", ["0.005", "0.1", "0.4"], "ALS smoothing masses, each in [0, 0.5) (0 = plain "
@@ -34,47 +33,17 @@ flags.DEFINE_string("output_dir", None, "where fading_gaussian.png and fading_ga
 flags.DEFINE_boolean("overwrite", False, "replace an existing fading_gaussian.json in --output_dir")
 flags.mark_flag_as_required("output_dir")
 FLAGS = flags.FLAGS
-
-
-def parse_alphas(values):
-    try:
-        alphas = [float(value) for value in values]
-    except ValueError:
-        cli.fail(f"--alphas: expected comma-separated numbers, got {','.join(values)}")
-    if not alphas or any(not 0.0 <= alpha < 0.5 for alpha in alphas):
-        cli.fail(f"--alphas: each ALS mass must be in [0, 0.5), got {','.join(values) or 'nothing'}")
-    return alphas
+OPTIONS = ("d", "num_train", "num_test", "eps_max", "num_eps", "steps", "learning_rate", "optimizer", "seed")
 
 
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]} (flags are --name=value)")
     cli.quiet_logging()
-    alphas = parse_alphas(FLAGS.alphas)
-    for name, minimum in (("d", 1), ("num_train", 1), ("num_test", 1), ("num_eps", 2), ("steps", 1)):
-        if FLAGS[name].value < minimum:
-            cli.fail(f"--{name}: must be at least {minimum}, got {FLAGS[name].value}")
-    if not FLAGS.eps_max > 0:
-        cli.fail(f"--eps_max: must be positive, got {FLAGS.eps_max}")
-    if not FLAGS.learning_rate > 0:
-        cli.fail(f"--learning_rate: must be positive, got {FLAGS.learning_rate}")
-    if FLAGS.optimizer not in fading_gaussian.OPTIMIZERS:
-        cli.fail(f"--optimizer: must be one of {', '.join(fading_gaussian.OPTIMIZERS)}, got {FLAGS.optimizer}")
-    json_path = os.path.join(FLAGS.output_dir, "fading_gaussian.json")
-    if os.path.exists(json_path) and not FLAGS.overwrite:
-        cli.fail(f"--output_dir={FLAGS.output_dir} already holds fading_gaussian.json; pass --overwrite or "
-                 "choose another directory")
-
-    result = fading_gaussian.experiment(
-        dimension=FLAGS.d, alphas=alphas, num_train=FLAGS.num_train, num_test=FLAGS.num_test,
-        eps_max=FLAGS.eps_max, num_eps=FLAGS.num_eps, steps=FLAGS.steps, learning_rate=FLAGS.learning_rate,
-        optimizer=FLAGS.optimizer, seed=FLAGS.seed)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(json_path, "w") as handle:
-        json.dump(result, handle, indent=1)
-    fading_gaussian.plot(result, os.path.join(FLAGS.output_dir, "fading_gaussian.png"))
-    print(fading_gaussian.format_table(result))
-    print(f"wrote {json_path} and fading_gaussian.png")
+    try:
+        fading.write(FLAGS.output_dir, FLAGS.overwrite, FLAGS.alphas, **{name: FLAGS[name].value for name in OPTIONS})
+    except UsageError as error:
+        cli.fail(str(error))
 
 
 if __name__ == "__main__":

@@ -218,3 +218,15 @@ def test_digits_smoothening_table_trains_the_teachers_first(tmp_path, monkeypatc
     assert f"--kd_std_teacher={tmp_path / 'smoothening-0'}" in kd
     lines = capsys.readouterr().out.splitlines()
     assert lines[-3] == "| PGD-AT | 50.00 | 50.00 | 0.00 | 90.00 | 90.00 | 0.00 | 40 |"  # no line for the teacher
+
+
+def test_every_script_is_flags_and_a_call_under_80_lines():
+    """Issue 23 item 7: the scripts are thin entry points; a study's rows and logic live in tfadv/studies."""
+    scripts = os.path.join(ROOT, "scripts")
+    lengths = {}
+    for name in sorted(os.listdir(scripts)):
+        if name.endswith(".py"):
+            with open(os.path.join(scripts, name)) as handle:
+                lengths[name] = len(handle.read().splitlines())
+    assert "cifar_study.py" in lengths and "digits_table.py" in lengths
+    assert {name: count for name, count in lengths.items() if count >= 80} == {}
