@@ -4,6 +4,7 @@ checked against its spec's threat model (`check_threat_model`) before it may cou
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -146,7 +147,9 @@ def _batch_polymorphic(fn, jit_compile: bool = False):
     def call(images, labels, indices):
         shape = tuple(images.shape[1:])
         if shape not in compiled:
-            compiled[shape] = tf.function(fn, input_signature=[
+            # functools.partial: TF's frequent-tracing detector keys a tf.function on its Python code object, which
+            # every attack's `fn` shares; one trace per attack then read as "retracing" (a warning, issue 25)
+            compiled[shape] = tf.function(functools.partial(fn), input_signature=[
                 tf.TensorSpec([None, *shape], images.dtype), tf.TensorSpec([None], labels.dtype),
                 tf.TensorSpec([None], indices.dtype)], **({"jit_compile": True} if jit_compile else {}))
         return compiled[shape](images, labels, indices)
