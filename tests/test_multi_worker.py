@@ -141,6 +141,33 @@ def test_a_killed_worker_resumes_when_both_are_relaunched(tmp_path):
     assert _worker_dirs(tmp_path) == []
 
 
+def test_workers_started_with_different_flags_refuse_to_train(tmp_path):
+    """Boundary II item 6: the chief used to finish with its own flags while worker 1 trained with others. Each
+    worker all-gathers a digest of its effective flags before training; both refuse, naming the flag, and nothing
+    is written (--data_dir and --cluster_timeout may differ: where each machine keeps the data, how long it waits)."""
+    run = tmp_path / "run"
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    common = TRAIN + ["--distribute=multi_worker", f"--output_dir={run}"]
+    extra = [["--cluster_timeout=120"], ["--lr=0.1", "--cluster_timeout=90"]]
+    processes = []
+    try:
+        for config, more in zip(distribute.local_cluster(2), extra):
+            env = script_server.default_env(TMPDIR=str(tmpdir), **{distribute.TF_CONFIG: config})
+            processes.append(script_server.start_script("train.py", *common, *more, env=env))
+        for process in processes:
+            process.wait(timeout=240)
+        outputs = [_output(process) for process in processes]
+    finally:
+        distribute.stop(processes)
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 2, output[-3000:]
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert errors == ["error: --distribute: the workers of TF_CONFIG run with different flags (--lr): every "
+                          "worker must run the same command (only --data_dir and --cluster_timeout may differ)"], output
+    assert not run.exists() and _worker_dirs(tmp_path) == []
+
+
 @pytest.mark.parametrize("tf_config, message", [
     (None, "needs the TF_CONFIG environment variable"),
     ("{not json", "TF_CONFIG is not valid JSON"),

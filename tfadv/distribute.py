@@ -24,6 +24,7 @@ order of float additions; `tfadv.parity` measures it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -75,14 +76,67 @@ def configure_devices(config: TrainConfig, log: Callable = print):
 
 def setup(config: TrainConfig, log: Callable = print):
     """The first thing a run does: logical CPU devices, and under multi_worker the strategy itself (it must come
-    before any other TensorFlow op). A missing or malformed TF_CONFIG is a ConfigError naming --distribute."""
+    before any other TensorFlow op) and the check that every worker has the same flags (`check_same_flags`). A
+    missing or malformed TF_CONFIG, or workers started with different flags, is a ConfigError naming
+    --distribute (on every worker, before anything is written)."""
     configure_devices(config, log)
     if config.runtime.distribute == "multi_worker":
         try:
             cluster_from_environment()
         except ValueError as error:
             raise ConfigError("distribute", str(error)) from None
-        strategy(config, log)
+        check_same_flags(strategy(config, log), config)
+
+
+# Flags that may differ between the workers of one run: where this machine keeps the data, and how long this
+# worker waits for the others. Every other flag must be the same on every worker (the same command).
+LOCAL_FLAGS = ("data_dir", "cluster_timeout")
+
+
+def flag_digests(config: TrainConfig) -> dict:
+    """{flag: 32-bit digest of its value as two 16-bit numbers} for every flag but LOCAL_FLAGS (exact in float32,
+    the dtype every collective supports)."""
+    digests = {}
+    for name, value in sorted(config.flat().items()):
+        if name not in LOCAL_FLAGS:
+            digest = hashlib.sha256(f"{name}={value!r}".encode()).digest()
+            digests[name] = [int.from_bytes(digest[0:2], "big"), int.from_bytes(digest[2:4], "big")]
+    return digests
+
+
+def _gather(strategy_, values: list) -> list:
+    """Every worker's `values` (one list of numbers per replica, in task order), by an all-gather."""
+    row = tf.constant([values], tf.float32)
+    gathered = strategy_.gather(strategy_.experimental_distribute_values_from_function(lambda _: row), axis=0)
+    return [[int(v) for v in worker] for worker in gathered.numpy()]
+
+
+def check_same_flags(strategy_, config: TrainConfig):
+    """ConfigError naming --distribute on every worker if the workers of a multi-worker run were started with
+    different flags (each would train its own configuration while the chief writes only its own; Boundary II
+    item 6): each worker's digest of its effective configuration (`flag_digests`, LOCAL_FLAGS left out) is
+    all-gathered and compared, then, if they differ, each flag's digest, to name the flags."""
+    digests = flag_digests(config)
+    whole = hashlib.sha256(repr(sorted(digests.items())).encode()).digest()
+    summary = [len(digests)] + [int.from_bytes(whole[i:i + 2], "big") for i in range(0, 16, 2)]
+    workers = _gather(strategy_, summary)
+    if all(worker == workers[0] for worker in workers):
+        return
+    names = ""
+    if all(worker[0] == workers[0][0] for worker in workers):  # the same flags: name the ones whose values differ
+        per_flag = _gather(strategy_, [piece for pieces in digests.values() for piece in pieces])
+        flags = list(digests)
+        names = sorted({flags[i // 2] for worker in per_flag for i, piece in enumerate(worker)
+                        if piece != per_flag[0][i]})
+        names = f" (--{', --'.join(names)})"
+    # one more collective before leaving: a worker that has its result exits and closes its server, and a peer that
+    # still fetches data from it would fail (the peers wait here until every worker has everything); this last one
+    # may fail when the others have left already, which changes nothing
+    with contextlib.suppress(tf.errors.OpError):
+        _gather(strategy_, [0])
+    only = " and --".join(LOCAL_FLAGS)
+    raise ConfigError("distribute", f"the workers of TF_CONFIG run with different flags{names}: every worker must run "
+                                    f"the same command (only --{only} may differ)")
 
 
 def strategy(config: TrainConfig, log: Callable = print):
