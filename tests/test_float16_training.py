@@ -193,7 +193,7 @@ def test_a_float16_run_end_to_end(digits, precision, tmp_path):
     out = tmp_path / "run"
     config = TrainConfig.from_flags(dataset="digits", model="mlp", defense="free", free_replays=2, epochs=1,
                                     batch_size=BATCH, train_examples=256, lr=0.05, eps=2.0, free_step_size=1.0,
-                                    attack_steps=2, val_attack_steps=2, eval_examples=64,
+                                    val_attack_steps=2, eval_examples=64,
                                     eval_attack_steps=2, mixed_precision="float16", output_dir=str(out))
     assert keras.mixed_precision.global_policy().name == "float32"
     trained_under = []
