@@ -32,6 +32,18 @@ def test_benchmark_rows_are_run_configs_at_eps_8_of_255():
     assert benchmark.Benchmark(model="wide_resnet", wrn_depth=16, wrn_width=2).network_name() == "wide_resnet-16-2"
 
 
+@pytest.mark.parametrize("method, step_levels", [("natural", None), ("pgd7", 2.0), ("trades10", 2.0),
+                                                  ("fgsm_rs", 10.0), ("free", 8.0), ("bat", None), ("ssat", None)])
+def test_every_benchmark_row_is_a_config_the_run_accepts_with_its_method_step(method, step_levels):
+    """Each row is a run users could start (no flag the method does not read: --step_size with FGSM-RS was silently
+    unused, with natural, BAT or SSAT it is refused) and steps as its method's source says (Wong: 1.25 eps = 10/255;
+    Shafahi: eps)."""
+    config = benchmark.Benchmark().run_config(method)
+    config.validate()
+    if step_levels is not None:
+        assert config.budget().level("step_size") == pytest.approx(step_levels)
+
+
 def test_benchmark_row_and_its_line():
     bench = benchmark.Benchmark(batch_size=100)
     row = bench.row("pgd10", 0.5, 0.1, "float32")

@@ -42,12 +42,14 @@ class Benchmark:
         from tfadv import config as config_lib
 
         name = method.rstrip("0123456789")
-        values = {"defense": name, "dataset": "cifar10", "eps": 8.0, "step_size": 2.0, "output_dir": "unused",
+        values = {"defense": name, "dataset": "cifar10", "eps": 8.0, "output_dir": "unused",
                   "batch_size": self.batch_size}
+        if name in ("pgd", "trades"):  # the methods that read --step_size (a flag a run does not read is refused)
+            values["step_size"] = 2.0
         if method != name:
             values["attack_steps"] = int(method[len(name):])
-        values.update({"fgsm_rs": {"step_size": 10.0}, "free": {"step_size": 8.0, "free_replays": self.free_replays}
-                       }.get(name, {}))
+        values.update({"fgsm_rs": {"fgsm_rs_step_size": 10.0},
+                       "free": {"free_step_size": 8.0, "free_replays": self.free_replays}}.get(name, {}))
         return config_lib.TrainConfig.from_flags(values)
 
     def network_name(self):
