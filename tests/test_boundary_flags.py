@@ -43,6 +43,7 @@ UNUSED = [
     (["--swa_mode=iswa"], "swa_mode"),
     (["--swa_start_epoch=3"], "swa_start_epoch"),
     (["--swa_bn_data=augmented"], "swa_bn_data"),
+    (["--defense=ssat", "--nossat_adaptive", "--ssat_lambda0=0.9"], "ssat_lambda0"),  # constant lambda1
 ]
 
 
@@ -65,7 +66,8 @@ def test_the_same_flags_are_used_with_the_flag_they_need():
                   ["--augmentation=crop", "--crop_padding=2"], ["--pgd_labels=bat", "--bat_gamma=0.1"],
                   ["--defense=bat", "--bat_labels=uniform", "--bat_eps_y=0.3"], ["--ls_method=bls", "--ls_alpha=0.1",
                                                                                   "--bls_temperature=0.01"],
-                  ["--squeeze_beta=0.1", "--squeeze_reduction=mean_l2"], ["--swa", "--swa_mode=iswa"]):
+                  ["--squeeze_beta=0.1", "--squeeze_reduction=mean_l2"], ["--swa", "--swa_mode=iswa"],
+                  ["--defense=ssat", "--ssat_lambda0=0.9"]):
         parse_training_flags([*DIGITS, *typed]).validate()
     parse_training_flags(["--flagfile=flags/cifar10.cfg", "--val_fraction=0.1", "--output_dir=x"]).validate()
 

@@ -908,6 +908,7 @@ class TrainConfig:
         if not self.averaging.swa:
             for flag in ("swa_start_epoch", "swa_mode", "swa_bn_data"):
                 unused[flag] = "applies with --swa"
+        unused.update(method.unused_options(self.options))  # the method's own options that depend on each other
         return unused
 
     def _refuse_unused_flags(self):

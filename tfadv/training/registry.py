@@ -83,6 +83,9 @@ class Method:
     # (one-step and replay methods: bat, fgsm_rs, free, ssat) or trains on clean inputs. A flag typed for a
     # method that does not read it is refused (from a flagfile it is recorded, unused).
     attack_flags: Optional[FrozenSet[str]] = None
+    # {flag: why} of the method's own options that its other options leave unread (SSAT's --ssat_lambda0 with
+    # --nossat_adaptive); refused when typed, as the run config's unused flags are (`TrainConfig.unused_flags`)
+    unused_options: Callable[[object], Mapping[str, str]] = lambda options: {}
     # whether the training attack starts at a random point of the eps-ball (BAT: --bat_random_start)
     random_start: Callable[[object], bool] = lambda options: True
     # run-config flags besides --defense of a short example run of the method (the ones a feature it `requires`

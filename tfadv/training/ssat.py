@@ -154,4 +154,6 @@ registry.register(registry.Method(
     updates_per_batch=lambda options: options.replays, attack_bn_mode="train", attack_bn_applies=False,
     step_levels=lambda options, eps, step_size: options.step_size or eps / options.replays,
     step_flag="ssat_step_size",
+    unused_options=lambda options: {} if options.adaptive else {
+        "ssat_lambda0": "applies with --ssat_adaptive (--nossat_adaptive smooths with a constant --ssat_lambda1)"},
     description="surface-smoothing adversarial training (paper 000): adaptive labels, m replays"))
