@@ -79,9 +79,9 @@ class FreeTrainer(Trainer):
             finite = tf.reduce_all(tf.math.is_finite(input_gradient))
             input_gradient = tf.where(finite, input_gradient, tf.zeros_like(input_gradient))
             step = attacks.steepest_step(input_gradient, a.step_size, a.norm, x_adv)
-            delta = attacks.project(delta + step, a.eps, a.norm)
-            if self.options.clip_delta:
-                delta = attacks.clip_to_box(x, delta)
+            # the loop's constraint (attacks/parts.py), or without the box clip Shafahi's +-eps clamp alone
+            delta = attacks.constrain(x, delta + step, a.eps, a.norm) if self.options.clip_delta else \
+                attacks.project(delta + step, a.eps, a.norm)
             metrics = self._update_metrics(loss, labels, logits)
         self.delta.assign(delta if replicas == 1 else context.all_gather(delta, axis=0))
         return metrics

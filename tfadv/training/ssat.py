@@ -144,7 +144,7 @@ class SSATTrainer(Trainer):
             gradient = self.attack_gradient(tape, attack_loss, attack_logits, logits, x_adv)
             del tape
             step = attacks.steepest_step(gradient, a.step_size, a.norm, x_adv)
-            delta = attacks.clip_to_box(x, attacks.project(delta + step, a.eps, a.norm))
+            delta = attacks.constrain(x, delta + step, a.eps, a.norm)  # the loop's constraint (attacks/parts.py)
             metrics = self._update_metrics(weight_loss, labels, logits)
         return metrics
 
