@@ -33,7 +33,7 @@ def plots(rows, results, labels, plots_dir):
             ax.plot(epochs, [100 * v for v in clean], "--", color=line.get_color(), alpha=0.6,
                     label=f"{labels[key]}: clean")
         ax.set(xlabel="epoch", ylabel="held-out validation accuracy (%)",
-               title="Paper 001 on real CIFAR-10 (subset, WRN-16-2): robust overfitting and its remedy")
+               title="Paper 001 on real CIFAR-10 (subset, WRN-16-2):\nrobust overfitting and its remedy")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         written.append(os.path.join(plots_dir, "cifar10_robust_overfitting.png"))
@@ -46,9 +46,10 @@ def plots(rows, results, labels, plots_dir):
                   "Papers 003/004: label smoothing and logit squeezing, alone and on PGD-AT",
                   [k for k in labels if k.startswith(("ls_", "squeeze", "pgd_ls", "pgd_squeeze"))]),
               "cifar10_ssat.png": ("Paper 000: SSAT vs Free-AT (same replays)", ["free", "ssat", "pgd"])}
+    references = {"cifar10_ssat.png": {"pgd"}}  # drawn beside the figure's own rows, never alone
     for name, (title, keys) in groups.items():
         keys = [k for k in keys if rows.get(k)]
-        if not keys:
+        if not set(keys) - references.get(name, set()):
             continue
         fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(keys)), 4))
         width = 0.27
