@@ -63,11 +63,17 @@ def _described(values):
             for name, flag in values._flags().items()}
 
 
+# flags evaluate.py gained after the flags were generated from EvalConfig (each with its default)
+ADDED_SINCE = {"attack_precision": "float32"}  # issue 24 item 3
+
+
 def test_the_flags_are_the_configs_fields_with_their_old_names_defaults_and_help():
     old, new = flags.FlagValues(), flags.FlagValues()
     _old_flags(old)
     assert config.define_flags(new) == [f.name for f in config.flag_fields()]
-    assert _described(new) == _described(old)
+    described = _described(new)
+    assert {name: described.pop(name)[1] for name in ADDED_SINCE} == ADDED_SINCE
+    assert described == _described(old)
 
 
 def _flag_values(*argv):

@@ -53,6 +53,44 @@ def as_float32(network: keras.Model) -> keras.Model:
     return copy
 
 
+BFLOAT16_POLICY = "mixed_bfloat16"
+
+
+def _policy_config(config, name: str):
+    """`config` (a layer's) with every dtype policy of its layers set to `name`; the tensors it connects
+    (`inbound_nodes`, whose "float32" is a tensor dtype) are left alone."""
+    if isinstance(config, dict):
+        if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+            return {**config, "config": {**config.get("config", {}), "name": name}}
+        return {key: value if key in ("inbound_nodes", "build_config") else
+                name if key == "dtype" and isinstance(value, str) else _policy_config(value, name)
+                for key, value in config.items()}
+    if isinstance(config, list):
+        return [_policy_config(value, name) for value in config]
+    return config
+
+
+def as_mixed_bfloat16(network: keras.Model) -> keras.Model:
+    """A `mixed_bfloat16` copy of a functional network (same weights, float32 variables): what `tfadv.models.build`
+    builds under that global policy. The hidden layers compute in bfloat16; the input normalisation (Normalization
+    layers: a 1/255 perturbation must survive it) and the output layers stay float32, so the logits are float32.
+    ValueError for a network that is not functional (a subclassed model has no config to rebuild)."""
+    try:
+        config = network.get_config()
+        layers, outputs = config["layers"], config["output_layers"]
+        # one output: ["logits", 0, 0]; several: a list of those
+        outputs = {outputs[0]} if isinstance(outputs[0], str) else {entry[0] for entry in outputs}
+    except (NotImplementedError, KeyError, TypeError) as error:
+        raise ValueError(f"{type(network).__name__} {network.name!r} is not a functional Keras network, so no "
+                         f"bfloat16 copy of it can be built ({error})") from None
+    keep = lambda layer: layer["class_name"] in ("InputLayer", "Normalization") or layer["name"] in outputs  # noqa
+    config = {**config, "layers": [layer if keep(layer) else _policy_config(layer, BFLOAT16_POLICY)
+                                   for layer in layers]}
+    copy = keras.Model.from_config(config)
+    copy.set_weights(network.get_weights())
+    return copy
+
+
 def serving_outputs(logits):
     """The standard outputs of a classifier signature."""
     logits = tf.cast(logits, tf.float32)

@@ -38,7 +38,8 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
                    output_dir: Optional[str] = None, output: Optional[str] = None, plots_dir: Optional[str] = None,
                    progress: bool = False, log: Optional[Callable] = print, model_name: Optional[str] = None,
                    examples_source: str = "examples", report_fields: Optional[dict] = None,
-                   shard=None, jit_compile: bool = False, save_adversarial: Optional[str] = None) -> dict:
+                   shard=None, jit_compile: bool = False, save_adversarial: Optional[str] = None,
+                   attack_precision: str = "float32") -> dict:
     """Clean, per-attack and worst-case accuracy of `model` on (x, y) ([0,1] NHWC, int labels); returns the
     report dict (tfadv.evaluation.Evaluator's, with the audit, diagnostics and Co-SSAT protocols when asked).
 
@@ -61,7 +62,11 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
     of (x, y); the report (the shard's own numbers) then carries what `tfadv.evaluation.shards.merge_reports`
     needs to rebuild the whole run's report exactly. The audit, diagnostics and Co-SSAT protocols cannot be
     merged: refused when asked for, skipped (said in `log`) when they would run by default. `jit_compile`:
-    compile every attack with XLA (the report then records "jit_compile": true).
+    compile every attack with XLA (the report then records "jit_compile": true). `attack_precision` ("float32",
+    "bfloat16"): what the attacks' iterations compute in; "bfloat16" attacks a mixed_bfloat16 copy of `model` (a
+    keras.Model or a tfadv run directory: a bare SavedModel or a logits_fn is refused) while the clean pass and
+    every verdict stay the float32 model's (a point is broken only if the float32 model misclassifies what the
+    attack returned); the report records it as "attack_precision".
 
     Every attack's outputs are checked against its threat model (`tfadv.evaluation.runner.check_threat_model`):
     invalid ones count as not broken and are counted per attack (`invalid_outputs`, `invalid_reasons`, a line in
@@ -81,7 +86,7 @@ def evaluate_model(model, x, y, attacks: Optional[Sequence] = None, *, suite: Un
         audit=audit, audit_square_queries=audit_square_queries, diagnostics=list(diagnostics), plots_dir=plots_dir,
         cossat_protocol=cossat_protocol, output=output, output_dir=output_dir, save_adversarial=save_adversarial,
         progress=progress, eval_batch_size=batch_size, eot_iter=eot_iter, seed=seed, shard=shard,
-        jit_compile=jit_compile, origin=config_lib.FLAGS_ORIGIN)
+        jit_compile=jit_compile, attack_precision=attack_precision, origin=config_lib.FLAGS_ORIGIN)
     return pipeline.evaluate(config, log=log, model=model, examples=(x, y), budget=budget,
                              attacks=list(attacks) if built else None, step_size=step_size,
                              source=None if source_path else source_model, model_name=model_name,

@@ -29,6 +29,7 @@ COSSAT_PROTOCOLS = {"white_box": ["white_box"], "half_white_box": ["half_white_b
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "cw20")
 NUM_EXAMPLES = 1000  # --num_examples when not given
 MAX_SEED = 2 ** 31 - 1
+ATTACK_PRECISIONS = ("float32", "bfloat16")
 FLAGS_ORIGIN, PYTHON_ORIGIN = "flags", "python"
 
 
@@ -89,6 +90,10 @@ class EvalConfig:
     shard: Optional[str] = _field(None, "string", "i/n: evaluate the i-th (0-based) of n slices of the examples "
                                                   "(merge_reports.py)")
     jit_compile: bool = _field(False, "boolean", "compile the attacks with XLA")
+    attack_precision: str = _field("float32", "string", f"what the attacks' iterations compute in: "
+                                                        f"{', '.join(ATTACK_PRECISIONS)} (a bfloat16 copy of the "
+                                                        f"model; needs a run directory or a keras.Model); the clean "
+                                                        f"pass and every success are the float32 model's")
     data_dir: Optional[str] = _field(None, "string", "tensorflow-datasets directory")
     download: bool = _field(False, "boolean", "let tensorflow-datasets download a missing dataset")
     # not flags: how errors name a value (FLAGS_ORIGIN: --flag; PYTHON_ORIGIN: the argument)
@@ -131,6 +136,12 @@ class EvalConfig:
         if self.cossat_protocol is not None and self.cossat_protocol not in COSSAT_PROTOCOLS:
             raise self.error("cossat_protocol", f"unknown {self.cossat_protocol!r}; valid: "
                                                 f"{', '.join(COSSAT_PROTOCOLS)}")
+        if self.attack_precision not in ATTACK_PRECISIONS:
+            raise self.error("attack_precision", f"unknown {self.attack_precision!r}; valid: "
+                                                 f"{', '.join(ATTACK_PRECISIONS)}")
+        if self.attack_precision != "float32" and self.cossat_protocol:
+            raise self.error("attack_precision", "the Co-SSAT protocols attack the SavedModel's outputs in float32; "
+                                                 "run them with --attack_precision=float32")
         try:
             parsed = shards.parse_shard(self.shard)
         except EvaluationError as error:

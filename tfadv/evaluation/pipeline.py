@@ -66,6 +66,7 @@ class Plan:
     output: Output
     report_fields: dict
     log: Optional[Callable]
+    attack_logits_fn: Optional[Callable] = None  # what the attacks iterate on (--attack_precision); None: logits_fn
 
     def say(self, *args):
         if self.log:
@@ -165,8 +166,18 @@ def _plan(config, model, examples, budget, attacks, step_size, source, log, mode
         raise EvaluationError(f"{data_flag}: the examples have shape {tuple(x.shape[1:])} but the model takes "
                               f"{tuple(expected[1:])}")
     num_classes = int(logits_fn(x[:1]).shape[-1])
+    attack_logits_fn = None
+    if config.attack_precision == "bfloat16":
+        if all(s.source is not None for s in specs):
+            raise EvaluationError("--attack_precision=bfloat16: every attack is a transfer attack, crafted on the "
+                                  "--source_model in float32; there are no attack iterations on the model to run in "
+                                  "bfloat16")
+        logits_fn, attack_logits_fn = bfloat16_attack_model(config.model_dir if from_files else model, logits_fn,
+                                                            x[:config.eval_batch_size])
     if config.jit_compile:
         check_xla(logits_fn, x[:1])
+        if attack_logits_fn is not None:
+            check_xla(attack_logits_fn, x[:1])
     if y.max() >= num_classes:  # the labels against the model's classes (data.check_arrays' words)
         raise EvaluationError(f"{data_flag}: label {int(y.max())} is out of range for the model's {num_classes} "
                               f"classes (0..{num_classes - 1})")
@@ -190,7 +201,7 @@ def _plan(config, model, examples, budget, attacks, step_size, source, log, mode
     protocols = config_lib.COSSAT_PROTOCOLS[config.cossat_protocol] if config.cossat_protocol else []
     return Plan(config, logits_fn, shown, x, y, examples_source, num_classes, budget, radii, specs, shard, audit,
                 diagnostics, protocols, outputs_fn, Output(output, output_dir, plots, model_name), report_fields or {},
-                log)
+                log, attack_logits_fn)
 
 
 def _read_examples(path: str):
@@ -225,9 +236,10 @@ def run(plan: Plan) -> dict:
         which = f"examples {start}..{stop - 1} (shard {plan.shard[0]}/{plan.shard[1]}) of {len(y)}"
     say(f"evaluating {plan.shown} on {which} of the {plan.examples_source}; eps {radii['linf']:.4f} (linf), "
         f"{radii['l2']:.4f} (l2), {radii['l1']:.4f} (l1); attacks: {', '.join(s.name for s in plan.specs)}"
-        + ("; attacks compiled with XLA" if config.jit_compile else ""))
+        + ("; attacks compiled with XLA" if config.jit_compile else "")
+        + ("; attack iterations in bfloat16, every success confirmed in float32" if plan.attack_logits_fn else ""))
     evaluator = runner.Evaluator(plan.logits_fn, plan.specs, config.eval_batch_size, config.seed, config.progress,
-                                 config.jit_compile)
+                                 config.jit_compile, plan.attack_logits_fn)
     keep = config.save_adversarial is not None
     try:
         if plan.shard is None:
@@ -250,6 +262,8 @@ def run(plan: Plan) -> dict:
     add_perturbation_levels(report, getattr(plan.budget, "pixel_max", None))
     if config.jit_compile:
         report["jit_compile"] = True
+    # what the attacks' iterations ran in; the clean pass and every verdict are the float32 model's either way
+    report["attack_precision"] = config.attack_precision
     say(reports.format_table(report))
     chance = 1.0 / plan.num_classes
     if plan.shard is None and report["clean_accuracy"] <= chance + CHANCE_MARGIN:
@@ -496,13 +510,72 @@ def load_model(model, unchecked: bool = False):
                                   f"{runs.saved_model_dir(os.fspath(model))})")
         return _load_saved_model(path, unchecked)
     if hasattr(model, "trainable_variables") and hasattr(model, "layers"):  # keras.Model: BN in inference mode
-        network = model
+        from tfadv import export
+
+        network = export.as_float32(model)  # a mixed-precision network is evaluated (and attacked) in float32
         logits_fn = lambda images: network(images, training=False)  # noqa: E731
         logits_fn.input_shape = getattr(network, "input_shape", None)
         return logits_fn, None
     if not callable(model):
         raise EvaluationError(f"model must be a SavedModel path, a keras.Model or a logits_fn, got {type(model)}")
     return model, None
+
+
+BFLOAT16_AGREEMENT = 1e-4  # the rebuilt run network's float32 logits against its SavedModel's (relative to max |logit|)
+
+
+def bfloat16_attack_model(model, logits_fn: Callable, images):
+    """(float32 logits_fn, bfloat16 logits_fn) for --attack_precision=bfloat16: a mixed_bfloat16 copy of the
+    network (`tfadv.export.as_mixed_bfloat16`). `model`: a keras.Model (its float32 copy, `export.as_float32`,
+    becomes the float32 logits_fn), or a tfadv run directory / its saved_model/1, whose network is rebuilt from
+    flags.txt and checkpoints/final.weights.h5 (the weights it exported) and checked against the SavedModel, which
+    stays the float32 model, on `images`. A bare SavedModel or a logits_fn has no network to copy:
+    EvaluationError."""
+    import numpy as np
+
+    from tfadv import export
+
+    def copy(network):
+        import tensorflow as tf
+
+        try:
+            low = export.as_mixed_bfloat16(network)
+        except ValueError as error:
+            raise EvaluationError(f"--attack_precision=bfloat16: {error}") from None
+        return lambda batch: tf.cast(low(batch, training=False), tf.float32)  # BN in inference mode
+
+    if hasattr(model, "trainable_variables") and hasattr(model, "layers"):
+        return load_model(model)[0], copy(model)
+    run_dir = run_directory_of(model) if isinstance(model, (str, os.PathLike)) else None
+    if run_dir is None:
+        what = f"{model} is a SavedModel outside a tfadv run directory" if isinstance(model, (str, os.PathLike)) \
+            else "a logits_fn is not a network"
+        raise EvaluationError(f"--attack_precision=bfloat16: {what}, so no bfloat16 copy of it can be built; give "
+                              f"the run directory (flags.txt, checkpoints/final.weights.h5) or a keras.Model, or "
+                              f"evaluate with --attack_precision=float32")
+    try:
+        network, _ = runs.load_run_network(run_dir, "final")
+    except (OSError, ValueError) as error:
+        raise EvaluationError(f"--attack_precision=bfloat16: cannot rebuild the network of {run_dir} ({error})") \
+            from None
+    ours = np.asarray(export.as_float32(network)(images, training=False))
+    theirs = np.asarray(logits_fn(images))
+    if ours.shape != theirs.shape or np.max(np.abs(ours - theirs)) > BFLOAT16_AGREEMENT * max(np.max(np.abs(theirs)),
+                                                                                            1.0):
+        raise EvaluationError(f"--attack_precision=bfloat16: the network rebuilt from {run_dir}'s flags.txt and "
+                              f"final checkpoint does not give its SavedModel's logits; evaluate with "
+                              f"--attack_precision=float32")
+    return logits_fn, copy(network)
+
+
+def run_directory_of(path) -> Optional[str]:
+    """The tfadv run directory of `path` (the run itself, or its saved_model/1), or None."""
+    path = os.path.normpath(os.fspath(path))
+    for candidate in (path, os.path.dirname(os.path.dirname(path))):
+        if candidate and runs.is_run(candidate) and runs.find_saved_model(candidate) in (
+                path, os.path.join(candidate, runs.SAVED_MODEL_DIR)):
+            return candidate
+    return None
 
 
 def _load_saved_model(path: str, unchecked: bool):

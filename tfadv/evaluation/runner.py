@@ -182,11 +182,17 @@ class Evaluator:
     both numpy arrays: what `tfadv.evaluation.shards` merges shards from. With `keep_adversarial`, also
     `adversarial`: {name: {"images": [A, ...] float32, "indices": [A] int64 (index_offset + position), "broken":
     [A] bool, "valid": [A] bool}} over the A examples each attack ran on.
+
+    `attack_logits_fn` (default: `logits_fn`): the logits the attacks' iterations see, e.g. a bfloat16 copy of
+    the model (`tfadv.export.as_mixed_bfloat16`). Only the attacks use it: the clean pass and every verdict are
+    `logits_fn`'s, so a returned image counts as broken only if `logits_fn` misclassifies it (an image that fools
+    the copy but not `logits_fn` is robust).
     """
 
     def __init__(self, logits_fn: Callable, specs: Sequence[AttackSpec], batch_size: int = 256, seed: int = 0,
-                 progress: bool = False, jit_compile: bool = False):
+                 progress: bool = False, jit_compile: bool = False, attack_logits_fn: Optional[Callable] = None):
         self.logits_fn = logits_fn
+        self.attack_logits_fn = attack_logits_fn if attack_logits_fn is not None else logits_fn
         self.specs = list(specs)
         self.batch_size = batch_size
         self.seed = seed
@@ -201,9 +207,11 @@ class Evaluator:
         def attack(spec):
             def fn(images, labels, indices):
                 keys = rng.example_keys(indices, self.seed, _salt(spec))
-                x_adv = spec.run(self.logits_fn, images, labels, keys)
+                x_adv = spec.run(self.attack_logits_fn, images, labels, keys)
                 checks = check_threat_model(images, x_adv, spec.norm, spec.eps)
                 chosen, valid = scored(images, x_adv, checks)
+                # the verdict: `logits_fn`'s (float32) classification of what the attack returned, whatever the
+                # attack's iterations ran on
                 correct = tf.logical_or(self._correct(chosen, labels), tf.logical_not(valid))
                 return correct, *checks, x_adv
 
@@ -315,6 +323,8 @@ class Evaluator:
 
 def evaluate(logits_fn: Callable, x, y, specs: Sequence[AttackSpec], batch_size: int = 256,
              log: Optional[Callable] = None, seed: int = 0, progress: bool = False, index_offset: int = 0,
-             jit_compile: bool = False) -> dict:
-    """One-off `Evaluator(logits_fn, specs, batch_size, seed, progress, jit_compile)(x, y, log, index_offset)`."""
-    return Evaluator(logits_fn, specs, batch_size, seed, progress, jit_compile)(x, y, log, index_offset)
+             jit_compile: bool = False, attack_logits_fn: Optional[Callable] = None) -> dict:
+    """One-off `Evaluator(logits_fn, specs, batch_size, seed, progress, jit_compile, attack_logits_fn)(x, y, log,
+    index_offset)`."""
+    return Evaluator(logits_fn, specs, batch_size, seed, progress, jit_compile, attack_logits_fn)(x, y, log,
+                                                                                                   index_offset)
