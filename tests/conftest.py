@@ -74,6 +74,15 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: (rank.get(os.path.basename(str(item.fspath)), len(rank)), order[id(item)]))
 
 
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+    """Keras' dtype policy is process-wide: `experiment.prepare` sets the run's (under --mixed_precision=auto,
+    the default, mixed bfloat16 on a CPU with AMX-BF16) and only `experiment.train` gives the caller its own
+    back; no test leaves another policy to the tests after it."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture
 def training_flags():
     """A fresh absl FlagValues with train.py's flags (tests of the command line's flagfile handling)."""

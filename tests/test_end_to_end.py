@@ -223,8 +223,10 @@ def test_mirrored_training_over_two_logical_cpu_devices_matches_one_device(tmp_p
     for devices in (2, 1):
         out = tmp_path / f"{defense}-{devices}"
         mirrored = ["--distribute=mirrored", f"--num_cpu_devices={devices}"] if devices > 1 else []
+        # float32: the claim is parity up to float32 round-off (--mixed_precision=auto trains in bfloat16 on an AMX
+        # CPU, whose per-replica bfloat16 gradients round differently: 0.24 apart after 2 epochs)
         result = run_script("train.py", f"--defense={defense}", "--flagfile=flags/digits.cfg", "--epochs=2",
-                            *mirrored, *extra, f"--output_dir={out}", "--eval_examples=100")
+                            "--mixed_precision=none", *mirrored, *extra, f"--output_dir={out}", "--eval_examples=100")
         assert result.returncode == 0, result.stderr[-3000:]
         if devices > 1:
             assert "2 replica(s)" in result.stdout and "XLA off" in result.stdout

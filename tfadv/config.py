@@ -20,6 +20,7 @@ import os
 from typing import List, Optional
 
 from tfadv import cluster, data, losses, models, targets, training
+from tfadv.precision import PRECISIONS
 from tfadv.errors import ConfigError
 from tfadv.callbacks import LR_SCHEDULES
 from tfadv.training import registry
@@ -27,7 +28,6 @@ from tfadv.training.registry import option
 
 JIT_MODES = ("auto", "true", "false")
 DISTRIBUTE_MODES = ("none", "mirrored", "multi_worker")
-PRECISIONS = ("none", "bfloat16", "float16")
 OPTIMIZERS = ("sgd", "adam")
 AUGMENTATIONS = ("auto", "none", "crop", "crop_flip")
 
@@ -382,7 +382,9 @@ class RuntimeSection:
     num_cpu_devices: int = option(1, "split the CPU into N logical devices (mirrored tests)")
     cluster_timeout: float = option(600.0, "multi_worker: seconds to wait for every worker of TF_CONFIG to join "
                                            "before giving up with one line (the worker is killed: exit status 137)")
-    mixed_precision: str = option("none", f"compute dtype: {', '.join(PRECISIONS)}")
+    mixed_precision: str = option("auto", f"compute dtype: {', '.join(PRECISIONS)} (auto: mixed bfloat16 on CPUs "
+                                          "with AMX-BF16 / AVX512-BF16 and GPUs of compute capability >= 8.0, "
+                                          "else none = float32; a resumed run keeps its precision)")
 
     @property
     def replicas(self) -> int:

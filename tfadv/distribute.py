@@ -33,7 +33,7 @@ import sys
 import subprocess
 import tempfile
 import threading
-from typing import Callable
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -74,18 +74,20 @@ def configure_devices(config: TrainConfig, log: Callable = print):
                                                      "set it before anything else runs") from None
 
 
-def setup(config: TrainConfig, log: Callable = print):
+def setup(config: TrainConfig, log: Callable = print, precision: Optional[str] = None):
     """The first thing a run does: logical CPU devices, and under multi_worker the strategy itself (it must come
     before any other TensorFlow op) and the check that every worker has the same flags (`check_same_flags`). A
     missing or malformed TF_CONFIG, or workers started with different flags, is a ConfigError naming
-    --distribute (on every worker, before anything is written)."""
+    --distribute (on every worker, before anything is written). `precision`: what --mixed_precision resolved to
+    on this worker (`tfadv.precision`); the workers compare it in place of the flag, so `auto` resolved
+    differently on machines with and without bfloat16 hardware is refused like different flags."""
     configure_devices(config, log)
     if config.runtime.distribute == "multi_worker":
         try:
             cluster_from_environment()
         except ValueError as error:
             raise ConfigError("distribute", str(error)) from None
-        check_same_flags(strategy(config, log), config)
+        check_same_flags(strategy(config, log), config, precision)
 
 
 # Flags that may differ between the workers of one run: where this machine keeps the data, and how long this
@@ -93,11 +95,14 @@ def setup(config: TrainConfig, log: Callable = print):
 LOCAL_FLAGS = ("data_dir", "cluster_timeout")
 
 
-def flag_digests(config: TrainConfig) -> dict:
+def flag_digests(config: TrainConfig, precision: Optional[str] = None) -> dict:
     """{flag: 32-bit digest of its value as two 16-bit numbers} for every flag but LOCAL_FLAGS (exact in float32,
-    the dtype every collective supports)."""
+    the dtype every collective supports); --mixed_precision's value is `precision` (the resolved one) if given."""
     digests = {}
-    for name, value in sorted(config.flat().items()):
+    values = config.flat()
+    if precision is not None:
+        values["mixed_precision"] = precision
+    for name, value in sorted(values.items()):
         if name not in LOCAL_FLAGS:
             digest = hashlib.sha256(f"{name}={value!r}".encode()).digest()
             digests[name] = [int.from_bytes(digest[0:2], "big"), int.from_bytes(digest[2:4], "big")]
@@ -111,12 +116,12 @@ def _gather(strategy_, values: list) -> list:
     return [[int(v) for v in worker] for worker in gathered.numpy()]
 
 
-def check_same_flags(strategy_, config: TrainConfig):
+def check_same_flags(strategy_, config: TrainConfig, precision: Optional[str] = None):
     """ConfigError naming --distribute on every worker if the workers of a multi-worker run were started with
     different flags (each would train its own configuration while the chief writes only its own; Boundary II
     item 6): each worker's digest of its effective configuration (`flag_digests`, LOCAL_FLAGS left out) is
     all-gathered and compared, then, if they differ, each flag's digest, to name the flags."""
-    digests = flag_digests(config)
+    digests = flag_digests(config, precision)
     whole = hashlib.sha256(repr(sorted(digests.items())).encode()).digest()
     summary = [len(digests)] + [int.from_bytes(whole[i:i + 2], "big") for i in range(0, 16, 2)]
     workers = _gather(strategy_, summary)
@@ -135,8 +140,11 @@ def check_same_flags(strategy_, config: TrainConfig):
     with contextlib.suppress(tf.errors.OpError):
         _gather(strategy_, [0])
     only = " and --".join(LOCAL_FLAGS)
+    auto = ("; --mixed_precision=auto resolved differently on these machines (one has bfloat16 hardware): pass "
+            "--mixed_precision=bfloat16 or none" if "mixed_precision" in names and config.runtime.mixed_precision ==
+            "auto" else "")
     raise ConfigError("distribute", f"the workers of TF_CONFIG run with different flags{names}: every worker must run "
-                                    f"the same command (only --{only} may differ)")
+                                    f"the same command (only --{only} may differ){auto}")
 
 
 def strategy(config: TrainConfig, log: Callable = print):

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from tfadv import cluster, data, distribute, evaluation, export, runs, training
+from tfadv import precision as precision_lib
 from tfadv.callbacks import (EpochLog, ResumableCheckpoint, RobustValidation, StochasticWeightAveraging,
                              make_schedule, schedule_curve, weights_finite)
 from tfadv.config import ConfigError, TrainConfig, read_flagfile
@@ -31,10 +32,21 @@ class RunError(RuntimeError):
 # precision (devices, strategy and XLA: tfadv.distribute)
 
 
-def set_precision(config: TrainConfig):
-    policies = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-    policy = policies[config.runtime.mixed_precision]
-    keras.mixed_precision.set_global_policy(policy)
+def resolve_precision(config: TrainConfig) -> precision_lib.Precision:
+    """--mixed_precision for this run (`tfadv.precision`): `auto` resolves from the device, or, for an interrupted
+    run in --output_dir that this run resumes, to the precision that run started with (its flags.txt)."""
+    out, recorded = config.runtime.output_dir, None
+    if (config.runtime.mixed_precision == precision_lib.AUTO and out and not config.runtime.overwrite
+            and not os.path.exists(runs.metrics_path(out))):
+        recorded = precision_lib.recorded_in_run(runs.flags_path(out))
+    return precision_lib.resolve(config.runtime.mixed_precision, recorded)
+
+
+def set_precision(config: TrainConfig, resolved: Optional[precision_lib.Precision] = None) -> precision_lib.Precision:
+    """Sets Keras' global dtype policy for the run's precision (`resolve_precision` unless given); returns it."""
+    resolved = resolved or resolve_precision(config)
+    keras.mixed_precision.set_global_policy(resolved.policy)
+    return resolved
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -143,6 +155,8 @@ def _changed_flags(previous: TrainConfig, config: TrainConfig) -> list:
         a, b = old.get(name), new[name]
         if name == "output_dir":
             a, b = os.path.realpath(a or ""), os.path.realpath(b or "")
+        if name == "mixed_precision" and b == precision_lib.AUTO:
+            continue  # auto resumes in the precision the run started with, whatever it recorded (resolve_precision)
         if a != b:
             changed.append(f"--{name}={new[name]} (was {old.get(name)})")
     return changed
@@ -213,6 +227,7 @@ class Prepared:
     # is where this process writes: the same on the chief, a temporary directory on another worker)
     strategy: object = None
     run_dir: str = ""
+    precision: Optional[precision_lib.Precision] = None  # --mixed_precision resolved (auto: from the device)
 
 
 @dataclasses.dataclass
@@ -237,8 +252,13 @@ class Built:
 def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
     """Checks the configuration, the output directory, the data and the teachers; makes the strategy. Writes
     nothing (a non-chief worker of multi_worker gets a temporary directory to write to; `train` removes it)."""
-    distribute.setup(config, log)  # first: logical devices; a MultiWorkerMirroredStrategy precedes every TF op
+    # resolved before any TF op (it reads /proc/cpuinfo, TF's physical device list and an interrupted run's flags.txt)
+    # so that the workers of a multi-worker run check they resolved it alike
+    precision = resolve_precision(config) if config.runtime.mixed_precision in precision_lib.PRECISIONS else None
+    # first: logical devices; a MultiWorkerMirroredStrategy precedes every TF op
+    distribute.setup(config, log, precision=precision and precision.value)
     config.validate()
+    log(precision.describe())  # the run's first line (a multi-worker run may first say it waits for its cluster)
     _check_output_dir(config)
     unwritable = evaluation.api.unwritable_reason(config.runtime.output_dir, directory=True)
     if unwritable:
@@ -250,7 +270,7 @@ def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
     batch_size = config.optimization.batch_size
     if data.steps_per_epoch(len(splits.train[0]), batch_size) < 1:  # refused before anything is written or removed
         raise ConfigError("batch_size", f"{batch_size} exceeds the {len(splits.train[0])} training examples")
-    set_precision(config)
+    set_precision(config, precision)
     # a wrong teacher fails here, before anything is written
     distillation, teacher_records = build_distillation(config, log)
     strategy = distribute.strategy(config, log)
@@ -259,7 +279,7 @@ def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
     if write_dir != run_dir:
         log(f"not the chief: writing to {write_dir} (removed at the end); the chief writes {run_dir}")
         config = config.replace(output_dir=write_dir)
-    return Prepared(config, splits, distillation, teacher_records, strategy, run_dir)
+    return Prepared(config, splits, distillation, teacher_records, strategy, run_dir, precision)
 
 
 def build(prepared: Prepared, log: Callable = print) -> Built:
@@ -289,7 +309,8 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
     if rt.overwrite and os.path.isdir(out):
         runs.remove_training_outputs(out)  # an evaluation's report.json, report.md, eval/ ... stay
     os.makedirs(out, exist_ok=True)
-    runs.atomic_write(runs.flags_path(out), config.to_flagfile())
+    # `--mixed_precision=auto` as typed, then what it resolved to: a resumed run keeps it (resolve_precision)
+    runs.atomic_write(runs.flags_path(out), config.to_flagfile() + precision_lib.record_line(prepared.precision))
     os.makedirs(runs.checkpoints_dir(out), exist_ok=True)
     validation, validation_info, best_paths, swa = _validation(config, splits, network, log)
     # Every worker continues from the run directory's checkpoint (a non-chief one saves to its temporary
@@ -408,7 +429,8 @@ def finish(prepared: Prepared, built: Built, log: Callable = print) -> dict:
                   "attack_seed": evaluation.EVALUATION_SEED,
                   "weights": f"SWA average of {swa.count} epochs" if swa is not None and swa.count else "last epoch"},
         "validation": built.validation_info,
-        "precision": {"training": keras.mixed_precision.global_policy().name, "measured": "float32"},
+        "precision": {"training": keras.mixed_precision.global_policy().name, "measured": "float32",
+                      **prepared.precision.to_json()},
     }
     what = "SWA-averaged weights (BatchNorm recomputed) once averaging started" if swa is not None else "weights"
     for key, kind, checkpoint in (("best", "robust", "best_robust"), ("best_clean", "clean", "best_clean")):
