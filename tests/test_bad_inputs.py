@@ -78,6 +78,14 @@ CASES = [
      TRAIN + ["--defense=natural", "--attack_bn_mode=train", "--output_dir={out}"], "--attack_bn_mode"),
     ("train-attack-bn-mode-unknown", "train.py", TRAIN + ["--attack_bn_mode=frozen", "--output_dir={out}"],
      "--attack_bn_mode"),
+    ("train-attack-steps-with-bat", "train.py", TRAIN + ["--defense=bat", "--attack_steps=3", "--output_dir={out}"],
+     "--attack_steps"),
+    ("train-attack-steps-with-natural", "train.py",
+     TRAIN + ["--defense=natural", "--attack_steps=3", "--output_dir={out}"], "--attack_steps"),
+    ("train-ssat-lambda0-without-adaptive", "train.py",
+     TRAIN + ["--defense=ssat", "--nossat_adaptive", "--ssat_lambda0=0.9", "--output_dir={out}"], "--ssat_lambda0"),
+    ("train-option-of-another-method-from-a-flagfile", "train.py",
+     ["--flagfile={cfg:other_method}", "--defense=pgd", "--output_dir={out}"], "--trades_beta"),
     ("train-fgsm-rs-step-negative", "train.py",
      TRAIN + ["--defense=fgsm_rs", "--fgsm_rs_step_size=-1", "--output_dir={out}"], "--fgsm_rs_step_size"),
     ("train-free-step-negative", "train.py", TRAIN + ["--defense=free", "--free_step_size=-2", "--output_dir={out}"],
@@ -118,6 +126,8 @@ CASES = [
     # evaluate.py: flags
     ("eval-step-size-negative", "evaluate.py", ["--attacks=pgd20", "--attack_step_size=-1"], "--attack_step_size"),
     ("eval-step-size-0", "evaluate.py", ["--attacks=pgd20", "--attack_step_size=0"], "--attack_step_size"),
+    ("eval-plots-dir-under-file", "evaluate.py", ["--attacks=fgsm", "--diagnostics=linearity",
+                                                  "--plots_dir={file}/plots"], "--plots_dir"),
     ("eval-eps-l2-negative", "evaluate.py", ["--eps_l2=-1"], "--eps_l2"),
     ("eval-eps-nan", "evaluate.py", ["--eps=nan"], "--eps"),
     ("eval-batch-size-0", "evaluate.py", ["--eval_batch_size=0"], "--eval_batch_size"),
@@ -170,12 +180,13 @@ CASES = [
 
 
 def _flagfiles(directory):
-    """The bad flagfiles: one that includes itself, two that include each other, a binary one, latin-1 text, and
-    one with a line that is no flag."""
+    """The bad flagfiles: one that includes itself, two that include each other, a binary one, latin-1 text, one
+    with a line that is no flag, and one that sets another method's option (refused whatever its source)."""
     paths = {name: os.path.join(directory, f"{name}.cfg") for name in
-             ("itself", "first", "second", "binary", "latin1", "garbage")}
+             ("itself", "first", "second", "binary", "latin1", "garbage", "other_method")}
     texts = {"itself": f"--eps=2\n--flagfile={paths['itself']}\n", "first": f"--flagfile={paths['second']}\n",
-             "second": f"--epochs=1\n--flagfile={paths['first']}\n", "garbage": "--dataset=digits\neps 3\n"}
+             "second": f"--epochs=1\n--flagfile={paths['first']}\n", "garbage": "--dataset=digits\neps 3\n",
+             "other_method": "--dataset=digits\n--epochs=1\n--trades_beta=3\n"}
     for name, text in texts.items():
         with open(paths[name], "w") as handle:
             handle.write(text)

@@ -23,10 +23,10 @@ def test_a_cascade_of_attacks_with_the_audit_prints_no_retracing_warning(natural
     records = _Records()
     tf.get_logger().addHandler(records)
     try:
-        x, y = data.take(digits.test, 120)
+        x, y = data.take(digits.test, 60)
         report = evaluation.evaluate_model(natural_mlp, x, y, suite="autoattack", attacks=["fgsm", "pgd20", "cw20"],
-                                           budget={"linf": 0.125, "l2": 1.0, "l1": 8.0}, batch_size=50, log=None)
+                                           budget={"linf": 0.125, "l2": 1.0, "l1": 8.0}, batch_size=25, log=None)
     finally:
         tf.get_logger().removeHandler(records)
-    assert len(report["attacks"]) == 7 and "audit" in report  # every attack ran, in batches of 50 and a last 20
+    assert len(report["attacks"]) == 7 and "audit" in report  # every attack ran, in batches of 25 and a last 10
     assert [m for m in records.messages if "retracing" in m] == []
