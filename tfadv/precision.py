@@ -6,12 +6,13 @@
 * CPU: bfloat16 when the CPU has AMX-BF16 or AVX512-BF16 (`amx_bf16` / `avx512_bf16` in /proc/cpuinfo: Intel
   Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later), where TensorFlow's oneDNN kernels run bfloat16
   matrix products in hardware (on this AMX CPU a training step took 1.6-2.2x less time than in float32,
-  docs/scaling.md); float32 on every other CPU (emulated bfloat16 is slower than float32) and where the CPU's
-  features cannot be read (no /proc/cpuinfo: macOS, Windows).
+  docs/scaling.md); float32 on every other CPU (no bfloat16 instructions: emulated, no gain expected; not
+  measured) and where the CPU's features cannot be read (no /proc/cpuinfo: macOS, Windows).
 * GPU: bfloat16 when every visible GPU has compute capability >= 8.0 (Ampere and later have bfloat16 tensor
   cores; bfloat16 keeps float32's exponent range, so it needs no loss scaling); float32 on older GPUs, which
-  have no bfloat16 arithmetic. float16 (faster on Volta / Turing tensor cores) needs loss scaling and can
-  underflow in attack gradients, so it stays a choice the user makes: `--mixed_precision=float16`.
+  have no bfloat16 tensor cores (bfloat16 would be emulated). float16 (faster on Volta / Turing tensor cores)
+  needs loss scaling and can underflow in attack gradients, so it stays a choice the user makes:
+  `--mixed_precision=float16`.
 
 The choice is made once, when a run starts (`resolve`), logged as the run's first line, recorded in flags.txt
 (`--mixed_precision=auto` as typed, then `record_line`: what it resolved to and why) and in metrics.json. A
