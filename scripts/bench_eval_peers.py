@@ -27,6 +27,7 @@ def parse(argv):
     parser.add_argument("--peers", default=",".join(eval_peers.PEERS),
                         help=f"comma-separated, of {', '.join(eval_peers.PEERS)}; empty: tfadv alone")
     parser.add_argument("--seed", type=int, default=0, help="every tool's seed")
+    parser.add_argument("--threads", type=int, help="intra-op threads of TF and torch (default: the cores)")
     parser.add_argument("--nowarm", dest="warm", action="store_false",
                         help="tfadv cold only (no second pass with the attacks already traced)")
     parser.add_argument("--json", help="also write the results (rows with per-example robustness) here")
@@ -47,7 +48,7 @@ def main(argv=None):
     cli.quiet_tensorflow()
     cli.quiet_logging()
     eval_peers.benchmark(args.model_dir, args.data_dir, args.num_examples, args.batch_size, peers, args.seed,
-                         args.warm, args.json)
+                         args.warm, args.json, args.threads)
 
 
 if __name__ == "__main__":

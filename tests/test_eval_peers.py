@@ -60,6 +60,11 @@ def test_only_the_chosen_peers_dependencies_are_needed(monkeypatch):
         eval_peers.check_peers(["art", "cleverhans"])
 
 
+def test_a_busy_machine_is_said_to_give_no_measurement():
+    assert eval_peers.busy_warning(0.9, 2) is None
+    assert eval_peers.busy_warning(7.5, 2).startswith("WARNING: load average 7.50 on 2 cores: the machine is not quiet")
+
+
 def tfadv_rows():
     """A 6-example cascade: examples 4, 5 misclassified clean; APGD-CE breaks 0; APGD-T breaks 1; FAB-T and Square
     break nothing."""

@@ -15,7 +15,8 @@ the per-example agreement with tfadv over the points both attacked (exact agreem
 which has no random start with one restart; APGD's start and Square's proposals are random numbers the tools
 draw differently), and how many times longer than tfadv the row took (wall). tfadv runs cold (the first call
 traces every attack, as evaluate.py does) and, with `warm`, again with the graphs already traced. Every tool uses
-the same threads: TF's intra-op pool and torch's are set to the cores this process may run on.
+the same threads: TF's intra-op pool and torch's are set to the cores this process may run on (or `threads`);
+the load average before and after is recorded, with a warning when the machine is not quiet.
 
 PyTorch, torchattacks and ART are not tfadv dependencies: this module imports them only when a peer runs, and
 `missing_dependencies` names what a run needs. A measurement, not a test: run it on a quiet machine.
@@ -331,15 +332,32 @@ def _versions(peers) -> dict:
     return {name: metadata.version(name) for name in names}
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def busy_warning(load: float, count: int):
+    """A warning when the 1-minute load average says other work shares the cores (None on a quiet machine). On a
+    busy machine torch's OpenMP threads wait for each other at every op (measured here: a WRN-16-2 forward pass
+    4x slower in CPU time with 2 threads than with 1 under a load of 9 on 2 cores), so no figure is a
+    measurement."""
+    if load <= 0.5 * count:
+        return None
+    return (f"WARNING: load average {load:.2f} on {count} cores: the machine is not quiet, other processes take "
+            f"the cores (torch's threads, which wait for each other, suffer most); the seconds are not a measurement")
+
+
 def benchmark(model_dir: str, data_dir=None, num_examples: int = 100, batch_size: int = 256, peers=PEERS,
-              seed: int = 0, warm: bool = True, json_path=None, log=print) -> dict:
+              seed: int = 0, warm: bool = True, json_path=None, threads=None, log=print) -> dict:
     """Runs tfadv and the `peers` on the first `num_examples` test images of the model at `model_dir` (a tfadv
-    run directory, or its saved_model/1 for tfadv alone), prints the Markdown table and returns it with the rows
-    (JSON-ready; also written to `json_path`)."""
+    run directory, or its saved_model/1 for tfadv alone) with `threads` intra-op threads in TF and torch
+    (default: `cores()`), prints the Markdown table and returns it with the rows (JSON-ready; also written to
+    `json_path`)."""
     import numpy as np
 
     peers = check_peers(peers)
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = threads or cores()
     import tensorflow as tf
 
     try:
@@ -355,15 +373,17 @@ def benchmark(model_dir: str, data_dir=None, num_examples: int = 100, batch_size
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     radii = budget.radii()
     eps = float(radii["linf"])
-    tf_threads = (tf.config.threading.get_intra_op_parallelism_threads() or f"default ({threads})",
-                  tf.config.threading.get_inter_op_parallelism_threads() or f"default ({threads})")
+    tf_threads = (tf.config.threading.get_intra_op_parallelism_threads() or f"default ({cores()})",
+                  tf.config.threading.get_inter_op_parallelism_threads() or f"default ({cores()})")
     meta = {"model_dir": model_dir, "dataset": spec.name, "num_examples": int(len(y)), "eps": eps,
-            "batch_size": batch_size, "seed": seed, "cpu": _cpu_model(), "cores": threads,
+            "batch_size": batch_size, "seed": seed, "cpu": _cpu_model(), "cores": cores(), "threads": threads,
             "load_average_before": [round(v, 2) for v in load], "versions": _versions(peers),
             "tf_threads": {"intra_op": str(tf_threads[0]), "inter_op": str(tf_threads[1])}}
     log(f"{model_dir}: {spec.name}, {len(y)} test images, eps {eps:.6g} (l-inf), batch {batch_size}, seed {seed}; "
-        f"{meta['cpu']}, {threads} cores, load average {load[0]:.2f}; TF threads intra-op {tf_threads[0]}, "
+        f"{meta['cpu']}, {cores()} cores, load average {load[0]:.2f}; TF threads intra-op {tf_threads[0]}, "
         f"inter-op {tf_threads[1]}")
+    if busy_warning(load[0], cores()):
+        log(busy_warning(load[0], cores()))
     passes = ("cold", "warm") if warm else ("cold",)
     tfadv, clean = run_tfadv(logits_fn, x, y, radii, batch_size, seed, passes, log)
     if warm and not all(np.array_equal(a["robust_after"], b["robust_after"])
@@ -394,6 +414,8 @@ def benchmark(model_dir: str, data_dir=None, num_examples: int = 100, batch_size
     table = format_table(rows, reference)
     log(f"\nclean accuracy {clean.mean():.4f}; load average before {meta['load_average_before'][0]:.2f}, after "
         f"{meta['load_average_after'][0]:.2f}\n")
+    if busy_warning(meta["load_average_after"][0], cores()):
+        log(busy_warning(meta["load_average_after"][0], cores()) + "\n")
     log(table)
     log("\nsame outcome: per example, over the points both attacked (broken or not); exact agreement is expected for "
         "FAB-T only (deterministic), APGD's random start and Square's proposals being the tools' own random draws. "
