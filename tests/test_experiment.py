@@ -23,6 +23,10 @@ def _run(tmp_path_factory, name, **overrides):
                   eps=2.0, step_size=0.5, attack_steps=3, val_every=1, val_attack_steps=5, eval_attack_steps=5,
                   output_dir=str(out))
     values.update(overrides)
+    if values.get("defense") not in ("pgd", "trades"):  # the k-step attack flags only where the method reads them
+        for flag in ("step_size", "attack_steps"):
+            if flag not in overrides:
+                values.pop(flag)
     metrics = experiment.train(TrainConfig.from_flags(**values), **QUIET)
     with open(out / "history.csv") as handle:
         history = list(csv.DictReader(handle))
@@ -232,9 +236,9 @@ def test_flags_file_round_trips_the_new_fields(tmp_path):
 
 @pytest.mark.parametrize("defense", ["pgd", "fgsm_rs", "bat"])
 def test_eps_warmup_grows_the_training_perturbation_linearly(defense, digits):
-    step = {"fgsm_rs": {"fgsm_rs_step_size": 1.0}, "bat": {}}.get(defense, {"step_size": 1.0})  # its own step flag
-    config = TrainConfig.from_flags(defense=defense, eps=2.0, attack_steps=5, eps_warmup_epochs=2.0,
-                                    output_dir="unused", **step)
+    # its own step flag; the k-step flags only for PGD (a flag the method does not read is refused)
+    step = {"fgsm_rs": {"fgsm_rs_step_size": 1.0}, "bat": {}}.get(defense, {"step_size": 1.0, "attack_steps": 5})
+    config = TrainConfig.from_flags(defense=defense, eps=2.0, eps_warmup_epochs=2.0, output_dir="unused", **step)
     keras.utils.set_random_seed(0)
     network = config.build_network()
     trainer = config.build_trainer(network, None, updates_per_epoch=4)
