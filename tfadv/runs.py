@@ -217,29 +217,30 @@ def remove_training_outputs(run_dir: str) -> list:
     return removed
 
 
-def atomic_write(target: str, text: str):
-    """Writes `text` to `target` via a temporary file, so a crash never leaves a half-written file."""
+@contextlib.contextmanager
+def replacing(target: str):
+    """Yields a temporary path beside `target` to write; renamed to `target` when the block ends, removed if it
+    fails (a full disk, a signal): the old file stays as it was and no half-written or temporary file is left."""
     tmp = f"{target}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:  # a full disk, a signal: the old file stays as it was, no temporary file is left
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def save_figure(fig, target: str, **kwargs) -> str:
-    """`fig.savefig(target, **kwargs)` via a temporary file (as `atomic_write`): never a half-written image."""
-    tmp = f"{target}.tmp{os.getpid()}"
-    try:
-        fig.savefig(tmp, format=os.path.splitext(target)[1].lstrip(".") or "png", **kwargs)
+        yield tmp
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write(target: str, text: str):
+    """Writes `text` to `target` via a temporary file (`replacing`), so a crash never leaves a half-written file."""
+    with replacing(target) as tmp, open(tmp, "w") as handle:
+        handle.write(text)
+
+
+def save_figure(fig, target: str, **kwargs) -> str:
+    """`fig.savefig(target, **kwargs)` via a temporary file (`replacing`): never a half-written image."""
+    with replacing(target) as tmp:
+        fig.savefig(tmp, format=os.path.splitext(target)[1].lstrip(".") or "png", **kwargs)
     return target
 
 

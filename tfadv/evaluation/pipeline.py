@@ -687,13 +687,6 @@ def save_adversarial_examples(path: str, adversarial: dict) -> str:
     arrays = {"attacks": np.asarray(list(adversarial), dtype=str)}
     for name, fields in adversarial.items():
         arrays.update({f"{name}/{field}": value for field, value in fields.items()})
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with runs.replacing(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
