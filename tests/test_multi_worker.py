@@ -252,6 +252,19 @@ def test_sigterm_stops_a_worker_waiting_for_its_cluster(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_sigterm_sent_while_the_watchdog_starts_still_stops_the_worker():
+    """The race behind a clean-clone CI failure: SIGTERM reached the watchdog before its Python had installed the
+    handler, killed it silently, and the worker (blocked in TF's handshake) then waited for ever."""
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    watchdog = distribute.start_watchdog(worker.pid, 600, "unused")
+    try:
+        os.kill(watchdog.pid, signal.SIGTERM)  # at once: the watchdog's interpreter has not started yet
+        assert watchdog.wait(timeout=60) == 1  # its handler ran (SIGTERM's default would be -15)
+        assert worker.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        distribute.stop([worker, watchdog])
+
+
 def _waiting(pid):
     """Whether `pid` has started its watchdog (a child process running the handshake's watchdog)."""
     try:

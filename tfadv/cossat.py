@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfadv import runs
+from tfadv import graphs, runs
 
 METRICS = ("dlr", "top1", "top2", "kl_uniform", "cw_abs")
 MODES = ("dlr", "vote")
@@ -355,7 +355,7 @@ def calibration_examples(ssat_network, x, y, eps, steps, batch_size=256, seed=0)
 def routing_report(model: CoSSAT, x, y, batch_size=256) -> dict:
     """What clean inputs do: the share routed to the base model and the accuracy of each path."""
     use_base, ssat_ok, base_ok, cossat_ok = [], [], [], []
-    compiled = tf.function(model.outputs, reduce_retracing=True)
+    compiled = graphs.function(model.outputs, reduce_retracing=True)
     for start in range(0, len(x), batch_size):
         out = compiled(tf.constant(x[start:start + batch_size]))
         labels = y[start:start + batch_size]

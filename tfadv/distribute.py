@@ -189,6 +189,7 @@ def on_signal(signum, frame):
     stop("stopped by %s while waiting for the other workers" % signal.Signals(signum).name)
 for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, on_signal)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by the worker until here
 start = time.monotonic()
 while True:
     left = timeout - (time.monotonic() - start)
@@ -203,6 +204,19 @@ while True:
 """
 
 
+def start_watchdog(pid: int, timeout: float, message: str) -> subprocess.Popen:
+    """The `_WATCHDOG` process for worker `pid`; it exits when its stdin is closed. Ctrl-C and SIGTERM stay
+    blocked in it (a signal mask survives fork and exec) until its handlers are installed: a signal sent while it
+    started (Python takes a second under load) used to kill it silently and leave the worker waiting for ever
+    (tests/test_multi_worker.py failed so in a clean-clone CI run)."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(pid), repr(float(timeout)), message],
+                                stdin=subprocess.PIPE)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _join_cluster(cluster: Cluster, timeout: float, log: Callable):
     """MultiWorkerMirroredStrategy, with a watchdog (`_WATCHDOG`) while the workers join: it says what it waits
     for, gives up after `timeout` seconds with one line, and stops on Ctrl-C. Afterwards SIGTERM terminates this
@@ -214,8 +228,7 @@ def _join_cluster(cluster: Cluster, timeout: float, log: Callable):
     if others:
         log(f"multi_worker: waiting for {len(others)} other worker(s) ({', '.join(others)}), up to {timeout:g} s "
             "(--cluster_timeout)")
-    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), repr(float(timeout)), message],
-                                stdin=subprocess.PIPE)
+    watchdog = start_watchdog(os.getpid(), timeout, message)
     try:
         made = tf.distribute.MultiWorkerMirroredStrategy()
     finally:

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfadv import attacks
+from tfadv import attacks, graphs
 
 TOLERANCE = 0.02  # accuracy differences below 2 points are noise on small evaluation sets
 # AutoAttack's check_square_sr (fra31/auto-attack, autoattack/checks.py): Square ending more than 0.2 points of
@@ -252,14 +252,14 @@ def gradient_statistics(logits_fn: Callable, x, y, batch_size: int = 256) -> dic
             _, gradient = attacks.input_gradient(logits_fn, images, labels, loss)
             flat = tf.reshape(gradient, [tf.shape(images)[0], -1])
             return tf.stack([tf.reduce_sum(tf.abs(flat), -1), tf.reduce_sum(tf.square(flat), -1)], -1)
-        return tf.function(fn, reduce_retracing=True)
+        return graphs.function(fn, reduce_retracing=True)
 
     def correct(images, labels):
         return tf.equal(tf.argmax(logits_fn(images), -1, output_type=tf.int32), labels)
 
     ce = _batched(norms("ce"), x, y, batch_size).reshape(-1, 2)
     margin = _batched(norms("cw"), x, y, batch_size).reshape(-1, 2)
-    ok = _batched(tf.function(correct, reduce_retracing=True), x, y, batch_size).astype(bool).reshape(-1)
+    ok = _batched(graphs.function(correct, reduce_retracing=True), x, y, batch_size).astype(bool).reshape(-1)
     squared = ce[:, 1]
     table = {}
     for subset, mask in (("all", np.ones_like(ok)), ("correct", ok), ("wrong", ~ok)):
@@ -344,7 +344,7 @@ def audit(logits_fn: Callable, x, y, report: dict, eps: float, batch_size: int =
     def correct(images, labels):
         return tf.equal(tf.argmax(logits_fn(images), -1, output_type=tf.int32), labels)
 
-    unbounded = tf.function(lambda images, labels: correct(
+    unbounded = graphs.function(lambda images, labels: correct(
         attacks.pgd(logits_fn, images, labels, eps=1.0, step_size=0.1, steps=unbounded_steps), labels),
         reduce_retracing=True)
     acc_unbounded = float(_batched(unbounded, x, y, batch_size).mean()) if len(y) else 0.0
@@ -354,7 +354,7 @@ def audit(logits_fn: Callable, x, y, report: dict, eps: float, batch_size: int =
 
     rng = np.random.default_rng(seed)
     noisy = np.clip(x + rng.choice([-eps, eps], size=x.shape).astype(np.float32), 0, 1)
-    acc_noise = float(_batched(tf.function(correct, reduce_retracing=True), noisy, y, batch_size).mean())
+    acc_noise = float(_batched(graphs.function(correct, reduce_retracing=True), noisy, y, batch_size).mean())
     attacked = _select(attack_classes(report), norm="linf")
     if attacked:
         checks.append(_verdict("random_noise", acc_noise >= min(attacked.values()) - TOLERANCE,

@@ -29,6 +29,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfadv import graphs
 from tfadv.attacks import rng
 from tfadv.evaluation import runner
 
@@ -61,10 +62,10 @@ def evaluate(outputs_fn: Callable, x, y, specs: Sequence, protocol: str = "white
             fooled = tf.not_equal(tf.argmax(branch(source)(x_adv), -1, output_type=tf.int32), labels) & valid
             return x_adv, fooled, checks
 
-        return tf.function(fn, reduce_retracing=True) if spec.compiled else fn
+        return graphs.function(fn, reduce_retracing=True) if spec.compiled else fn
 
     compiled = {(spec.name, source): crafted(spec, source) for spec in specs for source in sources}
-    classify = tf.function(lambda images: outputs_fn(images)["classes"], reduce_retracing=True)
+    classify = graphs.function(lambda images: outputs_fn(images)["classes"], reduce_retracing=True)
 
     def batched(fn, indices, *arrays):
         outs = []

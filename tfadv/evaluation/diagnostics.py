@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from tfadv import attacks, runs
+from tfadv import attacks, graphs, runs
 
 
 def linear_robustness(logits_fn: Callable, x, y, eps: float, batch_size: int = 256) -> dict:
@@ -52,7 +52,7 @@ def linear_robustness(logits_fn: Callable, x, y, eps: float, batch_size: int = 2
             fgsm.append(tf.equal(tf.argmax(logits_fn(x_adv), -1, output_type=tf.int32), labels))
         return gap, gradient_gap, coherence, correct, fgsm[0], fgsm[1]
 
-    compiled = tf.function(run, reduce_retracing=True)
+    compiled = graphs.function(run, reduce_retracing=True)
     parts = [compiled(tf.constant(x[s:s + batch_size]), tf.constant(y[s:s + batch_size]))
              for s in range(0, len(x), batch_size)]
     gap, gradient_gap, coherence, correct, fgsm_ce, fgsm_cw = (

@@ -22,7 +22,7 @@ from typing import Callable, Dict, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfadv import attacks, runs
+from tfadv import attacks, graphs, runs
 
 
 def _batched(fn, arrays, batch_size=256):
@@ -49,7 +49,7 @@ def gradient_magnitudes(logits_fn: Callable, x, y, batch_size=256) -> dict:
         flat = _flat(gradient)
         return tf.reduce_sum(tf.square(flat), -1), tf.reduce_sum(tf.abs(flat), -1), correct
 
-    squared, l1, correct = _batched(tf.function(run, reduce_retracing=True), (x, np.asarray(y, np.int32)),
+    squared, l1, correct = _batched(graphs.function(run, reduce_retracing=True), (x, np.asarray(y, np.int32)),
                                     batch_size)
 
     def stats(values):
@@ -86,7 +86,7 @@ def local_lipschitz(logits_fn: Callable, x, eps: float, steps: int = 10, batch_s
         delta = attacks.repeat(body, delta, steps)
         return ratio(images, images + delta)
 
-    run = tf.function(lambda images: (search(images, 1.0), search(images, -1.0)), reduce_retracing=True)
+    run = graphs.function(lambda images: (search(images, 1.0), search(images, -1.0)), reduce_retracing=True)
     upper, lower = _batched(run, (x,), batch_size)
     return {"upper": float(np.mean(upper)), "lower": float(np.mean(lower)), "eps": eps, "steps": steps}
 
@@ -113,7 +113,7 @@ def local_linearity(logits_fn: Callable, x, y, eps: float, steps: int = 10, batc
         delta = attacks.repeat(body, attacks.clip_to_box(images, attacks.random_init(images, eps, "linf")), steps)
         return cosine, gap(delta)
 
-    cosine, gap = _batched(tf.function(run, reduce_retracing=True), (x, np.asarray(y, np.int32)), batch_size)
+    cosine, gap = _batched(graphs.function(run, reduce_retracing=True), (x, np.asarray(y, np.int32)), batch_size)
     return {"gradient_alignment": float(np.mean(cosine)), "linearity_gap": float(np.mean(gap)), "eps": eps}
 
 
@@ -166,7 +166,7 @@ def confidence_profile(logits_fn: Callable, x, y, eps: float, steps: int = 20, b
         cw = attacks.pgd(logits_fn, images, labels, eps=eps, step_size=eps / 4, steps=steps, loss="cw")
         return profile(images), profile(pgd), profile(cw)
 
-    clean, pgd, cw = _batched(tf.function(run, reduce_retracing=True), (x, np.asarray(y, np.int32)), batch_size)
+    clean, pgd, cw = _batched(graphs.function(run, reduce_retracing=True), (x, np.asarray(y, np.int32)), batch_size)
     return {"clean": clean.mean(0).tolist(), "pgd": pgd.mean(0).tolist(), "cw": cw.mean(0).tolist()}
 
 
@@ -177,7 +177,7 @@ def accuracy_sweep(logits_fn: Callable, x, y, eps_values: Sequence[float], steps
     y = np.asarray(y, np.int32)
 
     def accuracy(eps, steps):
-        fn = tf.function(lambda images, labels: tf.equal(tf.argmax(logits_fn(attacks.pgd(
+        fn = graphs.function(lambda images, labels: tf.equal(tf.argmax(logits_fn(attacks.pgd(
             logits_fn, images, labels, eps=eps, step_size=max(eps, 1e-12) / 4, steps=steps)), -1,
             output_type=tf.int32), labels), reduce_retracing=True)
         return float(_batched(fn, (x, y), batch_size).mean())

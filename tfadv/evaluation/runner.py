@@ -4,7 +4,6 @@ checked against its spec's threat model (`check_threat_model`) before it may cou
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 import time
@@ -14,6 +13,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfadv import graphs
 from tfadv.attacks import rng
 from tfadv.evaluation.specs import AT_BUDGET_TOLERANCE, AttackSpec
 
@@ -147,9 +147,9 @@ def _batch_polymorphic(fn, jit_compile: bool = False):
     def call(images, labels, indices):
         shape = tuple(images.shape[1:])
         if shape not in compiled:
-            # functools.partial: TF's frequent-tracing detector keys a tf.function on its Python code object, which
-            # every attack's `fn` shares; one trace per attack then read as "retracing" (a warning, issue 25)
-            compiled[shape] = tf.function(functools.partial(fn), input_signature=[
+            # graphs.function: every attack's `fn` shares one code object, which TF's frequent-tracing detector
+            # would read as one function retracing (a warning, issue 25)
+            compiled[shape] = graphs.function(fn, input_signature=[
                 tf.TensorSpec([None, *shape], images.dtype), tf.TensorSpec([None], labels.dtype),
                 tf.TensorSpec([None], indices.dtype)], **({"jit_compile": True} if jit_compile else {}))
         return compiled[shape](images, labels, indices)
@@ -202,7 +202,7 @@ class Evaluator:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"attack names must be unique, repeated: {duplicates}")
-        self._clean = tf.function(self._correct, reduce_retracing=True)
+        self._clean = graphs.function(self._correct, reduce_retracing=True)
 
         def attack(spec):
             def fn(images, labels, indices):
