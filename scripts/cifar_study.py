@@ -8,7 +8,11 @@ and writes the figures. The rows are `tfadv.studies.cifar.ROWS`, the verdict rul
 
   python ../shared/data/cifar10_subset/build_tfds.py /tmp/c10
   python scripts/cifar_study.py --data_dir=/tmp/c10 --runs_dir=/tmp/c10-study --markdown=docs/cifar10_study.md \
-      --plots_dir=docs/plots
+      --plots_dir=docs/plots --archive_dir=docs/cifar10_study
+
+--archive_dir keeps each finished row's results (a few kB of JSON and CSV) where they outlive the run
+directories: an archived row stays in the tables and is not trained again on another machine, unless a row still
+to run needs its weights (a teacher, a Co-SSAT base).
 """
 
 import os
@@ -25,6 +29,7 @@ flags.DEFINE_list("only", [], "rows to run (their keys); default all, in the ord
 flags.DEFINE_boolean("report_only", False, "run nothing: tabulate the finished rows")
 flags.DEFINE_string("markdown", None, "also write the tables here")
 flags.DEFINE_string("plots_dir", None, "write the figures here")
+flags.DEFINE_string("archive_dir", None, "keep each finished row's results here (docs/cifar10_study)")
 FLAGS = flags.FLAGS
 
 
@@ -34,7 +39,7 @@ def main(argv):
         raise app.UsageError("--data_dir and --runs_dir are required")
     if unknown := cifar.unknown_rows(FLAGS.only):
         raise app.UsageError(f"--only: unknown rows {unknown}; valid: {', '.join(cifar.ROWS)}, {cifar.COSSAT}")
-    study = cifar.Study(FLAGS.runs_dir, FLAGS.data_dir, FLAGS.autoattack_examples)
+    study = cifar.Study(FLAGS.runs_dir, FLAGS.data_dir, FLAGS.autoattack_examples, FLAGS.archive_dir)
     if not FLAGS.report_only:
         study.run(FLAGS.only)
     links_from = os.path.dirname(FLAGS.markdown or "") or "."

@@ -76,6 +76,8 @@ def test_study_runs_each_row_then_its_evaluation_with_teachers_substituted(tmp_p
     monkeypatch.setattr(jobs, "run", recorder)
     monkeypatch.setattr(jobs, "last_lines", lambda path: "the log's last lines")
     study = cifar.Study(str(tmp_path), "/data", autoattack_examples=50)
+    _study_row(tmp_path / "natural", 0.65, 0.0, 0.0)  # the teachers are finished
+    _study_row(tmp_path / "pgd", 0.45, 0.30, 0.26)
     study.run(["pgd_swa", "pgd_kd"])  # in ROWS' order whatever --only's order; no Co-SSAT without its bases
     (train, log, done), (evaluate, _, evaluated), (failed, _, _) = recorder.calls
     run_dir = str(tmp_path / "pgd_kd")
@@ -102,6 +104,31 @@ def test_study_builds_cossat_only_when_ssat_and_pgd_are_finished(tmp_path, monke
     assert build[0] == "scripts/build_cossat.py" and f"--ssat={tmp_path / 'ssat'}" in build
     assert "--cossat_protocol=all" in evaluate and done == str(tmp_path / "cossat" / "eval.json")
     assert cifar.unknown_rows(["pgd", "cossat", "pgdd"]) == ["pgdd"]
+
+
+def test_an_archived_row_outlives_its_run_directory(tmp_path, monkeypatch, capsys):
+    """A fresh machine has only the repository: the archive keeps a finished row in the report, and the study
+    does not train it again unless a row still to run needs its weights."""
+    archive = str(tmp_path / "docs" / "cifar10_study")
+    _study_row(tmp_path / "old" / "natural", 0.65, 0.0, 0.0)
+    _study_row(tmp_path / "old" / "pgd", 0.45, 0.30, 0.26, best_ra=0.36, seconds=1440)
+    before = cifar.Study(str(tmp_path / "old"), archive_dir=archive).report()
+    assert sorted(os.listdir(os.path.join(archive, "pgd"))) == ["autoattack", "history.csv", "metrics.json"]
+    fresh = cifar.Study(str(tmp_path / "new"), "/data", archive_dir=archive)  # the run directories are gone
+    assert fresh.report() == before and "| PGD-AT | `--defense=pgd` | 45.0" in before
+    recorder = _Recorder()
+    monkeypatch.setattr(jobs, "run", recorder)
+    fresh.run(["natural", "pgd"])
+    assert recorder.calls == []
+    assert capsys.readouterr().out.splitlines() == [
+        f"natural: archived in {os.path.join(archive, 'natural')}, not run again",
+        f"pgd: archived in {os.path.join(archive, 'pgd')}, not run again"]
+    fresh.run(["pgd_kd"])  # its teachers' weights are gone: both train again first, then the row
+    trained = [args[-1] for args, _, _ in recorder.calls if args[0] == "scripts/train.py"]
+    assert trained == [f"--output_dir={tmp_path / 'new' / key}" for key in ("natural", "pgd", "pgd_kd")]
+    _study_row(tmp_path / "new" / "pgd", 0.47, 0.31, 0.27, best_ra=0.33)  # the new run replaces what was kept
+    assert "| PGD-AT | `--defense=pgd` | 47.0" in fresh.report()
+    assert jobs.read_json(os.path.join(archive, "pgd", "metrics.json"))["final"]["clean_accuracy"] == 0.47
 
 
 def test_jobs_run_skips_a_finished_run_and_appends_to_the_log(tmp_path):

@@ -3,11 +3,17 @@ its flags on the CIFAR-10 subset (train 4000 = 3600 + 400 held out / test 660), 
 AutoAttack-standard with the gradient-masking audit on the first `autoattack_examples` test images; Co-SSAT(PGD-AT)
 is built from the SSAT and PGD-AT rows. Finished rows are skipped and an interrupted one resumes (`jobs.run`).
 
+With an `archive_dir` (docs/cifar10_study in the repository), every finished row's results (metrics.json, the
+AutoAttack report.json, history.csv; Co-SSAT's metrics.json and eval.json) are copied there: a few kilobytes
+that outlive the run directories (a fresh machine has only the repository), so the report keeps a finished row
+and the study does not train it again, unless a row still to run needs its weights (a teacher, a Co-SSAT base).
+
 The rows and the papers' own numbers are data here; cifar_report.py writes the tables and figures."""
 
 import dataclasses
 import os
 import re
+import shutil
 
 from tfadv.studies import cifar_report, jobs
 
@@ -39,6 +45,8 @@ ROWS = {
     "pgd_squeeze_noise": ("PGD-AT + logit squeeze 10 + noise 20", "--defense=pgd --squeeze_beta=10 --noise_sigma=20"),
 }
 COSSAT = "cossat"  # the Co-SSAT(PGD-AT) run's directory and its --only name
+ROW_FILES = ("metrics.json", "autoattack/report.json", "history.csv")  # a finished row's results
+COSSAT_FILES = ("metrics.json", "eval.json")
 # The papers' own CIFAR-10 numbers, for scale only (clean / attack, %; full training set, their network and
 # schedule: 10x the data, larger networks, more epochs), read from ../shared/papers: paper, table, row.
 PAPER = {
@@ -72,18 +80,28 @@ class Study:
     runs_dir: str  # one run directory per row
     data_dir: str = None  # the CIFAR-10 subset as a tensorflow-datasets directory
     autoattack_examples: int = 300
+    archive_dir: str = None  # each finished row's results, kept (in the repository)
 
     def run_dir(self, key):
         return os.path.join(self.runs_dir, key)
 
     def run(self, only=()):
         """Trains and evaluates the rows in `only` (all when empty), in ROWS' order, then Co-SSAT once its two
-        bases are finished; a failed row prints one line naming its log and the study goes on."""
+        bases are finished; a failed row prints one line naming its log and the study goes on. An archived row
+        is not run again unless a row still to run needs its weights (its teacher or a Co-SSAT base): that row
+        is trained again first, and its archived results are replaced by the new run's."""
         os.makedirs(self.runs_dir, exist_ok=True)
+        wanted = [key for key in ROWS if not only or key in only]
+        cossat = (not only or COSSAT in only) and not self._archived(COSSAT, COSSAT_FILES)
+        needed = {base for key in wanted if not self.load(key) for base in re.findall(r"\{(\w+)\}", ROWS[key][1])}
+        needed |= {"ssat", "pgd"} if cossat and self.load("ssat") and self.load("pgd") else set()
         for key in ROWS:
-            if not only or key in only:
+            if (key in wanted or key in needed) and not self._finished(key):
+                if self.load(key) and key not in needed:
+                    print(f"{key}: archived in {self.archive(key)}, not run again", flush=True)
+                    continue
                 self.train_and_evaluate(key)
-        if (not only or COSSAT in only) and self.load("ssat") and self.load("pgd"):
+        if cossat and self._finished("ssat") and self._finished("pgd"):
             self.build_cossat()
 
     def train_and_evaluate(self, key):
@@ -115,17 +133,40 @@ class Study:
         if code != 0:
             print(f"cossat: exit code {code}; see {log}: {jobs.last_lines(log)}", flush=True)
 
+    def archive(self, key):
+        return os.path.join(self.archive_dir, key) if self.archive_dir else None
+
+    def _finished(self, key, files=None):
+        """Whether the row's run directory holds its finished results (and the weights)."""
+        return all(os.path.exists(os.path.join(self.run_dir(key), f)) for f in files or ROW_FILES)
+
+    def _archived(self, key, files):
+        return bool(self.archive_dir) and all(os.path.exists(os.path.join(self.archive(key), f)) for f in files)
+
+    def _results_dir(self, key, files):
+        """Where the row's results are read: its run directory when finished (copied into the archive first, a
+        newer run replacing what was kept), else the archive; None when neither has them."""
+        if self._finished(key, files):
+            if not self.archive_dir:
+                return self.run_dir(key)
+            for name in files:
+                target = os.path.join(self.archive(key), name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(os.path.join(self.run_dir(key), name), target + ".tmp")
+                os.replace(target + ".tmp", target)
+        return self.archive(key) if self._archived(key, files) else None
+
     def load(self, key):
         """The row's results ({metrics, report, history: the path of history.csv}), or None while unfinished."""
-        paths = [os.path.join(self.run_dir(key), "metrics.json"),
-                 os.path.join(self.run_dir(key), "autoattack", "report.json")]
-        if not all(os.path.exists(p) for p in paths):
+        where = self._results_dir(key, ROW_FILES)
+        if where is None:
             return None
-        metrics, report = [jobs.read_json(p) for p in paths]
-        return {"metrics": metrics, "report": report, "history": os.path.join(self.run_dir(key), "history.csv")}
+        metrics, report, history = (os.path.join(where, f) for f in ROW_FILES)
+        return {"metrics": jobs.read_json(metrics), "report": jobs.read_json(report), "history": history}
 
     def report(self, plots_dir=None, links_from="."):
         """The study's Markdown from the finished rows (the others pending); figures into `plots_dir`, linked
         relative to `links_from` (the Markdown file's directory)."""
         results = {key: self.load(key) for key in ROWS}
-        return cifar_report.report(ROWS, PAPER, results, self.run_dir(COSSAT), plots_dir, links_from)
+        cossat = self._results_dir(COSSAT, COSSAT_FILES) or self.run_dir(COSSAT)
+        return cifar_report.report(ROWS, PAPER, results, cossat, plots_dir, links_from)
