@@ -44,6 +44,11 @@ UNUSED = [
     (["--swa_start_epoch=3"], "swa_start_epoch"),
     (["--swa_bn_data=augmented"], "swa_bn_data"),
     (["--defense=ssat", "--nossat_adaptive", "--ssat_lambda0=0.9"], "ssat_lambda0"),  # constant lambda1
+    # typed at the default value: as unused as any other value (they used to pass)
+    (["--kd_temperature=2"], "kd_temperature"),
+    (["--swa_mode=swa"], "swa_mode"),
+    (["--wrn_depth=28"], "wrn_depth"),
+    (["--squeeze_reduction=frobenius"], "squeeze_reduction"),
 ]
 
 

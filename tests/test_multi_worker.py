@@ -5,16 +5,21 @@ worker was killed resumes when both are relaunched; a missing or malformed TF_CO
 import csv
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
 import script_server
+from tfadv import cluster as cluster_lib
 from tfadv import distribute
+from tfadv.errors import RunError
 
 EXAMPLES = 100  # final test examples (validation: the held-out split of flags/digits.cfg)
 TRAIN = ["--defense=pgd", "--flagfile=flags/digits.cfg", "--epochs=2", "--val_every=1",
@@ -236,20 +241,68 @@ def test_a_worker_whose_cluster_never_comes_says_so_and_gives_up(tmp_path):
     assert process.returncode != 0 and not (tmp_path / "run").exists()
 
 
-def test_sigterm_stops_a_worker_waiting_for_its_cluster(tmp_path):
+def _wait_for_line(process, text, timeout=120):
+    """Reads the process's stdout until a line holds `text` (False if it ends or `timeout` passes first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if ready:
+            line = process.stdout.readline()
+            if not line:
+                return False
+            if text in line:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("to", ["group", "pid"])
+def test_sigterm_stops_a_worker_waiting_for_its_cluster(tmp_path, to):
+    """SIGTERM to the process group (a shell's job control) or to the worker's PID alone (a container runtime,
+    `kill PID`); the PID-alone case used to wait until --cluster_timeout: TF's handshake had replaced the
+    handler and held the GIL."""
     process = _lone_worker(tmp_path)  # the default timeout: 10 minutes
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not (tmp_path / "run").exists() and process.poll() is None:
-            time.sleep(1)  # wait until it waits (the handshake starts before anything is written)
-            if process.stdout and os.path.exists(f"/proc/{process.pid}") and _waiting(process.pid):
-                break
-        os.killpg(process.pid, signal.SIGTERM)  # what a cluster manager or a shell's job control sends
-        out, err = process.communicate(timeout=30)
+        assert _wait_for_line(process, "waiting for 1 other worker(s)")
+        time.sleep(2)  # well inside the wait
+        if to == "group":
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            os.kill(process.pid, signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
     finally:
         distribute.stop([process])
-    assert "stopped by SIGTERM while waiting for the other workers" in err, err[-2000:]
-    assert not (tmp_path / "run").exists()
+    assert _error_lines(err) == ["error: stopped by SIGTERM while waiting for the other workers"], err[-2000:]
+    assert process.returncode == 2 and not (tmp_path / "run").exists()
+
+
+def test_a_worker_in_the_python_wait_answers_its_peers_and_stops_at_the_timeout():
+    """The wait itself (tfadv.cluster.wait_for_peers): two tasks on free local ports see each other; a task whose
+    peer never comes gives up after its timeout with one line naming the peer."""
+    tasks = [cluster_lib.parse_tf_config(c) for c in distribute.local_cluster(2)]
+    waited, lines, servers = [None, None], [], []
+
+    def worker(i):
+        waited[i] = cluster_lib.wait_for_peers(tasks[i], 60, lines.append, poll=0.1)
+        server = socket.create_server(("127.0.0.1", int(tasks[i].tasks["worker"][i].rsplit(":", 1)[1])),
+                                      reuse_port=True)  # what TF's server does next: the port answers again
+        servers.append(server)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+    finally:
+        for server in servers:
+            server.close()
+    assert all(w is not None and w < 60 for w in waited) and lines == []
+    alone = cluster_lib.parse_tf_config(distribute.local_cluster(2)[0])
+    start = time.monotonic()
+    with pytest.raises(RunError, match=r"^--distribute=multi_worker: the other worker\(s\) of TF_CONFIG "
+                                       r"\(127\.0\.0\.1:\d+\) did not join within 1 s"):
+        cluster_lib.wait_for_peers(alone, 1, lines.append, poll=0.1)
+    assert 1 <= time.monotonic() - start < 10
 
 
 def test_a_sigterm_sent_while_the_watchdog_starts_still_stops_the_worker():
@@ -265,10 +318,3 @@ def test_a_sigterm_sent_while_the_watchdog_starts_still_stops_the_worker():
         distribute.stop([worker, watchdog])
 
 
-def _waiting(pid):
-    """Whether `pid` has started its watchdog (a child process running the handshake's watchdog)."""
-    try:
-        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
-    except OSError:
-        return False
-    return bool(children)

@@ -8,9 +8,15 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import socket
+import struct
 import subprocess
-from typing import Optional
+import threading
+import time
+from typing import Callable, Optional
+
+from tfadv.errors import RunError
 
 TF_CONFIG = "TF_CONFIG"
 _TASK_TYPES = ("chief", "worker")
@@ -80,6 +86,78 @@ def _is_address(text: str) -> bool:
 def cluster_from_environment(environ=None) -> Cluster:
     return parse_tf_config((os.environ if environ is None else environ).get(TF_CONFIG))
 
+
+
+def _host_port(address: str):
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _stop_on(signum, frame):
+    raise RunError(f"stopped by {signal.Signals(signum).name} while waiting for the other workers")
+
+
+def wait_for_peers(cluster: Cluster, timeout: float, log: Callable = print, poll: float = 0.5) -> float:
+    """Waits, in Python, until every other task of `cluster` accepts a TCP connection on its TF_CONFIG address,
+    while this task accepts them on its own (and closes them at once); returns the seconds waited.
+
+    TensorFlow's own handshake (MultiWorkerMirroredStrategy) blocks in C++ holding the GIL and replaces the
+    SIGTERM handler, so a worker whose peers never came could only be stopped from outside by a signal to its
+    process group (tfadv.distribute's watchdog). Waiting here first, every signal works as in any Python
+    program: Ctrl-C or SIGTERM to the worker's PID (what a container runtime sends) raises RunError("stopped by
+    SIGTERM ..."), and after `timeout` seconds a RunError says which workers did not come. Once all answer,
+    TF's handshake is short. A worker that already left this wait for TF's handshake answers through TF's
+    server; one that did not yet, through this wait's socket. Says every 30 s how long it has waited."""
+    others = [address for kind, addresses in cluster.tasks.items() for index, address in enumerate(addresses)
+              if (kind, index) != (cluster.task_type, cluster.task_index)]
+    if not others:
+        return 0.0
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("", _host_port(cluster.tasks[cluster.task_type][cluster.task_index])[1]))
+        listener.listen(16)
+        listener.setblocking(False)
+    except OSError as error:
+        listener.close()
+        raise RunError(f"--distribute=multi_worker: this worker's address in TF_CONFIG "
+                       f"({cluster.tasks[cluster.task_type][cluster.task_index]}) cannot be listened on: "
+                       f"{error.strerror}") from None
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_on) if main else None
+    start = said = time.monotonic()
+    pending = list(others)
+    try:
+        while pending:
+            with contextlib.suppress(BlockingIOError, OSError):
+                while True:
+                    connection = listener.accept()[0]
+                    # closed with a reset, not a FIN: no TIME_WAIT left on this port for TF's server to meet
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    connection.close()
+            for address in list(pending):
+                try:
+                    socket.create_connection(_host_port(address), timeout=min(1.0, poll)).close()
+                    pending.remove(address)
+                except OSError:
+                    pass
+            waited = time.monotonic() - start
+            if pending and waited >= timeout:
+                raise RunError(f"--distribute=multi_worker: the other worker(s) of TF_CONFIG ({', '.join(pending)}) "
+                               f"did not join within {timeout:g} s (--cluster_timeout); start the same command on "
+                               "every worker")
+            if pending and time.monotonic() - said >= 30:
+                said = time.monotonic()
+                log(f"multi_worker: still waiting for {', '.join(pending)} after {waited:.0f} s")
+            if pending:
+                time.sleep(poll)
+    except KeyboardInterrupt:
+        raise RunError("stopped by Ctrl-C (SIGINT) while waiting for the other workers") from None
+    finally:
+        listener.close()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    return time.monotonic() - start
 
 
 def free_ports(count: int) -> list:

@@ -915,12 +915,15 @@ class TrainConfig:
 
     def _refuse_unused_flags(self):
         """A flag given directly (or through the Python API) with a value the run would not read is refused; from a
-        flagfile (a preset for several settings) it is recorded and unused, as another method's options are."""
+        flagfile (a preset for several settings) it is recorded and unused, as another method's options are. On the
+        command line (`explicit` known) a typed flag is refused even at its default value (`--bat_beta=9` without
+        BAT is as unused as `--bat_beta=3`); through the Python API, where every field has a value, only a value
+        other than the default."""
         defaults = TrainConfig().flat()
         values = self.flat()
         for flag, why in self.unused_flags().items():
-            given = self.explicit is None or flag in self.explicit
-            if given and values[flag] != defaults[flag]:
+            if self.explicit is not None and flag in self.explicit or (
+                    self.explicit is None and values[flag] != defaults[flag]):
                 raise ConfigError(flag, f"not used by this run: {why}; drop it (a flagfile may set it: recorded, "
                                         "unused)")
 

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 # re-exported: `tfadv.distribute.local_cluster` / `launch` / `stop` / `parse_tf_config` as before the move
 from tfadv.cluster import (TF_CONFIG, Cluster, cluster_from_environment, free_ports, launch,  # noqa: F401
-                           local_cluster, parse_tf_config, stop)
+                           local_cluster, parse_tf_config, stop, wait_for_peers)
 from tfadv.config import ConfigError, TrainConfig
 
 # the process's strategy: {"key": (mode, devices), "strategy": tf.distribute.Strategy}
@@ -175,11 +175,13 @@ def strategy(config: TrainConfig, log: Callable = print):
     return made
 
 
-# A watchdog process beside a worker that waits for its cluster. TensorFlow's handshake blocks in C++ holding the
-# GIL (no Python thread or signal handler of this process runs until it returns) and TF installs its own SIGTERM
-# handler, so a worker whose peers never came printed nothing, ignored Ctrl-C and SIGTERM and waited for ever. The
-# watchdog says every 30 s how long it has waited; after --cluster_timeout, or on Ctrl-C / SIGTERM to the process
-# group, it prints one line and SIGKILLs the worker (exit status 137). The worker closes its stdin when joined.
+# A watchdog process beside a worker in TensorFlow's handshake. The handshake blocks in C++ holding the GIL (no
+# Python thread or signal handler of this process runs until it returns) and TF installs its own SIGTERM handler,
+# so a worker whose peers never came printed nothing, ignored Ctrl-C and SIGTERM and waited for ever. The long
+# wait now happens before, in Python (cluster.wait_for_peers); the watchdog covers the handshake after it (a peer
+# that died in between): it says every 30 s how long it has waited; after the rest of --cluster_timeout, or on
+# Ctrl-C / SIGTERM to the process group, it prints one line and SIGKILLs the worker (exit status 137). The worker
+# closes its stdin when joined.
 _WATCHDOG = r"""
 import os, select, signal, sys, time
 pid, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
@@ -228,7 +230,10 @@ def _join_cluster(cluster: Cluster, timeout: float, log: Callable):
     if others:
         log(f"multi_worker: waiting for {len(others)} other worker(s) ({', '.join(others)}), up to {timeout:g} s "
             "(--cluster_timeout)")
-    watchdog = start_watchdog(os.getpid(), timeout, message)
+    # the long wait in Python, where every signal works (cluster.wait_for_peers); the watchdog covers TF's
+    # handshake after it, which is short once every worker answers
+    waited = wait_for_peers(cluster, timeout, log)
+    watchdog = start_watchdog(os.getpid(), max(timeout - waited, 30.0), message)
     try:
         made = tf.distribute.MultiWorkerMirroredStrategy()
     finally:

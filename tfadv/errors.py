@@ -18,5 +18,10 @@ class ConfigError(UsageError):
         self.flag = flag
 
 
+class RunError(RuntimeError):
+    """A run cannot start or go on (e.g. a finished output_dir without --overwrite, a cluster whose workers never
+    came); the message is one line, and train.py prints it with exit code 2."""
+
+
 class EvaluationError(UsageError):
     """A bad argument of `evaluate_model`; the message names the evaluate.py flag and what is allowed."""

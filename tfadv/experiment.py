@@ -22,10 +22,7 @@ from tfadv import precision as precision_lib
 from tfadv.callbacks import (EpochLog, ResumableCheckpoint, RobustValidation, StochasticWeightAveraging,
                              make_schedule, schedule_curve, weights_finite)
 from tfadv.config import ConfigError, TrainConfig, read_flagfile
-
-
-class RunError(RuntimeError):
-    """A run cannot start (e.g. a finished output_dir without --overwrite); nothing was written."""
+from tfadv.errors import RunError  # noqa: F401  (experiment.RunError, as before)
 
 
 # ----------------------------------------------------------------------------------------------------------
