@@ -133,3 +133,25 @@ def test_fab_t_without_a_radius_skips_only_the_clean_misclassified_points(settin
                                                              compact=c))(x, y) for compact in (False, True)]
     np.testing.assert_array_equal(runs[1][0].numpy(), runs[0][0].numpy())
     np.testing.assert_array_equal(runs[1][1].numpy(), runs[0][1].numpy())
+
+
+def test_the_evaluations_fab_t_stops_a_point_once_it_is_within_its_budget(setting, monkeypatch):
+    """The evaluation's FAB-T (specs.build_spec("fab_t")) passed no stop_within, so it went on attacking points
+    already within eps through every target: dead work, and a point other than the reference's. The same points
+    break with and without it, the model sees fewer examples with it."""
+    from tfadv.attacks import fab
+    from tfadv.evaluation import specs
+
+    net, x, y, keys = setting
+    spec = specs.build_spec("fab_t", EPS, steps=8, norm="linf")
+    results = {}
+    for stops in (True, False):
+        if not stops:
+            original = fab.fab_targeted
+            monkeypatch.setattr(fab, "fab_targeted", lambda *a, **k: original(*a, **{**k, "stop_within": None}))
+        fn, seen = _counting(net)
+        x_adv = tf.function(lambda a, b, k: spec.run(fn, a, b, k))(tf.constant(x), tf.constant(y), keys).numpy()
+        results[stops] = (np.argmax(net(x_adv, training=False).numpy(), -1) != y, int(seen.numpy()))
+    np.testing.assert_array_equal(results[True][0], results[False][0])
+    assert 0 < results[True][0].sum() < COUNT
+    assert results[True][1] < results[False][1], results

@@ -481,7 +481,10 @@ def _run_square(spec, logits_fn, x, y, keys):
 def _run_fab_t(spec, logits_fn, x, y, keys):
     from tfadv.attacks.fab import fab_targeted
 
-    x_adv, norms = fab_targeted(logits_fn, x, y, norm=spec.norm, steps=spec.steps, restarts=spec.restarts, keys=keys)
+    # stop_within: a point within the radius it is scored at is broken and attacked no further, as in the
+    # reference FAB-T (its first point within eps, not the smallest over all targets); the same points break
+    x_adv, norms = fab_targeted(logits_fn, x, y, norm=spec.norm, steps=spec.steps, restarts=spec.restarts, keys=keys,
+                                stop_within=spec.eps * (1.0 + AT_BUDGET_TOLERANCE))
     return at_budget(x, x_adv, norms, spec.eps)
 
 
