@@ -34,7 +34,7 @@ def test_a_cascade_of_attacks_with_the_audit_prints_no_retracing_warning(natural
     records = _Records()
     tf.get_logger().addHandler(records)
     try:
-        x, y = data.take(digits.test, 60)
+        x, y = data.take(digits.test, 30)
         # twice, as a script evaluating two models (or two runs of one study) in one process does: each
         # evaluation's graphs are new functions, traced once per shape, which is not retracing
         reports = [evaluation.evaluate_model(natural_mlp, x, y, suite="autoattack", attacks=["fgsm", "pgd20", "cw20"],
@@ -42,6 +42,6 @@ def test_a_cascade_of_attacks_with_the_audit_prints_no_retracing_warning(natural
                    for _ in range(2)]
     finally:
         tf.get_logger().removeHandler(records)
-    for report in reports:  # every attack ran, in batches of 25 and a last 10
+    for report in reports:  # every attack ran, in a batch of 25 and a last 5
         assert len(report["attacks"]) == 7 and "audit" in report
     assert [m for m in records.messages if "retracing" in m] == []
