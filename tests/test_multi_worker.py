@@ -275,15 +275,22 @@ def test_sigterm_stops_a_worker_waiting_for_its_cluster(tmp_path, to):
     assert process.returncode == 2 and not (tmp_path / "run").exists()
 
 
-def test_a_worker_in_the_python_wait_answers_its_peers_and_stops_at_the_timeout():
-    """The wait itself (tfadv.cluster.wait_for_peers): two tasks on free local ports see each other; a task whose
-    peer never comes gives up after its timeout with one line naming the peer."""
-    tasks = [cluster_lib.parse_tf_config(c) for c in distribute.local_cluster(2)]
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+def test_a_worker_in_the_python_wait_answers_its_peers_and_stops_at_the_timeout(host):
+    """The wait itself (tfadv.cluster.wait_for_peers): two tasks on free local ports see each other (IPv4 and
+    IPv6 addresses: an IPv4-only listener left IPv6 clusters waiting for ever); a task whose peer never comes
+    gives up after its timeout with one line naming the peer."""
+    if host == "[::1]" and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    addresses = [f"{host}:{port}" for port in distribute.free_ports(2)]
+    tasks = [cluster_lib.parse_tf_config(json.dumps({"cluster": {"worker": addresses},
+                                                     "task": {"type": "worker", "index": i}})) for i in range(2)]
     waited, lines, servers = [None, None], [], []
 
     def worker(i):
         waited[i] = cluster_lib.wait_for_peers(tasks[i], 60, lines.append, poll=0.1)
-        server = socket.create_server(("127.0.0.1", int(tasks[i].tasks["worker"][i].rsplit(":", 1)[1])),
+        server = socket.create_server((host.strip("[]"), int(addresses[i].rsplit(":", 1)[1])),
+                                      family=socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET,
                                       reuse_port=True)  # what TF's server does next: the port answers again
         servers.append(server)
 

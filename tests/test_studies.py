@@ -131,6 +131,48 @@ def test_an_archived_row_outlives_its_run_directory(tmp_path, monkeypatch, capsy
     assert jobs.read_json(os.path.join(archive, "pgd", "metrics.json"))["final"]["clean_accuracy"] == 0.47
 
 
+def test_the_archive_retrains_a_cossat_base_only_when_cossat_needs_it_and_keeps_smoke_runs_out(tmp_path, monkeypatch,
+                                                                                                  capsys):
+    archive = str(tmp_path / "archive")
+    _study_row(tmp_path / "old" / "pgd", 0.45, 0.30, 0.26)
+    cifar.Study(str(tmp_path / "old"), archive_dir=archive).report()  # pgd archived; its weights are then lost
+    fresh = cifar.Study(str(tmp_path / "new"), "/data", archive_dir=archive)
+
+    def train_and_finish(args, log_path, done_path):  # as jobs.run: a finished run is skipped; training writes
+        if os.path.exists(done_path):                   # every result of a row (its evaluation's too)
+            return 0, 0.0
+        out = next(a.split("=", 1)[1] for a in args if a.startswith(("--output_dir=", "--output=")))
+        if args[0] == "scripts/train.py":
+            _study_row(out, 0.5, 0.3, 0.2)
+        calls.append(args[0] + " " + os.path.basename(out))
+        return 0, 0.0
+
+    calls = []
+    monkeypatch.setattr(jobs, "run", train_and_finish)
+    fresh.run(["ssat", "cossat"])  # pgd is archived only: Co-SSAT needs its weights, so it trains again first
+    assert calls == ["scripts/train.py pgd", "scripts/train.py ssat", "scripts/build_cossat.py cossat",
+                     "scripts/evaluate.py eval.json"]
+    # a row trained but not evaluated needs no teacher weights: only its evaluation runs
+    calls.clear()
+    _study_row(tmp_path / "old" / "natural", 0.65, 0.0, 0.0)
+    cifar.Study(str(tmp_path / "old"), archive_dir=archive).report()
+    kd = tmp_path / "third" / "pgd_kd"
+    _study_row(kd, 0.5, 0.3, 0.2)
+    os.remove(kd / "autoattack" / "report.json")
+    cifar.Study(str(tmp_path / "third"), "/data", archive_dir=archive).run(["pgd_kd"])
+    assert calls == ["scripts/evaluate.py autoattack"]
+    # a smoke run evaluated on fewer images does not replace what the archive keeps
+    capsys.readouterr()
+    smoke = tmp_path / "smoke" / "natural"
+    _study_row(smoke, 0.9, 0.9, 0.9)
+    report = jobs.read_json(smoke / "autoattack" / "report.json")
+    jobs.write_json(str(smoke / "autoattack" / "report.json"), {**report, "num_examples": 20})
+    assert cifar.Study(str(tmp_path / "smoke"), archive_dir=archive).load("natural")["metrics"]["final"][
+        "clean_accuracy"] == 0.65
+    assert "evaluated on another number of images than --autoattack_examples=300: not archived" in (
+        capsys.readouterr().out)
+
+
 def test_jobs_run_skips_a_finished_run_and_appends_to_the_log(tmp_path):
     log, done = str(tmp_path / "log.txt"), str(tmp_path / "done")
     code, _ = jobs.run(["-c", "print('first')"], log, done)

@@ -112,14 +112,18 @@ def wait_for_peers(cluster: Cluster, timeout: float, log: Callable = print, poll
               if (kind, index) != (cluster.task_type, cluster.task_index)]
     if not others:
         return 0.0
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    port = _host_port(cluster.tasks[cluster.task_type][cluster.task_index])[1]
+    try:  # IPv6 and IPv4 on one socket where the host has IPv6 (TF_CONFIG may name "[::1]:p" or IPv6-only hosts)
+        listener = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, reuse_port=False)
+    except (OSError, ValueError):
+        listener = None
     try:
-        listener.bind(("", _host_port(cluster.tasks[cluster.task_type][cluster.task_index])[1]))
+        listener = listener or socket.create_server(("", port))
         listener.listen(16)
         listener.setblocking(False)
     except OSError as error:
-        listener.close()
+        if listener:
+            listener.close()
         raise RunError(f"--distribute=multi_worker: this worker's address in TF_CONFIG "
                        f"({cluster.tasks[cluster.task_type][cluster.task_index]}) cannot be listened on: "
                        f"{error.strerror}") from None

@@ -93,8 +93,12 @@ class Study:
         os.makedirs(self.runs_dir, exist_ok=True)
         wanted = [key for key in ROWS if not only or key in only]
         cossat = (not only or COSSAT in only) and not self._archived(COSSAT, COSSAT_FILES)
-        needed = {base for key in wanted if not self.load(key) for base in re.findall(r"\{(\w+)\}", ROWS[key][1])}
-        needed |= {"ssat", "pgd"} if cossat and self.load("ssat") and self.load("pgd") else set()
+        # the weights a row still to train needs (a row trained but not evaluated needs none); Co-SSAT's bases once
+        # each is finished somewhere or trains in this run
+        needed = {base for key in wanted if not self.load(key) and not self._finished(key, ROW_FILES[:1])
+                  for base in re.findall(r"\{(\w+)\}", ROWS[key][1])}
+        if cossat and all(self.load(base) or base in wanted for base in ("ssat", "pgd")):
+            needed |= {"ssat", "pgd"}
         for key in ROWS:
             if (key in wanted or key in needed) and not self._finished(key):
                 if self.load(key) and key not in needed:
@@ -143,12 +147,24 @@ class Study:
     def _archived(self, key, files):
         return bool(self.archive_dir) and all(os.path.exists(os.path.join(self.archive(key), f)) for f in files)
 
+    def _comparable(self, key):
+        """Whether the finished run was evaluated as this study evaluates (AutoAttack's n): a smoke run (fewer
+        images) must not replace the results kept in the archive."""
+        path = os.path.join(self.run_dir(key), "autoattack", "report.json")
+        if key == COSSAT:
+            path = os.path.join(self.run_dir(key), "eval.json")
+        return jobs.read_json(path).get("num_examples") == self.autoattack_examples
+
     def _results_dir(self, key, files):
         """Where the row's results are read: its run directory when finished (copied into the archive first, a
         newer run replacing what was kept), else the archive; None when neither has them."""
         if self._finished(key, files):
             if not self.archive_dir:
                 return self.run_dir(key)
+            if not self._comparable(key):
+                print(f"{key}: {self.run_dir(key)} was evaluated on another number of images than "
+                      f"--autoattack_examples={self.autoattack_examples}: not archived", flush=True)
+                return self.archive(key) if self._archived(key, files) else None
             for name in files:
                 target = os.path.join(self.archive(key), name)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
