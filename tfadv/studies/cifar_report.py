@@ -4,6 +4,7 @@ detector and protocols) and its figures, from the rows' finished runs (cifar.Stu
 import csv
 import json
 import os
+import textwrap
 
 from tfadv.studies.claims import claims as verdicts, numbers, pct, se
 
@@ -59,7 +60,8 @@ def plots(rows, results, labels, plots_dir):
             errors = [100 * se(rows[k][field], rows[k][n_field]) for k in keys]
             ax.bar([j + (i - 1) * width for j in range(len(keys))], values, width, yerr=errors, capsize=2, label=label)
         ax.set_xticks(range(len(keys)), [labels[k] for k in keys], rotation=25, ha="right", fontsize=7)
-        ax.set(ylabel="test accuracy (%), ± 1 SE", title=title)
+        ax.set_ylabel("test accuracy (%), ± 1 SE")
+        ax.set_title(textwrap.fill(title, 60), fontsize=10)  # a narrow figure (few rows) must not clip it
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
