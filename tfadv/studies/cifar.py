@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 
+from tfadv import runs
 from tfadv.studies import cifar_report, jobs
 
 FLAGFILE = "flags/cifar10_cpu.cfg"
@@ -168,8 +169,8 @@ class Study:
             for name in files:
                 target = os.path.join(self.archive(key), name)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                shutil.copyfile(os.path.join(self.run_dir(key), name), target + ".tmp")
-                os.replace(target + ".tmp", target)
+                with runs.replacing(target) as tmp:
+                    shutil.copyfile(os.path.join(self.run_dir(key), name), tmp)
         return self.archive(key) if self._archived(key, files) else None
 
     def load(self, key):
