@@ -12,7 +12,7 @@ import pytest
 
 from helpers import ROOT, parse_training_flags
 from test_first_run import refusal_of
-from tfadv import data, distribute, experiment, runs, training
+from tfadv import assembly, data, distribute, experiment, runs, training
 from tfadv import config as config_lib
 from tfadv.config import ConfigError, TrainConfig
 
@@ -152,13 +152,13 @@ def test_train_and_evaluate_refuse_a_bad_flagfile_through_their_parsers(tmp_path
 def test_tf_config_without_multi_worker_is_refused(monkeypatch, mode):
     monkeypatch.setenv(distribute.TF_CONFIG, '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, '
                                              '"task": {"type": "worker", "index": 1}}')
-    with pytest.raises(ConfigError) as info:
-        TrainConfig.from_flags(distribute=mode, output_dir="x").validate()
+    with pytest.raises(ConfigError) as info:  # the environment is assembly's to read, before anything is written
+        assembly.check(TrainConfig.from_flags(distribute=mode, output_dir="x").validate())
     assert info.value.flag == "distribute" and "TF_CONFIG" in str(info.value)
     assert "--distribute=multi_worker" in str(info.value)
-    TrainConfig.from_flags(distribute="multi_worker", output_dir="x").validate()
+    assembly.check(TrainConfig.from_flags(distribute="multi_worker", output_dir="x").validate())
     monkeypatch.setenv(distribute.TF_CONFIG, "")
-    TrainConfig.from_flags(distribute=mode, output_dir="x").validate()
+    assembly.check(TrainConfig.from_flags(distribute=mode, output_dir="x").validate())
 
 
 # ---------------------------------------------------------------------------------------------------------------

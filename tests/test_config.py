@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import ROOT, parse_training_flags
-from tfadv import config as config_lib, experiment, losses, runs, training
+from tfadv import assembly, config as config_lib, experiment, losses, models, runs, training
 from tfadv.config import ConfigError, TrainConfig
 from tfadv.training import registry
 
@@ -179,7 +179,7 @@ def test_a_toy_method_registered_in_a_test_trains_through_the_same_path(tmp_path
     frozen = TrainConfig.from_flags(toy_scale=0.0, output_dir=str(tmp_path / "frozen"), **common)
     metrics = experiment.train(frozen, log=lambda *_: None)
     keras.utils.set_random_seed(0)
-    initial = frozen.build_network()  # the run's initial weights (experiment seeds before building)
+    initial = assembly.network(frozen)  # the run's initial weights (experiment seeds before building)
     network, loaded = runs.load_run_network(frozen.runtime.output_dir)
     assert loaded.defense == "toy" and loaded.options.scale == 0.0
     for before, after in zip(initial.get_weights(), network.get_weights()):
@@ -224,3 +224,39 @@ def test_flags_the_run_would_not_apply_are_refused_when_typed():
     assert info.value.flag == "lr_decay_epochs" and "never decay" in str(info.value)
     _parse(["--flagfile=flags/cifar10.cfg", "--epochs=2", "--output_dir=x"]).validate()  # the preset's 100,150
     _parse(["--flagfile=flags/digits.cfg", "--epochs=5", "--lr_decay_epochs=4", "--output_dir=x"]).validate()
+
+
+def test_validate_reads_no_file_and_builds_nothing_and_assembly_checks_the_world(tmp_path, monkeypatch):
+    """A run config is data (issue 23 item 1): validate() checks values only. Every way it could reach the world
+    is made to fail here (the file system, the environment, building a network) and validate() still passes on
+    a config naming a missing data directory, a missing teacher and a network that cannot be built for the
+    images; tfadv.assembly.check, on the training side, refuses each of them, naming the flag."""
+    monkeypatch.setenv("TF_CONFIG", "")
+    config = TrainConfig.from_flags(dataset="cifar10", data_dir=str(tmp_path / "no_data"), model="mlp",
+                                    kd_adv_teacher=str(tmp_path / "no_teacher"), output_dir=str(tmp_path / "run"))
+    wrn = config.replace(data_dir=None, kd_adv_teacher="", model="wide_resnet", wrn_depth=16, wrn_width=1)
+
+    def world(*args, **kwargs):
+        raise AssertionError("validate() reached the world")
+
+    with monkeypatch.context() as m:
+        for module, name in ((os.path, "isdir"), (os.path, "exists"), (os.path, "isfile"), (os, "access"),
+                             (os, "stat"), (os, "listdir"), (os.environ, "get"), (models, "build")):
+            m.setattr(module, name, world)
+        m.setattr("builtins.open", world)
+        config.validate()
+        wrn.validate()
+    with pytest.raises(ConfigError) as info:
+        assembly.check(config)
+    assert info.value.flag == "data_dir" and "no_data" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        assembly.check(config.replace(data_dir=None))
+    assert info.value.flag == "kd_adv_teacher" and "no_teacher" in str(info.value)
+    (tmp_path / "no_teacher").mkdir()
+    assembly.check(config.replace(data_dir=None))
+    monkeypatch.setattr(models, "build", lambda *a, **k: (_ for _ in ()).throw(ValueError("too small")))
+    assembly._unbuildable.cache_clear()
+    with pytest.raises(ConfigError, match="too small") as info:
+        assembly.check(wrn)
+    assert info.value.flag == "model"
+    assembly._unbuildable.cache_clear()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfadv import runs, export, experiment, losses, models, training
+from tfadv import assembly, runs, export, experiment, losses, models, training
 from tfadv.config import ConfigError, TrainConfig
 
 
@@ -58,7 +58,7 @@ def test_a_teacher_of_the_wrong_shape_is_refused(tmp_path, digits):
     assert not (tmp_path / "run").exists()
     bad = config.replace(kd_adv_teacher=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="kd_adv_teacher"):
-        bad.validate()
+        assembly.check(bad.validate())  # the directory is checked on the training side, before anything is written
 
 
 @pytest.mark.parametrize("teachers, weights, expected", [

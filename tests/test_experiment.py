@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfadv import runs, callbacks, config as config_lib, data, evaluation, experiment
+from tfadv import assembly, runs, callbacks, config as config_lib, data, evaluation, experiment
 from tfadv.config import ConfigError, TrainConfig
 from test_swa import _bn_net
 
@@ -240,8 +240,8 @@ def test_eps_warmup_grows_the_training_perturbation_linearly(defense, digits):
     step = {"fgsm_rs": {"fgsm_rs_step_size": 1.0}, "bat": {}}.get(defense, {"step_size": 1.0, "attack_steps": 5})
     config = TrainConfig.from_flags(defense=defense, eps=2.0, eps_warmup_epochs=2.0, output_dir="unused", **step)
     keras.utils.set_random_seed(0)
-    network = config.build_network()
-    trainer = config.build_trainer(network, None, updates_per_epoch=4)
+    network = assembly.network(config)
+    trainer = assembly.trainer(config, network, None, updates_per_epoch=4)
     assert trainer.eps_warmup_updates == 8
     trainer.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=False)
     trainer.optimizer.build(network.trainable_variables)

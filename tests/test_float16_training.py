@@ -1,7 +1,7 @@
 """Training under --mixed_precision=float16 (Keras `mixed_float16` + `LossScaleOptimizer`, as
 `tfadv.experiment.set_precision` / `build_optimizer` set them up) for every defense, built from its run config.
 
-Per defense, on a tiny Dense-BatchNorm network over 8x8 digits, through `TrainConfig.build_trainer`:
+Per defense, on a tiny Dense-BatchNorm network over 8x8 digits, through `tfadv.assembly.trainer`:
   * an overflow provoked by setting the loss scale to 2^30 (the logit gradient alone exceeds float16's 65504)
     makes the LossScaleOptimizer skip every update of the step and halve its scale once per update (Free and
     SSAT update twice per minibatch here), with the trainable weights untouched;
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfadv import experiment, export
+from tfadv import assembly, experiment, export
 from tfadv.config import TrainConfig
 
 BATCH, BATCHES = 64, 4
@@ -75,7 +75,7 @@ def build(config, precision, jit=False):
     precision(config)
     keras.utils.set_random_seed(0)
     network = tiny_network()
-    trainer = config.build_trainer(network)
+    trainer = assembly.trainer(config, network)
     optimizer = experiment.build_optimizer(config, config.optimization.lr)
     trainer.compile(optimizer=optimizer, jit_compile=jit)
     optimizer.build(network.trainable_variables)

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from helpers import parse_training_flags
-from tfadv import experiment, export, runs
+from tfadv import assembly, experiment, export, runs
 
 # what flags/cifar10_cpu.cfg says it changes with respect to flags/cifar10.cfg, and nothing else
 DOCUMENTED = {"model", "wrn_depth", "wrn_width", "mixed_precision", "epochs", "lr_decay_epochs", "val_fraction",
@@ -36,7 +36,7 @@ def test_cpu_preset_changes_only_the_network_and_schedule_it_documents():
     assert cpu.data.augmentation in ("auto", "crop_flip") and cpu.spec.augmentation == "crop_flip"
     # LR decays at half and three quarters of training (rounded down), as the 200-epoch schedule's 100 / 150
     assert list(cpu.optimization.lr_decay_epochs) == [cpu.optimization.epochs // 2, 3 * cpu.optimization.epochs // 4]
-    network = cpu.build_network()
+    network = assembly.network(cpu)
     assert network.count_params() == 693498  # WRN-16-2 (pre-activation, 10 classes) with its normalisation layer
     assert network.output_shape == (None, 10) and network.input_shape == (None, 32, 32, 3)
 
@@ -56,6 +56,6 @@ def test_cpu_preset_trains_exports_and_serves_colour_images_on_the_real_loader(t
         assert json.load(handle)["validation"]["num_examples"] == round(0.1 * 96)  # held out of 96 mock images
     logits_fn = export.load_logits_fn(runs.find_saved_model(str(out)))
     images = tf.random.stateless_uniform([4, 32, 32, 3], [1, 2])
-    network = config.build_network()  # float32: the exported network is the float32 copy of the trained one
+    network = assembly.network(config)  # float32: the exported network is the float32 copy of the trained one
     network.load_weights(runs.checkpoint_path(str(out), "final"))
     np.testing.assert_allclose(logits_fn(images), network(images, training=False), rtol=1e-4, atol=1e-4)

@@ -7,14 +7,15 @@ section (and of a method's options) is one command-line flag of the same name (m
 `ssat_replays`); `define_flags()` generates the absl flags from the fields, so flagfiles keep working.
 
 Sizes on the command line (`eps`, step sizes, noise) are in the dataset's pixel levels (8 means 8/255 on 8-bit
-images; digits have 16 levels); `budget()` converts them, once, to fractions of [0, 1]. Validation happens
-before anything is written, and every failure names the flag.
+images; digits have 16 levels); `budget()` converts them, once, to fractions of [0, 1]. A config is data:
+`validate()` checks the values (every failure names the flag) and touches neither the file system nor the
+environment nor builds anything; what needs those (directories, TF_CONFIG, a network built for the images) and
+building the network and trainer are `tfadv.assembly`'s, on the training side, before anything is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 from typing import List, Optional
@@ -107,9 +108,6 @@ class DataSection:
             raise ConfigError("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         if self.train_examples == 0 or self.train_examples < -1:
             raise ConfigError("train_examples", f"must be positive or -1 (all), got {self.train_examples}")
-        if self.data_dir is not None and spec.tfds_name is not None:
-            if not os.path.isdir(self.data_dir) or not os.access(self.data_dir, os.R_OK | os.X_OK):
-                raise ConfigError("data_dir", f"{self.data_dir!r} is not a readable directory")
 
 
 @dataclasses.dataclass
@@ -122,23 +120,7 @@ class ModelSection:
         return {"depth": self.wrn_depth, "width": self.wrn_width} if self.model == "wide_resnet" else {}
 
     def validate(self, run):
-        _one_of("model", self.model, models.MODEL_NAMES)
-        spec = run.spec
-        error = _unbuildable(self.model, tuple(spec.image_shape), spec.num_classes,
-                             tuple(sorted(self.options().items())))
-        if error:
-            raise ConfigError("model", f"{self.model} cannot be built for {run.data.dataset} {spec.image_shape}: "
-                                       f"{error}")
-
-
-@functools.lru_cache(maxsize=64)
-def _unbuildable(model: str, image_shape: tuple, num_classes: int, options: tuple) -> str:
-    """Why the network cannot be built ("" if it can); cached: building a WRN-28-10 to check it takes seconds."""
-    try:
-        models.build(model, image_shape, num_classes, **dict(options))
-    except ValueError as error:
-        return str(error)
-    return ""
+        _one_of("model", self.model, models.MODEL_NAMES)  # whether it builds for the images: assembly.check
 
 
 @dataclasses.dataclass
@@ -309,10 +291,6 @@ class DistillationSection:
                                             f"got {self.kd_weights}")
         if not self.kd_temperature > 0:
             raise ConfigError("kd_temperature", f"must be positive, got {self.kd_temperature}")
-        for flag in ("kd_adv_teacher", "kd_std_teacher"):
-            path = getattr(self, flag)
-            if path and not os.path.isdir(path):
-                raise ConfigError(flag, f"{path!r} is not a tfadv run directory or a SavedModel directory")
 
 
 @dataclasses.dataclass
@@ -404,20 +382,7 @@ class RuntimeSection:
             raise ConfigError("cluster_timeout", f"must be a positive number of seconds, got {self.cluster_timeout}")
         if not self.output_dir:
             raise ConfigError("output_dir", "is required (the run's directory)")
-        if self.distribute == "multi_worker":
-            try:
-                cluster.cluster_from_environment()
-            except ValueError as error:
-                raise ConfigError("distribute", str(error)) from None
-        elif os.environ.get(cluster.TF_CONFIG, "").strip():
-            # a cluster manager sets TF_CONFIG for every worker of a multi-worker job: under --distribute=none or
-            # mirrored each worker would silently train alone, on all the data, into the same run directory
-            raise ConfigError("distribute", f"{self.distribute} trains in this one process, but the "
-                                            f"{cluster.TF_CONFIG} environment variable describes a cluster (it is "
-                                            "read only by "
-                                            "--distribute=multi_worker); pass --distribute=multi_worker, or unset "
-                                            f"{cluster.TF_CONFIG} for a single-process run")
-        if run.optimization.batch_size % self.replicas:
+        if self.distribute != "multi_worker" and run.optimization.batch_size % self.replicas:  # TF_CONFIG's: assembly
             raise ConfigError("batch_size", f"{run.optimization.batch_size} does not split evenly over "
                                             f"{self.replicas} replicas")
         if self.num_cpu_devices > 1 and self.distribute != "mirrored":
@@ -774,21 +739,6 @@ class TrainConfig:
 
     def swa_start(self) -> int:
         return self.averaging.start(self)
-
-    def build_network(self):
-        """A freshly initialised network for this run's dataset and model (normalisation is its first layer)."""
-        spec = self.spec
-        return models.build(self.network.model, spec.image_shape, spec.num_classes, spec.mean, spec.std,
-                            **self.network.options())
-
-    def build_trainer(self, network, distillation=None, updates_per_epoch: int = 1) -> training.Trainer:
-        """The chosen method's trainer (a keras.Model with its train_step) around `network`."""
-        return self.method.trainer(
-            network, self.attack_config(), options=self.options, weight_decay=self.optimization.weight_decay,
-            weight_decay_scope=self.optimization.weight_decay_scope, smoothing=self.smoothing.config(),
-            distillation=distillation, label_adversary=self.labels.label_adversary(self.spec.num_classes),
-            seed=self.runtime.seed, batch_size=self.optimization.batch_size,
-            eps_warmup_updates=int(round(self.attack.eps_warmup_epochs * updates_per_epoch)))
 
     # -- validation ------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":

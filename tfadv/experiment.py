@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import keras
 import numpy as np
 
-from tfadv import cluster, data, distribute, evaluation, export, runs, training
+from tfadv import assembly, cluster, data, distribute, evaluation, export, runs, training
 from tfadv import precision as precision_lib
 from tfadv.callbacks import (EpochLog, ResumableCheckpoint, RobustValidation, StochasticWeightAveraging,
                              make_schedule, schedule_curve, weights_finite)
@@ -255,6 +255,7 @@ def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
     # first: logical devices; a MultiWorkerMirroredStrategy precedes every TF op
     distribute.setup(config, log, precision=precision and precision.value)
     config.validate()
+    assembly.check(config)  # the directories, TF_CONFIG, the network for the images
     log(precision.describe())  # the run's first line (a multi-worker run may first say it waits for its cluster)
     _check_output_dir(config)
     unwritable = evaluation.api.unwritable_reason(config.runtime.output_dir, directory=True)
@@ -294,8 +295,8 @@ def build(prepared: Prepared, log: Callable = print) -> Built:
     steps = data.steps_per_epoch(len(splits.train[0]), o.batch_size)  # >= 1: checked in prepare
     updates = steps * config.updates_per_batch()
     with strategy.scope():
-        network = config.build_network()
-        trainer = config.build_trainer(network, prepared.distillation, updates)
+        network = assembly.network(config)
+        trainer = assembly.trainer(config, network, prepared.distillation, updates)
         schedule = make_schedule(o.lr_schedule, o.lr, o.epochs, updates, o.lr_decay_epochs, o.lr_decay_factor,
                                  o.lr_warmup_epochs, o.lr_peak_fraction)
         optimizer = build_optimizer(config, schedule)
@@ -434,7 +435,7 @@ def finish(prepared: Prepared, built: Built, log: Callable = print) -> dict:
         path = built.best_paths.get(kind)
         if not path or not os.path.exists(path):
             continue
-        best_network = config.build_network()
+        best_network = assembly.network(config)
         best_network.load_weights(path)
         best_clean, best_robust = measure(export.as_float32(best_network), test_x, test_y)
         metrics[key] = {

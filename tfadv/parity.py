@@ -12,6 +12,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from tfadv import assembly
 from tfadv.cluster import launch, stop
 from tfadv.config import TrainConfig
 from tfadv.distribute import is_chief, prepare_trainer, setup, strategy
@@ -83,8 +84,8 @@ def parity_run(strategy_, cases=None, steps: int = 4, log: Callable = print) -> 
         updates = steps * config.updates_per_batch()
         keras.utils.set_random_seed(config.runtime.seed)
         with strategy_.scope():
-            network = config.build_network()
-            trainer = config.build_trainer(network, distillation, updates)
+            network = assembly.network(config)
+            trainer = assembly.trainer(config, network, distillation, updates)
             schedule = callbacks.make_schedule(o.lr_schedule, o.lr, o.epochs, updates)
             optimizer = experiment.build_optimizer(config, schedule)
             trainer.compile(optimizer=optimizer, jit_compile=False)

@@ -304,7 +304,9 @@ class Run:
         weights = checkpoint_path(self.path, which)
         if not os.path.exists(weights):
             raise FileNotFoundError(f"{self.path} is not a finished tfadv run: {weights} is missing")
-        network = self.config.build_network()
+        from tfadv import assembly
+
+        network = assembly.network(self.config)
         network.load_weights(weights)
         return network
 

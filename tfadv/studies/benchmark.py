@@ -58,12 +58,12 @@ class Benchmark:
     def build_trainer(self, method):
         import keras
 
-        from tfadv import models
+        from tfadv import assembly, models
 
         shape = self.input_shape
         options = dict(depth=self.wrn_depth, width=self.wrn_width) if self.model == "wide_resnet" else {}
         network = models.build(self.model, shape, self.num_classes, [0.5] * shape[-1], [0.25] * shape[-1], **options)
-        trainer = self.run_config(method).build_trainer(network)
+        trainer = assembly.trainer(self.run_config(method), network)
         optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
         trainer.compile(optimizer=optimizer, jit_compile=self.jit_compile)
         optimizer.build(network.trainable_variables)
