@@ -5,6 +5,7 @@ one of them inside an attack fails here."""
 import ast
 import functools
 import os
+import pkgutil
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import tensorflow as tf
 from helpers import ROOT
 from tfadv import attacks, evaluation, training
 from tfadv.attacks import losses, parts, rng
-from tfadv.evaluation import specs
+from tfadv.evaluation import families, specs
 
 EPS = {"linf": 0.125, "l2": 1.0, "l1": 4.0}
 
@@ -166,9 +167,9 @@ def test_the_loop_ascends_a_linear_objective_to_the_corner_of_the_ball():
 
 SHARED = ("random_start", "projected_ascent", "constrain", "keep_best")
 
-# the built-in attack families (registered in tfadv.evaluation.specs) -> (a small name of the family, the shared
-# parts it runs). DeepFool (a linearisation stepping to the nearest boundary, no restarts, no random start, no
-# loss to keep the best of) uses none of them.
+# the built-in attack families (registered by the built-in modules of tfadv.evaluation.families) -> (a small name
+# of the family, the shared parts it runs). DeepFool (a linearisation stepping to the nearest boundary, no restarts,
+# no random start, no loss to keep the best of) uses none of them.
 BUILT_IN = {
     "fgsm": ("fgsm", {"projected_ascent", "constrain"}),
     "pgd": ("pgd2_r2", {"random_start", "projected_ascent", "constrain", "keep_best"}),
@@ -212,8 +213,8 @@ def model():
 
 
 def test_the_table_names_every_built_in_family():
-    built_in = {family for family, entry in specs.registered_attacks().items()
-                if entry.run.__module__ == specs.__name__}
+    modules = {f"{families.__name__}.{name}" for name in families.BUILT_IN_MODULES}
+    built_in = {family for family, entry in specs.registered_attacks().items() if entry.run.__module__ in modules}
     assert built_in == set(BUILT_IN)
 
 
@@ -265,12 +266,21 @@ def _called_names(path):
     return names
 
 
+def family_module_files():
+    """The files of the attack family modules on tfadv.evaluation.families' path (a family added as one module,
+    its algorithm included, is one of them)."""
+    return [os.path.join(module.module_finder.path, module.name + ".py")
+            for module in pkgutil.iter_modules(families.__path__)]
+
+
 def test_no_attack_composes_its_own_step_projection_or_loop():
     """The shared parts are the only place where a step is projected (`project`, `steepest_step` with a
-    projection, the step loop `repeat`) or a ball start is drawn from `rng` in tfadv/attacks and TRADES: an
-    attack that builds its own copy of the loop or of the start fails here."""
+    projection, the step loop `repeat`) or a ball start is drawn from `rng` in tfadv/attacks, the attack family
+    modules and TRADES: an attack that builds its own copy of the loop or of the start fails here."""
     files = [os.path.join(ROOT, "tfadv", "attacks", name) for name in os.listdir(os.path.join(ROOT, "tfadv", "attacks"))
              if name.endswith(".py") and name not in ("parts.py", "ops.py", "rng.py", "__init__.py")]
+    files += family_module_files()
+    assert os.path.join(ROOT, "tfadv", "evaluation", "families", "fab.py") in files
     files.append(os.path.join(ROOT, "tfadv", "training", "trades.py"))
     offenders = []
     for path in files:

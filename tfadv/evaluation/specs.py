@@ -7,22 +7,25 @@ A name is `[transfer_]FAMILY[STEPS][_NORM][_rRESTARTS][_eotDRAWS][_<option>N...]
 `pgd20_r1` and `pgd20` are one attack, `pgd20`), and the Evaluator salts each attack's random numbers by that
 canonical name: equal attacks, equal numbers.
 
-Adding an attack is its module plus one `register_attack(...)` call; the parser, the runner, the audit and
-the reports read the entry's metadata and never the name.
+The registry is filled by the family modules of `tfadv.evaluation.families` (one module per family or group of
+families: its adapter from an AttackSpec to its algorithm and its `register_attack(...)` call), which importing
+`tfadv.evaluation` discovers; this module holds the registry, the grammar, the defaults of the built-in families
+(the AutoAttack settings) and the suites, and imports no family. Adding an attack is one new module there; the
+parser, the runner, the audit and the reports read the entry's metadata and never the name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from tfadv import attacks
-
 KINDS = ("gradient", "score_based", "minimum_norm")
 NORM_NAMES = ("linf", "l2", "l1")
+# the step counts the built-in families' names may omit (AutoAttack-standard's settings; C&W's are Carlini &
+# Wagner's), read by their modules in tfadv.evaluation.families
 APGD_DEFAULT_STEPS = 100
 FAB_DEFAULT_STEPS = 100
 SQUARE_DEFAULT_QUERIES = 5000
@@ -53,7 +56,10 @@ class AttackEntry:
     being its default; `targeted`; `min_classes`: the fewest classes its loss works with; `eot`: whether it
     averages gradients over EOT draws (`_eotN`); `restarts`: whether it takes `_rN`; `options`: its own name
     options; `step_size(radius, norm, steps, given)`: the step size it is recorded with (default: the radius);
-    `spec_kind`: the AttackSpec.kind tag (defaults to the family; the built-in PGD and APGD families share one).
+    `spec_kind`: the AttackSpec.kind tag (defaults to the family; the built-in PGD and APGD families share one);
+    `example`: the fields of a short run of the family (`build_spec` keywords: steps, restarts, eot_iter, its
+    options' fields; empty: its defaults), which the tests parametrized over the registry run it with, in each of
+    its norms (`example_spec`).
     """
 
     family: str
@@ -71,6 +77,7 @@ class AttackEntry:
     step_size: Optional[Callable] = None
     spec_kind: Optional[str] = None
     description: str = ""
+    example: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def default_norm(self) -> str:
@@ -111,9 +118,11 @@ def register_attack(family: str, run: Callable, *, kind: str, loss: str, default
                     step_count: bool = True, norms: Sequence[str] = NORM_NAMES, targeted: bool = False,
                     min_classes: int = 2, eot: bool = False, restarts: bool = True,
                     options: Sequence[NameOption] = (), step_size: Optional[Callable] = None,
-                    spec_kind: Optional[str] = None, description: str = "") -> AttackEntry:
+                    spec_kind: Optional[str] = None, description: str = "",
+                    example: Optional[Mapping[str, int]] = None) -> AttackEntry:
     """Registers an attack family (see AttackEntry for the fields) and returns its entry. The family name is
-    lower-case letters, digits and underscores, starts with a letter, and is not taken."""
+    lower-case letters, digits and underscores, starts with a letter, and is not taken; `example` names only
+    fields the family's names can set, with positive integers."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", family) or family.endswith("_") or family.startswith(TRANSFER.name + "_"):
         raise ValueError(f"attack family {family!r}: use lower-case letters, digits and underscores")
     if family in _REGISTRY:
@@ -129,8 +138,17 @@ def register_attack(family: str, run: Callable, *, kind: str, loss: str, default
     if any(letter in ("r", "eot") or not re.fullmatch(r"[a-z]+", letter) for letter in letters) or \
             len(set(letters)) != len(letters):
         raise ValueError(f"attack family {family!r}: options must be distinct lower-case letters other than r, eot")
+    example = dict(example or {})
+    settable = {"steps": step_count, "restarts": restarts, "eot_iter": eot, **{o.field: True for o in options}}
+    bad = {k: v for k, v in example.items() if not settable.get(k) or isinstance(v, bool) or not isinstance(v, int)
+           or v < 1}
+    if bad:
+        raise ValueError(f"attack family {family!r}: example must set positive integers of "
+                         f"{', '.join(k for k, ok in settable.items() if ok)}, got {bad}")
+    if default_steps is None and "steps" not in example:
+        raise ValueError(f"attack family {family!r}: its names need a step count, so its example needs steps")
     entry = AttackEntry(family, run, kind, loss, default_steps, step_count, tuple(norms), targeted, min_classes, eot,
-                        restarts, tuple(options), step_size, spec_kind, description)
+                        restarts, tuple(options), step_size, spec_kind, description, example)
     _REGISTRY[family] = entry
     return entry
 
@@ -393,6 +411,12 @@ def build_spec(family: str, eps: Dict[str, float], *, steps: Optional[int] = Non
     return dataclasses.replace(spec, name=spec.canonical_name)
 
 
+def example_spec(family: str, eps: Dict[str, float], norm: Optional[str] = None) -> AttackSpec:
+    """The AttackSpec of the registered family's `example` (a short run) in `norm` (default: its default norm),
+    named canonically (e.g. `square20_l2`, `cwl2_10_b2`)."""
+    return build_spec(family, eps, norm=norm, **attack_entry(family).example)
+
+
 def parse_attack(name: str, eps: Dict[str, float], step_size: Optional[float] = None,
                  source: Optional[Callable] = None) -> AttackSpec:
     """An AttackSpec from a name of the registry's grammar (module docstring): `fgsm`, `pgd20`, `pgd100`, `cw20`
@@ -438,95 +462,6 @@ def check_classes(specs: Sequence[AttackSpec], num_classes: int):
     if bad:
         raise ValueError(f"the model has {num_classes} classes, too few for: {', '.join(bad)}; the DLR loss needs 3 "
                          f"classes and its targeted form (APGD-T) 4")
-
-
-# -- the built-in attacks ------------------------------------------------------------------------------------------
-
-def _run_fgsm(spec, logits_fn, x, y, keys):
-    return attacks.fgsm(logits_fn, x, y, eps=spec.eps, loss=spec.loss, norm=spec.norm)
-
-
-def _run_pgd(spec, logits_fn, x, y, keys):
-    return attacks.pgd(logits_fn, x, y, eps=spec.eps, step_size=spec.step_size, steps=spec.steps, norm=spec.norm,
-                       loss=spec.loss, restarts=spec.restarts, random_start=True, keys=keys)
-
-
-def _eot(spec):
-    return {"eot_iter": spec.eot_iter} if spec.eot_iter != 1 else {}  # passed only when not the default
-
-
-def _run_apgd(spec, logits_fn, x, y, keys):
-    return attacks.apgd(logits_fn, x, y, eps=spec.eps, norm=spec.norm, loss=spec.loss, steps=spec.steps,
-                        restarts=spec.restarts, keys=keys, **_eot(spec))
-
-
-def _run_apgd_t(spec, logits_fn, x, y, keys):
-    return attacks.apgd_targeted(logits_fn, x, y, eps=spec.eps, norm=spec.norm, steps=spec.steps,
-                                 restarts=spec.restarts, keys=keys, **_eot(spec))
-
-
-def _run_deepfool(spec, logits_fn, x, y, keys):
-    from tfadv.attacks.deepfool import deepfool
-
-    x_adv, norms = deepfool(logits_fn, x, y, norm=spec.norm, max_iterations=spec.steps)
-    return at_budget(x, x_adv, norms, spec.eps)
-
-
-def _run_square(spec, logits_fn, x, y, keys):
-    from tfadv.attacks.square import square
-
-    return square(logits_fn, x, y, eps=spec.eps, norm=spec.norm, queries=spec.steps, keys=keys)
-
-
-def _run_fab_t(spec, logits_fn, x, y, keys):
-    from tfadv.attacks.fab import fab_targeted
-
-    # stop_within: a point within the radius it is scored at is broken and attacked no further, as in the
-    # reference FAB-T (its first point within eps, not the smallest over all targets); the same points break
-    x_adv, norms = fab_targeted(logits_fn, x, y, norm=spec.norm, steps=spec.steps, restarts=spec.restarts, keys=keys,
-                                stop_within=spec.eps * (1.0 + AT_BUDGET_TOLERANCE))
-    return at_budget(x, x_adv, norms, spec.eps)
-
-
-def _run_cwl2(spec, logits_fn, x, y, keys):
-    from tfadv.attacks.cw import carlini_wagner_l2
-
-    result = carlini_wagner_l2(logits_fn, x, y, steps=spec.steps, binary_search_steps=spec.search_steps)
-    return at_budget(x, result.x_adv, result.norms, spec.eps)
-
-
-def _pgd_step_size(radius, norm, steps, given):
-    if given is not None:
-        return given
-    return radius / 4 if norm == "linf" else 2.5 * radius / steps
-
-
-def _apgd_step_size(radius, norm, steps, given):
-    return 2 * radius  # APGD sets its own step size (2 eps, halved at checkpoints)
-
-
-register_attack("fgsm", _run_fgsm, kind="gradient", loss="ce", default_steps=1, step_count=False, restarts=False,
-                description="FGSM: one signed-gradient step of size eps")
-for _family, _loss, _min in (("pgd", "ce", 2), ("cw", "cw", 2), ("dlr", "dlr", 3)):
-    register_attack(_family, _run_pgd, kind="gradient", loss=_loss, min_classes=_min, step_size=_pgd_step_size,
-                    spec_kind="pgd", description=f"PGD on the {_loss} loss from a random start")
-for _family, _loss, _min in (("apgd_ce", "ce", 2), ("apgd_dlr", "dlr", 3)):
-    register_attack(_family, _run_apgd, kind="gradient", loss=_loss, default_steps=APGD_DEFAULT_STEPS,
-                    norms=("linf", "l2"), min_classes=_min, eot=True, step_size=_apgd_step_size, spec_kind="apgd",
-                    description=f"APGD on the {_loss} loss (Croce & Hein 2020)")
-register_attack("apgd_t", _run_apgd_t, kind="gradient", loss="dlr", default_steps=APGD_DEFAULT_STEPS,
-                norms=("linf", "l2"), targeted=True, min_classes=4, eot=True, step_size=_apgd_step_size,
-                description="APGD-T on the targeted DLR loss, top-9 wrong classes")
-register_attack("deepfool", _run_deepfool, kind="minimum_norm", loss="margin", default_steps=DEEPFOOL_DEFAULT_STEPS,
-                norms=("linf", "l2"), description="DeepFool, scored at the budget")
-register_attack("square", _run_square, kind="score_based", loss="margin", default_steps=SQUARE_DEFAULT_QUERIES,
-                norms=("linf", "l2"), restarts=False, description="Square Attack; the number is a query count")
-register_attack("fab_t", _run_fab_t, kind="minimum_norm", loss="margin", default_steps=FAB_DEFAULT_STEPS,
-                norms=("linf", "l2"), targeted=True, description="FAB-T, 9 targets, scored at the budget")
-register_attack("cwl2", _run_cwl2, kind="minimum_norm", loss="cw", default_steps=CWL2_DEFAULT_STEPS, norms=("l2",),
-                restarts=False, options=(NameOption("b", "search_steps", CWL2_DEFAULT_SEARCH, "binary_search_steps"),),
-                step_size=lambda radius, norm, steps, given: 0.01,
-                description="Carlini-Wagner L2 (Adam steps x binary-search steps), scored at the budget")
 
 
 # -- suites ----------------------------------------------------------------------------------------------------------
