@@ -201,7 +201,7 @@ def test_tf_config_names_the_chief_and_counts_the_replicas():
 
 def test_train_refuses_multi_worker_without_tf_config(tmp_path, monkeypatch):
     """scripts/train.py prints a ConfigError as `error: <message>` with exit code 2 (tests/test_cli.py)."""
-    from tfadv import experiment
+    from tfadv import assembly, experiment
     from tfadv.config import ConfigError, TrainConfig
 
     monkeypatch.delenv(distribute.TF_CONFIG, raising=False)
@@ -210,7 +210,7 @@ def test_train_refuses_multi_worker_without_tf_config(tmp_path, monkeypatch):
         experiment.prepare(config)
     monkeypatch.setenv(distribute.TF_CONFIG, '{"cluster": {"worker": ["127.0.0.1:1"]}}')
     with pytest.raises(ConfigError, match="^--distribute: TF_CONFIG needs a 'cluster' object and a 'task'"):
-        config.validate()
+        assembly.check(config.validate())  # the environment is read on the training side (tfadv.assembly)
     assert not (tmp_path / "run").exists()
 
 
