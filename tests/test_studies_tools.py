@@ -4,6 +4,7 @@ benchmark_torch.py's one-line refusal without PyTorch."""
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import types
@@ -136,3 +137,30 @@ def test_benchmark_torch_names_its_missing_dependency_in_one_line():
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == ("error: benchmark_torch.py needs PyTorch, which tfadv does not install: "
                            "pip install torch==2.13.0\n")
+
+
+def test_eval_batch_measures_each_attack_alone_and_the_accuracy_does_not_depend_on_the_batch_size(natural_mlp,
+                                                                                                   tmp_path):
+    """scripts/bench_eval_batch.py's library: every attack x batch size x XLA mode is one row, through the
+    Evaluator; the per-example keys make robust accuracy independent of the batch size (FGSM and Square's keyed
+    proposals alike). XLA may move an example whose gradient sign is a rounding away from zero (docs/scaling.md),
+    so across XLA modes the table marks, in brackets, exactly the configurations that differ."""
+    from tfadv import export
+    from tfadv.studies import eval_batch
+
+    path = export.export(natural_mlp, str(tmp_path / "saved_model" / "1"),
+                         metadata={"dataset": "digits", "eps_levels": 2.0})
+    rows = eval_batch.measure(str(tmp_path), None, 40, ["fgsm", "square20"], [7, 40], (False, True), log=None)
+    assert os.path.isdir(path) and len(rows) == 2 * 2 * 2
+    assert {(r["attack"], r["batch_size"], r["jit"]) for r in rows} == {
+        (a, b, j) for a in ("fgsm", "square20") for b in (7, 40) for j in (False, True)}
+    for attack in ("fgsm", "square20"):
+        for jit in (False, True):
+            same = [r for r in rows if (r["attack"], r["jit"]) == (attack, jit)]
+            assert len({r["robust_accuracy"] for r in same}) == 1, same
+            assert all(r["attacked"] > 0 and r["seconds"] >= 0 for r in same)
+    table = eval_batch.markdown(rows, "digits MLP")
+    assert "| fgsm | off |" in table and "| square20 | on |" in table and "batch 7" in table
+    first = {a: next(r["robust_accuracy"] for r in rows if r["attack"] == a) for a in ("fgsm", "square20")}
+    differing = sum(r["robust_accuracy"] != first[r["attack"]] for r in rows)
+    assert len(re.findall(r"\(robust \d", table)) == differing
