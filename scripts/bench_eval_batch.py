@@ -14,6 +14,7 @@ import json  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
+from tfadv.errors import UsageError  # noqa: E402
 from tfadv.studies import eval_batch  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "a tfadv run directory or SavedModel")
@@ -31,8 +32,13 @@ def main(argv):
         cli.fail("--model_dir is required (flags are --name=value)")
     if not set(FLAGS.xla) <= {"off", "on"}:
         cli.fail(f"--xla: off and/or on, got {FLAGS.xla}")
-    rows = eval_batch.measure(FLAGS.model_dir, FLAGS.data_dir, FLAGS.num_examples, FLAGS.attacks,
-                              [int(b) for b in FLAGS.batch_sizes], [mode == "on" for mode in FLAGS.xla])
+    if not all(b.isdigit() and int(b) > 0 for b in FLAGS.batch_sizes):
+        cli.fail(f"--batch_sizes: positive integers, got {FLAGS.batch_sizes}")
+    try:
+        rows = eval_batch.measure(FLAGS.model_dir, FLAGS.data_dir, FLAGS.num_examples, FLAGS.attacks,
+                                  [int(b) for b in FLAGS.batch_sizes], [mode == "on" for mode in FLAGS.xla])
+    except (UsageError, ValueError, OSError) as error:
+        cli.fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
     print(eval_batch.markdown(rows, f"{FLAGS.model_dir}, {FLAGS.num_examples} images"))
     if FLAGS.json:
         with open(FLAGS.json, "w") as handle:

@@ -26,11 +26,14 @@ def measure(model_dir, data_dir, num_examples, names, batch_sizes, jit_modes=(Fa
     (e.g. `apgd_ce`, `square1000`) x batch size x XLA mode; seconds of the warm run."""
     from tfadv import evaluation
 
+    names = list(dict.fromkeys(names))
     rows = []
     for jit in jit_modes:
         fn, budget, x, y = _load(model_dir, data_dir, num_examples, unchecked=jit)
         for name in names:
             spec = evaluation.parse_attack(name, budget.radii())
+            if any(r["attack"] == spec.name and r["jit"] == jit for r in rows):
+                raise ValueError(f"--attacks: {name} is {spec.name}, given twice")
             for batch_size in batch_sizes:
                 evaluator = evaluation.Evaluator(fn, [spec], batch_size=batch_size, jit_compile=jit)
                 evaluator(x, y)  # traces (and compiles under XLA) every batch shape it meets

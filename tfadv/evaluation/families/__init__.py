@@ -22,6 +22,11 @@ parametrized over the registry (tests/test_attack_families.py, test_attack_xla.p
 (tests/test_one_file_attack.py does all this with a one-file copy of FAB-T). An attack algorithm that other code
 reuses (the training attacks, another family) belongs in `tfadv/attacks/`, which never imports
 `tfadv.evaluation`; its family module here imports it.
+
+A family module is imported while `tfadv.evaluation` itself is being imported: import `specs` (and
+`tfadv.attacks`) at its top, not `Evaluator` or the API (not loaded yet), and know that a module that fails to
+import (a name already registered, a syntax error) makes `import tfadv.evaluation`, and so train.py and
+evaluate.py, fail with its error.
 """
 
 # The display order of the built-in modules: the registration order of their families, and so the order of
@@ -37,6 +42,7 @@ def import_family_modules():
     import importlib
     import pkgutil
 
+    importlib.invalidate_caches()  # a module added while the process runs is found
     names = sorted({m.name for m in pkgutil.iter_modules(__path__)},
                    key=lambda n: (BUILT_IN_MODULES.index(n) if n in BUILT_IN_MODULES else len(BUILT_IN_MODULES), n))
     for name in names:
