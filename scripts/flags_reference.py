@@ -47,15 +47,15 @@ def _table(flag_values, names) -> list:
 def render() -> str:
     from absl import flags
 
-    from tfadv import config as config_lib
+    from tfadv import config as config_lib, training
     from tfadv.evaluation import config as evaluation_config
 
     train, evaluate = flags.FlagValues(), flags.FlagValues()
-    config_lib.define_flags(train)
+    config_lib.define_flags(train, [m for m in training.registry.methods() if training.built_in(m)])  # shipped
     names = evaluation_config.define_flags(evaluate)
     flagfile = "`--flagfile=FILE` reads flags from a file; flags typed after it override it."
     lines = [HEADER, "## `scripts/train.py`", "", flagfile, ""]
-    lines += _table(train, set(config_lib.flag_names()) - {"flagfile"})
+    lines += _table(train, set(train) & set(config_lib.flag_names()) - {"flagfile"})
     lines += ["", "## `scripts/evaluate.py`", ""] + _table(evaluate, names)
     return "\n".join(lines) + "\n"
 

@@ -124,6 +124,17 @@ def test_the_checks_parametrized_over_the_registry_pass_for_the_copy(dropped_in,
     assert parity.PARITY_CASES[NAME] == {"defense": NAME}
     result = parity.parity_run(tf.distribute.get_strategy(), cases=[NAME], steps=2, log=lambda *_: None)
     assert len(result[NAME]["losses"]) == 2 and np.all(np.isfinite(result[NAME]["losses"]))
+    # docs/flags.md documents the shipped methods: the copy is not one, so the reference stays as it is
+    assert [m.name for m in registry.methods() if not training.built_in(m)] == [NAME]
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import flags_reference
+    finally:
+        sys.path.pop(0)
+    reference = flags_reference.render()
+    assert f"{PREFIX}_beta" not in reference and NAME not in reference
+    with open(flags_reference.OUTPUT) as handle:
+        assert handle.read() == reference
 
 
 def test_the_reference_check_is_not_vacuous(dropped_in, digits):

@@ -957,16 +957,19 @@ def flag_names() -> set:
     return set(_flag_homes()) | {"defense", "flagfile"}
 
 
-def define_flags(flag_values=None):
-    """Defines one absl flag per config field (today's names and defaults) and --defense."""
+def define_flags(flag_values=None, methods=None):
+    """Defines one absl flag per config field (today's names and defaults) and --defense; `methods` (default:
+    every registered one) are the methods whose options get flags and which --defense's help lists (the flags
+    reference documents the built-in ones)."""
     from absl import flags
 
     flag_values = flag_values if flag_values is not None else flags.FLAGS
-    lines = [f"{m.name}" + (f" ({m.description})" if m.description else "") for m in registry.methods()]
+    methods = registry.methods() if methods is None else methods
+    lines = [f"{m.name}" + (f" ({m.description})" if m.description else "") for m in methods]
     flags.DEFINE_string("defense", TrainConfig.defense, "training method: " + ", ".join(lines),
                         flag_values=flag_values)
     fields = [(f, f.name) for _, section_type in SECTIONS for f in dataclasses.fields(section_type)]
-    for method in registry.methods():
+    for method in methods:
         fields += [(f, method.flag(f.name)) for f in dataclasses.fields(method.options)]
     for field, name in fields:
         help_text = field.metadata.get("help", name)

@@ -11,8 +11,14 @@ from tfadv.training.base import (BAT_LABELS, BN_MODES, WEIGHT_DECAY_SCOPES, Atta
 
 # Every module of this package registers its method on import; a new defense is one new module here (no list
 # to edit). The tuple below only fixes the display order of the built-in ones (DEFENSES, --defense's help);
-# any other module is imported after them, in name order.
+# any other module is imported after them, in name order. docs/flags.md documents these (`built_in`).
 _DISPLAY_ORDER = ("natural", "pgd", "fgsm_rs", "free", "trades", "bat", "ssat", "label_smoothing", "logit_squeeze")
+
+
+def built_in(method) -> bool:
+    """Whether a registered method comes from a module shipped with tfadv (not one a user dropped on the path)."""
+    module = method.trainer.__module__
+    return module.startswith(__name__ + ".") and module.rsplit(".", 1)[1] in _DISPLAY_ORDER
 
 
 def import_method_modules():
