@@ -9,13 +9,13 @@ import time
 
 
 def _load(model_dir, data_dir, num_examples, unchecked):
+    """The evaluation's own loading (`pipeline.load_model`; `unchecked` for XLA) and budget, and the test images."""
     import numpy as np
 
-    from tfadv import data, export, runs
-    from tfadv.evaluation import api
+    from tfadv import data, export
+    from tfadv.evaluation import api, pipeline
 
-    path = runs.find_saved_model(model_dir) or model_dir
-    fn = export.load_logits_fn(path, unchecked=unchecked)
+    fn, path = pipeline.load_model(model_dir, unchecked=unchecked)
     spec, budget = api.evaluation_budget(export.read_metadata(path))
     x, y = data.take(data.load(spec.name, data_dir).test, num_examples)
     return fn, budget, x.astype(np.float32), y.astype(np.int32)
