@@ -241,6 +241,22 @@ def test_a_worker_whose_cluster_never_comes_says_so_and_gives_up(tmp_path):
     assert process.returncode != 0 and not (tmp_path / "run").exists()
 
 
+def test_a_worker_with_a_bad_value_is_refused_before_it_waits_for_its_cluster(tmp_path):
+    """A value the configuration refuses (here --epochs=0) is refused at once on each worker, not after the
+    worker has waited up to --cluster_timeout for peers it would then refuse anyway (prepare() used to set up
+    the cluster first)."""
+    process = _lone_worker(tmp_path, "--epochs=0", "--cluster_timeout=60")
+    started = time.monotonic()
+    try:
+        out, err = process.communicate(timeout=120)
+    finally:
+        distribute.stop([process])
+    elapsed = time.monotonic() - started
+    assert _error_lines(err) and _error_lines(err)[0].startswith("error: --epochs"), err[-2000:]
+    assert "waiting for" not in out and elapsed < 60, (elapsed, out)
+    assert process.returncode == 2 and not (tmp_path / "run").exists()
+
+
 def _wait_for_line(process, text, timeout=120):
     """Reads the process's stdout until a line holds `text` (False if it ends or `timeout` passes first)."""
     deadline = time.monotonic() + timeout

@@ -252,9 +252,11 @@ def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
     # resolved before any TF op (it reads /proc/cpuinfo, TF's physical device list and an interrupted run's flags.txt)
     # so that the workers of a multi-worker run check they resolved it alike
     precision = resolve_precision(config) if config.runtime.mixed_precision in precision_lib.PRECISIONS else None
-    # first: logical devices; a MultiWorkerMirroredStrategy precedes every TF op
-    distribute.setup(config, log, precision=precision and precision.value)
+    # the values alone (pure: no file, no environment, no TF op): a bad value is refused at once on each worker,
+    # not after waiting up to --cluster_timeout for a cluster it would then refuse anyway
     config.validate()
+    # then logical devices; a MultiWorkerMirroredStrategy precedes every TF op
+    distribute.setup(config, log, precision=precision and precision.value)
     assembly.check(config)  # the directories, TF_CONFIG, the network for the images
     log(precision.describe())  # the run's first line (a multi-worker run may first say it waits for its cluster)
     _check_output_dir(config)
