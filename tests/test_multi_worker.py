@@ -328,6 +328,35 @@ def test_a_worker_in_the_python_wait_answers_its_peers_and_stops_at_the_timeout(
     assert 1 <= time.monotonic() - start < 10
 
 
+@pytest.mark.parametrize("signum, said", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C (SIGINT)")])
+def test_a_signal_inside_a_host_name_lookup_still_says_one_clean_line(monkeypatch, signum, said):
+    """A clean-clone CI failure under load: SIGTERM arrived while the wait was encoding a host name (the 'idna'
+    codec, inside socket.create_connection); the handler raised there, and Python's codec machinery rewrote the
+    error as "encoding with 'idna' codec failed (RunError: stopped by SIGTERM ...)". Here a codec of our own
+    receives the signal in the same place on every run."""
+    import codecs
+
+    def encode(text, errors="strict"):
+        os.kill(os.getpid(), signum)
+        time.sleep(0.05)  # the handler runs here, inside the codec
+        return text.encode("ascii"), len(text)
+
+    name = f"tfadv_test_signal_{signum:d}"
+    codecs.register(lambda n: codecs.CodecInfo(encode, codecs.utf_8_decode, name=name) if n == name else None)
+
+    def connect(address, timeout=None):
+        address[0].encode(name)  # where getaddrinfo encodes the host
+        raise ConnectionRefusedError
+
+    monkeypatch.setattr(cluster_lib.socket, "create_connection", connect)
+    alone = cluster_lib.parse_tf_config(distribute.local_cluster(2)[0])
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(RunError) as raised:
+        cluster_lib.wait_for_peers(alone, 30, lambda *_: None, poll=0.1)
+    assert str(raised.value) == f"stopped by {said} while waiting for the other workers"
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # the handlers are back
+
+
 def test_a_sigterm_sent_while_the_watchdog_starts_still_stops_the_worker():
     """The race behind a clean-clone CI failure: SIGTERM reached the watchdog before its Python had installed the
     handler, killed it silently, and the worker (blocked in TF's handshake) then waited for ever."""

@@ -93,8 +93,27 @@ def _host_port(address: str):
     return host.strip("[]"), int(port)
 
 
-def _stop_on(signum, frame):
-    raise RunError(f"stopped by {signal.Signals(signum).name} while waiting for the other workers")
+_SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C (SIGINT)"}
+
+
+def _stopped(signum) -> RunError:
+    return RunError(f"stopped by {_SIGNAL_NAMES[signum]} while waiting for the other workers")
+
+
+class _Stop:
+    """The wait's SIGTERM/SIGINT handler: it only records the signal, and the wait's loop raises between two polls.
+    Raising in the handler itself put the RunError wherever the signal landed, e.g. inside the 'idna' codec of a
+    host-name lookup, whose machinery rewrote it as "encoding with 'idna' codec failed (RunError: ...)"."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self, signum, frame):
+        self.signum = self.signum or signum
+
+    def check(self):
+        if self.signum:
+            raise _stopped(self.signum)
 
 
 def wait_for_peers(cluster: Cluster, timeout: float, log: Callable = print, poll: float = 0.5) -> float:
@@ -128,11 +147,13 @@ def wait_for_peers(cluster: Cluster, timeout: float, log: Callable = print, poll
                        f"({cluster.tasks[cluster.task_type][cluster.task_index]}) cannot be listened on: "
                        f"{error.strerror}") from None
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _stop_on) if main else None
+    stop = _Stop()
+    previous = {signum: signal.signal(signum, stop) for signum in _SIGNAL_NAMES} if main else {}
     start = said = time.monotonic()
     pending = list(others)
     try:
         while pending:
+            stop.check()
             with contextlib.suppress(BlockingIOError, OSError):
                 while True:
                     connection = listener.accept()[0]
@@ -155,12 +176,13 @@ def wait_for_peers(cluster: Cluster, timeout: float, log: Callable = print, poll
                 log(f"multi_worker: still waiting for {', '.join(pending)} after {waited:.0f} s")
             if pending:
                 time.sleep(poll)
-    except KeyboardInterrupt:
-        raise RunError("stopped by Ctrl-C (SIGINT) while waiting for the other workers") from None
+        stop.check()
+    except KeyboardInterrupt:  # a SIGINT handler other than ours (not the main thread)
+        raise _stopped(signal.SIGINT) from None
     finally:
         listener.close()
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return time.monotonic() - start
 
 
