@@ -61,6 +61,25 @@ def test_study_report_tabulates_finished_rows_and_leaves_the_rest_pending(tmp_pa
     assert "Co-SSAT(PGD-AT): pending (needs the SSAT and PGD-AT rows)." in lines
 
 
+def test_study_report_gives_cossat_its_detector_protocols_and_claims_once_evaluated(tmp_path):
+    _study_row(tmp_path / "pgd", 0.45, 0.29, 0.23)
+    _study_row(tmp_path / "ssat", 0.38, 0.25, 0.16)
+    _write(str(tmp_path / "cossat" / "metrics.json"),
+           {"detector_auc": {"dlr": 0.565}, "calibration": {"num_positive": 2000, "num_negative": 1000},
+            "detector_calibration": {"dlr": {"tpr": 0.904, "fpr": 0.890, "balanced_accuracy": 0.507}}})
+    _write(str(tmp_path / "cossat" / "eval.json"),
+           {"cossat": {name: {"num_examples": 300, "clean_accuracy": 0.42, "worst_case_accuracy": worst,
+                              "attacks": {"pgd20": {"robust_accuracy": 0.25}}}
+                       for name, worst in (("white_box", 0.14), ("half_white_box", 0.2733), ("aa_dispatch", 0.2))}})
+    lines = cifar.Study(str(tmp_path)).report().splitlines()
+    assert "| white_box | 42.0 ± 2.8 | 25.0 ± 2.5 | 14.0 ± 2.0 | 300 |" in lines
+    detector = next(line for line in lines if line.startswith("| 000: the DLR detector"))
+    assert "ROC AUC 0.565" in detector and detector.endswith("| not reproduced |")
+    white = next(line for line in lines if line.startswith("| 000: Co-SSAT(PGD-AT) beats PGD-AT alone"))
+    assert "AA 14.0 ± 2.0 vs PGD-AT 23.0 ± 2.4 (-9.0 ± 3.1)" in white
+    assert white.endswith("| not reproduced (opposite) |")
+
+
 def test_study_report_writes_figures_linked_from_the_markdown_directory(tmp_path):
     _study_row(tmp_path / "runs" / "natural", 0.65, 0.0, 0.0)
     _study_row(tmp_path / "runs" / "pgd", 0.45, 0.30, 0.26, best_ra=0.36)

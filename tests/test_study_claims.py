@@ -35,3 +35,35 @@ def test_claims_from_rows():
     als = found["003/004: ALS alone gains PGD-20 robustness over natural training; does AutoAttack confirm it?"]
     assert als[1] == "mixed" and "AA 1.0" in als[0]  # PGD-20 gained, AutoAttack does not confirm it
     assert found["003/004: ALS on top of PGD-AT raises robustness"][1] == "pending"
+
+
+def _cossat(auc=0.95, tpr=0.86, fpr=0.07, positives=2000, negatives=1000, white_box=0.30, half_white_box=0.50, n=300):
+    return {"auc": auc, "tpr": tpr, "fpr": fpr, "num_positive": positives, "num_negative": negatives,
+            "protocols": {"white_box": (white_box, n), "half_white_box": (half_white_box, n)}}
+
+
+def test_cossat_claims_compare_the_detector_and_the_protocols_with_paper_000():
+    labels = {"pgd": "PGD-AT", "ssat": "SSAT"}
+    rows = {"pgd": _row(0.45, 0.29, 0.23), "ssat": _row(0.38, 0.25, 0.16)}
+
+    def found(cossat):
+        return {claim: (evidence, verdict) for claim, evidence, verdict in study_claims.claims(rows, labels, cossat)}
+
+    detector = "000: the DLR detector tells targeted from untargeted attacks (App. G Tab. 7: TPR 0.86, FPR 0.07)"
+    white = "000: Co-SSAT(PGD-AT) beats PGD-AT alone under white-box AutoAttack (Tab. 10: 46.65 vs 43.36)"
+    half = ("000: Co-SSAT(PGD-AT) under the half-white-box protocol beats both models under white-box AutoAttack "
+            "(Tab. 10: 65.74)")
+    assert all(found(None)[claim] == ("", "pending") for claim in (detector, white, half))
+    # a detector like the paper's: balanced accuracy (0.86 + 0.93) / 2 = 0.895, the paper's 0.898 within 2 SE
+    good = found(_cossat())
+    assert good[detector][1] == "reproduced" and "AUC 0.950" in good[detector][0]
+    # 7 points above PGD-AT's AutoAttack on 300 images each: SE sqrt(.3*.7/300 + .23*.77/300) = 3.6, so within 2 SE
+    assert good[white][1] == "not reproduced (within 2 SE)"
+    assert found(_cossat(white_box=0.35))[white][1] == "reproduced"
+    assert good[half][1] == "reproduced"  # 50 % against the better of 23 and 16
+    # what the study measured on real images: a detector at chance routes almost everything to the base model
+    chance = found(_cossat(auc=0.565, tpr=0.904, fpr=0.890, white_box=0.14, half_white_box=0.2733))
+    assert chance[detector][1] == "not reproduced" and "balanced accuracy 0.507" in chance[detector][0]
+    assert chance[white][1] == "not reproduced (opposite)"
+    # 27.3 against the better 23.0: 4.3 points, within 2 SE (7.1) of the difference
+    assert chance[half][1] == "not reproduced (within 2 SE)"

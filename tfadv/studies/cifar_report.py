@@ -6,7 +6,7 @@ import json
 import os
 import textwrap
 
-from tfadv.studies.claims import claims as verdicts, numbers, pct, se
+from tfadv.studies.claims import claims as verdicts, cossat_numbers, numbers, pct, se
 
 
 def curves(path):
@@ -71,11 +71,20 @@ def plots(rows, results, labels, plots_dir):
     return written
 
 
-def cossat_lines(cossat_dir):
+def cossat_results(cossat_dir):
+    """(metrics.json, eval.json) of the Co-SSAT build in `cossat_dir`, or None before its evaluation finished."""
     metrics_path, eval_path = os.path.join(cossat_dir, "metrics.json"), os.path.join(cossat_dir, "eval.json")
     if not os.path.exists(eval_path):
+        return None
+    with open(metrics_path) as metrics, open(eval_path) as report:
+        return json.load(metrics), json.load(report)
+
+
+def cossat_lines(cossat_dir):
+    results = cossat_results(cossat_dir)
+    if results is None:
         return ["Co-SSAT(PGD-AT): pending (needs the SSAT and PGD-AT rows)."]
-    metrics, report = json.load(open(metrics_path)), json.load(open(eval_path))
+    metrics, report = results
     chosen = metrics["detector_calibration"].get("dlr", {})
     lines = [f"Co-SSAT(PGD-AT) detector (DLR, calibrated on training images): ROC AUC "
              f"{metrics['detector_auc'].get('dlr', float('nan')):.3f}, balanced accuracy "
@@ -108,7 +117,9 @@ def report(row_specs, paper, results, cossat_dir, plots_dir=None, links_from="."
                      f"{pct(r['aa'], r['aa_n'])} | {r['aa_n']} | {pct(r['best_ra'])} / {pct(r['pgd20'])} | "
                      f"{', '.join(r['warned']) or 'none'} | {r['minutes']:.0f} | {paper_numbers} |")
     lines += ["", "| claim | evidence (ours) | verdict |", "| --- | --- | --- |"]
-    lines += [f"| {claim} | {evidence} | {v} |" for claim, evidence, v in verdicts(rows, labels)]
+    cossat = cossat_results(cossat_dir)
+    lines += [f"| {claim} | {evidence} | {v} |"
+              for claim, evidence, v in verdicts(rows, labels, cossat and cossat_numbers(*cossat))]
     lines += [""] + cossat_lines(cossat_dir)
     if plots_dir:
         lines += ["", *[f"![{os.path.basename(p)}]({os.path.relpath(p, links_from)})"

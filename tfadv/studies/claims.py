@@ -9,7 +9,13 @@ standard errors. The best-vs-final gap compares two checkpoints on the same imag
 sqrt(2) standard errors (an upper bound for positively correlated outcomes).
 
 A row's numbers (`numbers`): clean, pgd20 (on its n test images), aa (AutoAttack on its aa_n), best_ra,
-best_epoch, warned (the audit's warnings), minutes, epochs."""
+best_epoch, warned (the audit's warnings), minutes, epochs.
+
+Co-SSAT's numbers (`cossat`, from `cossat_numbers`): the DLR detector's ROC AUC and chosen TPR / FPR on the
+calibration set (num_positive targeted, num_negative untargeted adversarial examples), and each protocol's
+worst-case accuracy with its n. The detector claim compares our balanced accuracy with the one paper 000's chosen
+threshold gives (App. G, Table 7: TPR 0.8606, FPR 0.0651, balanced accuracy 0.898): reproduced unless ours is
+lower by more than two of its standard errors (the paper's n is not given, so its own error is left out)."""
 
 import math
 
@@ -65,8 +71,63 @@ def gain(better, base):
             [verdict(d20, e20), verdict(daa, eaa)])
 
 
-def claims(rows, labels):
-    """(claim, evidence, verdict) for each paper's claim, from the finished rows' numbers (`labels`: every row's)."""
+PAPER_DETECTOR = {"tpr": 0.8606, "fpr": 0.0651}  # paper 000, App. G, Table 7: the threshold it chose
+COSSAT_CLAIMS = {
+    "detector": "000: the DLR detector tells targeted from untargeted attacks (App. G Tab. 7: TPR 0.86, FPR 0.07)",
+    "white_box": "000: Co-SSAT(PGD-AT) beats PGD-AT alone under white-box AutoAttack (Tab. 10: 46.65 vs 43.36)",
+    "half_white_box": "000: Co-SSAT(PGD-AT) under the half-white-box protocol beats both models under white-box "
+                      "AutoAttack (Tab. 10: 65.74)"}
+
+
+def cossat_numbers(metrics, report):
+    """`cossat` for `claims` from a Co-SSAT build's metrics.json and its `evaluate.py --cossat_protocol=all`
+    report (eval.json)."""
+    chosen, calibration = metrics["detector_calibration"].get("dlr", {}), metrics.get("calibration", {})
+    return {"auc": metrics["detector_auc"].get("dlr"), "tpr": chosen.get("tpr"), "fpr": chosen.get("fpr"),
+            "num_positive": calibration.get("num_positive"), "num_negative": calibration.get("num_negative"),
+            "protocols": {name: (result["worst_case_accuracy"], result["num_examples"])
+                          for name, result in report.get("cossat", {}).items()}}
+
+
+def cossat_claims(rows, cossat):
+    """Paper 000's Co-SSAT claims: the detector's separation (App. G), Co-SSAT against PGD-AT under white-box
+    AutoAttack and, half-white-box, against the better of PGD-AT and SSAT (Tables 2 and 10)."""
+    if not cossat:
+        return [(claim, "", "pending") for claim in COSSAT_CLAIMS.values()]
+    out = []
+    tpr, fpr, n_pos, n_neg = cossat["tpr"], cossat["fpr"], cossat["num_positive"], cossat["num_negative"]
+    ours = (tpr + 1 - fpr) / 2
+    paper = (PAPER_DETECTOR["tpr"] + 1 - PAPER_DETECTOR["fpr"]) / 2
+    error = 0.5 * math.sqrt(se(tpr, n_pos) ** 2 + se(fpr, n_neg) ** 2)
+    out.append((COSSAT_CLAIMS["detector"],
+                f"ROC AUC {cossat['auc']:.3f}; TPR {tpr:.3f}, FPR {fpr:.3f}, balanced accuracy {ours:.3f} ± "
+                f"{error:.3f} (paper {paper:.3f}); {n_pos} targeted / {n_neg} untargeted",
+                "reproduced" if ours >= paper - 2 * error else "not reproduced"))
+    protocols = cossat["protocols"]
+    if "white_box" in protocols and rows.get("pgd"):
+        accuracy, n = protocols["white_box"]
+        base = rows["pgd"]
+        diff = accuracy - base["aa"]
+        error = math.sqrt(se(accuracy, n) ** 2 + se(base["aa"], base["aa_n"]) ** 2)
+        out.append((COSSAT_CLAIMS["white_box"], f"AA {pct(accuracy, n)} vs PGD-AT {pct(base['aa'], base['aa_n'])} "
+                    f"({100 * diff:+.1f} ± {100 * error:.1f})", verdict(diff, error)))
+    else:
+        out.append((COSSAT_CLAIMS["white_box"], "", "pending"))
+    if "half_white_box" in protocols and rows.get("pgd") and rows.get("ssat"):
+        accuracy, n = protocols["half_white_box"]
+        name, best = max((("PGD-AT", rows["pgd"]), ("SSAT", rows["ssat"])), key=lambda item: item[1]["aa"])
+        diff = accuracy - best["aa"]
+        error = math.sqrt(se(accuracy, n) ** 2 + se(best["aa"], best["aa_n"]) ** 2)
+        out.append((COSSAT_CLAIMS["half_white_box"], f"half-white-box {pct(accuracy, n)} vs {name} white-box AA "
+                    f"{pct(best['aa'], best['aa_n'])} ({100 * diff:+.1f} ± {100 * error:.1f})", verdict(diff, error)))
+    else:
+        out.append((COSSAT_CLAIMS["half_white_box"], "", "pending"))
+    return out
+
+
+def claims(rows, labels, cossat=None):
+    """(claim, evidence, verdict) for each paper's claim, from the finished rows' numbers (`labels`: every row's)
+    and Co-SSAT's (`cossat_numbers`, None while it is not evaluated)."""
     out = []
 
     def need(*keys):
@@ -129,4 +190,4 @@ def claims(rows, labels):
         out.append(("000: SSAT beats Free-AT at the same replays", evidence, combine(verdicts)))
     else:
         out.append(("000: SSAT beats Free-AT at the same replays", "", "pending"))
-    return out
+    return out + cossat_claims(rows, cossat)
