@@ -80,8 +80,8 @@ def cossat_results(cossat_dir):
         return json.load(metrics), json.load(report)
 
 
-def cossat_lines(cossat_dir):
-    results = cossat_results(cossat_dir)
+def cossat_lines(results):
+    """The detector line and the protocols table from `cossat_results`' (metrics, report), or pending (None)."""
     if results is None:
         return ["Co-SSAT(PGD-AT): pending (needs the SSAT and PGD-AT rows)."]
     metrics, report = results
@@ -120,7 +120,7 @@ def report(row_specs, paper, results, cossat_dir, plots_dir=None, links_from="."
     cossat = cossat_results(cossat_dir)
     lines += [f"| {claim} | {evidence} | {v} |"
               for claim, evidence, v in verdicts(rows, labels, cossat and cossat_numbers(*cossat))]
-    lines += [""] + cossat_lines(cossat_dir)
+    lines += [""] + cossat_lines(cossat)
     if plots_dir:
         lines += ["", *[f"![{os.path.basename(p)}]({os.path.relpath(p, links_from)})"
                         for p in plots(rows, results, labels, plots_dir)]]
