@@ -34,6 +34,11 @@ def _study_row(run_dir, clean, pgd20, aa, best_ra=None, seconds=600.0, warn=()):
                                                  "0,0.1,0.3\n1,0.2,0.4\n")
 
 
+def _output(args):
+    """The directory or file a recorded command writes (its --output_dir or --output)."""
+    return next(a.split("=", 1)[1] for a in args if a.startswith(("--output_dir=", "--output=")))
+
+
 class _Recorder:
     """Stands in for jobs.run: records each command and answers with the next exit code (0 when none is left)."""
 
@@ -142,12 +147,40 @@ def test_an_archived_row_outlives_its_run_directory(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().out.splitlines() == [
         f"natural: archived in {os.path.join(archive, 'natural')}, not run again",
         f"pgd: archived in {os.path.join(archive, 'pgd')}, not run again"]
-    fresh.run(["pgd_kd"])  # its teachers' weights are gone: both train again first, then the row
-    trained = [args[-1] for args, _, _ in recorder.calls if args[0] == "scripts/train.py"]
-    assert trained == [f"--output_dir={tmp_path / 'new' / key}" for key in ("natural", "pgd", "pgd_kd")]
-    _study_row(tmp_path / "new" / "pgd", 0.47, 0.31, 0.27, best_ra=0.33)  # the new run replaces what was kept
-    assert "| PGD-AT | `--defense=pgd` | 47.0" in fresh.report()
-    assert jobs.read_json(os.path.join(archive, "pgd", "metrics.json"))["final"]["clean_accuracy"] == 0.47
+
+    def train_teachers(args, log_path, done_path):  # as train.py: a training run's flags, metrics and checkpoints
+        recorder(args, log_path, done_path)
+        out = _output(args)
+        if args[0] == "scripts/train.py" and not os.path.exists(done_path):
+            for name in ("flags.txt", "metrics.json", *(f"checkpoints/{c}.weights.h5" for c in ("best", "best_clean",
+                                                                                                   "final"))):
+                _write(os.path.join(out, name), f"{os.path.basename(out)} {name}")
+        return 0, 0.0
+
+    monkeypatch.setattr(jobs, "run", train_teachers)
+    recorder.calls.clear()
+    fresh.run(["pgd_kd"])  # its teachers' weights are gone: each trains again (no evaluation), then the row
+    teachers = tmp_path / "new" / "teachers"
+    assert [(args[0], _output(args)) for args, _, _ in recorder.calls] == [
+        ("scripts/train.py", str(teachers / "natural")), ("scripts/train.py", str(teachers / "pgd")),
+        ("scripts/train.py", str(tmp_path / "new" / "pgd_kd")),
+        ("scripts/evaluate.py", str(tmp_path / "new" / "pgd_kd" / "autoattack"))]
+    kd = recorder.calls[2][0]
+    assert f"--kd_adv_teacher={teachers / 'pgd'}" in kd and f"--kd_std_teacher={teachers / 'natural'}" in kd
+    assert fresh.report() == before  # the reported rows are the archived runs: a teacher run replaces nothing
+    # the archive keeps each teacher's flags, metrics and the one checkpoint its role reads (paper 001's code:
+    # the robust teacher's best-robust, the standard teacher's best-clean), so no later machine trains it again
+    for key, checkpoint in (("pgd", "best"), ("natural", "best_clean")):
+        kept = os.path.join(archive, key, "teacher")
+        assert sorted(os.listdir(kept)) == ["checkpoints", "flags.txt", "metrics.json"]
+        assert os.listdir(os.path.join(kept, "checkpoints")) == [f"{checkpoint}.weights.h5"]
+        with open(os.path.join(kept, "checkpoints", f"{checkpoint}.weights.h5")) as handle:
+            assert handle.read() == f"{key} checkpoints/{checkpoint}.weights.h5"
+    recorder.calls.clear()
+    cifar.Study(str(tmp_path / "third"), "/data", archive_dir=archive).run(["pgd_kd_swa"])  # another machine
+    (kd_swa, _, _), _ = recorder.calls
+    assert kd_swa[0] == "scripts/train.py" and f"--kd_adv_teacher={os.path.join(archive, 'pgd', 'teacher')}" in kd_swa
+    assert f"--kd_std_teacher={os.path.join(archive, 'natural', 'teacher')}" in kd_swa
 
 
 def test_the_archive_retrains_a_cossat_base_only_when_cossat_needs_it_and_keeps_smoke_runs_out(tmp_path, monkeypatch,
@@ -160,7 +193,7 @@ def test_the_archive_retrains_a_cossat_base_only_when_cossat_needs_it_and_keeps_
     def train_and_finish(args, log_path, done_path):  # as jobs.run: a finished run is skipped; training writes
         if os.path.exists(done_path):                   # every result of a row (its evaluation's too)
             return 0, 0.0
-        out = next(a.split("=", 1)[1] for a in args if a.startswith(("--output_dir=", "--output=")))
+        out = _output(args)
         if args[0] == "scripts/train.py":
             _study_row(out, 0.5, 0.3, 0.2)
         calls.append(args[0] + " " + os.path.basename(out))

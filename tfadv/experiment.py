@@ -70,9 +70,8 @@ def build_distillation(config: TrainConfig, log: Callable = print):
         return None, {}
     weights = d.loss_weights()
     teachers, records = {}, {}
-    for name, flag, wanted in (("robust", "kd_adv_teacher", "best_robust"),
-                               ("standard", "kd_std_teacher", "best_clean")):
-        path = getattr(d, flag)
+    for name, flag in (("robust", "kd_adv_teacher"), ("standard", "kd_std_teacher")):
+        path, wanted = getattr(d, flag), runs.TEACHER_CHECKPOINTS[flag]
         if path:
             logits_fn, record = runs.load_teacher(path, flag, config.spec, wanted, log)
             teachers[name] = (logits_fn, weights[name])

@@ -45,6 +45,9 @@ ROBUST_ACCURACY_PLOT = "robust_accuracy.png"
 # checkpoint (the run's reported best and the robust self-teacher), "best_clean" the best-clean one (the standard
 # self-teacher). The values are the file stems (and the keys of metrics.json's entries).
 CHECKPOINTS = {"best_robust": "best", "best_clean": "best_clean", "final": "final"}
+# the checkpoint each self-teacher flag reads from a run directory (paper 001's code: the robust teacher's best
+# robust accuracy, the standard teacher's best clean accuracy)
+TEACHER_CHECKPOINTS = {"kd_adv_teacher": "best_robust", "kd_std_teacher": "best_clean"}
 # held while a training run writes its directory: "<pid> <host>" of the writer (`run_lock`)
 LOCK_FILE = ".tfadv-run.lock"
 

@@ -6,7 +6,9 @@ is built from the SSAT and PGD-AT rows. Finished rows are skipped and an interru
 With an `archive_dir` (docs/cifar10_study in the repository), every finished row's results (metrics.json, the
 AutoAttack report.json, history.csv; Co-SSAT's metrics.json and eval.json) are copied there: a few kilobytes
 that outlive the run directories (a fresh machine has only the repository), so the report keeps a finished row
-and the study does not train it again, unless a row still to run needs its weights (a teacher, a Co-SSAT base).
+and the study does not train it again, unless a row still to run needs its weights. A teacher of paper 001's rows
+is kept there too (`<row>/teacher/`: flags.txt, metrics.json and the one checkpoint the rows read, about 3 MB for
+WRN-16-2); one found nowhere trains again on its own (`teacher_dir`), and the archived row stays what is reported.
 
 The rows and the papers' own numbers are data here; cifar_report.py writes the tables and figures."""
 
@@ -71,6 +73,11 @@ PAPER = {
 }
 
 
+def _teachers(key):
+    """{teacher flag: the row whose run it names} for a row's {key} placeholders."""
+    return dict(re.findall(r"--(\w+)=\{(\w+)\}", ROWS[key][1]))
+
+
 def unknown_rows(only):
     """The names in `only` (--only) that are neither a row nor Co-SSAT, sorted."""
     return sorted(set(only) - set(ROWS) - {COSSAT})
@@ -89,33 +96,86 @@ class Study:
     def run(self, only=()):
         """Trains and evaluates the rows in `only` (all when empty), in ROWS' order, then Co-SSAT once its two
         bases are finished; a failed row prints one line naming its log and the study goes on. An archived row
-        is not run again unless a row still to run needs its weights (its teacher or a Co-SSAT base): that row
-        is trained again first, and its archived results are replaced by the new run's."""
+        is not run again unless a row still to run needs its weights. A teacher (paper 001's rows) found neither
+        in its row's run nor in the archive trains again, only trained, into teacher_dir: the archived row stays
+        what the table reports, and the archive keeps the teacher for later machines. A Co-SSAT base is trained
+        and evaluated again (build_cossat reads its run directory), its archived results replaced by the new run's."""
         os.makedirs(self.runs_dir, exist_ok=True)
         wanted = [key for key in ROWS if not only or key in only]
         cossat = (not only or COSSAT in only) and not self._archived(COSSAT, COSSAT_FILES)
-        # the weights a row still to train needs (a row trained but not evaluated needs none); Co-SSAT's bases once
-        # each is finished somewhere or trains in this run
-        needed = {base for key in wanted if not self.load(key) and not self._finished(key, ROW_FILES[:1])
-                  for base in re.findall(r"\{(\w+)\}", ROWS[key][1])}
+        # the teachers a row still to train needs (a row trained but not evaluated needs none) and has nowhere
+        teachers = {base for key in wanted if not self.load(key) and not self._finished(key, ROW_FILES[:1])
+                    for base in _teachers(key).values() if not self.teacher(base)}
+        # Co-SSAT's bases once each is finished somewhere or trains in this run (build_cossat reads their run dirs)
+        needed = set()
         if cossat and all(self.load(base) or base in wanted for base in ("ssat", "pgd")):
             needed |= {"ssat", "pgd"}
         for key in ROWS:
-            if (key in wanted or key in needed) and not self._finished(key):
+            if key in teachers and self.load(key) and key not in needed:
+                self.train_teacher(key)  # the reported row stays the archived run
+            elif (key in wanted or key in needed or key in teachers) and not self._finished(key):
                 if self.load(key) and key not in needed:
                     print(f"{key}: archived in {self.archive(key)}, not run again", flush=True)
                     continue
                 self.train_and_evaluate(key)
+            if key in self._teacher_keys():
+                self._archive_teacher(key)
         if cossat and self._finished("ssat") and self._finished("pgd"):
             self.build_cossat()
 
+    def teacher(self, key):
+        """Where a row reads `key`'s weights as its teacher: the row's own finished run, else a teacher run trained
+        for it on this machine, else the teacher the archive keeps; None when none is there."""
+        for where in (self.run_dir(key), self.teacher_dir(key), self._archived_teacher(key)):
+            if where and os.path.exists(os.path.join(where, runs.METRICS_FILE)):
+                return where
+        return None
+
+    def teacher_dir(self, key):
+        """A teacher trained again because its archived row's weights are gone (a fresh machine): the row's flags,
+        trained only, beside the rows, never replacing the archived row's results."""
+        return os.path.join(self.runs_dir, "teachers", key)
+
+    def _archived_teacher(self, key):
+        return os.path.join(self.archive(key), "teacher") if self.archive_dir else None
+
+    def train_teacher(self, key):
+        out = self.teacher_dir(key)
+        code, _ = jobs.run(self._train_args(key, out), out + ".log", runs.metrics_path(out))
+        if code != 0:
+            print(f"{key} (teacher): exit code {code}; see {out}.log: {jobs.last_lines(out + '.log')}", flush=True)
+
+    @staticmethod
+    def _teacher_keys():
+        return {base for key in ROWS for base in _teachers(key).values()}
+
+    def _archive_teacher(self, key):
+        """Copies a teacher's flags, metrics and the checkpoints the rows read (by their teacher flags) into the
+        archive, once: a few MB that spare every later machine its training."""
+        source = next((where for where in (self.run_dir(key), self.teacher_dir(key))
+                       if os.path.exists(runs.metrics_path(where))), None)
+        kept = self._archived_teacher(key)
+        if source is None or kept is None or os.path.exists(runs.metrics_path(kept)):
+            return
+        checkpoints = {runs.TEACHER_CHECKPOINTS[flag] for row in ROWS for flag, base in _teachers(row).items()
+                       if base == key}
+        files = [runs.FLAGS_FILE, *(runs.checkpoint_relpath(c) for c in sorted(checkpoints)), runs.METRICS_FILE]
+        if not all(os.path.exists(os.path.join(source, name)) for name in files):
+            return  # not a training run's directory (a test's stand-in): nothing to keep
+        for name in files:  # metrics.json last: it marks the kept teacher complete
+            target = os.path.join(kept, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with runs.replacing(target) as tmp:
+                shutil.copyfile(os.path.join(source, name), tmp)
+
+    def _train_args(self, key, out):
+        args = re.sub(r"\{(\w+)\}", lambda m: self.teacher(m.group(1)) or self.run_dir(m.group(1)), ROWS[key][1])
+        return ["scripts/train.py", f"--flagfile={FLAGFILE}", *args.split(), f"--data_dir={self.data_dir}",
+                f"--output_dir={out}"]
+
     def train_and_evaluate(self, key):
-        _, args = ROWS[key]
-        args = re.sub(r"\{(\w+)\}", lambda m: self.run_dir(m.group(1)), args)
         out, log = self.run_dir(key), self.run_dir(key) + ".log"
-        code, _ = jobs.run(["scripts/train.py", f"--flagfile={FLAGFILE}", *args.split(),
-                            f"--data_dir={self.data_dir}", f"--output_dir={out}"], log,
-                           os.path.join(out, "metrics.json"))
+        code, _ = jobs.run(self._train_args(key, out), log, os.path.join(out, "metrics.json"))
         if code == 0:
             code, _ = jobs.run(["scripts/evaluate.py", f"--model_dir={out}", "--suite=autoattack",
                                 f"--num_examples={self.autoattack_examples}", f"--data_dir={self.data_dir}",
