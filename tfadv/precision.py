@@ -6,8 +6,9 @@
 * CPU: bfloat16 when the CPU has AMX-BF16 or AVX512-BF16 (`amx_bf16` / `avx512_bf16` in /proc/cpuinfo: Intel
   Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later), where TensorFlow's oneDNN kernels run bfloat16
   matrix products in hardware (on this AMX CPU a training step took 1.6-2.2x less time than in float32,
-  docs/scaling.md); float32 on every other CPU (no bfloat16 instructions: emulated, no gain expected; not
-  measured) and where the CPU's features cannot be read (no /proc/cpuinfo: macOS, Windows).
+  docs/scaling.md); float32 on every other CPU (no bfloat16 instructions: emulated, 8.4x slower than float32
+  for a PGD-10 step on an AVX2-only AMD EPYC, so an explicit bfloat16 there warns in the run's first line) and
+  where the CPU's features cannot be read (no /proc/cpuinfo: macOS, Windows).
 * GPU: bfloat16 when every visible GPU has compute capability >= 8.0 (Ampere and later have bfloat16 tensor
   cores; bfloat16 keeps float32's exponent range, so it needs no loss scaling); float32 on older GPUs, which
   have no bfloat16 tensor cores (bfloat16 would be emulated). float16 (faster on Volta / Turing tensor cores)
@@ -83,6 +84,18 @@ def detect() -> Tuple[str, str]:
     return "none", "this CPU has neither AMX-BF16 nor AVX512-BF16"
 
 
+def _emulated_warning(requested: str) -> str:
+    """For an explicit bfloat16 on a CPU known to lack bfloat16 instructions (no GPU): "; warning: ...", else ""."""
+    if requested != "bfloat16" or gpu_capabilities():
+        return ""
+    detected, why = detect()
+    if detected == "bfloat16" or cpu_flags() is None:
+        return ""
+    return (f"; warning: {why}: bfloat16 is emulated, slower than float32 (8.4x for a PGD-10 step of "
+            "flags/cifar10_cpu.cfg's WRN-16-2 on an AVX2-only AMD EPYC, docs/scaling.md); --mixed_precision=auto "
+            "or none trains in float32")
+
+
 @dataclasses.dataclass(frozen=True)
 class Precision:
     """A run's resolved precision: `value` one of POLICIES, `requested` what --mixed_precision said."""
@@ -107,7 +120,7 @@ def resolve(requested: str, recorded: Optional[str] = None) -> Precision:
     """The precision a run trains in: an explicit --mixed_precision as given; `auto` as the interrupted run it
     resumes trained (`recorded`, see `recorded_precision`), else as `detect` finds the device."""
     if requested != AUTO:
-        return Precision(requested, requested, f"--mixed_precision={requested}")
+        return Precision(requested, requested, f"--mixed_precision={requested}{_emulated_warning(requested)}")
     detected, why = detect()
     if recorded is not None:
         here = "" if recorded == detected else f"; on this machine auto would choose {POLICIES[detected]}: {why}"
