@@ -12,7 +12,8 @@ and writes the figures. The rows are `tfadv.studies.cifar.ROWS`, the verdict rul
 
 --archive_dir keeps each finished row's results (a few kB of JSON and CSV) where they outlive the run
 directories: an archived row stays in the tables and is not trained again on another machine, unless a row still
-to run needs its weights (a teacher, a Co-SSAT base).
+to run needs its weights (a teacher, a Co-SSAT base). On a CPU without bfloat16 instructions (no amx_bf16 or
+avx512_bf16 in /proc/cpuinfo) add --mixed_precision=none: the preset's bfloat16 is emulated there, about 8x slower.
 """
 
 import os
@@ -30,6 +31,9 @@ flags.DEFINE_boolean("report_only", False, "run nothing: tabulate the finished r
 flags.DEFINE_string("markdown", None, "also write the tables here")
 flags.DEFINE_string("plots_dir", None, "write the figures here")
 flags.DEFINE_string("archive_dir", None, "keep each finished row's results here (docs/cifar10_study)")
+flags.DEFINE_enum("mixed_precision", None, ["none", "bfloat16", "float16", "auto"],
+                  "train every row in this precision instead of the preset's bfloat16 (none: float32, on a CPU "
+                  "without bfloat16 instructions, where bfloat16 is emulated and about 8x slower)")
 FLAGS = flags.FLAGS
 
 
@@ -39,7 +43,8 @@ def main(argv):
         raise app.UsageError("--data_dir and --runs_dir are required")
     if unknown := cifar.unknown_rows(FLAGS.only):
         raise app.UsageError(f"--only: unknown rows {unknown}; valid: {', '.join(cifar.ROWS)}, {cifar.COSSAT}")
-    study = cifar.Study(FLAGS.runs_dir, FLAGS.data_dir, FLAGS.autoattack_examples, FLAGS.archive_dir)
+    study = cifar.Study(FLAGS.runs_dir, FLAGS.data_dir, FLAGS.autoattack_examples, FLAGS.archive_dir,
+                        FLAGS.mixed_precision)
     if not FLAGS.report_only:
         study.run(FLAGS.only)
     links_from = os.path.dirname(FLAGS.markdown or "") or "."

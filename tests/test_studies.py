@@ -115,6 +115,31 @@ def test_study_runs_each_row_then_its_evaluation_with_teachers_substituted(tmp_p
     assert capsys.readouterr().out == f"pgd_swa: exit code 3; see {tmp_path / 'pgd_swa'}.log: the log's last lines\n"
 
 
+def test_study_trains_in_the_precision_asked_and_the_table_says_which_rows_did(tmp_path, monkeypatch):
+    """On a CPU without bfloat16 instructions the preset's bfloat16 is emulated (8.4x slower here): --mixed_precision
+    reaches every training the study starts, teachers included, and a row trained so shows it in its flags cell."""
+    recorder = _Recorder()
+    monkeypatch.setattr(jobs, "run", recorder)
+    archive = str(tmp_path / "archive")
+    _study_row(tmp_path / "old" / "pgd", 0.45, 0.30, 0.26)
+    cifar.Study(str(tmp_path / "old"), archive_dir=archive).report()
+    study = cifar.Study(str(tmp_path / "new"), "/data", archive_dir=archive, precision="none")
+    study.run(["pgd_swa", "pgd_kd"])
+    trainings = [args for args, _, _ in recorder.calls if args[0] == "scripts/train.py"]
+    assert [_output(args) for args in trainings] == [str(tmp_path / "new" / key) for key in (
+        "natural", "teachers/pgd", "pgd_kd", "pgd_swa")]
+    assert all(args[-3] == "--mixed_precision=none" for args in trainings)
+    assert not any("--mixed_precision" in " ".join(args) for args, _, _ in recorder.calls if args[0] != trainings[0][0])
+    _study_row(tmp_path / "new" / "pgd_swa", 0.44, 0.29, 0.22)
+    metrics = jobs.read_json(tmp_path / "new" / "pgd_swa" / "metrics.json")
+    jobs.write_json(str(tmp_path / "new" / "pgd_swa" / "metrics.json"),
+                    {**metrics, "precision": {"training": "float32", "requested": "none"}})
+    lines = study.report().splitlines()
+    swa = "| PGD-AT + SWA | `--defense=pgd --swa --mixed_precision=none` | 44.0"
+    assert any(line.startswith(swa) for line in lines)
+    assert any(line.startswith("| PGD-AT | `--defense=pgd` | 45.0") for line in lines)  # the preset's bfloat16
+
+
 def test_study_builds_cossat_only_when_ssat_and_pgd_are_finished(tmp_path, monkeypatch):
     recorder = _Recorder()
     monkeypatch.setattr(jobs, "run", recorder)

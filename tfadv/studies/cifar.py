@@ -89,6 +89,7 @@ class Study:
     data_dir: str = None  # the CIFAR-10 subset as a tensorflow-datasets directory
     autoattack_examples: int = 300
     archive_dir: str = None  # each finished row's results, kept (in the repository)
+    precision: str = None  # --mixed_precision for every training (None: the preset's bfloat16)
 
     def run_dir(self, key):
         return os.path.join(self.runs_dir, key)
@@ -170,7 +171,8 @@ class Study:
 
     def _train_args(self, key, out):
         args = re.sub(r"\{(\w+)\}", lambda m: self.teacher(m.group(1)) or self.run_dir(m.group(1)), ROWS[key][1])
-        return ["scripts/train.py", f"--flagfile={FLAGFILE}", *args.split(), f"--data_dir={self.data_dir}",
+        precision = [f"--mixed_precision={self.precision}"] if self.precision else []
+        return ["scripts/train.py", f"--flagfile={FLAGFILE}", *args.split(), *precision, f"--data_dir={self.data_dir}",
                 f"--output_dir={out}"]
 
     def train_and_evaluate(self, key):
@@ -246,4 +248,5 @@ class Study:
         relative to `links_from` (the Markdown file's directory)."""
         results = {key: self.load(key) for key in ROWS}
         cossat = self._results_dir(COSSAT, COSSAT_FILES) or self.run_dir(COSSAT)
-        return cifar_report.report(ROWS, PAPER, results, cossat, plots_dir, links_from)
+        return cifar_report.report(ROWS, PAPER, results, cossat, plots_dir, links_from,
+                                   jobs.flags_of(FLAGFILE, [])["mixed_precision"])

@@ -99,10 +99,11 @@ def cossat_lines(results):
     return lines
 
 
-def report(row_specs, paper, results, cossat_dir, plots_dir=None, links_from="."):
+def report(row_specs, paper, results, cossat_dir, plots_dir=None, links_from=".", preset_precision=None):
     """The study's Markdown: the rows table ({key: (label, flags)}, each beside `paper`[key], the paper's own
     numbers), the claims table, Co-SSAT's lines and the figures, linked relative to `links_from` (the directory
-    of the Markdown file). `results`: {key: cifar.Study.load(key)}, None for a row not finished."""
+    of the Markdown file). `results`: {key: cifar.Study.load(key)}, None for a row not finished. A row trained
+    in another --mixed_precision than `preset_precision` (the preset's) shows it among its flags."""
     labels = {key: label for key, (label, _) in row_specs.items()}
     rows = {key: numbers(r) for key, r in results.items() if r}
     lines = ["| row | flags (on flags/cifar10_cpu.cfg) | clean | PGD-20 | AutoAttack | AA n | RA best / final | "
@@ -110,6 +111,9 @@ def report(row_specs, paper, results, cossat_dir, plots_dir=None, links_from="."
     for key, (label, args) in row_specs.items():
         r = rows.get(key)
         paper_numbers = paper.get(key, "—")
+        requested = ((results.get(key) or {}).get("metrics") or {}).get("precision", {}).get("requested")
+        if requested and requested != preset_precision:  # a row trained off the preset's precision says so
+            args += f" --mixed_precision={requested}"
         if not r:
             lines.append(f"| {label} | `{args}` | pending | | | | | | | {paper_numbers} |")
             continue
