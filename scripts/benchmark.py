@@ -19,6 +19,7 @@ import json  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from tfadv import models  # noqa: E402
+from tfadv.errors import UsageError  # noqa: E402
 from tfadv.studies import benchmark  # noqa: E402
 
 flags.DEFINE_string("model", "preact_resnet18", f"network: {', '.join(models.MODEL_NAMES)}")
@@ -45,6 +46,10 @@ def main(argv):
         model=FLAGS.model, input_shape=tuple(int(v) for v in FLAGS.input_shape), num_classes=FLAGS.num_classes,
         batch_size=FLAGS.batch_size, steps=FLAGS.steps, warmup=FLAGS.warmup, free_replays=FLAGS.free_replays,
         jit_compile=FLAGS.jit_compile == "true", wrn_depth=FLAGS.wrn_depth, wrn_width=FLAGS.wrn_width)
+    try:
+        bench.check(FLAGS.methods)
+    except UsageError as error:
+        cli.fail(str(error))
     results = bench.run(FLAGS.methods, FLAGS.precisions)
     if FLAGS.json:
         with open(FLAGS.json, "w") as handle:

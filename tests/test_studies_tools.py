@@ -21,6 +21,14 @@ def test_benchmark_limits_are_the_arithmetic_cost_model():
     assert benchmark.limit("pgd7") == pytest.approx(17 / 3)  # (2k + 3) / 3
     assert benchmark.limit("trades10") == pytest.approx(27 / 3)  # (2k + 7) / 3
     assert benchmark.limit("ssat") is None  # no cost model: the table prints "-"
+    assert benchmark.limit("pgd") == benchmark.limit("pgd10")  # no step count: the run's default, 10 (it crashed)
+
+
+def test_benchmark_refuses_a_method_it_cannot_time_before_timing_any():
+    bench = benchmark.Benchmark()
+    bench.check(["natural", "pgd", "trades3", "free", "ssat"])
+    with pytest.raises(UsageError, match=r"^--methods: 'pgdd': unknown value 'pgdd'; valid: natural, pgd"):
+        bench.check(["pgd7", "pgdd"])
 
 
 def test_benchmark_rows_are_run_configs_at_eps_8_of_255():

@@ -18,7 +18,12 @@ def limit(method):
     """The arithmetic limit of the ratio to natural; None for a method without a cost model here."""
     name = method.rstrip("0123456789")
     if name in ("pgd", "trades"):
-        k = int(method[len(name):])
+        if method == name:  # no step count appended: the run's default
+            from tfadv.config import TrainConfig
+
+            k = TrainConfig().flat()["attack_steps"]
+        else:
+            k = int(method[len(name):])
         return (2 * k + (3 if name == "pgd" else 7)) / 3
     return LIMITS.get(method)
 
@@ -51,6 +56,16 @@ class Benchmark:
         values.update({"fgsm_rs": {"fgsm_rs_step_size": 10.0},
                        "free": {"free_step_size": 8.0, "free_replays": self.free_replays}}.get(name, {}))
         return config_lib.TrainConfig.from_flags(values)
+
+    def check(self, methods):
+        """Refuses (ConfigError naming --methods) a row that is no run users could start, before any is timed."""
+        from tfadv.config import ConfigError
+
+        for method in methods:
+            try:
+                self.run_config(method).validate()
+            except ConfigError as error:
+                raise ConfigError("methods", f"{method!r}: {str(error).split(': ', 1)[1]}") from None
 
     def network_name(self):
         return self.model + (f"-{self.wrn_depth}-{self.wrn_width}" if self.model == "wide_resnet" else "")
@@ -96,6 +111,7 @@ class Benchmark:
 
     def run(self, methods, precisions):
         """Times natural and `methods` in each precision, printing a line per row; returns {row: numbers}."""
+        self.check(methods)
         import keras
         import tensorflow as tf
 
