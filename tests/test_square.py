@@ -43,10 +43,20 @@ def test_stays_in_the_ball_and_the_box_and_lowers_accuracy_without_gradients(set
     assert run.queries.numpy().max() <= 1 + 1000
 
 
-def test_as_strong_as_pgd20_on_an_undefended_model(setup, natural_mlp):
-    fn, x, y, keys = setup
+def test_as_strong_as_pgd20_on_an_undefended_model_over_the_pixels_its_windows_reach(setup, natural_mlp):
+    """As AutoAttack's, the authors' and ART's code, Square draws a window's corner in [0, H - s): no window covers
+    the last row or column, which keep the initial stripes. On 8x8 digits that is 15 of 64 pixels, and PGD-20,
+    free to move them, left 33.5-36.5 % against Square's 38-39.5 % (5000 queries; AMD EPYC, 2026-12-08; on an
+    Intel machine the gap had stayed under 3 points by chance). The search itself is compared on a model that
+    reads zeros there, so neither attack gains from them: measured Square 26.0 % (two seeds) vs PGD-20 27.5-28.5 %
+    (three seeds), clean 94 %. A Square that stopped accepting improvements would sit near the clean accuracy."""
+    _, x, y, keys = setup
+    reached = np.ones([1, 8, 8, 1], np.float32)
+    reached[:, 7, :], reached[:, :, 7] = 0.0, 0.0
+    fn = lambda images: natural_mlp(tf.stop_gradient(images) * reached, training=False)  # noqa: E731
     x_adv = tf.function(lambda a, b, k: square(fn, a, b, eps=0.125, queries=5000, keys=k))(x, y, keys)
-    pgd = attacks.pgd(lambda a: natural_mlp(a, training=False), x, y, eps=0.125, step_size=0.03, steps=20)
+    pgd = attacks.pgd(lambda a: natural_mlp(a * reached, training=False), x, y, eps=0.125, step_size=0.03, steps=20,
+                      keys=keys)  # keyed: the same start whatever ran before (unkeyed it moved 3 points)
     assert _accuracy(fn, x_adv, y) <= _accuracy(fn, pgd, y) + 0.03
 
 
