@@ -62,15 +62,96 @@ def _parity_teacher(spec):
     return training.Distillation({"robust": (logits, 0.5), "standard": (logits, 0.25)}, 0.25, 2.0)
 
 
-def parity_run(strategy_, cases=None, steps: int = 4, log: Callable = print) -> dict:
-    """Trains every case of `parity_cases()` (or `cases`) for one short epoch (`steps` global batches; the SWA case
-    two) under `strategy_` (the default strategy, or the process's strategy made by `setup`/`strategy`) and
-    returns {case: {"losses": per-step losses, "weights": [arrays]}}. A new network is built in the strategy's
-    scope for each case."""
+def _build(config, distillation, steps, strategy_):
+    """(network, compiled trainer with its optimizer built) of `config` in `strategy_`'s scope."""
+    import keras
+
+    from tfadv import callbacks, experiment
+
+    o = config.optimization
+    updates = steps * config.updates_per_batch()
+    keras.utils.set_random_seed(config.runtime.seed)
+    with strategy_.scope():
+        network = assembly.network(config)
+        trainer = assembly.trainer(config, network, distillation, updates)
+        schedule = callbacks.make_schedule(o.lr_schedule, o.lr, o.epochs, updates)
+        optimizer = experiment.build_optimizer(config, schedule)
+        trainer.compile(optimizer=optimizer, jit_compile=False)
+        optimizer.build(network.trainable_variables)
+    return network, trainer
+
+
+def _state(trainer) -> list:
+    """Everything a train step reads and writes: the network's weights, the optimizer's variables (its iteration
+    counter, which keys the random draws, and the momentum) and the trainer's extra state (Free-AT's delta)."""
+    variables = list(trainer.network.weights) + list(trainer.optimizer.variables)
+    variables += [v for _, v in sorted(trainer.extra_state().items())]
+    return [tf.convert_to_tensor(v).numpy() for v in variables]
+
+
+def _set_state(trainer, state) -> None:
+    variables = list(trainer.network.weights) + list(trainer.optimizer.variables)
+    variables += [v for _, v in sorted(trainer.extra_state().items())]
+    assert len(variables) == len(state)
+    for variable, value in zip(variables, state):
+        variable.assign(value)
+
+
+def _one_device_steps(trainer, shadow, batches):
+    """A callback comparing every step of `trainer` (under a distribution strategy) with the same step taken by
+    `shadow`, a one-device trainer of the same case, from the same state on the same global batch: before each
+    step the trainer's state is copied, after it the shadow is set to that copy and takes the step. Its records:
+    `weights` (per step, the largest |weight difference| after the step, weights and extra state) and `losses`
+    (per step, the two steps' losses, the trainer's from the logged running mean). Comparing steps from one state
+    keeps what the trajectories of tests/test_parity.py cannot: there a last-bit difference of one step (the
+    gradients summed over replicas in another order) can change a later step of a training attack that takes
+    the sign of an input-gradient component lying within float32 round-off of zero, after which the two
+    trajectories are different trainings."""
     import keras
     import numpy as np
 
-    from tfadv import callbacks, data, experiment
+    n = len(trainer.network.weights)
+    extra = len(trainer.extra_state())
+    # traced now, outside the strategy's scope: one replica, no 1/replicas scaling
+    step = tf.function(shadow.train_step).get_concrete_function(
+        tuple(tf.TensorSpec(b.shape, b.dtype) for b in batches[0]))
+
+    class Callback(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.weights, self.losses, self.means, self.before = [], [], [], None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.before = _state(trainer)
+
+        def on_train_batch_end(self, batch, logs=None):
+            k = len(self.weights)
+            after = _state(trainer)
+            self.means.append(float(np.asarray(logs["loss"]).reshape(-1)[0]))
+            _set_state(shadow, self.before)
+            shadow.reset_metrics()
+            loss = float(step(tuple(tf.constant(b) for b in batches[k]))["loss"])
+            ours = _state(shadow)
+            compared = list(range(n)) + list(range(len(after) - extra, len(after)))
+            self.weights.append(max(float(np.max(np.abs(ours[i] - after[i]))) for i in compared))
+            # the step's own loss from the logged running mean of the epoch (`batch` counts within it)
+            mean, previous = self.means[-1], (self.means[-2] if batch else 0.0)
+            self.losses.append(((batch + 1) * mean - batch * previous, loss))
+
+    return Callback()
+
+
+def parity_run(strategy_, cases=None, steps: int = 4, log: Callable = print, stepwise: bool = False) -> dict:
+    """Trains every case of `parity_cases()` (or `cases`) for one short epoch (`steps` global batches; the SWA case
+    two) under `strategy_` (the default strategy, or the process's strategy made by `setup`/`strategy`) and
+    returns {case: {"losses": per-step losses, "weights": [arrays]}}. A new network is built in the strategy's
+    scope for each case. With `stepwise`, every step is also taken by a one-device trainer from the same state on
+    the same global batch (`_one_device_steps`), and each case's result holds "step_weights" (per step, the
+    largest |weight difference| after it) and "step_losses" (per step: this run's loss, the one-device loss)."""
+    import keras
+    import numpy as np
+
+    from tfadv import callbacks, data
 
     splits = None
     results = {}
@@ -81,26 +162,22 @@ def parity_run(strategy_, cases=None, steps: int = 4, log: Callable = print) -> 
             splits = data.load("digits")
         train = data.take(splits.train, steps * o.batch_size)
         distillation = _parity_teacher(splits.spec) if case.endswith("distillation") else None
-        updates = steps * config.updates_per_batch()
-        keras.utils.set_random_seed(config.runtime.seed)
-        with strategy_.scope():
-            network = assembly.network(config)
-            trainer = assembly.trainer(config, network, distillation, updates)
-            schedule = callbacks.make_schedule(o.lr_schedule, o.lr, o.epochs, updates)
-            optimizer = experiment.build_optimizer(config, schedule)
-            trainer.compile(optimizer=optimizer, jit_compile=False)
-            optimizer.build(network.trainable_variables)
+        network, trainer = _build(config, distillation, steps, strategy_)
         dataset = data.train_pipeline(train, splits.spec, o.batch_size, config.runtime.seed, o.epochs,
                                       noise_sigma=config.budget().fraction("noise_sigma"))
+        check = None
+        if stepwise:  # the one-device trainer, built outside the strategy's scope
+            _, shadow = _build(config, distillation, steps, tf.distribute.get_strategy())
+            check = _one_device_steps(trainer, shadow, [tuple(np.asarray(t) for t in b) for b in dataset])
         prepare_trainer(trainer, strategy_, dataset.element_spec)
         means = []
         record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: means.append(
             float(np.asarray(logs["loss"]).reshape(-1)[0])))
         swa = None
-        extra = []
+        extra = [] if check is None else [check]
         if config.averaging.swa:
             swa = callbacks.StochasticWeightAveraging(network, config.swa_start(), config.averaging.swa_mode)
-            extra = [swa]
+            extra.append(swa)
         trainer.fit(dataset, epochs=o.epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
                     callbacks=[record, *extra])
         if swa is not None:
@@ -115,6 +192,9 @@ def parity_run(strategy_, cases=None, steps: int = 4, log: Callable = print) -> 
         state = [tf.convert_to_tensor(v).numpy() for _, v in sorted(trainer.extra_state().items())]
         results[case] = {"losses": np.array(losses, np.float64),
                          "weights": [w.numpy() for w in network.weights] + state}
+        if check is not None:
+            results[case]["step_weights"] = np.array(check.weights, np.float64)
+            results[case]["step_losses"] = np.array(check.losses, np.float64)
         log(f"{case}: {len(losses)} steps, last loss {losses[-1]:.6f}")
     return results
 
@@ -141,11 +221,13 @@ def parity_worker_main(argv):
         setup(config, log=quiet)
     for mode, config in configs.items():
         strategy_ = strategy(config, log=quiet)
-        results = parity_run(strategy_, cases or None, int(steps), log=quiet)
+        results = parity_run(strategy_, cases or None, int(steps), log=quiet, stepwise=mode != "none")
         if is_chief(strategy_):
             arrays = {}
             for case, result in results.items():
-                arrays[f"{case}/losses"] = result["losses"]
+                for name in ("losses", "step_weights", "step_losses"):
+                    if name in result:
+                        arrays[f"{case}/{name}"] = result[name]
                 for i, w in enumerate(result["weights"]):
                     arrays[f"{case}/w{i}"] = w
             np.savez(pattern.format(mode=mode), **arrays)
@@ -159,12 +241,11 @@ def _load_parity(path: str) -> dict:
         for key in archive.files:
             case, name = key.split("/")
             entry = out.setdefault(case, {"losses": None, "weights": {}})
-            if name == "losses":
-                entry["losses"] = archive[key]
-            else:
+            if name.startswith("w"):
                 entry["weights"][int(name[1:])] = archive[key]
-    return {case: {"losses": e["losses"], "weights": [e["weights"][i] for i in sorted(e["weights"])]}
-            for case, e in out.items()}
+            else:
+                entry[name] = archive[key]
+    return {case: {**e, "weights": [e["weights"][i] for i in sorted(e["weights"])]} for case, e in out.items()}
 
 
 def parity_results(workdir: str, modes=("none",) + PARITY_MODES, steps: int = 4, cases=None,
@@ -216,6 +297,25 @@ def parity_table(results: dict, reference: str = "none") -> list:
             loss = float(np.max(np.abs(other["losses"] - base["losses"])))
             relative = float(np.max(np.abs(other["losses"] - base["losses"]) / np.abs(base["losses"])))
             row[mode] = (weight, loss, relative)
+        rows.append(row)
+    return rows
+
+
+def parity_step_table(results: dict, reference: str = "none") -> list:
+    """Rows {case, mode: (max |weight difference| after a step, max relative loss difference of a step)} of every
+    step of each mode against the same step taken by one device from the same state (`_one_device_steps`; the
+    modes other than `reference` record it)."""
+    import numpy as np
+
+    rows = []
+    for case in results[reference]:
+        row = {"case": case}
+        for mode, result in results.items():
+            if mode == reference:
+                continue
+            ours, one_device = result[case]["step_losses"].T
+            row[mode] = (float(np.max(result[case]["step_weights"])),
+                         float(np.max(np.abs(ours - one_device) / np.abs(one_device))))
         rows.append(row)
     return rows
 
