@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from scipy.optimize import linprog, minimize
+from scipy.optimize import brentq, linprog, minimize
 
 from helpers import model_calls_when_traced
 from tfadv import attacks, evaluation
@@ -69,6 +69,48 @@ def test_finds_the_exact_boundary_of_a_linear_model():
     np.testing.assert_allclose(norms.numpy()[inside], exact[inside], rtol=0.06)
 
 
+def _box_l2_distance(p, a, c):
+    """The smallest ||d||_2 with a . d = c and 0 <= p + d <= 1 (inf when even the whole box falls short), from
+    the KKT form d(lam) = clip(lam a, -p, 1 - p) and a root of the monotone lam -> a . d(lam) - c (scipy's brentq
+    on the dual, not FAB's sorted breakpoints)."""
+    reach = lambda lam: a @ np.clip(lam * a, -p, 1 - p) - c  # noqa: E731
+    far = 1e6 * np.sign(c)
+    if c == 0:
+        return 0.0
+    if np.sign(reach(far)) == np.sign(reach(0.0)):
+        return np.inf
+    lam = brentq(reach, 0.0, far, xtol=1e-14, rtol=1e-14, maxiter=500)
+    return float(np.linalg.norm(np.clip(lam * a, -p, 1 - p)))
+
+
+def test_finds_the_exact_l2_boundary_of_a_linear_model_inside_the_box():
+    """logits = x W on digit images (most pixels at 0 or 1, so the box binds): the smallest l2 perturbation that
+    misclassifies x is min over t != y of the box-constrained distance to {(W_y - W_t) . d = z_t - z_y} (the
+    union of the halfspaces z_t >= z_y), computed independently here. FAB-T can never beat it (up to float32
+    rounding) and its very first iterate toward the closest target is x + eta d* (d1 = d2 = d* from x, so any
+    alpha), clipped to the box, which still crosses the hyperplane (only coordinates already at the box edge
+    are clipped) and has norm <= eta ||d*|| = 1.05 ||d*||: exact <= FAB <= 1.05 exact."""
+    from tfadv import data
+
+    digits = data.load("digits")
+    r = np.random.default_rng(1)
+    weights = r.normal(size=(64, 10)).astype(np.float32)
+    fn = lambda images: tf.reshape(images, [-1, 64]) @ weights  # noqa: E731
+    x = digits.test[0][:60]
+    logits = fn(x).numpy().astype(np.float64)
+    y = np.argmax(logits, -1).astype(np.int32)
+    flat, w = x.reshape(60, 64).astype(np.float64), weights.astype(np.float64)
+    assert np.mean((flat == 0) | (flat == 1)) > 0.4  # the box binds
+    exact = np.array([min(_box_l2_distance(flat[i], w[:, y[i]] - w[:, t], logits[i, t] - logits[i, y[i]])
+                          for t in range(10) if t != y[i]) for i in range(60)])
+    _, norms = tf.function(lambda a, b: fab_targeted(fn, a, b, norm="l2"))(x, y)
+    norms = norms.numpy()
+    assert np.all(np.isfinite(exact)) and np.all(np.isfinite(norms))
+    assert np.all(norms >= exact * (1 - 1e-4)), np.min(norms / exact)
+    assert np.all(norms <= exact * 1.05 * (1 + 1e-4)), np.max(norms / exact)
+    print(f"FAB / exact l2 distance: median {np.median(norms / exact):.5f}, max {np.max(norms / exact):.5f}")
+
+
 @pytest.fixture(scope="module")
 def results(natural_mlp, digits):
     fn = lambda images: natural_mlp(images, training=False)  # noqa: E731
@@ -91,8 +133,17 @@ def _pgd_boundary(fn, x, y, norm, bisections=12, steps=20):
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_smaller_perturbations_than_pgd_needs(results, norm):
-    # measured (150 natural-MLP digits): l-inf median 0.1035 vs PGD-20 bisected 0.1104;
-    # l2 0.507 vs 0.579
+    """FAB-T's norms against the radius PGD-20 needs (bisected per example): both are upper bounds on the
+    smallest misclassifying perturbation, and a minimum-norm attack must not need more than a radius search.
+    How much less it needs is a property of the trained model, not of FAB. Measured (150 natural-MLP digits)
+    with the model an AVX-512 machine trains: l-inf median 0.1035 vs 0.1104, l2 0.507 vs 0.579 (12 % less);
+    with the one an AVX2 machine trains (other float32 kernels, other weights; bit-identical with oneDNN forced
+    on or off): l-inf 3.8 % less (3 % asserted), l2 0.469 vs 0.487-0.498 (4-6 % less, PGD's starts are not
+    seeded), and there FAB-T equals, at the median, the best of 5 keyed restarts x 500 steps of FAB-T and
+    5 restarts x 200 steps of PGD (0.474 vs 0.474 over the examples not misclassified clean): PGD-20's radius
+    was within 5 % of the smallest norm any search found, so no l2 margin below 1 holds for every trained
+    model. FAB's l2 accuracy is pinned where the answer is known: within 1.05x of the exact distance in
+    `test_finds_the_exact_l2_boundary_of_a_linear_model_inside_the_box`."""
     fn, x, y, out = results
     x_adv, norms = (t.numpy() for t in out[norm])
     found = np.isfinite(norms)
@@ -103,7 +154,7 @@ def test_smaller_perturbations_than_pgd_needs(results, norm):
     np.testing.assert_allclose(size[found], norms[found], atol=1e-5)
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     pgd = _pgd_boundary(fn, x, y, norm)
-    assert np.median(norms[found]) <= (0.97 if norm == "linf" else 0.92) * np.median(pgd[found])
+    assert np.median(norms[found]) <= (0.97 if norm == "linf" else 1.0) * np.median(pgd[found])
 
 
 def test_scored_at_a_budget_and_batch_independent(natural_mlp, digits):
