@@ -38,6 +38,7 @@ PRECISIONS = (AUTO,) + tuple(POLICIES)
 CPU_INFO = "/proc/cpuinfo"
 BFLOAT16_CPU_FLAGS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
 BFLOAT16_GPU_CAPABILITY = (8, 0)
+NO_BFLOAT16_CPU = "this CPU has neither AMX-BF16 nor AVX512-BF16"  # detect()'s reason on such a CPU, no GPU
 
 
 def cpu_flags(path: str = CPU_INFO) -> Optional[frozenset]:
@@ -81,17 +82,14 @@ def detect() -> Tuple[str, str]:
     for flag, name in BFLOAT16_CPU_FLAGS:
         if flag in flags:
             return "bfloat16", f"this CPU has {name}"
-    return "none", "this CPU has neither AMX-BF16 nor AVX512-BF16"
+    return "none", NO_BFLOAT16_CPU
 
 
 def _emulated_warning(requested: str) -> str:
     """For an explicit bfloat16 on a CPU known to lack bfloat16 instructions (no GPU): "; warning: ...", else ""."""
-    if requested != "bfloat16" or gpu_capabilities():
+    if requested != "bfloat16" or detect()[1] != NO_BFLOAT16_CPU:
         return ""
-    detected, why = detect()
-    if detected == "bfloat16" or cpu_flags() is None:
-        return ""
-    return (f"; warning: {why}: bfloat16 is emulated, slower than float32 (8.4x for a PGD-10 step of "
+    return (f"; warning: {NO_BFLOAT16_CPU}: bfloat16 is emulated, slower than float32 (8.4x for a PGD-10 step of "
             "flags/cifar10_cpu.cfg's WRN-16-2 on an AVX2-only AMD EPYC, docs/scaling.md); --mixed_precision=auto "
             "or none trains in float32")
 

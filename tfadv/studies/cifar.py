@@ -78,6 +78,22 @@ def _teachers(key):
     return dict(re.findall(r"--(\w+)=\{(\w+)\}", ROWS[key][1]))
 
 
+# {teacher row: the checkpoints the rows read from it, by their teacher flags (runs.TEACHER_CHECKPOINTS)}
+TEACHER_CHECKPOINTS = {}
+for _row in ROWS:
+    for _flag, _base in _teachers(_row).items():
+        TEACHER_CHECKPOINTS.setdefault(_base, set()).add(runs.TEACHER_CHECKPOINTS[_flag])
+
+
+def _copy_files(source, target, names):
+    """Copies `names` (paths relative to `source`) into `target`, in order, each through runs.replacing."""
+    for name in names:
+        path = os.path.join(target, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with runs.replacing(path) as tmp:
+            shutil.copyfile(os.path.join(source, name), tmp)
+
+
 def unknown_rows(only):
     """The names in `only` (--only) that are neither a row nor Co-SSAT, sorted."""
     return sorted(set(only) - set(ROWS) - {COSSAT})
@@ -108,9 +124,7 @@ class Study:
         teachers = {base for key in wanted if not self.load(key) and not self._finished(key, ROW_FILES[:1])
                     for base in _teachers(key).values() if not self.teacher(base)}
         # Co-SSAT's bases once each is finished somewhere or trains in this run (build_cossat reads their run dirs)
-        needed = set()
-        if cossat and all(self.load(base) or base in wanted for base in ("ssat", "pgd")):
-            needed |= {"ssat", "pgd"}
+        needed = {"ssat", "pgd"} if cossat and all(self.load(b) or b in wanted for b in ("ssat", "pgd")) else set()
         for key in ROWS:
             if key in teachers and self.load(key) and key not in needed:
                 self.train_teacher(key)  # the reported row stays the archived run
@@ -119,7 +133,7 @@ class Study:
                     print(f"{key}: archived in {self.archive(key)}, not run again", flush=True)
                     continue
                 self.train_and_evaluate(key)
-            if key in self._teacher_keys():
+            if key in TEACHER_CHECKPOINTS:
                 self._archive_teacher(key)
         if cossat and self._finished("ssat") and self._finished("pgd"):
             self.build_cossat()
@@ -146,28 +160,16 @@ class Study:
         if code != 0:
             print(f"{key} (teacher): exit code {code}; see {out}.log: {jobs.last_lines(out + '.log')}", flush=True)
 
-    @staticmethod
-    def _teacher_keys():
-        return {base for key in ROWS for base in _teachers(key).values()}
-
     def _archive_teacher(self, key):
         """Copies a teacher's flags, metrics and the checkpoints the rows read (by their teacher flags) into the
         archive, once: a few MB that spare every later machine its training."""
-        source = next((where for where in (self.run_dir(key), self.teacher_dir(key))
-                       if os.path.exists(runs.metrics_path(where))), None)
-        kept = self._archived_teacher(key)
-        if source is None or kept is None or os.path.exists(runs.metrics_path(kept)):
-            return
-        checkpoints = {runs.TEACHER_CHECKPOINTS[flag] for row in ROWS for flag, base in _teachers(row).items()
-                       if base == key}
-        files = [runs.FLAGS_FILE, *(runs.checkpoint_relpath(c) for c in sorted(checkpoints)), runs.METRICS_FILE]
-        if not all(os.path.exists(os.path.join(source, name)) for name in files):
-            return  # not a training run's directory (a test's stand-in): nothing to keep
-        for name in files:  # metrics.json last: it marks the kept teacher complete
-            target = os.path.join(kept, name)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with runs.replacing(target) as tmp:
-                shutil.copyfile(os.path.join(source, name), tmp)
+        source, kept = self.teacher(key), self._archived_teacher(key)
+        if kept is None or source in (None, kept) or os.path.exists(runs.metrics_path(kept)):
+            return  # no archive, nothing trained here, or kept already
+        files = [runs.FLAGS_FILE, *(runs.checkpoint_relpath(c) for c in sorted(TEACHER_CHECKPOINTS[key])),
+                 runs.METRICS_FILE]  # metrics.json last: it marks the kept teacher complete
+        if all(os.path.exists(os.path.join(source, name)) for name in files):  # else a test's stand-in
+            _copy_files(source, kept, files)
 
     def _train_args(self, key, out):
         args = re.sub(r"\{(\w+)\}", lambda m: self.teacher(m.group(1)) or self.run_dir(m.group(1)), ROWS[key][1])
@@ -228,11 +230,7 @@ class Study:
                 print(f"{key}: {self.run_dir(key)} was evaluated on another number of images than "
                       f"--autoattack_examples={self.autoattack_examples}: not archived", flush=True)
                 return self.archive(key) if self._archived(key, files) else None
-            for name in files:
-                target = os.path.join(self.archive(key), name)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with runs.replacing(target) as tmp:
-                    shutil.copyfile(os.path.join(self.run_dir(key), name), tmp)
+            _copy_files(self.run_dir(key), self.archive(key), files)
         return self.archive(key) if self._archived(key, files) else None
 
     def load(self, key):
