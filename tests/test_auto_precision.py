@@ -129,11 +129,51 @@ def test_a_run_logs_records_and_trains_in_what_auto_resolved_to(tmp_path, monkey
         assert keras.mixed_precision.global_policy().name == "float32"  # the caller's policy is given back
         recorded = json.loads((out / runs.METRICS_FILE).read_text())["precision"]
         assert recorded == metrics["precision"] == {"training": policy, "measured": "float32", "requested": "auto",
-                                                    "resolved": expected, "reason": f"auto: {reason}"}
+                                                    "resolved": expected, "reason": f"auto: {reason}",
+                                                    "onednn": precision.onednn_enabled(),
+                                                    "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
         flags_txt = (out / runs.FLAGS_FILE).read_text()
         assert "\n--mixed_precision=auto\n" in flags_txt  # as typed
         assert f"\n# --mixed_precision=auto resolved to {expected} (auto: {reason})\n" in flags_txt
         assert precision.recorded_in_run(str(out / runs.FLAGS_FILE)) == expected
+
+
+@pytest.mark.parametrize("variable, expected", [("1", True), ("0", False)])
+def test_onednn_detection_reads_what_tensorflow_runs_with(variable, expected):
+    """onednn_enabled() asks TensorFlow (a private query, so this checks it still answers) in a process whose
+    TF_ENABLE_ONEDNN_OPTS is set either way."""
+    import subprocess
+    import sys
+
+    code = "from tfadv import precision; print(precision.onednn_enabled())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": variable, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.stdout.strip().splitlines()[-1] == str(expected)
+
+
+def test_a_cpu_run_with_onednn_off_by_default_says_what_turning_it_on_gained(tmp_path, monkeypatch):
+    """On an AVX2-only AMD EPYC TensorFlow leaves oneDNN off unless TF_ENABLE_ONEDNN_OPTS=1, which made a float32
+    PGD-10 step 1.69x faster: such a run's second line says so, and metrics.json records oneDNN and the variable.
+    Nothing is said where oneDNN is on, where the user set the variable, or where a GPU trains."""
+    _machine(monkeypatch, frozenset({"avx2"}))
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(precision, "onednn_enabled", lambda: False)
+    metrics, lines = _train(_config(tmp_path / "off", epochs=1))
+    assert lines[0][0].startswith("precision float32 (auto: ")
+    assert lines[1][0] == precision.ONEDNN_OFF and "TF_ENABLE_ONEDNN_OPTS=1 in the environment made" in lines[1][0]
+    assert [line for line, _ in lines].count(precision.ONEDNN_OFF) == 1
+    recorded = json.loads((tmp_path / "off" / runs.METRICS_FILE).read_text())["precision"]
+    assert (recorded["onednn"], recorded["TF_ENABLE_ONEDNN_OPTS"]) == (False, None)
+    monkeypatch.setattr(precision, "onednn_enabled", lambda: True)
+    metrics, lines = _train(_config(tmp_path / "on", epochs=1))
+    assert precision.ONEDNN_OFF not in [line for line, _ in lines] and metrics["precision"]["onednn"] is True
+    monkeypatch.setattr(precision, "onednn_enabled", lambda: False)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # the user's choice: not second-guessed
+    assert precision.onednn_note() == ""
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    assert precision.onednn_note() == precision.ONEDNN_OFF
+    _machine(monkeypatch, frozenset({"avx2"}), gpus=[(8, 0)])  # a GPU trains: the CPU's kernels hardly matter
+    assert precision.onednn_note() == ""
 
 
 def test_a_resumed_run_keeps_the_precision_it_started_with(tmp_path, monkeypatch):

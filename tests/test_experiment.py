@@ -316,7 +316,8 @@ def test_final_numbers_are_measured_on_the_float32_network_that_is_exported(tmp_
     assert all(dtypes == {"float32"} for dtypes in final_and_best), final_and_best
     reason = metrics["precision"].pop("reason")  # ends with a warning on a CPU without bfloat16 instructions
     assert metrics["precision"] == {"training": "mixed_bfloat16", "measured": "float32", "requested": "bfloat16",
-                                    "resolved": "bfloat16"}
+                                    "resolved": "bfloat16", "onednn": precision_lib.onednn_enabled(),
+                                    "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
     assert reason == precision_lib.resolve("bfloat16").reason and reason.startswith("--mixed_precision=bfloat16")
     from tfadv import export
     served = export.load_logits_fn(runs.find_saved_model(str(out)))

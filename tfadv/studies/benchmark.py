@@ -28,6 +28,14 @@ def limit(method):
     return LIMITS.get(method)
 
 
+def _onednn() -> str:
+    """on / off / unknown: whether TensorFlow's CPU kernels go through oneDNN here (TF_ENABLE_ONEDNN_OPTS, else
+    the CPU decides); a ratio between two machines' figures means little without it."""
+    from tfadv import precision
+
+    return {True: "on", False: "off"}.get(precision.onednn_enabled(), "unknown")
+
+
 @dataclasses.dataclass
 class Benchmark:
     model: str = "preact_resnet18"
@@ -117,7 +125,7 @@ class Benchmark:
 
         print(f"{self.network_name()} {self.input_shape} batch {self.batch_size}, XLA "
               f"{str(self.jit_compile).lower()}, {self.steps} timed steps after {self.warmup} warm-up; "
-              f"tf {tf.__version__}, keras {keras.__version__}")
+              f"tf {tf.__version__}, keras {keras.__version__}, oneDNN {_onednn()}")
         print(f"{'method':<16}{'s/step':>10}{'img/s':>10}{'ratio':>8}{'limit':>8}{'ratio/limit':>13}")
         results = {}
         for precision in precisions:
