@@ -15,8 +15,10 @@ from helpers import ROOT
 from tfadv import cli, runs
 from tfadv.evaluation import reports
 
-NOISE = ("cuInit", "cudart_stub", "oneDNN", "InitializeLog", "cpu_feature_guard", "TF-TRT", "I0000", "E0000",
-         "W0000")
+# TensorFlow's start-up lines ("oneDNN custom operations are on" where it enables oneDNN; not tfadv's own line
+# saying it is off, precision.ONEDNN_OFF)
+NOISE = ("cuInit", "cudart_stub", "oneDNN custom operations", "InitializeLog", "cpu_feature_guard", "TF-TRT", "I0000",
+         "E0000", "W0000")
 
 
 def clean_env(**extra):
