@@ -258,8 +258,9 @@ def prepare(config: TrainConfig, log: Callable = print) -> Prepared:
     distribute.setup(config, log, precision=precision and precision.value)
     assembly.check(config)  # the directories, TF_CONFIG, the network for the images
     log(precision.describe())  # the run's first line (a multi-worker run may first say it waits for its cluster)
-    if precision_lib.onednn_note():
-        log(precision_lib.onednn_note())
+    onednn_note = precision_lib.onednn_note()  # asks TensorFlow and the GPU list once
+    if onednn_note:
+        log(onednn_note)
     _check_output_dir(config)
     unwritable = evaluation.api.unwritable_reason(config.runtime.output_dir, directory=True)
     if unwritable:
